@@ -1,0 +1,115 @@
+//! The supported PostgreSQL majors and the version numbers that identify them.
+//!
+//! A major is recognised from `pg_control` by two numbers: `pg_control_version`
+//! (the layout of `pg_control` itself) and `catalog_version_no` (the layout of
+//! the system catalogs). Several majors share a `pg_control_version` (1300 is
+//! 13, 14, 15 and 16), so the catalog version decides. `CATALOG_VERSION_NO` is
+//! fixed for the life of a stable branch; during a development cycle it only
+//! grows. So the catalog versions of major N (betas and release candidates
+//! included) are those greater than major N-1's final value and at most major
+//! N's final value.
+//!
+//! The final values below are `CATALOG_VERSION_NO` from
+//! `src/include/catalog/catversion.h` on each `REL_N_STABLE` branch (read
+//! from the 13.16, 14.2, 15.18, 16.2, 17.11 and 18.6 sources, and checked
+//! against `pg_control` files written by 13.23, 14.23, 15.18, 16.14, 17.10
+//! and 18.4). 12's value bounds 13 from below.
+
+/// The PostgreSQL majors this crate can read and write formats for.
+pub const SUPPORTED_MAJORS: [u32; 6] = [13, 14, 15, 16, 17, 18];
+
+/// `CATALOG_VERSION_NO` of 12's stable branch: every catalog version of 13 is greater.
+const CATVERSION_12: u32 = 201_909_212;
+
+/// Per supported major: (major, `PG_CONTROL_VERSION`, final `CATALOG_VERSION_NO`).
+const MAJORS: [(u32, u32, u32); 6] = [
+    (13, 1300, 202_007_201),
+    (14, 1300, 202_107_181),
+    (15, 1300, 202_209_061),
+    (16, 1300, 202_307_071),
+    (17, 1700, 202_406_281),
+    (18, 1800, 202_506_291),
+];
+
+/// Whether pgbookend supports PostgreSQL major `major`, to refuse early and clearly.
+pub fn is_supported(major: u32) -> bool {
+    SUPPORTED_MAJORS.contains(&major)
+}
+
+/// The major of a server from its `server_version_num` (`150018` is 15), so
+/// callers never do the arithmetic themselves. `None` if not supported.
+pub fn major_from_server_version_num(num: u32) -> Option<u32> {
+    let major = num / 10_000;
+    is_supported(major).then_some(major)
+}
+
+/// The major that wrote a `pg_control` with these two version numbers, or
+/// `None` if it is not a supported major (or not a final layout of one).
+/// This is how [`crate::control::parse`] picks the layout.
+pub fn major_from_control(pg_control_version: u32, catalog_version_no: u32) -> Option<u32> {
+    let mut lower = CATVERSION_12;
+    for (major, control_version, last) in MAJORS {
+        if catalog_version_no > lower && catalog_version_no <= last {
+            return (pg_control_version == control_version).then_some(major);
+        }
+        lower = last;
+    }
+    None
+}
+
+/// The `PG_CONTROL_VERSION` a supported major writes, for messages and tests.
+pub fn pg_control_version(major: u32) -> Option<u32> {
+    MAJORS.iter().find(|m| m.0 == major).map(|m| m.1)
+}
+
+/// The final `CATALOG_VERSION_NO` of a supported major's stable branch.
+pub fn catalog_version_no(major: u32) -> Option<u32> {
+    MAJORS.iter().find(|m| m.0 == major).map(|m| m.2)
+}
+
+/// Whether `major` names its low-level backup functions `pg_backup_start` /
+/// `pg_backup_stop` (15 and later) rather than `pg_start_backup` /
+/// `pg_stop_backup` (13 and 14).
+pub fn uses_pg_backup_start(major: u32) -> bool {
+    major >= 15
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_final_catalog_versions() {
+        for (major, cv, cat) in MAJORS {
+            assert_eq!(major_from_control(cv, cat), Some(major));
+            assert_eq!(pg_control_version(major), Some(cv));
+            assert_eq!(catalog_version_no(major), Some(cat));
+        }
+    }
+
+    #[test]
+    fn ranges_and_mismatches() {
+        // A 13 beta: after 12's final, before 13's final.
+        assert_eq!(major_from_control(1300, 202_005_011), Some(13));
+        // 12's own catalog version is not 13.
+        assert_eq!(major_from_control(1300, CATVERSION_12), None);
+        assert_eq!(major_from_control(1201, CATVERSION_12), None);
+        // 17 development before pg_control_version became 1700.
+        assert_eq!(major_from_control(1300, 202_401_011), None);
+        assert_eq!(major_from_control(1700, 202_401_011), Some(17));
+        // Wrong pg_control_version for the catalog range.
+        assert_eq!(major_from_control(1700, 202_209_061), None);
+        // 19 development.
+        assert_eq!(major_from_control(1800, 202_507_011), None);
+    }
+
+    #[test]
+    fn server_version_num() {
+        assert_eq!(major_from_server_version_num(130_023), Some(13));
+        assert_eq!(major_from_server_version_num(180_004), Some(18));
+        assert_eq!(major_from_server_version_num(120_000), None);
+        assert_eq!(major_from_server_version_num(190_000), None);
+        assert!(!uses_pg_backup_start(14));
+        assert!(uses_pg_backup_start(15));
+    }
+}

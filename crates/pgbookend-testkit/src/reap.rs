@@ -1,0 +1,154 @@
+//! Final sweep: kills servers and removes harness directories left behind by test processes that died without running Drop.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::procfs::{self, all_processes, signal};
+use crate::tempdir::{owner_pid, remove_tree};
+use crate::{tmp_roots, DIR_PREFIX};
+
+/// What [`reap_leftovers`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reaped {
+    /// Postgres processes that were SIGKILLed.
+    pub killed: Vec<i32>,
+    /// Harness directories that were removed.
+    pub removed: Vec<PathBuf>,
+}
+
+/// Cleans up after test processes that were killed (timeouts, SIGKILL, abort) and so could not
+/// run their Drops: kills postgres processes whose data dir (`-D` argument or working dir) is
+/// in a `pgbookend-test.*` directory (in /tmp, /dev/shm or [`crate::tmp_root`]) whose owning test process no longer runs, then removes
+/// those directories (and the template cache). Directories of live test processes are left
+/// alone, so it is safe while other suites run; meant for CI's final sweep.
+pub fn reap_leftovers() -> Reaped {
+    reap_where(|_, owner| owner.is_none_or(|pid| !procfs::alive(pid)))
+}
+
+/// Reaps the harness directories for which `pick(dir, owner pid)` is true.
+pub(crate) fn reap_where(pick: impl Fn(&Path, Option<i32>) -> bool) -> Reaped {
+    let mut dirs = Vec::new();
+    for root in tmp_roots() {
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with(DIR_PREFIX) {
+                continue;
+            }
+            let path = e.path();
+            let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+            if is_dir && pick(&path, owner_pid(name)) {
+                dirs.push(path);
+            }
+        }
+    }
+    let mut reaped = Reaped::default();
+    if dirs.is_empty() {
+        return reaped;
+    }
+    let inside = |p: &Path| dirs.iter().any(|d| p.starts_with(d));
+    let mut victims = Vec::new();
+    for p in all_processes() {
+        if p.state == 'Z' || p.state == 'X' || procfs::comm(p.pid).as_deref() != Some("postgres") {
+            continue;
+        }
+        let by_arg = procfs::dash_d(&procfs::cmdline(p.pid)).is_some_and(|d| inside(&d));
+        let by_cwd = procfs::cwd(p.pid).is_some_and(|d| inside(&d));
+        if by_arg || by_cwd {
+            victims.push(p);
+        }
+    }
+    for v in &victims {
+        if procfs::alive_same(v.pid, v.start) && signal(v.pid, libc::SIGKILL) {
+            reaped.killed.push(v.pid);
+        }
+    }
+    for v in &victims {
+        procfs::wait_gone(v.pid, Duration::from_secs(5));
+    }
+    for d in dirs {
+        for pgdata in data_dirs_in(&d, 3) {
+            crate::shmem::cleanup_stale(&pgdata);
+        }
+        remove_tree(&d);
+        if std::fs::symlink_metadata(&d).is_err() {
+            reaped.removed.push(d);
+        }
+    }
+    reaped
+}
+
+/// Directories up to `depth` levels below `dir` (itself included) holding a postmaster.pid.
+fn data_dirs_in(dir: &Path, depth: u32) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if dir.join("postmaster.pid").is_file() {
+        out.push(dir.to_path_buf());
+    }
+    if depth > 0 {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.extend(data_dirs_in(&e.path(), depth - 1));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{majors, Cluster, ClusterOptions};
+
+    #[test]
+    fn reaps_a_forgotten_cluster() {
+        let Some(&major) = majors().first() else {
+            return;
+        };
+        let c = Cluster::start(ClusterOptions::new(major));
+        let base = c.base().to_path_buf();
+        let pid = c.postmaster_pid().expect("running");
+        let kids = procfs::descendants(pid);
+        assert!(!kids.is_empty());
+        let pidfile = std::fs::read_to_string(c.pgdata().join("postmaster.pid")).unwrap();
+        let shmid: libc::c_int = pidfile
+            .lines()
+            .nth(6)
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        // As if the test process had been killed: no Drop runs.
+        std::mem::forget(c);
+        let reaped = reap_where(|d, _| d == base);
+        assert!(reaped.killed.contains(&pid), "{reaped:?}");
+        assert_eq!(reaped.removed, vec![base.clone()]);
+        assert!(!procfs::alive(pid));
+        for k in kids {
+            assert!(
+                !procfs::alive_same(k.pid, k.start),
+                "child {} survived",
+                k.pid
+            );
+        }
+        assert!(!base.exists());
+        // SAFETY: shmid_ds is plain old data; IPC_STAT fills it.
+        let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: valid out pointer.
+        let exists = unsafe { libc::shmctl(shmid, libc::IPC_STAT, &mut ds) } == 0;
+        assert!(!exists, "shared memory of the reaped server leaked");
+    }
+
+    #[test]
+    fn owner_pid_parsing() {
+        assert_eq!(owner_pid("pgbookend-test.123.c13.AbCdEf"), Some(123));
+        assert_eq!(owner_pid("pgbookend-test.tpl-13-ck-u0-0123"), None);
+        assert_eq!(owner_pid("pgbookend-test.Ab12Cd"), None);
+    }
+}

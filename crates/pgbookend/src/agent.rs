@@ -1,0 +1,1049 @@
+//! The agent: one detached process per backup that owns the database session from start
+//! to stop, keeps it alive, watches it, and answers on a Unix socket.
+//!
+//! `start` spawns it (`pgbookend __agent`) in its own session (setsid), hands it its
+//! settings on stdin (so a connection string never appears in argv), and waits for one
+//! line on its stdout: ready, or why not. From then on the agent lives alone: its log is
+//! `<run-dir>/<id>/agent.log`, its state `<run-dir>/<id>/state.json`.
+
+use crate::error::{class_name, io_err, Class, Error, Result};
+use crate::fsutil::sha256_hex;
+use crate::marker::{self, Marker};
+use crate::protocol::{Request, Response};
+use crate::rundir::{Entry, RunDir};
+use crate::session::Session;
+use crate::state::{AgentState, Phase, StopReport, StoreOutcome};
+use crate::store::Store;
+use crate::timefmt::{now_unix, rfc3339};
+use crate::{bundle, TOOL, VERSION};
+use pgbookend_formats::{control, label, lsn::Lsn, tablespace_map, wal};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The hidden subcommand that runs an agent.
+pub const SUBCOMMAND: &str = "__agent";
+
+/// Everything the agent needs, sent on its stdin as one JSON document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentConfig {
+    pub id: String,
+    pub run_dir: PathBuf,
+    /// May hold a password if the user put one in the config file; never logged.
+    pub conninfo: Option<String>,
+    pub pgdata: Option<PathBuf>,
+    pub stores: Vec<String>,
+    pub fast: bool,
+    pub timeout_ms: u64,
+    pub heartbeat_ms: u64,
+}
+
+/// What the agent reports once the backup is in progress.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ready {
+    pub id: String,
+    pub agent_pid: u32,
+    pub start_lsn: String,
+    pub start_wal_file: String,
+    pub timeline: u32,
+    pub pg_version_num: u32,
+    pub system_identifier: String,
+    pub pgdata: String,
+    pub backup_from: String,
+    pub stores: Vec<String>,
+    pub removed_stale_markers: Vec<String>,
+    pub log: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "hello", rename_all = "snake_case")]
+enum Hello {
+    Ready(Box<Ready>),
+    Failed { error: Error },
+}
+
+/// Starts an agent for `cfg` and waits until it reports that the backup is in progress.
+/// On failure the agent has exited and left nothing behind; the entry is removed.
+pub fn spawn(cfg: &AgentConfig, entry: &Entry) -> Result<Ready> {
+    entry.create()?;
+    let log_path = entry.log_path();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| io_err("cannot open the agent log", &log_path, e))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::internal(format!("cannot find my own executable: {e}")))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(SUBCOMMAND)
+        .arg(&cfg.id)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log));
+    // SAFETY: setsid is async-signal-safe; it detaches the agent from the hook's process
+    // group and terminal so that their end does not end the backup.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::internal(format!("cannot start the agent: {e}")))?;
+    let cfg_json = serde_json::to_vec(cfg).map_err(|e| Error::internal(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(&cfg_json);
+    }
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    let hello: Option<Hello> = serde_json::from_str(line.trim()).ok();
+    match hello {
+        Some(Hello::Ready(r)) => Ok(*r),
+        other => {
+            let _ = child.wait();
+            let err = match other {
+                Some(Hello::Failed { error }) => error,
+                _ => {
+                    let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    Error::internal(format!(
+                        "the agent exited during start: {}",
+                        tail.join(" | ")
+                    ))
+                }
+            };
+            let _ = entry.remove();
+            Err(err)
+        }
+    }
+}
+
+static SIGNALLED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    SIGNALLED.store(sig, Ordering::SeqCst);
+}
+
+fn install_signals() {
+    // SAFETY: plain sigaction calls with a handler that only stores an atomic.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+    }
+}
+
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for its length.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Reads `pg_control` with the torn-read rule (retry until CRC-valid or the same bad bytes twice).
+pub fn read_control(pgdata: &Path) -> Result<(control::ControlFile, Vec<u8>)> {
+    let path = pgdata.join("global/pg_control");
+    let mut first = true;
+    control::read_stable(
+        || {
+            if !first {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            first = false;
+            std::fs::read(&path)
+        },
+        50,
+    )
+    .map_err(|e| Error::env(format!("cannot read {}: {e}", path.display())))
+}
+
+/// The entry point of `pgbookend __agent ID`. Returns the process exit code.
+pub fn main() -> i32 {
+    let mut input = Vec::new();
+    if std::io::stdin().read_to_end(&mut input).is_err() {
+        return 1;
+    }
+    let cfg: AgentConfig = match serde_json::from_slice(&input) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pgbookend agent: unreadable settings on stdin: {e}");
+            return 1;
+        }
+    };
+    drop(input);
+    // SAFETY: process-wide settings of a fresh, single-threaded process.
+    unsafe {
+        libc::umask(0o077);
+    }
+    let _ = std::env::set_current_dir("/");
+    install_signals();
+    crate::logging::init_agent();
+    let entry = RunDir {
+        root: cfg.run_dir.clone(),
+    }
+    .entry(&cfg.id);
+    tracing::info!(id = %cfg.id, pid = std::process::id(), "agent starting");
+
+    let lock = match entry.try_lock() {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            hello(&Hello::Failed {
+                error: Error::usage(format!(
+                    "backup {} is already in progress (another agent holds it)",
+                    cfg.id
+                ))
+                .hint("choose another --id, or stop/abort the running one"),
+            });
+            return Class::Usage.exit_code();
+        }
+        Err(e) => {
+            hello(&Hello::Failed { error: e });
+            return Class::Environment.exit_code();
+        }
+    };
+    let mut agent = Agent::new(cfg, entry);
+    let code = match agent.begin() {
+        Ok(ready) => {
+            hello(&Hello::Ready(Box::new(ready)));
+            detach_stdio();
+            agent.serve()
+        }
+        Err(e) => {
+            tracing::error!("start failed: {e}");
+            agent.session = None;
+            if let Some(pgdata) = &agent.pgdata {
+                if agent.marker_written {
+                    let _ = marker::remove(pgdata, &agent.cfg.id);
+                }
+            }
+            let code = e.class().exit_code();
+            hello(&Hello::Failed { error: e });
+            code
+        }
+    };
+    drop(lock);
+    code
+}
+
+fn hello(h: &Hello) {
+    let mut out = std::io::stdout();
+    if let Ok(s) = serde_json::to_string(h) {
+        let _ = writeln!(out, "{s}");
+        let _ = out.flush();
+    }
+}
+
+/// Points stdin/stdout at /dev/null once `start` has its answer, so that nothing the agent
+/// does later can block on or break the (gone) hook process.
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        // SAFETY: dup2 onto the standard descriptors.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(null.as_raw_fd(), 1);
+        }
+    }
+}
+
+enum Next {
+    Continue,
+    Exit(i32),
+}
+
+struct Agent {
+    cfg: AgentConfig,
+    entry: Entry,
+    session: Option<Session>,
+    pgdata: Option<PathBuf>,
+    marker_written: bool,
+    state: AgentState,
+    started: Instant,
+    start_lsn: Lsn,
+    seg_size: u32,
+    listener: Option<UnixListener>,
+    heartbeat_pending: Option<Instant>,
+}
+
+impl Agent {
+    fn new(cfg: AgentConfig, entry: Entry) -> Agent {
+        let state = AgentState {
+            id: cfg.id.clone(),
+            state: Phase::Starting,
+            agent_pid: std::process::id(),
+            pgdata: None,
+            stores: cfg.stores.clone(),
+            server: None,
+            pg_version_num: None,
+            system_identifier: None,
+            start_lsn: None,
+            start_wal_file: None,
+            timeline: None,
+            backup_from: None,
+            start_time: None,
+            last_heartbeat: None,
+            heartbeat_interval_ms: cfg.heartbeat_ms,
+            timeout_ms: cfg.timeout_ms,
+            failure: None,
+            stop: None,
+            updated: now_unix(),
+        };
+        Agent {
+            cfg,
+            entry,
+            session: None,
+            pgdata: None,
+            marker_written: false,
+            state,
+            started: Instant::now(),
+            start_lsn: Lsn(0),
+            seg_size: wal::DEFAULT_SEG_SIZE,
+            listener: None,
+            heartbeat_pending: None,
+        }
+    }
+
+    fn save(&mut self) {
+        self.state.updated = now_unix();
+        if let Err(e) = self.entry.write_state(&self.state) {
+            tracing::error!("cannot record state: {e}");
+        }
+    }
+
+    fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.cfg.heartbeat_ms.max(100))
+    }
+
+    /// Connects, checks that we run beside the server, starts the backup, writes the
+    /// marker and opens the socket. Any error leaves the session closed by the caller,
+    /// which makes the server abort the backup.
+    fn begin(&mut self) -> Result<Ready> {
+        self.save();
+        let mut s = Session::connect(self.cfg.conninfo.as_deref(), &self.cfg.id, self.heartbeat())?;
+        tracing::info!(
+            "connected: {} (server_version_num {})",
+            s.describe(),
+            s.version_num
+        );
+        self.state.server = Some(s.describe());
+        self.state.pg_version_num = Some(s.version_num);
+        let sysid = s.system_identifier()?;
+        let pgdata = match &self.cfg.pgdata {
+            Some(p) => p.clone(),
+            None => s.data_directory()?.ok_or_else(|| {
+                Error::env("this role may not read data_directory, so pgbookend cannot find PGDATA")
+                    .hint("pass --pgdata DIR (or set pgdata in the config file)")
+            })?,
+        };
+        let (ctl, _) = read_control(&pgdata).map_err(|e| {
+            Error::env(format!(
+                "pgbookend must run beside the server it backs up, with read access to its data directory: {}",
+                e.message
+            ))
+            .hint("run pgbookend on the database host as root or as the cluster's owner, and check --pgdata")
+        })?;
+        if ctl.system_identifier != sysid {
+            return Err(Error::env(format!(
+                "{} belongs to another cluster: its system identifier is {}, the server's is {sysid}",
+                pgdata.display(),
+                ctl.system_identifier
+            ))
+            .hint("pass the --pgdata of the server you connect to, or connect to the server of this data directory"));
+        }
+        self.pgdata = Some(pgdata.clone());
+        self.state.pgdata = Some(pgdata.display().to_string());
+        self.state.system_identifier = Some(sysid.to_string());
+        let standby = s.in_recovery()?;
+        let removed = marker::remove_stale(&pgdata, Some(&self.cfg.id))?;
+        if !removed.is_empty() {
+            tracing::info!(
+                "removed stale markers of backups with no live agent: {}",
+                removed.join(", ")
+            );
+        }
+        if marker::dir_of(&pgdata, &self.cfg.id).exists() {
+            return Err(Error::usage(format!(
+                "a backup with ID {} is already marked in {}",
+                self.cfg.id,
+                pgdata.display()
+            ))
+            .hint("choose another --id"));
+        }
+
+        let start_lsn = s.start_backup(&self.cfg.id, self.cfg.fast)?;
+        self.session = Some(s);
+        tracing::info!("backup started at {start_lsn}");
+        let (ctl, _) = read_control(&pgdata)?;
+        if ctl.checkpoint < start_lsn {
+            return Err(Error::env(format!(
+                "after the start call, pg_control's checkpoint {} is older than the backup start {start_lsn}: {} is not the data directory this server writes",
+                ctl.checkpoint,
+                pgdata.display()
+            )));
+        }
+        self.start_lsn = start_lsn;
+        self.seg_size = ctl.xlog_seg_size;
+        let timeline = ctl.timeline;
+        let start_wal_file = wal::file_name(
+            timeline,
+            wal::segno(start_lsn, ctl.xlog_seg_size),
+            ctl.xlog_seg_size,
+        );
+        let start_time = now_unix();
+        let m = Marker {
+            format: 1,
+            id: self.cfg.id.clone(),
+            system_identifier: sysid.to_string(),
+            pg_version_num: self.state.pg_version_num.unwrap_or(0),
+            start_lsn: start_lsn.to_string(),
+            start_wal_file: start_wal_file.clone(),
+            timeline,
+            start_time: rfc3339(start_time),
+            host: host_name(),
+            pgdata: pgdata.display().to_string(),
+            tool: TOOL.into(),
+            tool_version: VERSION.into(),
+            stores: self.cfg.stores.clone(),
+            run_dir: self.cfg.run_dir.display().to_string(),
+            agent_pid: std::process::id(),
+        };
+        self.marker_written = true;
+        marker::write(&pgdata, &m)?;
+
+        let sock = self.entry.socket();
+        let _ = std::fs::remove_file(&sock);
+        let listener =
+            UnixListener::bind(&sock).map_err(|e| io_err("cannot listen on", &sock, e))?;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| io_err("cannot chmod", &sock, e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| io_err("cannot configure", &sock, e))?;
+        self.listener = Some(listener);
+
+        let backup_from = if standby { "standby" } else { "primary" }.to_string();
+        self.state.state = Phase::Running;
+        self.state.start_lsn = Some(start_lsn.to_string());
+        self.state.start_wal_file = Some(start_wal_file.clone());
+        self.state.timeline = Some(timeline);
+        self.state.backup_from = Some(backup_from.clone());
+        self.state.start_time = Some(start_time);
+        self.state.last_heartbeat = Some(start_time);
+        self.save();
+        Ok(Ready {
+            id: self.cfg.id.clone(),
+            agent_pid: std::process::id(),
+            start_lsn: start_lsn.to_string(),
+            start_wal_file,
+            timeline,
+            pg_version_num: self.state.pg_version_num.unwrap_or(0),
+            system_identifier: sysid.to_string(),
+            pgdata: pgdata.display().to_string(),
+            backup_from,
+            stores: self.cfg.stores.clone(),
+            removed_stale_markers: removed,
+            log: self.entry.log_path().display().to_string(),
+        })
+    }
+
+    /// Ends the backup as void: closes the session (the server aborts the backup),
+    /// removes the marker and records why.
+    fn void(&mut self, phase: Phase, why: String) -> i32 {
+        tracing::error!("backup void: {why}");
+        self.session = None;
+        if let Some(pgdata) = self.pgdata.clone() {
+            if let Err(e) = marker::remove(&pgdata, &self.cfg.id) {
+                tracing::error!("cannot remove the marker: {e}");
+            }
+        }
+        self.state.state = phase;
+        self.state.failure = Some(why);
+        self.save();
+        if let Some(l) = self.listener.take() {
+            drop(l);
+            let _ = std::fs::remove_file(self.entry.socket());
+        }
+        Class::Void.exit_code()
+    }
+
+    /// The agent's loop: heartbeat, watch the session, answer requests, time out.
+    fn serve(&mut self) -> i32 {
+        let hb = self.heartbeat();
+        let deadline = self.started + Duration::from_millis(self.cfg.timeout_ms);
+        let mut next_hb = Instant::now() + hb;
+        loop {
+            let sig = SIGNALLED.load(Ordering::SeqCst);
+            if sig != 0 {
+                return self.void(
+                    Phase::Aborted,
+                    format!("the agent received signal {sig}; the backup was aborted"),
+                );
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return self.void(
+                    Phase::Failed,
+                    format!(
+                        "the backup was not stopped within --timeout ({}); the agent aborted it",
+                        crate::timefmt::human_duration(Duration::from_millis(self.cfg.timeout_ms))
+                    ),
+                );
+            }
+            if now >= next_hb {
+                if let Some(sent) = self.heartbeat_pending {
+                    let limit = (hb * 3).max(Duration::from_secs(30));
+                    if now.duration_since(sent) > limit {
+                        return self.void(
+                            Phase::Failed,
+                            format!(
+                                "the database session did not answer a heartbeat for {}; it is considered lost and the backup was aborted",
+                                crate::timefmt::human_duration(now.duration_since(sent))
+                            ),
+                        );
+                    }
+                } else if let Some(s) = self.session.as_mut() {
+                    if let Err(e) = s.send_heartbeat() {
+                        return self.void(Phase::Failed, lost_message(&e.message));
+                    }
+                    self.heartbeat_pending = Some(now);
+                }
+                next_hb = now + hb;
+            }
+            let wait = next_hb
+                .min(deadline)
+                .saturating_duration_since(Instant::now());
+            let pq_fd = self.session.as_ref().map(|s| s.socket()).unwrap_or(-1);
+            let l_fd = self.listener.as_ref().map(|l| l.as_raw_fd()).unwrap_or(-1);
+            let mut fds = [
+                libc::pollfd {
+                    fd: pq_fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: l_fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let ms = wait.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: fds is a valid array of two pollfd.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms.max(1)) };
+            if n < 0 {
+                continue; // EINTR: the signal check above runs next
+            }
+            if fds[0].revents != 0 {
+                if let Some(s) = self.session.as_mut() {
+                    match s.poll() {
+                        Ok(true) => {
+                            self.heartbeat_pending = None;
+                            self.state.last_heartbeat = Some(now_unix());
+                            self.save();
+                        }
+                        Ok(false) => {}
+                        Err(e) => return self.void(Phase::Failed, lost_message(&e.message)),
+                    }
+                }
+            }
+            if fds[1].revents != 0 {
+                let accepted = self.listener.as_ref().map(|l| l.accept());
+                if let Some(Ok((stream, _))) = accepted {
+                    if let Next::Exit(code) = self.handle(stream) {
+                        return code;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers one client.
+    fn handle(&mut self, stream: UnixStream) -> Next {
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut stream = stream;
+        if let Err(why) = check_peer(&stream) {
+            tracing::warn!("refused a client: {why}");
+            reply(
+                &mut stream,
+                &Response::Error {
+                    error: Error::env(why),
+                },
+            );
+            return Next::Continue;
+        }
+        let mut line = String::new();
+        if BufReader::new(&stream).read_line(&mut line).is_err() {
+            return Next::Continue;
+        }
+        let req: Request = match serde_json::from_str(line.trim()) {
+            Ok(r) => r,
+            Err(e) => {
+                reply(
+                    &mut stream,
+                    &Response::Error {
+                        error: Error::usage(format!("bad request: {e}")),
+                    },
+                );
+                return Next::Continue;
+            }
+        };
+        tracing::info!("request: {req:?}");
+        match req {
+            Request::Status => {
+                reply(
+                    &mut stream,
+                    &Response::State {
+                        state: Box::new(self.state.clone()),
+                    },
+                );
+                Next::Continue
+            }
+            Request::Abort => {
+                let code = self.void(
+                    Phase::Aborted,
+                    "aborted by request (pgbookend abort)".into(),
+                );
+                reply(
+                    &mut stream,
+                    &Response::Aborted {
+                        state: Box::new(self.state.clone()),
+                    },
+                );
+                Next::Exit(code)
+            }
+            Request::Stop {
+                wait_archive,
+                archive_timeout_ms,
+            } => {
+                let resp = self.stop(wait_archive, Duration::from_millis(archive_timeout_ms));
+                let code = match &resp {
+                    Response::Stopped { error: None, .. } => 0,
+                    Response::Stopped { error: Some(e), .. } => e.class().exit_code(),
+                    Response::Error { error } => error.class().exit_code(),
+                    _ => 1,
+                };
+                reply(&mut stream, &resp);
+                Next::Exit(code)
+            }
+        }
+    }
+
+    /// Waits for a heartbeat still in flight so the session is free for the stop call.
+    fn drain_heartbeat(&mut self) -> Result<()> {
+        while self.heartbeat_pending.is_some() {
+            let s = self
+                .session
+                .as_mut()
+                .ok_or_else(|| Error::void("the session is closed"))?;
+            let mut fds = [libc::pollfd {
+                fd: s.socket(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            // SAFETY: valid pollfd array.
+            unsafe { libc::poll(fds.as_mut_ptr(), 1, 1000) };
+            match s.poll() {
+                Ok(true) => self.heartbeat_pending = None,
+                Ok(false) => {}
+                Err(e) => return Err(Error::void(lost_message(&e.message))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the backup in the session that started it and writes the bundle.
+    fn stop(&mut self, wait_archive: bool, archive_timeout: Duration) -> Response {
+        self.state.state = Phase::Stopping;
+        self.save();
+        let t0 = Instant::now();
+        let stopped = self.drain_heartbeat().and_then(|_| {
+            self.session
+                .as_mut()
+                .ok_or_else(|| Error::void("the session is closed"))?
+                .stop_backup()
+        });
+        let res = match stopped {
+            Ok(r) => r,
+            Err(e) => {
+                let why = e.message.clone();
+                self.void(Phase::Failed, why);
+                let mut err = Error::void(format!(
+                    "backup {} is void: {}. No bundle was written.",
+                    self.cfg.id, e.message
+                ));
+                err.hints.push("take a new backup".into());
+                return Response::Error { error: err };
+            }
+        };
+        let stop_unix = now_unix();
+        tracing::info!("backup stopped at {}", res.lsn);
+        match self.finish(res, stop_unix, wait_archive, archive_timeout, t0) {
+            Ok(resp) => resp,
+            Err(e) => {
+                // The backup is stopped on the server but the bundle could not be made: the
+                // label is gone with the session. Say so plainly.
+                let why = format!(
+                    "the backup stopped but its bundle could not be written: {}",
+                    e.message
+                );
+                self.void(Phase::Failed, why.clone());
+                Response::Error {
+                    error: Error::new(e.class(), why)
+                        .hint("take a new backup once the cause is fixed"),
+                }
+            }
+        }
+    }
+
+    fn finish(
+        &mut self,
+        res: crate::session::StopResult,
+        stop_unix: i64,
+        wait_archive: bool,
+        archive_timeout: Duration,
+        t0: Instant,
+    ) -> Result<Response> {
+        let pgdata = self
+            .pgdata
+            .clone()
+            .ok_or_else(|| Error::internal("no PGDATA"))?;
+        let lbl = label::BackupLabel::parse(&res.labelfile).map_err(|e| {
+            Error::internal(format!("the server's backup_label does not parse: {e}"))
+        })?;
+        if lbl.label != self.cfg.id || lbl.start_wal_location != self.start_lsn {
+            tracing::warn!(
+                "the label names {} at {}, the agent started {} at {}",
+                lbl.label,
+                lbl.start_wal_location,
+                self.cfg.id,
+                self.start_lsn
+            );
+        }
+        let (ctl, ctl_bytes) = read_control(&pgdata)?;
+        let standby = lbl.from_standby();
+        let start_tli = lbl.start_timeline.unwrap_or(ctl.timeline);
+        let stop_tli = if standby && ctl.min_recovery_point_tli != 0 {
+            ctl.min_recovery_point_tli
+        } else {
+            ctl.timeline
+        };
+        let seg = ctl.xlog_seg_size;
+        let start_wal_file = wal::file_name(start_tli, wal::segno(self.start_lsn, seg), seg);
+        let stop_wal_file = wal::file_name(stop_tli, wal::prev_segno(res.lsn, seg), seg);
+
+        let (wal_archive, wal_detail) = if !wait_archive {
+            ("not_waited".to_string(), None)
+        } else {
+            self.wait_archive(&pgdata, standby, &stop_wal_file, archive_timeout)
+        };
+
+        let tablespaces = if res.spcmapfile.is_empty() {
+            Vec::new()
+        } else {
+            tablespace_map::TablespaceMap::parse_for_major(&res.spcmapfile, ctl.major)
+                .map_err(|e| {
+                    Error::internal(format!("the server's tablespace_map does not parse: {e}"))
+                })?
+                .entries
+                .into_iter()
+                .map(|(oid, path)| bundle::Tablespace { oid, path })
+                .collect()
+        };
+        let mut files: Vec<(String, Vec<u8>)> =
+            vec![("backup_label".into(), res.labelfile.clone().into_bytes())];
+        if !res.spcmapfile.is_empty() {
+            files.push(("tablespace_map".into(), res.spcmapfile.clone().into_bytes()));
+        }
+        files.push(("pg_control".into(), ctl_bytes));
+        let listed: BTreeMap<String, bundle::FileEntry> = files
+            .iter()
+            .map(|(n, d)| {
+                (
+                    n.clone(),
+                    bundle::FileEntry {
+                        size: d.len() as u64,
+                        sha256: sha256_hex(d),
+                    },
+                )
+            })
+            .collect();
+        let start_time = rfc3339(self.state.start_time.unwrap_or(stop_unix));
+        let manifest = bundle::Manifest {
+            format: bundle::FORMAT,
+            id: self.cfg.id.clone(),
+            system_identifier: ctl.system_identifier.to_string(),
+            pg_version_num: self.state.pg_version_num.unwrap_or(0),
+            pg_major: ctl.major,
+            timeline: stop_tli,
+            start_lsn: self.start_lsn.to_string(),
+            stop_lsn: res.lsn.to_string(),
+            checkpoint_lsn: lbl.checkpoint_location.to_string(),
+            start_wal_file: start_wal_file.clone(),
+            stop_wal_file: stop_wal_file.clone(),
+            wal_segment_size: seg,
+            // Normalised: PostgreSQL 13 writes "master" where later majors write "primary".
+            backup_from: if standby { "standby" } else { "primary" }.into(),
+            start_time: start_time.clone(),
+            stop_time: rfc3339(stop_unix),
+            host: host_name(),
+            pgdata: pgdata.display().to_string(),
+            tablespaces,
+            data_checksums: ctl.data_checksum_version != 0,
+            tool: TOOL.into(),
+            tool_version: VERSION.into(),
+            wal_mode: "server_archive".into(),
+            wal_archive: wal_archive.clone(),
+            files: listed,
+        };
+        let manifest_bytes =
+            serde_json::to_vec_pretty(&manifest).map_err(|e| Error::internal(e.to_string()))?;
+        let mut outcomes = Vec::new();
+        for url in &self.cfg.stores {
+            let outcome =
+                Store::parse(url).and_then(|s| s.put_bundle(&self.cfg.id, &files, &manifest_bytes));
+            match outcome {
+                Ok(loc) => {
+                    tracing::info!("bundle written to {loc}");
+                    outcomes.push(StoreOutcome {
+                        store: url.clone(),
+                        ok: true,
+                        location: Some(loc),
+                        error: None,
+                    })
+                }
+                Err(e) => {
+                    tracing::error!("store {url} failed: {e}");
+                    outcomes.push(StoreOutcome {
+                        store: url.clone(),
+                        ok: false,
+                        location: None,
+                        error: Some(e.message),
+                    })
+                }
+            }
+        }
+        let failed: Vec<&StoreOutcome> = outcomes.iter().filter(|o| !o.ok).collect();
+        let mut error = None;
+        if !failed.is_empty() {
+            // Keep the only copy of the label somewhere rather than lose it with the session.
+            let rescue = Store::Local(self.entry.dir.join("rescue"));
+            let kept = rescue
+                .put_bundle(&self.cfg.id, &files, &manifest_bytes)
+                .ok();
+            let names: Vec<String> = failed
+                .iter()
+                .map(|o| format!("{} ({})", o.store, o.error.as_deref().unwrap_or("?")))
+                .collect();
+            let mut e = Error::env(format!(
+                "the bundle could not be written to: {}",
+                names.join("; ")
+            ));
+            if let Some(k) = kept {
+                e = e.hint(format!("a copy of the bundle was kept in {k}; copy it into the store before the run directory is cleaned"));
+            }
+            error = Some(e);
+        } else if wal_archive == "not_confirmed" {
+            error = Some(
+                Error::new(
+                    Class::WalNotSafe,
+                    format!(
+                        "the bundle is written, but WAL segment {stop_wal_file} was not archived within --archive-timeout ({}); the backup is not restorable until it is",
+                        crate::timefmt::human_duration(archive_timeout)
+                    ),
+                )
+                .hint("check archive_command and the server log; pg_stat_archiver shows the last failure")
+                .hint(wal_detail.clone().unwrap_or_default()),
+            );
+        }
+        if let Err(e) = marker::remove(&pgdata, &self.cfg.id) {
+            tracing::error!("cannot remove the marker: {e}");
+        }
+        let report = StopReport {
+            id: self.cfg.id.clone(),
+            system_identifier: manifest.system_identifier.clone(),
+            pg_version_num: manifest.pg_version_num,
+            timeline: stop_tli,
+            start_lsn: manifest.start_lsn.clone(),
+            stop_lsn: manifest.stop_lsn.clone(),
+            start_wal_file,
+            stop_wal_file,
+            backup_from: manifest.backup_from.clone(),
+            start_time,
+            stop_time: manifest.stop_time.clone(),
+            window_s: stop_unix - self.state.start_time.unwrap_or(stop_unix),
+            duration_s: t0.elapsed().as_secs_f64(),
+            wal_archive,
+            wal_archive_detail: wal_detail,
+            stores: outcomes,
+        };
+        self.session = None;
+        self.state.state = Phase::Stopped;
+        self.state.stop = Some(report.clone());
+        self.state.failure = error
+            .as_ref()
+            .map(|e| format!("{}: {}", class_name(e.class()), e.message));
+        self.save();
+        if let Some(l) = self.listener.take() {
+            drop(l);
+            let _ = std::fs::remove_file(self.entry.socket());
+        }
+        Ok(Response::Stopped {
+            report: Box::new(report),
+            error,
+        })
+    }
+
+    /// Waits until the server has archived the stop segment (and, on a primary, the
+    /// backup history file), bounded by `timeout`. Mirrors the server's own test: a
+    /// `.done` status file, or the segment already removed from `pg_wal`.
+    fn wait_archive(
+        &mut self,
+        pgdata: &Path,
+        standby: bool,
+        stop_wal_file: &str,
+        timeout: Duration,
+    ) -> (String, Option<String>) {
+        let mode = self
+            .session
+            .as_mut()
+            .and_then(|s| s.setting("archive_mode").ok().flatten())
+            .unwrap_or_else(|| "off".into());
+        let archiving = match mode.as_str() {
+            "always" => true,
+            "on" => !standby,
+            _ => false,
+        };
+        if !archiving {
+            return (
+                "archiving_off".into(),
+                Some(format!(
+                    "archive_mode is {mode}: the WAL of the window must be kept by other means"
+                )),
+            );
+        }
+        let mut needed = vec![stop_wal_file.to_string()];
+        if !standby {
+            let seg = self.seg_size as u64;
+            let start_seg = wal::segno(self.start_lsn, self.seg_size);
+            let tli = stop_wal_file
+                .get(0..8)
+                .and_then(|t| u32::from_str_radix(t, 16).ok())
+                .unwrap_or(1);
+            needed.push(format!(
+                "{}.{:08X}.backup",
+                wal::file_name(tli, start_seg, self.seg_size),
+                self.start_lsn.0 % seg
+            ));
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let busy: Vec<&String> = needed.iter().filter(|f| archive_busy(pgdata, f)).collect();
+            if busy.is_empty() {
+                return ("archived".into(), None);
+            }
+            if Instant::now() >= deadline {
+                let detail = self.session.as_mut().and_then(|s| s.archiver_failure());
+                let first = busy[0].clone();
+                let msg = match detail {
+                    Some(d) => format!("waiting for {first} to be archived; {d}"),
+                    None => format!("waiting for {first} to be archived"),
+                };
+                return ("not_confirmed".into(), Some(msg));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The server's XLogArchiveIsBusy test, read from the outside.
+fn archive_busy(pgdata: &Path, file: &str) -> bool {
+    let status = pgdata.join("pg_wal/archive_status");
+    if status.join(format!("{file}.done")).exists() {
+        return false;
+    }
+    if status.join(format!("{file}.ready")).exists() {
+        return true;
+    }
+    if status.join(format!("{file}.done")).exists() {
+        return false;
+    }
+    pgdata.join("pg_wal").join(file).exists()
+}
+
+fn lost_message(detail: &str) -> String {
+    let d = detail.trim();
+    let d = if d.is_empty() {
+        "the connection closed"
+    } else {
+        d
+    };
+    format!("the database session was lost ({d}); the server aborted the backup")
+}
+
+fn reply(stream: &mut UnixStream, resp: &Response) {
+    if let Ok(mut s) = serde_json::to_string(resp) {
+        s.push('\n');
+        let _ = stream.write_all(s.as_bytes());
+    }
+}
+
+/// Only the agent's own user (or root) may talk to it.
+fn check_peer(stream: &UnixStream) -> std::result::Result<(), String> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: valid fd and out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "cannot read peer credentials: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if cred.uid == me || cred.uid == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "uid {} may not control this agent (uid {me})",
+            cred.uid
+        ))
+    }
+}

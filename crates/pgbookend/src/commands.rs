@@ -1,0 +1,497 @@
+//! The user-visible commands of the hook pair: `start`, `stop`, `status`, `abort`, `cleanup`.
+//! Each returns a value to print (human or JSON) or an [`Error`] whose class is the exit code.
+
+use crate::agent::{self, AgentConfig};
+use crate::config::{conninfo_has_password, Config};
+use crate::error::{Class, Error, Result};
+use crate::marker;
+use crate::protocol::{self, Request, Response};
+use crate::rundir::{Entry, RunDir};
+use crate::state::{AgentState, Phase, StopReport};
+use crate::store::{default_store, Store};
+use crate::timefmt::{human_duration, now_unix, parse_duration, rfc3339};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What a command produced: JSON for `--json`, and the human rendering of the same facts.
+pub struct Output {
+    pub json: Value,
+    pub human: String,
+    /// Non-zero when the command finished but the result is not "done and safe".
+    pub error: Option<Error>,
+}
+
+/// Options of `start` (and of `run`'s start part).
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    pub id: Option<String>,
+    pub stores: Vec<String>,
+    pub pgdata: Option<PathBuf>,
+    pub conninfo: Option<String>,
+    pub spread: bool,
+    pub timeout: Option<String>,
+    pub heartbeat: Option<String>,
+}
+
+fn duration_opt(flag: &str, value: Option<&str>, default: &str) -> Result<Duration> {
+    let v = value.unwrap_or(default);
+    parse_duration(v).map_err(|e| Error::usage(format!("--{flag}: {e}")))
+}
+
+/// `start`: spawns the agent and returns once the backup is in progress.
+pub fn start(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Output> {
+    let id = match opts.id {
+        Some(id) => {
+            crate::id::validate(&id)?;
+            id
+        }
+        None => crate::id::generate(),
+    };
+    let conninfo = opts.conninfo.or_else(|| cfg.conninfo.clone());
+    if let Some(ci) = &conninfo {
+        if conninfo_has_password(ci) && opts_conninfo_from_flag(ci, cfg) {
+            return Err(Error::usage("the connection string on the command line holds a password, which any user can see in ps")
+                .hint("put the password in ~/.pgpass or a file named by PGPASSFILE, and drop it from -d"));
+        }
+    }
+    let heartbeat = duration_opt(
+        "heartbeat",
+        opts.heartbeat.as_deref().or(cfg.heartbeat.as_deref()),
+        "10s",
+    )?;
+    let timeout = duration_opt(
+        "timeout",
+        opts.timeout.as_deref().or(cfg.timeout.as_deref()),
+        "24h",
+    )?;
+    if heartbeat < Duration::from_millis(100) {
+        return Err(Error::usage("--heartbeat must be at least 100ms"));
+    }
+    let store_urls = if !opts.stores.is_empty() {
+        opts.stores
+    } else if !cfg.store.is_empty() {
+        cfg.store.clone()
+    } else {
+        vec![default_store().display().to_string()]
+    };
+    let mut stores = Vec::new();
+    for u in &store_urls {
+        let s = Store::parse(u)?;
+        if s.has_bundle(&id) {
+            return Err(Error::usage(format!(
+                "a bundle with ID {id} already exists in {}",
+                s.bundle_location(&id)
+            ))
+            .hint("each backup needs its own ID"));
+        }
+        stores.push(s.url());
+    }
+    let pgdata = match opts.pgdata.or_else(|| cfg.pgdata.clone()) {
+        Some(p) if p.is_relative() => Some(
+            std::env::current_dir()
+                .map_err(|e| Error::env(format!("cannot resolve --pgdata: {e}")))?
+                .join(p),
+        ),
+        other => other,
+    };
+    run.ensure()?;
+    let entry = run.entry(&id);
+    if entry.agent_alive() {
+        return Err(
+            Error::usage(format!("backup {id} is already in progress")).hint("choose another --id")
+        );
+    }
+    if entry.exists() {
+        if let Some(st) = entry.read_state() {
+            if st.state == Phase::Stopped {
+                return Err(Error::usage(format!("backup {id} was already taken and stopped"))
+                    .hint("each backup needs its own ID; `pgbookend cleanup` forgets finished backups"));
+            }
+        }
+        entry.remove()?;
+    }
+    let acfg = AgentConfig {
+        id: id.clone(),
+        run_dir: run.root.clone(),
+        conninfo,
+        pgdata,
+        stores,
+        fast: !opts.spread,
+        timeout_ms: timeout.as_millis() as u64,
+        heartbeat_ms: heartbeat.as_millis() as u64,
+    };
+    let ready = agent::spawn(&acfg, &entry)?;
+    let mut human = format!(
+        "backup {} started at {} (WAL {}, timeline {}) on PostgreSQL {} ({})\n\
+         copy the data directory {} now, then run: pgbookend stop --id {}\n",
+        ready.id,
+        ready.start_lsn,
+        ready.start_wal_file,
+        ready.timeline,
+        ready.pg_version_num / 10_000,
+        ready.backup_from,
+        ready.pgdata,
+        ready.id
+    );
+    if !ready.removed_stale_markers.is_empty() {
+        human.push_str(&format!(
+            "removed stale markers of backups whose agent is gone: {}\n",
+            ready.removed_stale_markers.join(", ")
+        ));
+    }
+    let json = serde_json::to_value(&ready).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(Output {
+        json,
+        human,
+        error: None,
+    })
+}
+
+/// A password in a conninfo from the config file is the user's choice (root-only file);
+/// one given with -d is visible in `ps`, so only that is refused.
+fn opts_conninfo_from_flag(ci: &str, cfg: &Config) -> bool {
+    cfg.conninfo.as_deref() != Some(ci)
+}
+
+fn unknown_id(run: &RunDir, id: &str) -> Error {
+    Error::usage(format!(
+        "no backup with ID {id} is known in {}",
+        run.root.display()
+    ))
+    .hint(
+        "`pgbookend status` lists the known backups; use the same --run-dir and user as the start",
+    )
+}
+
+/// The facts of a backup whose agent is gone without a final state.
+fn agent_gone(st: &AgentState) -> String {
+    format!(
+        "its agent (pid {}) is gone: it was killed or crashed, its database session closed, and the server aborted the backup",
+        st.agent_pid
+    )
+}
+
+/// Records that an agent died and removes its marker: the state a dead agent could not write.
+fn settle_dead(entry: &Entry, mut st: AgentState) -> AgentState {
+    if !st.state.is_final() {
+        st.failure = Some(agent_gone(&st));
+        st.state = Phase::Failed;
+        st.updated = now_unix();
+        let _ = entry.write_state(&st);
+    }
+    if let Some(pgdata) = &st.pgdata {
+        if st.state != Phase::Stopped || marker::dir_of(pgdata.as_ref(), &st.id).exists() {
+            let _ = marker::remove(pgdata.as_ref(), &st.id);
+        }
+    }
+    st
+}
+
+/// `stop`: asks the agent to stop the backup and write the bundle.
+pub fn stop(
+    run: &RunDir,
+    cfg: &Config,
+    id: &str,
+    wait_archive: bool,
+    archive_timeout: Option<&str>,
+) -> Result<Output> {
+    crate::id::validate(id)?;
+    let timeout = duration_opt(
+        "archive-timeout",
+        archive_timeout.or(cfg.archive_timeout.as_deref()),
+        "10m",
+    )?;
+    let entry = run.entry(id);
+    if !entry.exists() {
+        return Err(unknown_id(run, id));
+    }
+    let req = Request::Stop {
+        wait_archive,
+        archive_timeout_ms: timeout.as_millis() as u64,
+    };
+    match protocol::call(&entry.socket(), &req, None)? {
+        Some(Response::Stopped { report, error }) => Ok(stop_output(&report, error)),
+        Some(Response::Error { error }) => Err(error),
+        Some(_) => Err(Error::internal(
+            "the agent gave an unexpected answer to stop",
+        )),
+        None => Err(settled_error(&entry, id)),
+    }
+}
+
+/// Why a backup without a live agent cannot be stopped (or aborted).
+fn settled_error(entry: &Entry, id: &str) -> Error {
+    // The agent may be exiting right now; its lock tells.
+    for _ in 0..50 {
+        if !entry.agent_alive() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let Some(st) = entry.read_state() else {
+        return Error::void(format!(
+            "backup {id} is void: its agent is gone and left no state. No bundle exists."
+        ))
+        .hint("take a new backup");
+    };
+    let st = settle_dead(entry, st);
+    match st.state {
+        Phase::Stopped => {
+            let at = st
+                .stop
+                .as_ref()
+                .map(|r| r.stop_time.clone())
+                .unwrap_or_default();
+            Error::usage(format!(
+                "backup {id} was already stopped (at {at}); there is nothing left to stop"
+            ))
+            .hint(format!("`pgbookend status --id {id}` shows the result"))
+        }
+        _ => Error::void(format!(
+            "backup {id} is void: {}. No bundle was written.",
+            st.failure.as_deref().unwrap_or("its agent is gone")
+        ))
+        .hint("the copy taken during this backup cannot be restored; take a new backup"),
+    }
+}
+
+fn stop_output(r: &StopReport, error: Option<Error>) -> Output {
+    let mut human = format!(
+        "backup {} stopped at {} after a window of {}\n  WAL needed: {} .. {} (timeline {})\n",
+        r.id,
+        r.stop_lsn,
+        human_duration(Duration::from_secs(r.window_s.max(0) as u64)),
+        r.start_wal_file,
+        r.stop_wal_file,
+        r.timeline
+    );
+    human.push_str(&format!(
+        "  WAL archive: {}\n",
+        match r.wal_archive.as_str() {
+            "archived" => "confirmed archived by the server",
+            "not_waited" => "not checked (--no-wait-archive)",
+            "archiving_off" => "archiving is off: keep the WAL of the window by other means",
+            _ => "NOT confirmed",
+        }
+    ));
+    for s in &r.stores {
+        match (&s.location, &s.error) {
+            (Some(loc), _) => human.push_str(&format!("  bundle: {loc}\n")),
+            (None, Some(e)) => {
+                human.push_str(&format!("  bundle NOT written to {}: {e}\n", s.store))
+            }
+            _ => {}
+        }
+    }
+    let mut json = serde_json::to_value(r).unwrap_or(Value::Null);
+    if let (Some(e), Value::Object(m)) = (&error, &mut json) {
+        m.insert(
+            "error".into(),
+            serde_json::to_value(e).unwrap_or(Value::Null),
+        );
+    }
+    Output { json, human, error }
+}
+
+fn describe(st: &AgentState, alive: bool) -> (Value, String) {
+    let now = now_unix();
+    let elapsed = st.start_time.map(|t| now - t);
+    let hb_age = st.last_heartbeat.map(|t| now - t);
+    let json = json!({
+        "id": st.id,
+        "state": st.state.as_str(),
+        "agent_pid": st.agent_pid,
+        "agent_alive": alive,
+        "pgdata": st.pgdata,
+        "stores": st.stores,
+        "pg_version_num": st.pg_version_num,
+        "backup_from": st.backup_from,
+        "start_lsn": st.start_lsn,
+        "start_wal_file": st.start_wal_file,
+        "timeline": st.timeline,
+        "start_time": st.start_time.map(rfc3339),
+        "elapsed_s": elapsed,
+        "last_heartbeat": st.last_heartbeat.map(rfc3339),
+        "last_heartbeat_age_s": hb_age,
+        "heartbeat_interval_s": st.heartbeat_interval_ms as f64 / 1000.0,
+        "failure": st.failure,
+        "stop": st.stop,
+    });
+    let mut human = format!("{}: {}", st.id, st.state.as_str());
+    if let Some(l) = &st.start_lsn {
+        human.push_str(&format!(", started at {l}"));
+    }
+    if let Some(e) = elapsed {
+        if !st.state.is_final() {
+            human.push_str(&format!(
+                " {} ago",
+                human_duration(Duration::from_secs(e.max(0) as u64))
+            ));
+        }
+    }
+    if alive {
+        human.push_str(&format!(", agent pid {}", st.agent_pid));
+        if let Some(a) = hb_age {
+            human.push_str(&format!(", last heartbeat {}s ago", a.max(0)));
+        }
+    }
+    if let Some(r) = &st.stop {
+        human.push_str(&format!(", stopped at {} ({})", r.stop_lsn, r.stop_time));
+    }
+    if let Some(f) = &st.failure {
+        human.push_str(&format!("\n  reason: {f}"));
+    }
+    human.push('\n');
+    (json, human)
+}
+
+/// The current state of one entry: from the live agent, else from its record.
+fn current_state(entry: &Entry) -> Option<(AgentState, bool)> {
+    if entry.agent_alive() {
+        if let Ok(Some(Response::State { state })) = protocol::call(
+            &entry.socket(),
+            &Request::Status,
+            Some(Duration::from_secs(30)),
+        ) {
+            return Some((*state, true));
+        }
+        // Busy (stopping) or exiting: the record is the best we have.
+        return entry.read_state().map(|s| (s, true));
+    }
+    let st = entry.read_state()?;
+    Some((settle_dead(entry, st), false))
+}
+
+/// `status`: one backup (`--id`) or all known to this run directory.
+pub fn status(run: &RunDir, id: Option<&str>) -> Result<Output> {
+    if let Some(id) = id {
+        crate::id::validate(id)?;
+        let entry = run.entry(id);
+        let (st, alive) = current_state(&entry).ok_or_else(|| unknown_id(run, id))?;
+        let (json, human) = describe(&st, alive);
+        let error = match st.state {
+            Phase::Failed | Phase::Aborted => Some(Error::void(format!(
+                "backup {id} is void: {}",
+                st.failure.as_deref().unwrap_or("unknown reason")
+            ))),
+            _ => None,
+        };
+        return Ok(Output { json, human, error });
+    }
+    let mut list = Vec::new();
+    let mut human = String::new();
+    for entry in run.entries() {
+        if let Some((st, alive)) = current_state(&entry) {
+            let (j, h) = describe(&st, alive);
+            list.push(j);
+            human.push_str(&h);
+        }
+    }
+    if list.is_empty() {
+        human = format!("no backups known in {}\n", run.root.display());
+    }
+    Ok(Output {
+        json: json!({ "backups": list }),
+        human,
+        error: None,
+    })
+}
+
+/// `abort`: ends the session so the server aborts the backup.
+pub fn abort(run: &RunDir, id: &str) -> Result<Output> {
+    crate::id::validate(id)?;
+    let entry = run.entry(id);
+    if !entry.exists() {
+        return Err(unknown_id(run, id));
+    }
+    let st = match protocol::call(
+        &entry.socket(),
+        &Request::Abort,
+        Some(Duration::from_secs(120)),
+    )? {
+        Some(Response::Aborted { state }) => *state,
+        Some(Response::Error { error }) => return Err(error),
+        Some(_) => {
+            return Err(Error::internal(
+                "the agent gave an unexpected answer to abort",
+            ))
+        }
+        None => {
+            let e = settled_error(&entry, id);
+            if e.class() == Class::Usage {
+                return Err(e);
+            }
+            entry.read_state().ok_or(e)?
+        }
+    };
+    let (json, _) = describe(&st, false);
+    let human = format!(
+        "backup {id} aborted: {}\n",
+        st.failure
+            .as_deref()
+            .unwrap_or("the session was closed and the server aborted the backup")
+    );
+    Ok(Output {
+        json,
+        human,
+        error: None,
+    })
+}
+
+/// `cleanup`: forgets backups whose agent is gone (their run-directory entry and any
+/// marker they left), and removes stale markers from `--pgdata`.
+pub fn cleanup(run: &RunDir, pgdata: Option<&std::path::Path>) -> Result<Output> {
+    let mut removed_entries = Vec::new();
+    let mut kept = Vec::new();
+    let mut removed_markers = Vec::new();
+    for entry in run.entries() {
+        if entry.agent_alive() {
+            continue;
+        }
+        if let Some(st) = entry.read_state() {
+            let st = settle_dead(&entry, st);
+            if let Some(p) = &st.pgdata {
+                if marker::dir_of(p.as_ref(), &st.id).exists() {
+                    marker::remove(p.as_ref(), &st.id)?;
+                    removed_markers.push(st.id.clone());
+                }
+            }
+        }
+        if entry.dir.join("rescue").exists() {
+            kept.push(format!(
+                "{} (holds a rescued bundle in {})",
+                entry.id,
+                entry.dir.join("rescue").display()
+            ));
+            continue;
+        }
+        entry.remove()?;
+        removed_entries.push(entry.id.clone());
+    }
+    if let Some(p) = pgdata {
+        for id in marker::remove_stale(p, None)? {
+            if !removed_markers.contains(&id) {
+                removed_markers.push(id);
+            }
+        }
+    }
+    let mut human = String::new();
+    if removed_entries.is_empty() && removed_markers.is_empty() {
+        human.push_str("nothing to clean up\n");
+    }
+    for e in &removed_entries {
+        human.push_str(&format!("forgot finished or dead backup {e}\n"));
+    }
+    for m in &removed_markers {
+        human.push_str(&format!("removed stale marker of backup {m}\n"));
+    }
+    for k in &kept {
+        human.push_str(&format!("kept {k}\n"));
+    }
+    Ok(Output {
+        json: json!({ "removed_entries": removed_entries, "removed_markers": removed_markers, "kept": kept }),
+        human,
+        error: None,
+    })
+}

@@ -1,0 +1,142 @@
+//! Defaults from the config file (`/etc/pgbookend.toml` or `$PGBOOKEND_CONFIG`); flags win.
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The system-wide config file read when `$PGBOOKEND_CONFIG` is not set.
+pub const SYSTEM_CONFIG: &str = "/etc/pgbookend.toml";
+
+/// Settings a config file may hold. Every one is also a flag; the flag wins.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Default stores (`--store`), each a directory or `file://` URL.
+    #[serde(default)]
+    pub store: Vec<String>,
+    /// Default run directory for agents (`--run-dir`).
+    pub run_dir: Option<PathBuf>,
+    /// Default PGDATA (`--pgdata`).
+    pub pgdata: Option<PathBuf>,
+    /// Default connection string (`-d`). A password belongs in `.pgpass`, not here.
+    pub conninfo: Option<String>,
+    /// Default heartbeat interval (`--heartbeat`), e.g. "10s".
+    pub heartbeat: Option<String>,
+    /// Default agent timeout (`--timeout`), e.g. "24h".
+    pub timeout: Option<String>,
+    /// Default archive wait bound for `stop` (`--archive-timeout`), e.g. "10m".
+    pub archive_timeout: Option<String>,
+}
+
+impl Config {
+    /// Loads `$PGBOOKEND_CONFIG` (must exist if set) or `/etc/pgbookend.toml` (optional).
+    pub fn load() -> Result<Config> {
+        match std::env::var_os("PGBOOKEND_CONFIG") {
+            Some(p) if !p.is_empty() => Self::load_from(Path::new(&p), true),
+            _ => Self::load_from(Path::new(SYSTEM_CONFIG), false),
+        }
+    }
+
+    fn load_from(path: &Path, required: bool) -> Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Config::default())
+            }
+            Err(e) => {
+                return Err(Error::usage(format!(
+                    "cannot read config file {}: {e}",
+                    path.display()
+                ))
+                .hint("set PGBOOKEND_CONFIG to an existing TOML file, or unset it"))
+            }
+        };
+        toml::from_str(&text).map_err(|e| {
+            Error::usage(format!(
+                "invalid config file {}: {}",
+                path.display(),
+                e.message()
+            ))
+            .hint("keys: store, run_dir, pgdata, conninfo, heartbeat, timeout, archive_timeout")
+        })
+    }
+}
+
+/// Whether a conninfo string or URI carries a password (which would be visible in `ps`).
+pub fn conninfo_has_password(conninfo: &str) -> bool {
+    let c = conninfo.trim();
+    if c.starts_with("postgres://") || c.starts_with("postgresql://") {
+        let rest = c.split_once("://").map(|x| x.1).unwrap_or("");
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            if userinfo.contains(':') {
+                return true;
+            }
+        }
+        return rest
+            .split(['?', '&'])
+            .any(|kv| kv.trim_start().starts_with("password="));
+    }
+    // key = value pairs; values may be quoted, so look at each key position.
+    let bytes = c.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let start = i;
+        while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+            i += 1;
+        }
+        let key = &c[start..i];
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i < bytes.len() && bytes[i] == b'=' {
+            i += 1;
+            if key == "password" {
+                return true;
+            }
+            while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            if i < bytes.len() && bytes[i] == b'\'' {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'\'' {
+                    if bytes[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            } else {
+                while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+            }
+        } else if i == start {
+            i += 1;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_passwords_in_conninfo() {
+        assert!(conninfo_has_password("host=x password=secret"));
+        assert!(conninfo_has_password("password = 'a b'"));
+        assert!(conninfo_has_password("postgresql://u:pw@h/db"));
+        assert!(conninfo_has_password(
+            "postgres://u@h/db?sslmode=require&password=pw"
+        ));
+        assert!(!conninfo_has_password(
+            "host=x user=backup application_name='password=x'"
+        ));
+        assert!(!conninfo_has_password("postgresql://u@h:5432/db"));
+        assert!(!conninfo_has_password("host=/tmp passfile=/root/.pgpass"));
+    }
+}

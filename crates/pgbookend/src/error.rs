@@ -1,0 +1,120 @@
+//! Errors that reach the user: a class (which becomes the exit code), a message, and hints.
+//!
+//! Exit codes are part of the contract (README, "Exit codes"): a backup program's hook
+//! log at 3 a.m. must say whether the backup is usable.
+
+use std::fmt;
+
+/// What kind of failure this is; each class has its own exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    /// Something unexpected inside pgbookend (a bug or an unforeseen system error). Exit 1.
+    Internal,
+    /// The command line, the backup ID or the request is wrong (unknown ID, ID in use,
+    /// second stop). Nothing was changed. Exit 2.
+    Usage,
+    /// The backup is void: its session was lost, it was aborted or timed out, or the
+    /// server refused to stop it. No bundle exists; take a new backup. Exit 3.
+    Void,
+    /// The environment is wrong: cannot connect, missing privileges, wrong PGDATA,
+    /// unsupported server, unwritable store or run directory. Nothing was changed. Exit 4.
+    Environment,
+    /// The backup was stopped and its bundle written, but the WAL it needs is not
+    /// confirmed safe (not archived within the timeout). Not restorable until it is. Exit 5.
+    WalNotSafe,
+}
+
+impl Class {
+    /// The process exit code for this class.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Class::Internal => 1,
+            Class::Usage => 2,
+            Class::Void => 3,
+            Class::Environment => 4,
+            Class::WalNotSafe => 5,
+        }
+    }
+}
+
+/// A user-facing error.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Error {
+    pub class: ClassName,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hints: Vec<String>,
+}
+
+/// The serialised form of [`Class`] (kept as a string in JSON and in the agent protocol).
+pub type ClassName = String;
+
+impl Error {
+    /// A new error of the given class.
+    pub fn new(class: Class, message: impl Into<String>) -> Self {
+        Error {
+            class: class_name(class).to_string(),
+            message: message.into(),
+            hints: Vec::new(),
+        }
+    }
+    /// Adds a "hint:" line: what to do next.
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hints.push(hint.into());
+        self
+    }
+    /// The class, parsed back from its name (unknown names are internal errors).
+    pub fn class(&self) -> Class {
+        match self.class.as_str() {
+            "usage" => Class::Usage,
+            "void" => Class::Void,
+            "environment" => Class::Environment,
+            "wal_not_safe" => Class::WalNotSafe,
+            _ => Class::Internal,
+        }
+    }
+    /// Shorthands for the common classes.
+    pub fn usage(m: impl Into<String>) -> Self {
+        Self::new(Class::Usage, m)
+    }
+    pub fn void(m: impl Into<String>) -> Self {
+        Self::new(Class::Void, m)
+    }
+    pub fn env(m: impl Into<String>) -> Self {
+        Self::new(Class::Environment, m)
+    }
+    pub fn internal(m: impl Into<String>) -> Self {
+        Self::new(Class::Internal, m)
+    }
+}
+
+/// The stable name of a class, as it appears in JSON output.
+pub fn class_name(c: Class) -> &'static str {
+    match c {
+        Class::Internal => "internal",
+        Class::Usage => "usage",
+        Class::Void => "void",
+        Class::Environment => "environment",
+        Class::WalNotSafe => "wal_not_safe",
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.message)?;
+        for h in &self.hints {
+            write!(f, "\nhint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// I/O errors on a path become environment errors that name the path.
+pub fn io_err(what: &str, path: &std::path::Path, e: std::io::Error) -> Error {
+    Error::env(format!("{what} {}: {e}", path.display()))
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,81 @@
+//! Backup IDs: `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`, given by the caller or generated.
+
+use crate::error::{Error, Result};
+
+/// The longest accepted backup ID.
+pub const MAX_LEN: usize = 64;
+
+/// Checks a caller-supplied backup ID. It names directories and is the server-side
+/// label, so anything that could escape a directory or confuse a shell is refused.
+pub fn validate(id: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Error::usage(format!("invalid backup ID {id:?}: {why}"))
+            .hint("a backup ID is 1 to 64 characters: a letter or digit, then letters, digits, '.', '_' or '-'")
+    };
+    if id.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if id.len() > MAX_LEN {
+        return Err(bad(&format!(
+            "it has {} characters, at most {MAX_LEN} are allowed",
+            id.len()
+        )));
+    }
+    let first = id.as_bytes()[0];
+    if !first.is_ascii_alphanumeric() {
+        return Err(bad("it must start with a letter or digit"));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(bad(&format!("it contains {c:?}")));
+    }
+    Ok(())
+}
+
+/// A new ID: UTC time plus a random suffix, e.g. `20261121T010203Z-3f9a1c`.
+pub fn generate() -> String {
+    let mut buf = [0u8; 3];
+    // SAFETY: buf is valid for 3 bytes; getrandom fills it or fails.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != buf.len() as isize {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+            ^ std::process::id();
+        buf.copy_from_slice(&t.to_le_bytes()[..3]);
+    }
+    format!(
+        "{}-{}",
+        crate::timefmt::compact(crate::timefmt::now_unix()),
+        hex::encode(buf)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_and_refuses() {
+        assert!(validate("job-42.full_1").is_ok());
+        assert!(validate(&"a".repeat(64)).is_ok());
+        assert!(validate(&"a".repeat(65)).is_err());
+        assert!(validate("").is_err());
+        assert!(validate("../x").is_err());
+        assert!(validate(".hidden").is_err());
+        assert!(validate("a/b").is_err());
+        assert!(validate("a b").is_err());
+        assert!(validate("-rf").is_err());
+    }
+
+    #[test]
+    fn generated_ids_are_valid_and_differ() {
+        let a = generate();
+        let b = generate();
+        assert!(validate(&a).is_ok(), "{a}");
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,28 @@
+//! pgbookend: the two bookends around someone else's copy of a PostgreSQL data directory.
+//!
+//! `start` runs the non-exclusive backup start in a session held by a detached agent;
+//! `stop` ends it in that same session and stores what the server returns (the bundle)
+//! beside the copy. See `shared/DESIGN.md` for the contract; this crate is the engine,
+//! `main.rs` only parses the command line.
+
+pub mod agent;
+pub mod bundle;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod id;
+pub mod logging;
+pub mod marker;
+pub mod pq;
+pub mod protocol;
+pub mod rundir;
+pub mod session;
+pub mod state;
+pub mod store;
+pub mod timefmt;
+
+/// The tool's name, as recorded in markers and bundles.
+pub const TOOL: &str = "pgbookend";
+/// The tool's version, as recorded in markers and bundles.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

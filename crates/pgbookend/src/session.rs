@@ -1,0 +1,219 @@
+//! The database session that holds a backup, and the one place that knows which SQL
+//! each PostgreSQL major uses for it (`pg_start_backup`/`pg_stop_backup` up to 14,
+//! `pg_backup_start`/`pg_backup_stop` from 15).
+
+use crate::error::{Error, Result};
+use crate::pq::{Conn, PqError};
+use pgbookend_formats::lsn::Lsn;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The oldest and newest majors pgbookend knows.
+pub const MIN_MAJOR: u32 = 13;
+pub const MAX_MAJOR: u32 = 18;
+
+/// What the stop function returns: exactly the server's bytes.
+#[derive(Debug, Clone)]
+pub struct StopResult {
+    pub lsn: Lsn,
+    pub labelfile: String,
+    pub spcmapfile: String,
+}
+
+/// The session of one backup.
+pub struct Session {
+    conn: Conn,
+    pub version_num: u32,
+    pub major: u32,
+}
+
+fn sql_err(what: &str, e: PqError) -> Error {
+    let mut err = Error::env(format!("{what}: {}", e.message));
+    if e.is_permission_denied() {
+        err = err.hint("the role needs the grants listed in the README (\"Database role\")");
+    }
+    err
+}
+
+impl Session {
+    /// Connects (libpq conventions) with TCP keepalives tuned to the heartbeat, and sets
+    /// the session so the server never ends it on its own: the timeouts that could
+    /// (`idle_session_timeout`, `idle_in_transaction_session_timeout`,
+    /// `statement_timeout`, `lock_timeout`) are set to 0 for this session only.
+    pub fn connect(conninfo: Option<&str>, id: &str, heartbeat: Duration) -> Result<Session> {
+        let hb = heartbeat.as_secs().max(1);
+        let idle = hb.to_string();
+        let interval = (hb / 3).max(1).to_string();
+        let user_timeout = (hb * 3 * 1000).max(30_000).to_string();
+        let app = format!("pgbookend {id}");
+        let defaults = [
+            ("application_name", app.as_str()),
+            ("connect_timeout", "30"),
+            ("keepalives", "1"),
+            ("keepalives_idle", idle.as_str()),
+            ("keepalives_interval", interval.as_str()),
+            ("keepalives_count", "3"),
+            ("tcp_user_timeout", user_timeout.as_str()),
+        ];
+        let conn = Conn::connect(&defaults, conninfo).map_err(|e| {
+            Error::env(format!("cannot connect to PostgreSQL: {}", e.message))
+                .hint("connection settings follow libpq: PGHOST, PGPORT, PGUSER, PGDATABASE, -d CONNINFO; passwords go in ~/.pgpass or PGPASSFILE")
+        })?;
+        let version_num = conn.server_version();
+        let major = version_num / 10_000;
+        if !(MIN_MAJOR..=MAX_MAJOR).contains(&major) {
+            return Err(Error::env(format!(
+                "PostgreSQL {major} (server_version_num {version_num}) is not supported; pgbookend supports {MIN_MAJOR} to {MAX_MAJOR}"
+            )));
+        }
+        let mut s = Session {
+            conn,
+            version_num,
+            major,
+        };
+        s.conn
+            .query(
+                "SELECT set_config(name, '0', false) FROM pg_settings \
+                 WHERE name IN ('idle_session_timeout', 'idle_in_transaction_session_timeout', \
+                                'statement_timeout', 'lock_timeout')",
+                &[],
+            )
+            .map_err(|e| sql_err("cannot configure the session", e))?;
+        // Server-side keepalives (effective on TCP only) so the server also notices a dead peer.
+        s.conn
+            .query(
+                "SELECT set_config(name, $1, false) FROM pg_settings \
+                 WHERE name IN ('tcp_keepalives_idle', 'tcp_keepalives_interval')",
+                &[&idle],
+            )
+            .map_err(|e| sql_err("cannot configure the session", e))?;
+        Ok(s)
+    }
+
+    /// Where we are connected (no password), for logs.
+    pub fn describe(&self) -> String {
+        self.conn.describe()
+    }
+
+    /// The socket, for poll(2).
+    pub fn socket(&self) -> i32 {
+        self.conn.socket()
+    }
+
+    /// The server's system identifier (`pg_control_system()`).
+    pub fn system_identifier(&mut self) -> Result<u64> {
+        let rows = self
+            .conn
+            .query("SELECT system_identifier FROM pg_control_system()", &[])
+            .map_err(|e| sql_err("cannot read pg_control_system()", e))?;
+        rows.scalar()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Error::internal("pg_control_system() returned no system identifier"))
+    }
+
+    /// `SHOW data_directory`, or `None` if the role may not see it (then `--pgdata` is needed).
+    pub fn data_directory(&mut self) -> Result<Option<PathBuf>> {
+        match self.conn.query("SHOW data_directory", &[]) {
+            Ok(r) => Ok(r.scalar().map(PathBuf::from)),
+            Err(e) if e.is_permission_denied() => Ok(None),
+            Err(e) => Err(sql_err("cannot read data_directory", e)),
+        }
+    }
+
+    /// True on a standby.
+    pub fn in_recovery(&mut self) -> Result<bool> {
+        let r = self
+            .conn
+            .query("SELECT pg_is_in_recovery()", &[])
+            .map_err(|e| sql_err("cannot call pg_is_in_recovery()", e))?;
+        Ok(r.scalar() == Some("t"))
+    }
+
+    /// The value of a setting visible to every role (`archive_mode`, ...).
+    pub fn setting(&mut self, name: &str) -> Result<Option<String>> {
+        let r = self
+            .conn
+            .query("SELECT current_setting($1, true)", &[name])
+            .map_err(|e| sql_err("cannot read a setting", e))?;
+        Ok(r.scalar().map(|s| s.to_string()))
+    }
+
+    /// Starts the non-exclusive backup in this session; returns the start LSN.
+    pub fn start_backup(&mut self, label: &str, fast: bool) -> Result<Lsn> {
+        let fast = if fast { "true" } else { "false" };
+        let sql = if self.major >= 15 {
+            "SELECT pg_backup_start($1, $2::boolean)::text"
+        } else {
+            "SELECT pg_start_backup($1, $2::boolean, false)::text"
+        };
+        let r = self.conn.query(sql, &[label, fast]).map_err(|e| {
+            let mut err = Error::env(format!("the server refused to start the backup: {}", e.message));
+            if e.is_permission_denied() {
+                err = err.hint("grant EXECUTE on the backup functions to this role (README, \"Database role\")");
+            }
+            err
+        })?;
+        let text = r
+            .scalar()
+            .ok_or_else(|| Error::internal("the start function returned no LSN"))?;
+        text.parse::<Lsn>()
+            .map_err(|e| Error::internal(format!("the start function returned {text:?}: {e}")))
+    }
+
+    /// Stops the backup in this session without waiting for archiving (pgbookend waits
+    /// itself, bounded by `--archive-timeout`, because the server's own wait cannot be
+    /// interrupted without losing the label).
+    pub fn stop_backup(&mut self) -> Result<StopResult> {
+        let sql = if self.major >= 15 {
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
+        } else {
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
+        };
+        let r = self.conn.query(sql, &[]).map_err(|e| {
+            Error::void(format!(
+                "the server refused to stop the backup: {}",
+                e.message
+            ))
+        })?;
+        let lsn_text = r
+            .get(0, "lsn")
+            .ok_or_else(|| Error::internal("the stop function returned no LSN"))?;
+        let lsn = lsn_text.parse::<Lsn>().map_err(|e| {
+            Error::internal(format!("the stop function returned {lsn_text:?}: {e}"))
+        })?;
+        Ok(StopResult {
+            lsn,
+            labelfile: r.get(0, "labelfile").unwrap_or_default().to_string(),
+            spcmapfile: r.get(0, "spcmapfile").unwrap_or_default().to_string(),
+        })
+    }
+
+    /// `pg_stat_archiver`'s last failure, to explain a stuck archive.
+    pub fn archiver_failure(&mut self) -> Option<String> {
+        let r = self
+            .conn
+            .query(
+                "SELECT last_failed_wal, last_failed_time::text, last_archived_wal FROM pg_stat_archiver",
+                &[],
+            )
+            .ok()?;
+        let failed = r.get(0, "last_failed_wal")?;
+        Some(format!(
+            "pg_stat_archiver: last failed {} at {}, last archived {}",
+            failed,
+            r.get(0, "last_failed_time").unwrap_or("?"),
+            r.get(0, "last_archived_wal").unwrap_or("none")
+        ))
+    }
+
+    /// Sends the heartbeat query without waiting for it.
+    pub fn send_heartbeat(&mut self) -> std::result::Result<(), PqError> {
+        self.conn.send("SELECT 1")
+    }
+
+    /// Reads whatever the server sent: `Ok(true)` when a heartbeat completed,
+    /// `Ok(false)` when nothing is complete yet, `Err` when the session is lost.
+    pub fn poll(&mut self) -> std::result::Result<bool, PqError> {
+        self.conn.poll_result().map(|r| r.is_some())
+    }
+}

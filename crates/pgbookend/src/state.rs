@@ -1,0 +1,101 @@
+//! What an agent records about its backup (`state.json`) and what `stop` reports.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a backup is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The agent is connecting and calling the start function.
+    Starting,
+    /// The backup is in progress; the copy may be taken.
+    Running,
+    /// `stop` is under way.
+    Stopping,
+    /// Stopped; the bundle is written (see `stop` for whether the WAL is safe).
+    Stopped,
+    /// Void: the session was lost, the agent died, or it timed out.
+    Failed,
+    /// Void by request (`abort`).
+    Aborted,
+}
+
+impl Phase {
+    /// True for phases after which nothing more will happen.
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Stopped | Phase::Failed | Phase::Aborted)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+            Phase::Failed => "failed",
+            Phase::Aborted => "aborted",
+        }
+    }
+}
+
+/// The agent's record of one backup. Never holds a secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentState {
+    pub id: String,
+    pub state: Phase,
+    pub agent_pid: u32,
+    pub pgdata: Option<String>,
+    pub stores: Vec<String>,
+    pub server: Option<String>,
+    pub pg_version_num: Option<u32>,
+    pub system_identifier: Option<String>,
+    pub start_lsn: Option<String>,
+    pub start_wal_file: Option<String>,
+    pub timeline: Option<u32>,
+    pub backup_from: Option<String>,
+    /// Unix seconds.
+    pub start_time: Option<i64>,
+    /// Unix seconds of the last successful heartbeat.
+    pub last_heartbeat: Option<i64>,
+    pub heartbeat_interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Why the backup is void (failed/aborted).
+    pub failure: Option<String>,
+    /// The result of `stop`, once stopped.
+    pub stop: Option<StopReport>,
+    /// Unix seconds of this record.
+    pub updated: i64,
+}
+
+/// One store's outcome at `stop`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreOutcome {
+    pub store: String,
+    pub ok: bool,
+    pub location: Option<String>,
+    pub error: Option<String>,
+}
+
+/// What `stop` did, as printed by `stop --json` and kept in the agent's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StopReport {
+    pub id: String,
+    pub system_identifier: String,
+    pub pg_version_num: u32,
+    pub timeline: u32,
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    pub start_wal_file: String,
+    pub stop_wal_file: String,
+    pub backup_from: String,
+    pub start_time: String,
+    pub stop_time: String,
+    /// Seconds from start to stop (the backup window).
+    pub window_s: i64,
+    /// Seconds the stop itself took.
+    pub duration_s: f64,
+    /// "archived" (confirmed), "not_waited" (--no-wait-archive), "archiving_off",
+    /// or "not_confirmed" (timed out: exit 5).
+    pub wal_archive: String,
+    pub wal_archive_detail: Option<String>,
+    pub stores: Vec<StoreOutcome>,
+}

@@ -1,0 +1,131 @@
+//! Stores: where bundles live. A local directory (`/path` or `file:///path`) for now;
+//! `s3://bucket/prefix` is recognised and refused with a clear message until S3 lands.
+
+use crate::error::{Error, Result};
+use crate::fsutil::{self, Ownership};
+use std::path::{Path, PathBuf};
+
+/// A parsed store location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Store {
+    Local(PathBuf),
+}
+
+impl Store {
+    /// Parses a store URL; relative paths are made absolute against the current directory
+    /// (the agent runs from `/`).
+    pub fn parse(url: &str) -> Result<Store> {
+        let url = url.trim();
+        if url.is_empty() {
+            return Err(Error::usage("empty --store")
+                .hint("give a directory, file:///dir or s3://bucket/prefix"));
+        }
+        if let Some(rest) = url.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                return Err(Error::usage(format!(
+                    "invalid store {url:?}: a file:// URL needs an absolute path (file:///dir)"
+                )));
+            }
+            return Ok(Store::Local(PathBuf::from(rest)));
+        }
+        if url.starts_with("s3://") {
+            return Err(Error::usage(format!("store {url:?}: S3 stores are not supported by this version yet"))
+                .hint("use a local directory store and copy it to object storage with your backup program"));
+        }
+        if url.contains("://") {
+            return Err(Error::usage(format!("store {url:?}: unknown scheme"))
+                .hint("give a directory, file:///dir or s3://bucket/prefix"));
+        }
+        let p = PathBuf::from(url);
+        let abs = if p.is_absolute() {
+            p
+        } else {
+            std::env::current_dir()
+                .map_err(|e| Error::env(format!("cannot resolve {url}: {e}")))?
+                .join(p)
+        };
+        Ok(Store::Local(abs))
+    }
+
+    /// The canonical text form, as recorded in markers and state.
+    pub fn url(&self) -> String {
+        match self {
+            Store::Local(p) => p.display().to_string(),
+        }
+    }
+
+    /// Where the bundle of `id` lives in this store.
+    pub fn bundle_location(&self, id: &str) -> String {
+        match self {
+            Store::Local(p) => p.join(id).display().to_string(),
+        }
+    }
+
+    /// True if a complete bundle (one with `bundle.json`) of `id` is in this store.
+    pub fn has_bundle(&self, id: &str) -> bool {
+        match self {
+            Store::Local(p) => p.join(id).join(crate::bundle::MANIFEST).exists(),
+        }
+    }
+
+    /// Writes the files of a bundle, then `bundle.json` last; each durable before the next.
+    pub fn put_bundle(
+        &self,
+        id: &str,
+        files: &[(String, Vec<u8>)],
+        manifest: &[u8],
+    ) -> Result<String> {
+        match self {
+            Store::Local(root) => {
+                let own = Ownership::private();
+                if !root.exists() {
+                    std::fs::create_dir_all(root).map_err(|e| {
+                        Error::env(format!(
+                            "cannot create store directory {}: {e}",
+                            root.display()
+                        ))
+                    })?;
+                }
+                let dir = root.join(id);
+                fsutil::ensure_dir(&dir, &own)?;
+                for (name, data) in files {
+                    fsutil::write_atomic(&dir.join(name), data, &own)?;
+                }
+                fsutil::write_atomic(&dir.join(crate::bundle::MANIFEST), manifest, &own)?;
+                Ok(dir.display().to_string())
+            }
+        }
+    }
+}
+
+/// The store used when neither `--store` nor the config names one.
+pub fn default_store() -> PathBuf {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/pgbookend/bundles");
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Path::new(&d).join("pgbookend/bundles");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    Path::new(&home).join(".local/share/pgbookend/bundles")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_store_urls() {
+        assert_eq!(Store::parse("/b").unwrap(), Store::Local("/b".into()));
+        assert_eq!(
+            Store::parse("file:///b/c").unwrap(),
+            Store::Local("/b/c".into())
+        );
+        assert!(Store::parse("file://b").is_err());
+        assert!(Store::parse("s3://bucket/p").is_err());
+        assert!(Store::parse("ftp://x").is_err());
+        assert!(Store::parse("").is_err());
+        assert!(matches!(Store::parse("rel").unwrap(), Store::Local(p) if p.is_absolute()));
+    }
+}

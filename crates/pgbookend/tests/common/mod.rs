@@ -1,0 +1,254 @@
+//! Shared helpers for the end-to-end tests: run the real `pgbookend` binary against real
+//! clusters the way a backup program's hooks would, and clean up every agent started.
+#![allow(dead_code)]
+
+use pgbookend_testkit::{Cluster, TempDir};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pgbookend"))
+}
+
+/// What one invocation of pgbookend did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "pgbookend failed: {self:?}");
+        self
+    }
+    /// stdout and stderr together, for "appears nowhere" checks.
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(128 + 9),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// A pgbookend "installation" for one test: its own run directory and store, the
+/// cluster's connection environment, and the duty to kill every agent it started.
+pub struct Tool {
+    pub run_dir: TempDir,
+    pub store: TempDir,
+    pub env: Vec<(String, String)>,
+}
+
+impl Tool {
+    pub fn new(cluster: &Cluster) -> Tool {
+        let run_dir = pgbookend_testkit::temp_dir("run");
+        let store = pgbookend_testkit::temp_dir("store");
+        let mut env = cluster.env();
+        env.push((
+            "PGBOOKEND_RUN_DIR".into(),
+            run_dir.path().join("r").display().to_string(),
+        ));
+        Tool {
+            run_dir,
+            store,
+            env,
+        }
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.run_dir.path().join("r")
+    }
+
+    pub fn store_path(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// A command for pgbookend with this tool's environment.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args);
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c.env_remove("PGBOOKEND_CONFIG");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.cmd(args).output().expect("run pgbookend").into()
+    }
+
+    /// `start --id ID --store STORE --json` plus extra args.
+    pub fn start(&self, id: &str, extra: &[&str]) -> Run {
+        let store = self.store.path().display().to_string();
+        let mut args = vec!["start", "--id", id, "--store", &store, "--json"];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    pub fn stop(&self, id: &str, extra: &[&str]) -> Run {
+        let mut args = vec!["stop", "--id", id, "--json"];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    pub fn status(&self, id: &str) -> Run {
+        self.run(&["status", "--id", id, "--json"])
+    }
+
+    pub fn bundle_dir(&self, id: &str) -> PathBuf {
+        self.store.path().join(id)
+    }
+
+    /// The agent pid recorded for a backup.
+    pub fn agent_pid(&self, id: &str) -> Option<i32> {
+        let text = std::fs::read_to_string(self.run_dir().join(id).join("state.json")).ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        v["agent_pid"].as_i64().map(|p| p as i32)
+    }
+
+    /// Every agent pid this tool's run directory knows.
+    fn all_agent_pids(&self) -> Vec<i32> {
+        let Ok(rd) = std::fs::read_dir(self.run_dir()) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|id| self.agent_pid(&id))
+            .collect()
+    }
+}
+
+impl Drop for Tool {
+    fn drop(&mut self) {
+        for pid in self.all_agent_pids() {
+            if is_our_agent(pid) {
+                // SAFETY: plain kill of a process we started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// True if `pid` is alive and is a pgbookend agent (guards against pid reuse).
+pub fn is_our_agent(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("__agent"))
+        .unwrap_or(false)
+        && !is_zombie(pid)
+}
+
+pub fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+                .unwrap_or(false)
+        })
+        .unwrap_or(true)
+}
+
+/// Waits until `f` is true or the timeout passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+/// tar of the data directory as the cluster owner, the way a backup program copies it.
+pub fn tar_pgdata(cluster: &Cluster, dest: &Path) {
+    let mut cmd = Command::new("tar");
+    cmd.arg("-cf")
+        .arg(dest)
+        .arg("-C")
+        .arg(cluster.pgdata())
+        .arg(".");
+    let out = cmd.output().expect("tar");
+    // tar exits 1 when files change while read: expected under load.
+    assert!(
+        out.status.code().unwrap_or(2) <= 1,
+        "tar failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The text of the server's backup history file for a start WAL file, from the cluster's
+/// WAL archive (with archiving off the server deletes it from pg_wal at once).
+pub fn history_file(cluster: &Cluster, start_wal_file: &str) -> Option<String> {
+    let archive = cluster.archive_dir()?;
+    for _ in 0..100 {
+        let found = std::fs::read_dir(&archive)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with(start_wal_file) && n.ends_with(".backup"));
+        if let Some(n) = found {
+            return std::fs::read_to_string(archive.join(n)).ok();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    None
+}
+
+/// Generates one `#[test]` per supported major that calls `$body(major)`.
+#[macro_export]
+macro_rules! per_major {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[test]
+            fn pg13() {
+                super::run_for(13, super::$body)
+            }
+            #[test]
+            fn pg14() {
+                super::run_for(14, super::$body)
+            }
+            #[test]
+            fn pg15() {
+                super::run_for(15, super::$body)
+            }
+            #[test]
+            fn pg16() {
+                super::run_for(16, super::$body)
+            }
+            #[test]
+            fn pg17() {
+                super::run_for(17, super::$body)
+            }
+            #[test]
+            fn pg18() {
+                super::run_for(18, super::$body)
+            }
+        }
+    };
+}
+
+/// Runs a per-major body unless PGBOOKEND_TEST_MAJORS leaves that major out.
+pub fn run_for(major: u32, body: fn(u32)) {
+    if !pgbookend_testkit::majors().contains(&major) {
+        eprintln!("PostgreSQL {major} left out by PGBOOKEND_TEST_MAJORS");
+        return;
+    }
+    body(major)
+}
