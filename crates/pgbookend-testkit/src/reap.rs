@@ -19,14 +19,33 @@ pub struct Reaped {
 /// Cleans up after test processes that were killed (timeouts, SIGKILL, abort) and so could not
 /// run their Drops: kills postgres processes whose data dir (`-D` argument or working dir) is
 /// in a `pgbookend-test.*` directory (in /tmp, /dev/shm or [`crate::tmp_root`]) whose owning test process no longer runs, then removes
-/// those directories (and the template cache). Directories of live test processes are left
-/// alone, so it is safe while other suites run; meant for CI's final sweep.
+/// those directories (and the template cache, unless a test process is active). Directories
+/// of live test processes are left alone, so it is safe while other suites run; meant for CI's
+/// final sweep.
 pub fn reap_leftovers() -> Reaped {
-    reap_where(|_, owner| owner.is_none_or(|pid| !procfs::alive(pid)))
+    // The template cache is removed only when no test process is active, so that no copy of a
+    // template is under way; it is rebuilt on demand anyway.
+    let mut active = false;
+    reap_where(|_, owner| {
+        if owner.is_some_and(procfs::alive) {
+            active = true;
+        }
+        false
+    });
+    reap_where(|dir, owner| match owner {
+        Some(pid) => !procfs::alive(pid),
+        None => !active || !is_template(dir),
+    })
+}
+
+fn is_template(dir: &Path) -> bool {
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(&format!("{DIR_PREFIX}tpl-")))
 }
 
 /// Reaps the harness directories for which `pick(dir, owner pid)` is true.
-pub(crate) fn reap_where(pick: impl Fn(&Path, Option<i32>) -> bool) -> Reaped {
+pub(crate) fn reap_where(mut pick: impl FnMut(&Path, Option<i32>) -> bool) -> Reaped {
     let mut dirs = Vec::new();
     for root in tmp_roots() {
         let Ok(entries) = std::fs::read_dir(&root) else {
@@ -73,8 +92,22 @@ pub(crate) fn reap_where(pick: impl Fn(&Path, Option<i32>) -> bool) -> Reaped {
         for pgdata in data_dirs_in(&d, 3) {
             crate::shmem::cleanup_stale(&pgdata);
         }
-        remove_tree(&d);
-        if std::fs::symlink_metadata(&d).is_err() {
+        // Rename first (atomic), so a concurrent copy of a template notices it lost its source;
+        // the new name still carries the prefix (and no live owner) if we die half-way.
+        let trash = d.with_file_name(format!(
+            "{DIR_PREFIX}reaping.{}.{}",
+            std::process::id(),
+            d.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+        let doomed = if std::fs::rename(&d, &trash).is_ok() {
+            trash
+        } else {
+            d.clone()
+        };
+        remove_tree(&doomed);
+        if std::fs::symlink_metadata(&d).is_err() && std::fs::symlink_metadata(&doomed).is_err() {
             reaped.removed.push(d);
         }
     }

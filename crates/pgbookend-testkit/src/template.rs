@@ -97,6 +97,13 @@ pub(crate) fn make_pgdata(major: u32, checksums: bool, pgdata: &Path) -> Result<
 }
 
 fn copy_and_patch(tpl: &Path, pgdata: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .map(|m| (m.dev(), m.ino()))
+            .ok()
+    };
+    let before = inode(tpl).ok_or_else(|| format!("{} vanished", tpl.display()))?;
     // As root, cp -a keeps the server user as owner; otherwise everything is ours anyway.
     let out = Command::new("cp")
         .arg("-a")
@@ -114,13 +121,19 @@ fn copy_and_patch(tpl: &Path, pgdata: &Path) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
+    // The sweep renames a template away before deleting it: if the template is still at its
+    // place after the copy, nothing was deleted under cp's feet.
+    if inode(tpl) != Some(before) {
+        return Err(format!("{} was removed during the copy", tpl.display()));
+    }
     patch_system_identifier(pgdata, new_system_identifier())
 }
 
-type Slot = Arc<OnceLock<Result<PathBuf, String>>>;
+type Slot = Arc<Mutex<Option<PathBuf>>>;
 
 /// The template data directory for (major, checksums), created on first use, shared by all
-/// threads and test processes (created in a private dir, then renamed into place atomically).
+/// threads and test processes (created in a private dir, then renamed into place atomically);
+/// re-created if the sweep removed it meanwhile.
 fn template(major: u32, checksums: bool) -> Result<PathBuf, String> {
     static SLOTS: Mutex<Option<HashMap<(u32, bool), Slot>>> = Mutex::new(None);
     let slot: Slot = {
@@ -130,8 +143,15 @@ fn template(major: u32, checksums: bool) -> Result<PathBuf, String> {
             .or_default()
             .clone()
     };
-    slot.get_or_init(|| build_template(major, checksums))
-        .clone()
+    let mut known = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(data) = known.as_ref() {
+        if data.join("global/pg_control").is_file() {
+            return Ok(data.clone());
+        }
+    }
+    let data = build_template(major, checksums)?;
+    *known = Some(data.clone());
+    Ok(data)
 }
 
 fn build_template(major: u32, checksums: bool) -> Result<PathBuf, String> {
@@ -351,6 +371,39 @@ mod tests {
         let a = new_system_identifier();
         let b = new_system_identifier();
         assert!(b > a);
+    }
+
+    /// pg_controldata (15) must accept the rewritten pg_control: CRC right, new identifier.
+    #[test]
+    fn patched_copy_is_valid_for_pg_controldata() {
+        if !crate::majors().contains(&15) {
+            return;
+        }
+        let dir = crate::temp_dir("patch");
+        let pgdata = dir.join("data");
+        make_pgdata(15, true, &pgdata).unwrap();
+        let sysid = u64::from_le_bytes(
+            std::fs::read(pgdata.join("global/pg_control")).unwrap()[..8]
+                .try_into()
+                .unwrap(),
+        );
+        let out = Command::new(crate::client_bin("pg_controldata"))
+            .arg(&pgdata)
+            .env("LC_ALL", "C")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(!text.contains("CRC"), "{text}");
+        assert!(
+            text.contains(&format!("Database system identifier:           {sysid}")),
+            "{text}"
+        );
+        assert!(
+            text.contains("Data page checksum version:           1"),
+            "{text}"
+        );
     }
 
     #[test]

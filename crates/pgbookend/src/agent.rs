@@ -7,7 +7,7 @@
 //! `<run-dir>/<id>/agent.log`, its state `<run-dir>/<id>/state.json`.
 
 use crate::error::{class_name, io_err, Class, Error, Result};
-use crate::fsutil::sha256_hex;
+use crate::filelist;
 use crate::marker::{self, Marker};
 use crate::protocol::{Request, Response};
 use crate::rundir::{Entry, RunDir};
@@ -15,6 +15,7 @@ use crate::session::Session;
 use crate::state::{AgentState, Phase, StopReport, StoreOutcome};
 use crate::store::Store;
 use crate::timefmt::{now_unix, rfc3339};
+use crate::walcollect::{self, WalMode};
 use crate::{bundle, TOOL, VERSION};
 use pgbookend_formats::{control, label, lsn::Lsn, tablespace_map, wal};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
+
+/// The start walk's list, in the agent's run-directory entry.
+const START_LIST: &str = "files.start.zst";
+/// The file list's name in the bundle.
+pub const FILE_LIST: &str = "files.zst";
 
 /// The hidden subcommand that runs an agent.
 pub const SUBCOMMAND: &str = "__agent";
@@ -44,6 +50,8 @@ pub struct AgentConfig {
     pub fast: bool,
     pub timeout_ms: u64,
     pub heartbeat_ms: u64,
+    pub wal_mode: WalMode,
+    pub archive_dir: Option<PathBuf>,
 }
 
 /// What the agent reports once the backup is in progress.
@@ -288,6 +296,8 @@ struct Agent {
     seg_size: u32,
     listener: Option<UnixListener>,
     heartbeat_pending: Option<Instant>,
+    /// The temporary replication slot of `--wal collect`.
+    slot: Option<String>,
 }
 
 impl Agent {
@@ -325,6 +335,7 @@ impl Agent {
             seg_size: wal::DEFAULT_SEG_SIZE,
             listener: None,
             heartbeat_pending: None,
+            slot: None,
         }
     }
 
@@ -395,6 +406,12 @@ impl Agent {
             .hint("choose another --id"));
         }
 
+        if self.cfg.wal_mode == WalMode::Collect {
+            let name = walcollect::slot_name(&self.cfg.id);
+            s.create_slot(&name)?;
+            tracing::info!("temporary replication slot {name} reserves the WAL of the window");
+            self.slot = Some(name);
+        }
         let start_lsn = s.start_backup(&self.cfg.id, self.cfg.fast)?;
         self.session = Some(s);
         tracing::info!("backup started at {start_lsn}");
@@ -434,6 +451,8 @@ impl Agent {
         };
         self.marker_written = true;
         marker::write(&pgdata, &m)?;
+        let files = filelist::walk_to(&pgdata, &self.entry.dir.join(START_LIST))?;
+        tracing::info!("start walk: {files} files");
 
         let sock = self.entry.socket();
         let _ = std::fs::remove_file(&sock);
@@ -527,7 +546,7 @@ impl Agent {
                         );
                     }
                 } else if let Some(s) = self.session.as_mut() {
-                    if let Err(e) = s.send_heartbeat() {
+                    if let Err(e) = s.send_heartbeat(self.slot.as_deref()) {
                         return self.void(Phase::Failed, lost_message(&e.message));
                     }
                     self.heartbeat_pending = Some(now);
@@ -560,12 +579,20 @@ impl Agent {
             if fds[0].revents != 0 {
                 if let Some(s) = self.session.as_mut() {
                     match s.poll() {
-                        Ok(true) => {
+                        Ok(Some(answer)) => {
                             self.heartbeat_pending = None;
+                            if answer == "lost" || answer == "missing" {
+                                return self.void(
+                                    Phase::Failed,
+                                    format!(
+                                        "the replication slot that keeps the WAL of the window is {answer} (max_slot_wal_keep_size exceeded, or dropped): the server may remove WAL this backup needs"
+                                    ),
+                                );
+                            }
                             self.state.last_heartbeat = Some(now_unix());
                             self.save();
                         }
-                        Ok(false) => {}
+                        Ok(None) => {}
                         Err(e) => return self.void(Phase::Failed, lost_message(&e.message)),
                     }
                 }
@@ -668,8 +695,8 @@ impl Agent {
             // SAFETY: valid pollfd array.
             unsafe { libc::poll(fds.as_mut_ptr(), 1, 1000) };
             match s.poll() {
-                Ok(true) => self.heartbeat_pending = None,
-                Ok(false) => {}
+                Ok(Some(_)) => self.heartbeat_pending = None,
+                Ok(None) => {}
                 Err(e) => return Err(Error::void(lost_message(&e.message))),
             }
         }
@@ -677,7 +704,7 @@ impl Agent {
     }
 
     /// Stops the backup in the session that started it and writes the bundle.
-    fn stop(&mut self, wait_archive: bool, archive_timeout: Duration) -> Response {
+    fn stop(&mut self, wait_archive: Option<bool>, archive_timeout: Duration) -> Response {
         self.state.state = Phase::Stopping;
         self.save();
         let t0 = Instant::now();
@@ -724,7 +751,7 @@ impl Agent {
         &mut self,
         res: crate::session::StopResult,
         stop_unix: i64,
-        wait_archive: bool,
+        wait_archive: Option<bool>,
         archive_timeout: Duration,
         t0: Instant,
     ) -> Result<Response> {
@@ -746,6 +773,11 @@ impl Agent {
         }
         let (ctl, ctl_bytes) = read_control(&pgdata)?;
         let standby = lbl.from_standby();
+        if standby != (self.state.backup_from.as_deref() == Some("standby")) {
+            return Err(Error::void(
+                "the server changed role (standby promoted) during the backup",
+            ));
+        }
         let start_tli = lbl.start_timeline.unwrap_or(ctl.timeline);
         let stop_tli = if standby && ctl.min_recovery_point_tli != 0 {
             ctl.min_recovery_point_tli
@@ -755,12 +787,78 @@ impl Agent {
         let seg = ctl.xlog_seg_size;
         let start_wal_file = wal::file_name(start_tli, wal::segno(self.start_lsn, seg), seg);
         let stop_wal_file = wal::file_name(stop_tli, wal::prev_segno(res.lsn, seg), seg);
+        let mode = self.cfg.wal_mode;
 
-        let (wal_archive, wal_detail) = if !wait_archive {
+        // With the WAL in the bundle (collect) or confirmed in an archive directory
+        // (archive), the server's own archiving is not what makes this backup restorable,
+        // so `stop` waits for it only in `none` mode unless asked.
+        let wait = wait_archive.unwrap_or(mode == WalMode::None);
+        let (wal_archive, wal_detail) = if !wait {
             ("not_waited".to_string(), None)
         } else {
             self.wait_archive(&pgdata, standby, &stop_wal_file, archive_timeout)
         };
+
+        let waldir = pgdata.join("pg_wal");
+        let in_pg_wal = |n: &str| waldir.join(n).is_file();
+        let in_archive = |n: &str| {
+            self.cfg
+                .archive_dir
+                .as_deref()
+                .map(|d| walcollect::find_in_archive(d, n).is_some())
+                .unwrap_or(false)
+        };
+        let window: Vec<String> = match mode {
+            WalMode::Archive => walcollect::window_files(
+                self.start_lsn,
+                res.lsn,
+                start_tli,
+                stop_tli,
+                seg,
+                &in_archive,
+            ),
+            _ => walcollect::window_files(
+                self.start_lsn,
+                res.lsn,
+                start_tli,
+                stop_tli,
+                seg,
+                &in_pg_wal,
+            ),
+        };
+        let mut wal_entries: Vec<bundle::WalEntry> = Vec::new();
+        if mode == WalMode::Archive {
+            let dir = self
+                .cfg
+                .archive_dir
+                .clone()
+                .ok_or_else(|| Error::internal("archive mode without --archive"))?;
+            match walcollect::wait_archive_dir(&dir, &window, archive_timeout) {
+                Ok(found) => wal_entries = found,
+                Err(missing) => {
+                    return Err(Error::new(
+                        Class::WalNotSafe,
+                        format!(
+                            "WAL file {missing} of the backup window did not appear in {} within --archive-timeout ({})",
+                            dir.display(),
+                            crate::timefmt::human_duration(archive_timeout)
+                        ),
+                    )
+                    .hint("check archive_command and pg_stat_archiver; or take backups with --wal collect"))
+                }
+            }
+        } else if mode == WalMode::None {
+            wal_entries = window
+                .iter()
+                .map(|n| bundle::WalEntry {
+                    name: n.clone(),
+                    size: None,
+                    sha256: None,
+                    stored: None,
+                    archived_as: None,
+                })
+                .collect();
+        }
 
         let tablespaces = if res.spcmapfile.is_empty() {
             Vec::new()
@@ -774,26 +872,8 @@ impl Agent {
                 .map(|(oid, path)| bundle::Tablespace { oid, path })
                 .collect()
         };
-        let mut files: Vec<(String, Vec<u8>)> =
-            vec![("backup_label".into(), res.labelfile.clone().into_bytes())];
-        if !res.spcmapfile.is_empty() {
-            files.push(("tablespace_map".into(), res.spcmapfile.clone().into_bytes()));
-        }
-        files.push(("pg_control".into(), ctl_bytes));
-        let listed: BTreeMap<String, bundle::FileEntry> = files
-            .iter()
-            .map(|(n, d)| {
-                (
-                    n.clone(),
-                    bundle::FileEntry {
-                        size: d.len() as u64,
-                        sha256: sha256_hex(d),
-                    },
-                )
-            })
-            .collect();
         let start_time = rfc3339(self.state.start_time.unwrap_or(stop_unix));
-        let manifest = bundle::Manifest {
+        let mut manifest = bundle::Manifest {
             format: bundle::FORMAT,
             id: self.cfg.id.clone(),
             system_identifier: ctl.system_identifier.to_string(),
@@ -816,21 +896,60 @@ impl Agent {
             data_checksums: ctl.data_checksum_version != 0,
             tool: TOOL.into(),
             tool_version: VERSION.into(),
-            wal_mode: "server_archive".into(),
+            wal_mode: mode.as_str().into(),
             wal_archive: wal_archive.clone(),
-            files: listed,
+            archive_dir: self
+                .cfg
+                .archive_dir
+                .as_ref()
+                .map(|d| d.display().to_string()),
+            wal: Vec::new(),
+            file_list: None,
+            files: BTreeMap::new(),
         };
-        let manifest_bytes =
-            serde_json::to_vec_pretty(&manifest).map_err(|e| Error::internal(e.to_string()))?;
+        let small: Vec<(String, Vec<u8>)> = {
+            let mut v = vec![(
+                "backup_label".to_string(),
+                res.labelfile.clone().into_bytes(),
+            )];
+            if !res.spcmapfile.is_empty() {
+                v.push(("tablespace_map".into(), res.spcmapfile.clone().into_bytes()));
+            }
+            v.push(("pg_control".into(), ctl_bytes));
+            v
+        };
+
+        // The first store that takes the whole bundle is the primary; the others get copies.
+        let stores: Vec<(String, Result<Store>)> = self
+            .cfg
+            .stores
+            .iter()
+            .map(|u| (u.clone(), Store::parse(u)))
+            .collect();
         let mut outcomes = Vec::new();
-        for url in &self.cfg.stores {
-            let outcome =
-                Store::parse(url).and_then(|s| s.put_bundle(&self.cfg.id, &files, &manifest_bytes));
-            match outcome {
+        let mut primary: Option<PathBuf> = None;
+        for (url, store) in stores {
+            let result = store.and_then(|store| match &primary {
+                None => {
+                    let dir = store.local_bundle_dir(&self.cfg.id);
+                    self.write_primary(
+                        &dir,
+                        &pgdata,
+                        &small,
+                        &window,
+                        &mut wal_entries,
+                        &mut manifest,
+                    )?;
+                    primary = Some(dir.clone());
+                    Ok(dir.display().to_string())
+                }
+                Some(from) => store.copy_bundle_from(&self.cfg.id, from, &manifest),
+            });
+            match result {
                 Ok(loc) => {
                     tracing::info!("bundle written to {loc}");
                     outcomes.push(StoreOutcome {
-                        store: url.clone(),
+                        store: url,
                         ok: true,
                         location: Some(loc),
                         error: None,
@@ -839,7 +958,7 @@ impl Agent {
                 Err(e) => {
                     tracing::error!("store {url} failed: {e}");
                     outcomes.push(StoreOutcome {
-                        store: url.clone(),
+                        store: url,
                         ok: false,
                         location: None,
                         error: Some(e.message),
@@ -850,11 +969,25 @@ impl Agent {
         let failed: Vec<&StoreOutcome> = outcomes.iter().filter(|o| !o.ok).collect();
         let mut error = None;
         if !failed.is_empty() {
-            // Keep the only copy of the label somewhere rather than lose it with the session.
-            let rescue = Store::Local(self.entry.dir.join("rescue"));
-            let kept = rescue
-                .put_bundle(&self.cfg.id, &files, &manifest_bytes)
-                .ok();
+            let mut kept = None;
+            if primary.is_none() {
+                // Keep the only copy of the label somewhere rather than lose it with the session.
+                let dir = self.entry.dir.join("rescue").join(&self.cfg.id);
+                if std::fs::create_dir_all(self.entry.dir.join("rescue")).is_ok()
+                    && self
+                        .write_primary(
+                            &dir,
+                            &pgdata,
+                            &small,
+                            &window,
+                            &mut wal_entries,
+                            &mut manifest,
+                        )
+                        .is_ok()
+                {
+                    kept = Some(dir.display().to_string());
+                }
+            }
             let names: Vec<String> = failed
                 .iter()
                 .map(|o| format!("{} ({})", o.store, o.error.as_deref().unwrap_or("?")))
@@ -864,7 +997,9 @@ impl Agent {
                 names.join("; ")
             ));
             if let Some(k) = kept {
-                e = e.hint(format!("a copy of the bundle was kept in {k}; copy it into the store before the run directory is cleaned"));
+                e = e.hint(format!(
+                    "a copy of the bundle was kept in {k}; copy it into the store before the run directory is cleaned"
+                ));
             }
             error = Some(e);
         } else if wal_archive == "not_confirmed" {
@@ -883,6 +1018,14 @@ impl Agent {
         if let Err(e) = marker::remove(&pgdata, &self.cfg.id) {
             tracing::error!("cannot remove the marker: {e}");
         }
+        let _ = std::fs::remove_file(self.entry.dir.join(START_LIST));
+        let wal_bytes: u64 = manifest
+            .wal
+            .iter()
+            .filter_map(|w| w.stored.as_ref())
+            .filter_map(|s| manifest.files.get(s))
+            .map(|f| f.size)
+            .sum();
         let report = StopReport {
             id: self.cfg.id.clone(),
             system_identifier: manifest.system_identifier.clone(),
@@ -897,6 +1040,14 @@ impl Agent {
             stop_time: manifest.stop_time.clone(),
             window_s: stop_unix - self.state.start_time.unwrap_or(stop_unix),
             duration_s: t0.elapsed().as_secs_f64(),
+            wal_mode: mode.as_str().into(),
+            wal_segments: manifest
+                .wal
+                .iter()
+                .filter(|w| !w.name.ends_with(".history"))
+                .count() as u64,
+            wal_bytes_stored: wal_bytes,
+            file_list_count: manifest.file_list.as_ref().map(|f| f.count),
             wal_archive,
             wal_archive_detail: wal_detail,
             stores: outcomes,
@@ -916,6 +1067,50 @@ impl Agent {
             report: Box::new(report),
             error,
         })
+    }
+
+    /// Writes the whole bundle into `dir`: the server's files, the WAL (collect mode),
+    /// the file list, then `bundle.json` with every file's size and SHA-256.
+    fn write_primary(
+        &mut self,
+        dir: &Path,
+        pgdata: &Path,
+        small: &[(String, Vec<u8>)],
+        window: &[String],
+        wal_entries: &mut Vec<bundle::WalEntry>,
+        manifest: &mut bundle::Manifest,
+    ) -> Result<()> {
+        let own = crate::fsutil::Ownership::private();
+        if let Some(parent) = dir.parent() {
+            if !parent.exists() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| io_err("cannot create store directory", parent, e))?;
+            }
+        }
+        crate::fsutil::ensure_dir(dir, &own)?;
+        for (name, data) in small {
+            crate::fsutil::write_atomic(&dir.join(name), data, &own)?;
+        }
+        if self.cfg.wal_mode == WalMode::Collect {
+            *wal_entries = walcollect::collect(pgdata, window, dir, &own)?;
+        }
+        let start_list = self.entry.dir.join(START_LIST);
+        if start_list.exists() {
+            let tmp = dir.join(".files.zst.tmp");
+            let count = filelist::intersect_walk(pgdata, &start_list, &tmp)?;
+            std::fs::rename(&tmp, dir.join(FILE_LIST))
+                .map_err(|e| io_err("cannot rename", &tmp, e))?;
+            manifest.file_list = Some(bundle::FileList {
+                name: FILE_LIST.into(),
+                count,
+            });
+        }
+        crate::fsutil::fsync_dir(dir)?;
+        manifest.wal = wal_entries.clone();
+        manifest.files = bundle::hash_files(dir)?;
+        let bytes =
+            serde_json::to_vec_pretty(&manifest).map_err(|e| Error::internal(e.to_string()))?;
+        crate::fsutil::write_atomic(&dir.join(bundle::MANIFEST), &bytes, &own)
     }
 
     /// Waits until the server has archived the stop segment (and, on a primary, the

@@ -48,9 +48,102 @@ pub struct Manifest {
     pub data_checksums: bool,
     pub tool: String,
     pub tool_version: String,
-    /// How the WAL of the window is made safe: "server_archive" (the server's
-    /// archive_command), with `wal_archive` saying whether it was confirmed.
+    /// How the WAL of the window is made safe: `collect` (the segments are in `wal/`),
+    /// `archive` (confirmed present in `archive_dir`), `none` (the user keeps it; restore
+    /// needs an archive).
     pub wal_mode: String,
+    /// Whether the server's own archiving of the stop segment was confirmed:
+    /// `archived`, `not_waited`, `archiving_off`, `not_confirmed`.
     pub wal_archive: String,
+    /// With `wal_mode = archive`: the directory in which every segment was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_dir: Option<String>,
+    /// The WAL segments (and timeline history files) of the window, oldest first. In
+    /// `collect` mode each is stored as `wal/<name>.zst`; otherwise `stored` is null.
+    #[serde(default)]
+    pub wal: Vec<WalEntry>,
+    /// The list of files present in PGDATA and every tablespace both at start and at
+    /// stop: a copy that lacks one of them is incomplete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_list: Option<FileList>,
+    /// Size and SHA-256 of every file of the bundle other than `bundle.json`, by path
+    /// relative to the bundle directory.
     pub files: BTreeMap<String, FileEntry>,
+}
+
+/// One WAL file of the window.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WalEntry {
+    /// The server's file name (`000000010000000000000003`, `00000002.history`).
+    pub name: String,
+    /// Size and SHA-256 of the file's own bytes (after decompression), when pgbookend
+    /// read it (`collect`).
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
+    /// Path inside the bundle (`wal/<name>.zst`) when the bundle holds it.
+    pub stored: Option<String>,
+    /// With `wal_mode = archive`: the name under which it was found in the archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_as: Option<String>,
+}
+
+/// The bundle's file list: `name` is a zstd-compressed text file, one path per line,
+/// relative to PGDATA (tablespace files under `pg_tblspc/<oid>/`), sorted component-wise,
+/// with a backslash written as `\\` and a newline as `\n`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileList {
+    pub name: String,
+    pub count: u64,
+}
+
+/// Size and SHA-256 of every file below `dir` except `bundle.json` and temporary files,
+/// by path relative to `dir` (read back from disk, so what is listed is what was written).
+pub fn hash_files(dir: &std::path::Path) -> crate::error::Result<BTreeMap<String, FileEntry>> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((d, rel)) = stack.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|e| crate::error::io_err("cannot list", &d, e))?;
+        for e in rd {
+            let e = e.map_err(|e| crate::error::io_err("cannot list", &d, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || (rel.is_empty() && name == MANIFEST) {
+                continue;
+            }
+            let relp = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let p = e.path();
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                stack.push((p, relp));
+                continue;
+            }
+            let mut f =
+                std::fs::File::open(&p).map_err(|e| crate::error::io_err("cannot open", &p, e))?;
+            let mut h = sha2::Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut size = 0u64;
+            loop {
+                let n = f
+                    .read(&mut buf)
+                    .map_err(|e| crate::error::io_err("cannot read", &p, e))?;
+                if n == 0 {
+                    break;
+                }
+                size += n as u64;
+                h.update(&buf[..n]);
+            }
+            out.insert(
+                relp,
+                FileEntry {
+                    size,
+                    sha256: hex::encode(h.finalize()),
+                },
+            );
+        }
+    }
+    Ok(out)
 }

@@ -10,6 +10,7 @@ use crate::rundir::{Entry, RunDir};
 use crate::state::{AgentState, Phase, StopReport};
 use crate::store::{default_store, Store};
 use crate::timefmt::{human_duration, now_unix, parse_duration, rfc3339};
+use crate::walcollect::WalMode;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,6 +33,10 @@ pub struct StartOptions {
     pub spread: bool,
     pub timeout: Option<String>,
     pub heartbeat: Option<String>,
+    /// `collect` (default), `archive` or `none`.
+    pub wal: Option<String>,
+    /// The archive directory of `--wal archive`.
+    pub archive: Option<PathBuf>,
 }
 
 fn duration_opt(flag: &str, value: Option<&str>, default: &str) -> Result<Duration> {
@@ -95,6 +100,21 @@ pub fn start(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Output> {
         ),
         other => other,
     };
+    let wal_mode = WalMode::parse(
+        opts.wal
+            .as_deref()
+            .or(cfg.wal.as_deref())
+            .unwrap_or("collect"),
+    )?;
+    let archive_dir =
+        match (wal_mode, opts.archive.or_else(|| cfg.archive.clone())) {
+            (WalMode::Archive, Some(d)) => Some(crate::walcollect::archive_dir_arg(&d)?),
+            (WalMode::Archive, None) => return Err(Error::usage(
+                "--wal archive needs --archive DIR: the directory your archive_command writes to",
+            )),
+            (_, Some(d)) => Some(crate::walcollect::archive_dir_arg(&d)?),
+            (_, None) => None,
+        };
     run.ensure()?;
     let entry = run.entry(&id);
     if entry.agent_alive() {
@@ -120,6 +140,8 @@ pub fn start(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Output> {
         fast: !opts.spread,
         timeout_ms: timeout.as_millis() as u64,
         heartbeat_ms: heartbeat.as_millis() as u64,
+        wal_mode,
+        archive_dir,
     };
     let ready = agent::spawn(&acfg, &entry)?;
     let mut human = format!(
@@ -193,7 +215,7 @@ pub fn stop(
     run: &RunDir,
     cfg: &Config,
     id: &str,
-    wait_archive: bool,
+    wait_archive: Option<bool>,
     archive_timeout: Option<&str>,
 ) -> Result<Output> {
     crate::id::validate(id)?;
@@ -271,10 +293,29 @@ fn stop_output(r: &StopReport, error: Option<Error>) -> Output {
         match r.wal_archive.as_str() {
             "archived" => "confirmed archived by the server",
             "not_waited" => "not checked (--no-wait-archive)",
-            "archiving_off" => "archiving is off: keep the WAL of the window by other means",
+            "archiving_off" => "archiving is off",
             _ => "NOT confirmed",
         }
     ));
+    match r.wal_mode.as_str() {
+        "collect" => human.push_str(&format!(
+            "  WAL in the bundle: {} segments, {} stored (zstd)\n",
+            r.wal_segments,
+            human_bytes(r.wal_bytes_stored)
+        )),
+        "archive" => human.push_str(&format!(
+            "  WAL confirmed in the archive: {} segments\n",
+            r.wal_segments
+        )),
+        _ => human.push_str(
+            "  WAL not in the bundle (--wal none): restoring needs an archive holding it\n",
+        ),
+    }
+    if let Some(n) = r.file_list_count {
+        human.push_str(&format!(
+            "  file list: {n} files a complete copy must hold\n"
+        ));
+    }
     for s in &r.stores {
         match (&s.location, &s.error) {
             (Some(loc), _) => human.push_str(&format!("  bundle: {loc}\n")),
@@ -292,6 +333,16 @@ fn stop_output(r: &StopReport, error: Option<Error>) -> Output {
         );
     }
     Output { json, human, error }
+}
+
+fn human_bytes(n: u64) -> String {
+    if n >= 1 << 30 {
+        format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64)
+    } else if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    }
 }
 
 fn describe(st: &AgentState, alive: bool) -> (Value, String) {

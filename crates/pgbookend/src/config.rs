@@ -26,6 +26,10 @@ pub struct Config {
     pub timeout: Option<String>,
     /// Default archive wait bound for `stop` (`--archive-timeout`), e.g. "10m".
     pub archive_timeout: Option<String>,
+    /// Default WAL mode (`--wal`): collect, archive or none.
+    pub wal: Option<String>,
+    /// Default archive directory (`--archive`).
+    pub archive: Option<PathBuf>,
 }
 
 impl Config {
@@ -57,7 +61,7 @@ impl Config {
                 path.display(),
                 e.message()
             ))
-            .hint("keys: store, run_dir, pgdata, conninfo, heartbeat, timeout, archive_timeout")
+            .hint("keys: store, run_dir, pgdata, conninfo, heartbeat, timeout, archive_timeout, wal, archive")
         })
     }
 }

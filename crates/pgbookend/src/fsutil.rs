@@ -106,6 +106,36 @@ pub fn write_atomic(path: &Path, data: &[u8], own: &Ownership) -> Result<()> {
     res
 }
 
+/// Copies `src` to `dest` durably (temporary name, fsync, rename, fsync of the directory).
+pub fn copy_atomic(src: &Path, dest: &Path, own: &Ownership) -> Result<()> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let res = (|| {
+        let mut input = File::open(src).map_err(|e| io_err("cannot open", src, e))?;
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(own.file_mode)
+            .open(&tmp)
+            .map_err(|e| io_err("cannot create", &tmp, e))?;
+        std::io::copy(&mut input, &mut out).map_err(|e| io_err("cannot copy into", &tmp, e))?;
+        own.apply(&tmp, false)?;
+        out.sync_all()
+            .map_err(|e| io_err("cannot fsync", &tmp, e))?;
+        fs::rename(&tmp, dest).map_err(|e| io_err("cannot rename into place", dest, e))?;
+        fsync_dir(dir)
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
 /// fsyncs a directory so that renames and removals in it are durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     let f = File::open(dir).map_err(|e| io_err("cannot open directory", dir, e))?;

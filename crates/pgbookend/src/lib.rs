@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod filelist;
 pub mod fsutil;
 pub mod id;
 pub mod logging;
@@ -21,6 +22,7 @@ pub mod session;
 pub mod state;
 pub mod store;
 pub mod timefmt;
+pub mod walcollect;
 
 /// The tool's name, as recorded in markers and bundles.
 pub const TOOL: &str = "pgbookend";

@@ -36,9 +36,13 @@ enum Cmd {
         /// The backup ID given to (or printed by) start.
         #[arg(long)]
         id: String,
-        /// Do not wait for the server to archive the WAL of the window.
-        #[arg(long)]
+        /// Do not wait for the server to archive the stop segment (default with --wal
+        /// collect and --wal archive, whose WAL is already safe).
+        #[arg(long, conflicts_with = "wait_archive")]
         no_wait_archive: bool,
+        /// Wait for the server to archive the stop segment (default with --wal none).
+        #[arg(long)]
+        wait_archive: bool,
         /// How long to wait for archiving before failing (exit 5), e.g. 10m.
         #[arg(long, value_name = "DUR")]
         archive_timeout: Option<String>,
@@ -89,6 +93,13 @@ struct StartArgs {
     /// How often the agent checks its session (default 10s).
     #[arg(long, value_name = "DUR")]
     heartbeat: Option<String>,
+    /// How the WAL of the window is kept: collect (into the bundle; default), archive
+    /// (confirm it is in --archive DIR), none (you keep it; restore needs an archive).
+    #[arg(long, value_name = "MODE")]
+    wal: Option<String>,
+    /// The WAL archive directory (for --wal archive).
+    #[arg(long, value_name = "DIR")]
+    archive: Option<PathBuf>,
 }
 
 fn print(out: &Output, json: bool) {
@@ -138,19 +149,23 @@ fn main() -> ExitCode {
                 spread: a.spread,
                 timeout: a.timeout,
                 heartbeat: a.heartbeat,
+                wal: a.wal,
+                archive: a.archive,
             },
         ),
         Cmd::Stop {
             id,
             no_wait_archive,
+            wait_archive,
             archive_timeout,
-        } => commands::stop(
-            &run,
-            &cfg,
-            &id,
-            !no_wait_archive,
-            archive_timeout.as_deref(),
-        ),
+        } => {
+            let wait = match (wait_archive, no_wait_archive) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            commands::stop(&run, &cfg, &id, wait, archive_timeout.as_deref())
+        }
         Cmd::Status { id } => commands::status(&run, id.as_deref()),
         Cmd::Abort { id } => commands::abort(&run, &id),
         Cmd::Cleanup { pgdata } => commands::cleanup(&run, pgdata.as_deref()),

@@ -15,9 +15,10 @@ use std::time::Duration;
 pub enum Request {
     /// The agent's current state.
     Status,
-    /// Stop the backup and write the bundle.
+    /// Stop the backup and write the bundle. `wait_archive`: wait for the server to
+    /// archive the stop segment (`None`: the WAL mode's default).
     Stop {
-        wait_archive: bool,
+        wait_archive: Option<bool>,
         archive_timeout_ms: u64,
     },
     /// End the session so the server aborts the backup.

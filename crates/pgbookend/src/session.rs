@@ -206,14 +206,42 @@ impl Session {
         ))
     }
 
-    /// Sends the heartbeat query without waiting for it.
-    pub fn send_heartbeat(&mut self) -> std::result::Result<(), PqError> {
-        self.conn.send("SELECT 1")
+    /// Creates the temporary physical replication slot that keeps the server from
+    /// recycling the WAL of the window; it reserves WAL at once and goes away with the
+    /// session.
+    pub fn create_slot(&mut self, name: &str) -> Result<()> {
+        self.conn
+            .query("SELECT pg_create_physical_replication_slot($1, true, true)", &[name])
+            .map(|_| ())
+            .map_err(|e| {
+                let base = Error::env(format!(
+                    "cannot create the temporary replication slot that keeps the WAL of the backup window: {}",
+                    e.message
+                ));
+                if e.is_permission_denied() || e.message.contains("permission") {
+                    base.hint("the role needs the REPLICATION attribute (ALTER ROLE ... REPLICATION) for --wal collect")
+                } else {
+                    base.hint("raise max_replication_slots (needs a restart), or choose --wal archive --archive DIR (confirm the WAL in your archive) or --wal none (you keep the WAL yourself)")
+                }
+            })
     }
 
-    /// Reads whatever the server sent: `Ok(true)` when a heartbeat completed,
-    /// `Ok(false)` when nothing is complete yet, `Err` when the session is lost.
-    pub fn poll(&mut self) -> std::result::Result<bool, PqError> {
-        self.conn.poll_result().map(|r| r.is_some())
+    /// Sends the heartbeat query without waiting for it. With a slot, the answer is the
+    /// slot's `wal_status`, so a slot invalidated by `max_slot_wal_keep_size` is noticed.
+    pub fn send_heartbeat(&mut self, slot: Option<&str>) -> std::result::Result<(), PqError> {
+        match slot {
+            Some(name) => self.conn.send(&format!(
+                "SELECT coalesce((SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{name}'), 'missing')"
+            )),
+            None => self.conn.send("SELECT 'ok'"),
+        }
+    }
+
+    /// Reads whatever the server sent: `Ok(Some(answer))` when a heartbeat completed,
+    /// `Ok(None)` when nothing is complete yet, `Err` when the session is lost.
+    pub fn poll(&mut self) -> std::result::Result<Option<String>, PqError> {
+        self.conn
+            .poll_result()
+            .map(|r| r.map(|rows| rows.scalar().unwrap_or_default().to_string()))
     }
 }

@@ -93,6 +93,14 @@ pub struct StopReport {
     pub window_s: i64,
     /// Seconds the stop itself took.
     pub duration_s: f64,
+    /// `collect`, `archive` or `none`.
+    pub wal_mode: String,
+    /// WAL segments of the window (in the bundle with `collect`).
+    pub wal_segments: u64,
+    /// Bytes of WAL stored in the bundle (compressed).
+    pub wal_bytes_stored: u64,
+    /// Files in the bundle's file list.
+    pub file_list_count: Option<u64>,
     /// "archived" (confirmed), "not_waited" (--no-wait-archive), "archiving_off",
     /// or "not_confirmed" (timed out: exit 5).
     pub wal_archive: String,

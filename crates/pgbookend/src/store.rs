@@ -68,12 +68,20 @@ impl Store {
         }
     }
 
-    /// Writes the files of a bundle, then `bundle.json` last; each durable before the next.
-    pub fn put_bundle(
+    /// The directory of `id`'s bundle in a local store.
+    pub fn local_bundle_dir(&self, id: &str) -> PathBuf {
+        match self {
+            Store::Local(root) => root.join(id),
+        }
+    }
+
+    /// Copies a complete bundle from a local directory into this store: every file of
+    /// the manifest (temporary name, fsync, rename), then `bundle.json` last.
+    pub fn copy_bundle_from(
         &self,
         id: &str,
-        files: &[(String, Vec<u8>)],
-        manifest: &[u8],
+        from: &Path,
+        manifest: &crate::bundle::Manifest,
     ) -> Result<String> {
         match self {
             Store::Local(root) => {
@@ -88,10 +96,23 @@ impl Store {
                 }
                 let dir = root.join(id);
                 fsutil::ensure_dir(&dir, &own)?;
-                for (name, data) in files {
-                    fsutil::write_atomic(&dir.join(name), data, &own)?;
+                for name in manifest.files.keys() {
+                    let dest = dir.join(name);
+                    if let Some(parent) = dest.parent() {
+                        fsutil::ensure_dir(parent, &own)?;
+                    }
+                    fsutil::copy_atomic(&from.join(name), &dest, &own)?;
                 }
-                fsutil::write_atomic(&dir.join(crate::bundle::MANIFEST), manifest, &own)?;
+                for sub in manifest
+                    .files
+                    .keys()
+                    .filter_map(|n| n.rsplit_once('/').map(|x| x.0.to_string()))
+                {
+                    fsutil::fsync_dir(&dir.join(sub))?;
+                }
+                let bytes = serde_json::to_vec_pretty(manifest)
+                    .map_err(|e| Error::internal(e.to_string()))?;
+                fsutil::write_atomic(&dir.join(crate::bundle::MANIFEST), &bytes, &own)?;
                 Ok(dir.display().to_string())
             }
         }

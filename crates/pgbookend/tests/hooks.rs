@@ -277,7 +277,8 @@ fn grant_sql(major: u32) -> &'static str {
     }
 }
 
-/// A role with only EXECUTE on the backup functions can take a backup (with --pgdata).
+/// A role with only EXECUTE on the backup functions can take a backup (with --pgdata and
+/// --wal none); with the REPLICATION attribute it can also collect the WAL.
 fn non_superuser(major: u32) {
     let c = Cluster::start(ClusterOptions::new(major));
     c.psql(grant_sql(major));
@@ -289,9 +290,18 @@ fn non_superuser(major: u32) {
     let r = tool.start("nosuper", &[]);
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("--pgdata"), "{r:?}");
-    tool.start("nosuper", &["--pgdata", &pgdata]).ok();
+    // Collecting WAL needs a replication slot, hence REPLICATION: a clear error without it.
+    let r = tool.start("nosuper", &["--pgdata", &pgdata]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("REPLICATION"), "{r:?}");
+    tool.start("nosuper", &["--pgdata", &pgdata, "--wal", "none"])
+        .ok();
     tool.stop("nosuper", &[]).ok();
     assert!(tool.bundle_dir("nosuper").join("bundle.json").exists());
+    c.psql("ALTER ROLE bk REPLICATION");
+    tool.start("nosuper2", &["--pgdata", &pgdata]).ok();
+    let s = tool.stop("nosuper2", &[]).ok().json();
+    assert!(s["wal_segments"].as_u64().unwrap() >= 1);
 }
 per_major!(non_superuser_t, non_superuser);
 
@@ -338,7 +348,17 @@ fn password_never_shown(major: u32) {
     outputs.push(tool.run(&["stop", "--id", "pw", "--json"]).ok());
     outputs.push(tool.run(&["status", "--id", "pw"]).ok());
     let mut texts: Vec<String> = outputs.iter().map(|o| o.all()).collect();
-    texts.push(String::from_utf8_lossy(&ps.stdout).into_owned());
+    // Only pgbookend's own processes: other tests' psql may carry SQL with passwords.
+    let ps_ours: Vec<&str> = std::str::from_utf8(&ps.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("pgbookend"))
+        .collect();
+    assert!(
+        ps_ours.iter().any(|l| l.contains("__agent")),
+        "the agent shows in ps"
+    );
+    texts.push(ps_ours.join("\n"));
     texts.push(marker);
     for entry in walk(tool.store_path())
         .into_iter()
@@ -376,7 +396,8 @@ fn archive_broken(major: u32) {
     o.conf.push("archive_command = 'false'".into());
     let c = Cluster::start(o);
     let tool = Tool::new(&c);
-    tool.start("arch", &[]).ok();
+    // --wal none: the server's archive is what keeps the WAL, so stop waits for it.
+    tool.start("arch", &["--wal", "none"]).ok();
     let t0 = std::time::Instant::now();
     let r = tool.stop("arch", &["--archive-timeout", "3s"]);
     let took = t0.elapsed();
@@ -404,7 +425,7 @@ fn archive_broken(major: u32) {
         archive.display()
     ));
     c.reload();
-    tool.start("arch2", &[]).ok();
+    tool.start("arch2", &["--wal", "none"]).ok();
     let ok = tool
         .stop("arch2", &["--archive-timeout", "60s"])
         .ok()
@@ -452,13 +473,20 @@ fn start_failure_leaves_nothing(major: u32) {
     let r = tool.start("fails", &[]);
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("pg_backup_metadata"), "{r:?}");
-    assert!(!tool.run_dir().join("fails").exists(), "no agent entry is left");
     assert!(
-        c.wait_for_log("aborting backup due to backend exiting", Duration::from_secs(20)),
+        !tool.run_dir().join("fails").exists(),
+        "no agent entry is left"
+    );
+    assert!(
+        c.wait_for_log(
+            "aborting backup due to backend exiting",
+            Duration::from_secs(20)
+        ),
         "the started backup was aborted by the server:\n{}",
         c.server_log()
     );
-    let sessions = c.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbookend%'");
+    let sessions =
+        c.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbookend%'");
     assert_eq!(sessions, "0");
     std::fs::remove_file(&blocker).unwrap();
     tool.start("fails", &[]).ok();
@@ -474,6 +502,9 @@ fn wrong_pgdata(major: u32) {
     let r = tool.start("wrong", &["--pgdata", &empty.path().display().to_string()]);
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("beside the server"), "{r:?}");
-    assert!(!c.server_log().contains("aborting backup"), "no backup was even started");
+    assert!(
+        !c.server_log().contains("aborting backup"),
+        "no backup was even started"
+    );
 }
 per_major!(wrong_pgdata_t, wrong_pgdata);
