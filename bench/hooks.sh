@@ -5,25 +5,32 @@
 #     exec, agent spawn, connect, checks, marker, bundle with fsyncs) against the same backup
 #     SQL sent from ONE already-open psql session (wall time per call seen by the client:
 #     write the statement plus an `\echo` sentinel into psql's stdin, wait for the sentinel).
-#     Same immediate checkpoint on both sides; archive_mode off and --no-wait-archive.
-#     Iterations alternate which side goes first. Targets: <= 1.2x and <= 50 ms extra.
+#     Same immediate checkpoint on both sides; archive_mode off and `stop --no-wait-archive`.
+#     pgbookend runs in two variants when the binary has `--wal`: `--wal none` (only the hook
+#     work, the like-for-like comparison) and the default (`--wal collect`: WAL of the window
+#     copied into the bundle, plus the file list). Each round runs every side once; the order
+#     rotates from round to round. Targets: <= 1.2x and <= 50 ms extra.
 #  2. Resident memory (VmRSS, VmHWM) of an agent holding a backup after a few heartbeats
-#     (--heartbeat 1s, read /proc/<pid>/status after ~5 s). Target: <= 10 MB.
+#     (default options plus --heartbeat 1s, /proc/<pid>/status read after 5 s), and the CPU
+#     time it used meanwhile. Target: <= 10 MB.
 #
-# Usage: bench/hooks.sh [--major N] [--iterations N] [--warmup N] [--bin PATH] [--tmpdir DIR] [--keep]
-#   --major N       server major (13-18). 15 uses /usr/lib/postgresql/15/bin, others
-#                   /var/cache/pgbookend/pg/N/bin (scripts/install-deps). psql 15 is the client.
-#   --iterations N  measured rounds (default 15); --warmup N unmeasured rounds first (default 2)
-#   --bin PATH      use this pgbookend binary instead of building target/release/pgbookend
-#   --tmpdir DIR    where the throwaway cluster, run dir and store live (default $TMPDIR or
-#                   /tmp; on this VM /tmp is ext4 on disk, so fsyncs are real)
-#   --keep          keep the work directory (logs, samples) for inspection
-#   --strace DIR    after the measurements, trace one more start/stop pair with
-#                   `strace -f -tt -T` (start.trace follows start and its agent to the end
-#                   of the agent; stop.trace is the stop process) into DIR
+# Usage: bench/hooks.sh [--major N] [--iterations N] [--warmup N] [--bin PATH] [--tmpdir DIR]
+#                       [--variants LIST] [--strace DIR] [--keep]
+#   --major N        server major (13-18). 15 uses /usr/lib/postgresql/15/bin, the others
+#                    /var/cache/pgbookend/pg/N/bin (scripts/install-deps). psql 15 is the client.
+#   --iterations N   measured rounds (default 15); --warmup N unmeasured rounds first (default 2)
+#   --bin PATH       use this pgbookend binary instead of building target/release/pgbookend
+#   --tmpdir DIR     where the throwaway cluster, run dir and store live (default $TMPDIR or
+#                    /tmp; on the project VM /tmp is ext4 on a disk, so fsyncs are real)
+#   --variants LIST  pgbookend variants, comma-separated: none (--wal none), default
+#                    (default: both when the binary knows --wal, else default)
+#   --strace DIR     after the measurements, trace one more start/stop pair (default variant)
+#                    with `strace -f --seccomp-bpf -tt -T` into DIR, and summarise it
+#   --keep           keep the work directory (logs, raw samples) for inspection
 #
-# Runs as root (servers run as `postgres` via runuser) or as an ordinary user. Everything it
-# starts (postgres, psql, agents) is stopped by pid on exit, also on failure or Ctrl-C.
+# Prints a Markdown report on stdout, progress on stderr. Runs as root (servers run as
+# `postgres` via runuser) or as an ordinary user. Everything it starts (postgres, psql,
+# agents, strace) is stopped by pid on exit, also on failure or Ctrl-C.
 set -euo pipefail
 
 MAJOR=15
@@ -33,6 +40,7 @@ BIN_ARG=
 TMPBASE=${TMPDIR:-/tmp}
 KEEP=0
 STRACE_DIR=
+VARIANTS_ARG=
 while [ $# -gt 0 ]; do
   case "$1" in
     --major) MAJOR=$2; shift 2 ;;
@@ -40,13 +48,16 @@ while [ $# -gt 0 ]; do
     --warmup) WARMUP=$2; shift 2 ;;
     --bin) BIN_ARG=$2; shift 2 ;;
     --tmpdir) TMPBASE=$2; shift 2 ;;
-    --keep) KEEP=1; shift ;;
+    --variants) VARIANTS_ARG=$2; shift 2 ;;
     --strace) STRACE_DIR=$2; shift 2 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    --keep) KEEP=1; shift ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "hooks.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 case "$MAJOR" in 13|14|15|16|17|18) ;; *) echo "hooks.sh: --major must be 13..18" >&2; exit 2 ;; esac
+case "$ITER$WARMUP" in *[!0-9]*) echo "hooks.sh: --iterations/--warmup take numbers" >&2; exit 2 ;; esac
+[ "$ITER" -ge 1 ] || { echo "hooks.sh: --iterations must be >= 1" >&2; exit 2; }
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CLIENT_BIN=/usr/lib/postgresql/15/bin
@@ -59,7 +70,9 @@ PSQL=$CLIENT_BIN/psql
 for f in "$SERVER_BIN/initdb" "$SERVER_BIN/pg_ctl" "$SERVER_BIN/postgres" "$PSQL"; do
   [ -x "$f" ] || { echo "hooks.sh: $f missing (run scripts/install-deps)" >&2; exit 4; }
 done
+command -v stdbuf >/dev/null || { echo "hooks.sh: needs stdbuf (coreutils)" >&2; exit 4; }
 [ -n "${EPOCHREALTIME:-}" ] || { echo "hooks.sh: needs bash >= 5 (EPOCHREALTIME)" >&2; exit 4; }
+if [ "$(id -u)" = 0 ]; then id postgres >/dev/null 2>&1 || { echo "hooks.sh: as root, needs a postgres user" >&2; exit 4; }; fi
 
 # ---------------------------------------------------------------- state and cleanup
 WORK=
@@ -67,35 +80,31 @@ PM_PID=
 PSQL_PID=
 STRACE_PID=
 AGENT_PIDS=()
-RUNDIR=
 BIN=
 
 as_owner() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-
-alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+# An agent pid is ours only while its command line is still our binary's agent.
+is_our_agent() { alive "$1" && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q "^$BIN __agent "; }
 
 cleanup() {
-  local rc=$?
+  local rc=$? p
   trap - EXIT INT TERM
   set +e
-  if alive "$PSQL_PID"; then
-    kill "$PSQL_PID" 2>/dev/null
-  fi
-  for p in "${AGENT_PIDS[@]}" $(pgrep -P "${STRACE_PID:-0}" 2>/dev/null); do
-    if alive "$p" && grep -q pgbookend "/proc/$p/cmdline" 2>/dev/null; then
-      kill -TERM "$p" 2>/dev/null   # the agent aborts the backup and exits
-    fi
+  alive "$PSQL_PID" && kill "$PSQL_PID" 2>/dev/null
+  for p in "${AGENT_PIDS[@]}"; do
+    is_our_agent "$p" && kill -TERM "$p" 2>/dev/null   # the agent aborts its backup and exits
   done
   for p in "${AGENT_PIDS[@]}"; do
-    for _ in $(seq 50); do alive "$p" || break; sleep 0.1; done
-    alive "$p" && grep -q pgbookend "/proc/$p/cmdline" 2>/dev/null && kill -KILL "$p" 2>/dev/null
+    for _ in $(seq 50); do is_our_agent "$p" || break; sleep 0.1; done
+    is_our_agent "$p" && kill -KILL "$p" 2>/dev/null
   done
+  alive "$STRACE_PID" && kill -TERM "$STRACE_PID" 2>/dev/null
   if alive "$PM_PID"; then
     as_owner "$SERVER_BIN/pg_ctl" -D "$WORK/data" -m fast -w -t 30 stop >/dev/null 2>&1
-    if alive "$PM_PID"; then kill -KILL "$PM_PID" 2>/dev/null; fi
+    alive "$PM_PID" && kill -KILL "$PM_PID" 2>/dev/null
   fi
   alive "$PSQL_PID" && kill -KILL "$PSQL_PID" 2>/dev/null
-  alive "$STRACE_PID" && kill -TERM "$STRACE_PID" 2>/dev/null
   if [ -n "$WORK" ] && [ -d "$WORK" ]; then
     if [ "$KEEP" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
   fi
@@ -121,27 +130,33 @@ fi
 # ---------------------------------------------------------------- cluster
 WORK=$(mktemp -d "$TMPBASE/pgbookend-bench.XXXXXX")
 chmod 755 "$WORK"
-# A private copy, so a concurrent rebuild cannot swap the binary under a running agent.
+# A private copy, so that a concurrent rebuild cannot swap the binary under a running agent
+# (the agent is `current_exe() __agent`).
 BIN=$WORK/pgbookend
 cp "$SRC_BIN" "$BIN"
+BIN_SHA=$(sha256sum "$BIN" | cut -c1-12)
+BIN_VERSION=$("$BIN" --version 2>/dev/null | head -1 || echo "?")
 RUNDIR=$WORK/run
 STORE=$WORK/bundles
 mkdir -p "$WORK/sock" "$WORK/samples"
-[ "$(id -u)" = 0 ] && chown postgres: "$WORK/sock"
 mkdir -m 700 "$WORK/data"
 touch "$WORK/server.log"
-[ "$(id -u)" = 0 ] && chown postgres: "$WORK/data" "$WORK/server.log"
+if [ "$(id -u)" = 0 ]; then chown postgres: "$WORK/sock" "$WORK/data" "$WORK/server.log"; fi
 
 note "initdb: PostgreSQL $MAJOR from $SERVER_BIN in $WORK/data"
 as_owner "$SERVER_BIN/initdb" -D "$WORK/data" -U postgres --auth=trust -E UTF8 --locale=C \
   >"$WORK/initdb.log" 2>&1 || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
-# Defaults otherwise (fsync on, shared_buffers 128MB, wal_level replica): an ordinary cluster.
+# Otherwise defaults (fsync on, shared_buffers 128MB, wal_level replica): an ordinary cluster.
 as_owner "$SERVER_BIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -t 60 start -o \
   "-c listen_addresses='' -c unix_socket_directories='$WORK/sock' -c port=5432 -c archive_mode=off" \
   >/dev/null || { cat "$WORK/server.log" >&2; die "server did not start"; }
 PM_PID=$(head -1 "$WORK/data/postmaster.pid")
+for v in $(env | sed -n 's/^\(PG[A-Z_]*\)=.*/\1/p'); do
+  case "$v" in PGBOOKEND_*) ;; *) unset "$v" ;; esac
+done
 export PGHOST=$WORK/sock PGPORT=5432 PGUSER=postgres PGDATABASE=postgres
-unset PGSERVICE PGOPTIONS PGPASSWORD PGSSLMODE 2>/dev/null || true
+: >"$WORK/empty.toml"
+export PGBOOKEND_CONFIG=$WORK/empty.toml   # no /etc/pgbookend.toml influence
 SERVER_VERSION=$("$PSQL" -X -A -t -c 'SHOW server_version' | awk '{ print $1; exit }')
 note "server $SERVER_VERSION up (postmaster pid $PM_PID), socket $WORK/sock"
 
@@ -154,15 +169,15 @@ else
   SQL_STOP="SELECT * FROM pg_stop_backup(false, false);"
 fi
 
-# One long-lived psql; stdout unbuffered (stdbuf) so the sentinel arrives as soon as printed.
+# One long-lived psql; its stdout unbuffered (stdbuf) so the sentinel arrives when printed.
 coproc PSQLP { exec stdbuf -o0 -e0 "$PSQL" -X -q -A -t -v ON_ERROR_STOP=0 2>&1; }
 PSQL_PID=$PSQLP_PID
 exec {PSQL_IN}>&"${PSQLP[1]}" {PSQL_OUT}<&"${PSQLP[0]}"
 SEQ=0
-# psql_call SQL -> sets US (client wall time in microseconds); dies on ERROR.
+# psql_call SQL -> US = client wall time in microseconds; dies on ERROR.
 psql_call() {
   SEQ=$((SEQ + 1))
-  local mark="__pgbookend_bench_${SEQ}__" line out="" t0 t1
+  local mark="__pgbookend_bench_${SEQ}__" line="" out="" t0 t1
   t0=${EPOCHREALTIME/./}
   printf '%s\n\\echo %s\n' "$1" "$mark" >&"$PSQL_IN"
   while IFS= read -r -t 120 line <&"$PSQL_OUT"; do
@@ -177,7 +192,7 @@ psql_call() {
 psql_call "SELECT 1;"   # the session is open and warm
 
 # ---------------------------------------------------------------- the pgbookend side
-# pgb_call ARGS... -> sets US (wall time of the whole process); dies on a non-zero exit.
+# pgb_call ARGS... -> US = wall time of the whole process; dies on a non-zero exit.
 pgb_call() {
   local t0 t1 rc=0
   t0=${EPOCHREALTIME/./}
@@ -186,53 +201,89 @@ pgb_call() {
   [ "$rc" = 0 ] || { cat "$WORK/last.out" "$WORK/last.err" >&2; die "pgbookend $1 exited $rc"; }
   US=$((t1 - t0))
 }
-pgb_start() {
+pgb_start() { # pgb_start ID [extra args]
   pgb_call start --id "$1" --store "$STORE" --fast --json "${@:2}"
   local pid
   pid=$(sed -n 's/.*"agent_pid": *\([0-9]*\).*/\1/p' "$WORK/last.out" | head -1)
-  [ -n "$pid" ] && AGENT_PIDS+=("$pid")
+  if [ -n "$pid" ]; then AGENT_PIDS+=("$pid"); fi
 }
 pgb_stop() { pgb_call stop --id "$1" --no-wait-archive --json; }
 
+HAS_WAL=0
+"$BIN" start --help 2>/dev/null | grep -q -- '--wal ' && HAS_WAL=1
+VARIANTS=${VARIANTS_ARG:-$([ "$HAS_WAL" = 1 ] && echo none,default || echo default)}
+IFS=, read -r -a VARIANTS <<<"$VARIANTS"
+for v in "${VARIANTS[@]}"; do
+  case "$v" in
+    default) ;;
+    none) [ "$HAS_WAL" = 1 ] || die "variant none needs a binary with --wal" ;;
+    *) die "unknown variant $v (none, default)" ;;
+  esac
+done
+variant_args() { [ "$1" = none ] && echo "--wal none" || true; }
+variant_label() {
+  case "$1" in
+    none) echo 'pgbookend `--wal none`' ;;
+    default) [ "$HAS_WAL" = 1 ] && echo 'pgbookend default (`--wal collect`)' || echo 'pgbookend' ;;
+  esac
+}
+
 # ---------------------------------------------------------------- measurement 1: latency
 record() { echo "$2" >>"$WORK/samples/$1"; }
-settle() { sleep 0.2; }   # let the previous session's backend exit before the next timing
+settle() { sleep 0.2; }   # let the previous session's backend and agent exit before the next timing
+SIDES=(psql "${VARIANTS[@]}")
 
-round() { # round N MEASURED(0/1)
-  local n=$1 m=$2 id="bench-$1-$2-$RANDOM" first
-  if [ $((n % 2)) = 0 ]; then first=psql; else first=pgb; fi
-  for side in $first $([ $first = psql ] && echo pgb || echo psql); do
-    if [ "$side" = psql ]; then
-      psql_call "$SQL_START"; [ "$m" = 1 ] && record psql_start "$US"; settle
-      psql_call "$SQL_STOP";  [ "$m" = 1 ] && record psql_stop "$US";  settle
-    else
-      pgb_start "$id";        [ "$m" = 1 ] && record pgb_start "$US";  settle
-      pgb_stop "$id";         [ "$m" = 1 ] && record pgb_stop "$US";   settle
-      [ "$m" = 1 ] && cp "$RUNDIR/$id/agent.log" "$WORK/samples/agent-$n.log" 2>/dev/null
-      "$BIN" cleanup --run-dir "$RUNDIR" >/dev/null 2>&1 || true
-    fi
-  done
+one_side() { # one_side SIDE ROUND MEASURED
+  local side=$1 n=$2 m=$3 id
+  if [ "$side" = psql ]; then
+    psql_call "$SQL_START"; [ "$m" = 1 ] && record start.psql "$US"; settle
+    psql_call "$SQL_STOP";  [ "$m" = 1 ] && record stop.psql "$US";  settle
+  else
+    id="bench-$side-$m-$n-$RANDOM"
+    # shellcheck disable=SC2046
+    pgb_start "$id" $(variant_args "$side"); [ "$m" = 1 ] && record "start.$side" "$US"; settle
+    pgb_stop "$id";                          [ "$m" = 1 ] && record "stop.$side" "$US";  settle
+    [ "$m" = 1 ] && cp "$RUNDIR/$id/agent.log" "$WORK/samples/agent-$side-$n.log" 2>/dev/null
+    "$BIN" cleanup --run-dir "$RUNDIR" >/dev/null 2>&1 || true
+    rm -rf "${STORE:?}/$id"
+  fi
+  return 0
+}
+round() { # round N MEASURED(0/1): every side once, order rotated by N
+  local n=$1 m=$2 k=${#SIDES[@]} j
+  for j in $(seq 0 $((k - 1))); do one_side "${SIDES[$(((n + j) % k))]}" "$n" "$m"; done
 }
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-note "warm-up: $WARMUP rounds; measuring: $ITER rounds (alternating which side goes first)"
+note "binary $BIN_VERSION ($BIN_SHA); sides: ${SIDES[*]}"
+note "warm-up: $WARMUP rounds; measuring: $ITER rounds (order rotates each round)"
 for i in $(seq 1 "$WARMUP"); do round "$i" 0; done
 for i in $(seq 1 "$ITER"); do round "$i" 1; done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- measurement 2: agent memory
-note "agent memory: start with --heartbeat 1s, wait 5 s"
+note "agent memory: start (default options) with --heartbeat 1s, wait 5 s"
 MEM_ID=bench-mem-$RANDOM
 pgb_start "$MEM_ID" --heartbeat 1s
 AGENT_PID=$("$BIN" status --id "$MEM_ID" --json --run-dir "$RUNDIR" |
   sed -n 's/.*"agent_pid": *\([0-9]*\).*/\1/p' | head -1)
 [ -n "$AGENT_PID" ] || die "no agent_pid in status"
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$AGENT_PID/stat"; }
+TICKS0=$(cpu_ticks)
 sleep 5
+TICKS1=$(cpu_ticks)
 HB_AGE=$("$BIN" status --id "$MEM_ID" --json --run-dir "$RUNDIR" |
   sed -n 's/.*"last_heartbeat_age_s": *\([0-9-]*\).*/\1/p' | head -1)
 status_kb() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$AGENT_PID/status"; }
 VMRSS=$(status_kb VmRSS); VMHWM=$(status_kb VmHWM)
 RSSANON=$(status_kb RssAnon); RSSFILE=$(status_kb RssFile)
 PSS=$(awk '$1 == "Pss:" { print $2 }' "/proc/$AGENT_PID/smaps_rollup" 2>/dev/null || echo "?")
+CPU_MS=$(( (TICKS1 - TICKS0) * 1000 / $(getconf CLK_TCK) ))
+# Resident kB per mapped object (the binary, each shared library, [heap], anonymous).
+awk '/^[0-9a-f]+-[0-9a-f]+ / { name = ($6 == "") ? "[anon]" : $6; sub(/.*\//, "", name) }
+     /^Rss:/ { rss[name] += $2 }
+     END { for (n in rss) if (rss[n] > 0) printf "%d %s\n", rss[n], n }' "/proc/$AGENT_PID/smaps" |
+  sort -rn >"$WORK/samples/agent-smaps.txt" || true
 pgb_stop "$MEM_ID"
 
 # ---------------------------------------------------------------- optional: strace one pair
@@ -254,12 +305,13 @@ if [ -n "$STRACE_DIR" ]; then
   grep -q "started at" "$STRACE_DIR/start.out" || { cat "$STRACE_DIR/start.out" >&2; die "traced start failed"; }
   settle
   strace -f --seccomp-bpf -tt -T -e trace=$TRACE_SET -o "$STRACE_DIR/stop.trace" \
-    "$BIN" stop --id "$TR_ID" --no-wait-archive --run-dir "$RUNDIR" >"$STRACE_DIR/stop.out" 2>&1 || die "traced stop failed"
+    "$BIN" stop --id "$TR_ID" --no-wait-archive --run-dir "$RUNDIR" >"$STRACE_DIR/stop.out" 2>&1 ||
+    die "traced stop failed"
   wait "$STRACE_PID" || true
   STRACE_PID=
   cp "$RUNDIR/$TR_ID/agent.log" "$STRACE_DIR/agent.log" 2>/dev/null || true
-  # Critical-path summary: start = from exec of `start` to the agent's "ready" line;
-  # stop = from the agent reading the stop request to its reply.
+  # Critical paths: start = exec of `start` to the agent's "ready" line;
+  # stop = the agent reading the stop request to its reply.
   awk '
     function secs(s,  a) { split(s, a, ":"); return a[1] * 3600 + a[2] * 60 + a[3] }
     function dur(l) { if (match(l, /<[0-9.]+>$/)) return substr(l, RSTART + 1, RLENGTH - 2); return 0 }
@@ -272,21 +324,23 @@ if [ -n "$STRACE_DIR" ]; then
     index($0, "connect(") && index($0, ".s.PGSQL.") { c++ }
     /execve\(/ { x++ }
     END {
-      printf "start (traced): %.1f ms from exec to the agent'"'"'s ready line; %d execs, %d connection, %d SQL round trips, %d fsyncs = %.1f ms\n", (ready - t0) * 1000, x, c, r1, n1, f1 * 1000
-      printf "stop in the agent (traced): %.1f ms from request to reply; %d SQL round trips, %d fsyncs = %.1f ms\n", (e - q) * 1000, r2, n2, f2 * 1000
+      printf "start: %.1f ms from exec to the agent'"'"'s ready line; %d execs, %d connection, %d SQL round trips, %d fsyncs = %.1f ms\n", (ready - t0) * 1000, x, c, r1, n1, f1 * 1000
+      printf "stop, inside the agent: %.1f ms from request to reply; %d SQL round trips, %d fsyncs = %.1f ms\n", (e - q) * 1000, r2, n2, f2 * 1000
     }' "$STRACE_DIR/start.trace" >"$STRACE_DIR/summary.txt" || true
+  awk '/execve\(/ { split($2, a, ":"); t0 = a[3] } /connect\(.*agent.sock/ { split($2, a, ":"); printf "stop process: %.1f ms from exec to connecting to the agent\n", (a[3] - t0) * 1000 }' \
+    "$STRACE_DIR/stop.trace" >>"$STRACE_DIR/summary.txt" || true
 fi
 
 # ---------------------------------------------------------------- report
-stat() { # stat FILE -> "median p90" in microseconds (nearest rank)
+stat() { # stat FILE -> "median p90" in microseconds (p90: nearest rank)
   sort -n "$1" | awk '{ v[NR] = $1 } END {
     n = NR; m = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
     r = int(0.9 * n); if (r < 0.9 * n) r++; printf "%d %d\n", m, v[r] }'
 }
 ms() { awk -v u="$1" 'BEGIN { printf "%.1f", u / 1000 }'; }
-verdict_ops() {
+verdict() { # verdict BASE_US US -> "ratio | extra | met"
   awk -v a="$1" -v b="$2" 'BEGIN { r = b / a; x = (b - a) / 1000
-    printf "%.2fx | %+.1f ms | %s", r, x, (r <= 1.2 && x <= 50) ? "yes" : (x <= 50 ? "no (ratio)" : (r <= 1.2 ? "no (extra ms)" : "no")) }'
+    printf "%.2fx | %+.1f ms | %s", r, x, (r <= 1.2 && x <= 50) ? "yes" : (x <= 50 ? "no: ratio" : (r <= 1.2 ? "no: extra ms" : "no: both")) }'
 }
 
 CPUS=$(nproc)
@@ -295,50 +349,64 @@ FS=$(df -T "$WORK" | awk 'NR == 2 { print $2 }')
 echo
 echo "## pgbookend hooks benchmark — PostgreSQL $SERVER_VERSION"
 echo
-echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -n), $CPUS CPUs ($CPU), kernel $(uname -r), work dir on $FS;"
-echo "$ITER measured rounds after $WARMUP warm-up rounds; idle cluster, fsync on, archive_mode off, immediate checkpoint;"
-echo "load average before/after: $LOAD_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg)."
+echo "- $(date -u '+%Y-%m-%d %H:%M UTC'), host $(uname -n), $CPUS CPUs ($CPU), $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r), work dir on $FS"
+echo "- binary: $BIN_VERSION, sha256 $BIN_SHA…"
+echo "- $ITER measured rounds after $WARMUP warm-up rounds, order of the sides rotating; idle cluster, fsync on, archive_mode off, immediate checkpoint, \`stop --no-wait-archive\`"
+echo "- load average before / after: $LOAD_BEFORE / $LOAD_AFTER"
 echo
-echo "| call | psql session: median | p90 | pgbookend process: median | p90 | ratio (median) | extra (median) | target met (<=1.2x and <=50 ms) |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| call | side | median | p90 | ratio to psql (median) | extra (median) | target met (<= 1.2x and <= 50 ms) |"
+echo "|---|---|---|---|---|---|---|"
 for op in start stop; do
-  read -r pm p9 < <(stat "$WORK/samples/psql_$op")
-  read -r bm b9 < <(stat "$WORK/samples/pgb_$op")
+  read -r pm p9 < <(stat "$WORK/samples/$op.psql")
   if [ $op = start ]; then sql=${SQL_START%;}; else sql=${SQL_STOP%;}; fi
-  echo "| \`$op\` vs \`$sql\` | $(ms "$pm") ms | $(ms "$p9") ms | $(ms "$bm") ms | $(ms "$b9") ms | $(verdict_ops "$pm" "$bm") |"
+  echo "| $op | psql session: \`$sql\` | $(ms "$pm") ms | $(ms "$p9") ms | 1 | | |"
+  for v in "${VARIANTS[@]}"; do
+    read -r bm b9 < <(stat "$WORK/samples/$op.$v")
+    echo "| $op | $(variant_label "$v") \`$op\` process | $(ms "$bm") ms | $(ms "$b9") ms | $(verdict "$pm" "$bm") |"
+  done
 done
 echo
-echo "| agent memory (--heartbeat 1s, after 5 s, last heartbeat ${HB_AGE:-?} s ago) | value | target met (<=10 MB) |"
+echo "| agent holding a backup (default options, --heartbeat 1s, after 5 s; last heartbeat ${HB_AGE:-?} s ago) | value | target met (<= 10 MB) |"
 echo "|---|---|---|"
-awk -v r="$VMRSS" -v h="$VMHWM" -v a="$RSSANON" -v f="$RSSFILE" -v p="$PSS" 'BEGIN {
+awk -v r="$VMRSS" -v h="$VMHWM" -v a="$RSSANON" -v f="$RSSFILE" -v p="$PSS" -v c="$CPU_MS" 'BEGIN {
   printf "| VmRSS | %.1f MB (%d kB) | %s |\n", r / 1024, r, (r <= 10240) ? "yes" : "no"
   printf "| VmHWM (peak) | %.1f MB (%d kB) | %s |\n", h / 1024, h, (h <= 10240) ? "yes" : "no"
-  printf "| RssAnon / RssFile | %d kB / %d kB | |\n", a, f
-  printf "| Pss (smaps_rollup) | %s kB | |\n", p }'
+  printf "| of which RssAnon / RssFile (shared libraries) | %d kB / %d kB | |\n", a, f
+  printf "| Pss (smaps_rollup) | %s kB | |\n", p
+  printf "| CPU time used in those 5 s | %d ms | |\n", c }'
 
-# Where the start time goes, from the agent log timestamps (median over measured rounds).
-phase_report() {
-  local f
-  for f in "$WORK"/samples/agent-*.log; do
-    [ -f "$f" ] || continue
-    awk '
-      function t(s,  a, b) { split(s, a, "T"); split(a[2], b, ":"); sub(/Z$/, "", b[3]); return (b[1] * 3600 + b[2] * 60 + b[3]) * 1000 }
-      /agent starting/ { s = t($1) } /connected:/ { c = t($1) } /backup started at/ { b = t($1) }
-      /request: Stop/ { q = t($1) } /backup stopped at/ { e = t($1) } /bundle written to/ { w = t($1) }
-      END { if (s && c && b && q && e && w) printf "%.2f %.2f %.2f %.2f\n", c - s, b - c, e - q, w - e }' "$f"
-  done >"$WORK/samples/phases"
-  [ -s "$WORK/samples/phases" ] || return 0
+if [ -s "$WORK/samples/agent-smaps.txt" ]; then
   echo
-  echo "Inside the agent (median of its log timestamps): connect+session setup $(sort -n -k1 "$WORK/samples/phases" | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }') ms," \
-    "checks+start call $(sort -n -k2 "$WORK/samples/phases" | awk '{ v[NR] = $2 } END { print v[int((NR + 1) / 2)] }') ms," \
-    "stop call $(sort -n -k3 "$WORK/samples/phases" | awk '{ v[NR] = $3 } END { print v[int((NR + 1) / 2)] }') ms," \
-    "bundle write $(sort -n -k4 "$WORK/samples/phases" | awk '{ v[NR] = $4 } END { print v[int((NR + 1) / 2)] }') ms."
+  echo "Agent RSS by mapping (kB): $(head -12 "$WORK/samples/agent-smaps.txt" | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 }');" \
+    "$(awk '{ t++; k += $1 } END { printf "%d mappings, %d kB in all", t, k }' "$WORK/samples/agent-smaps.txt")."
+fi
+
+# Where the agent's time goes, from its log timestamps (median over the measured rounds).
+phase_report() {
+  local v f
+  for v in "${VARIANTS[@]}"; do
+    for f in "$WORK"/samples/agent-"$v"-*.log; do
+      [ -f "$f" ] || continue
+      awk '
+        function t(s,  a, b) { split(s, a, "T"); split(a[2], b, ":"); sub(/Z$/, "", b[3]); return (b[1] * 3600 + b[2] * 60 + b[3]) * 1000 }
+        /agent starting/ { s = t($1) } /connected:/ { c = t($1) } /backup started at/ { b = t($1) }
+        /start walk:/ { wk = t($1) }
+        /request: Stop/ { q = t($1) } /backup stopped at/ { e = t($1) } /bundle written to/ { w = t($1) }
+        END { if (s && c && b && q && e && w) printf "%.2f %.2f %.2f %.2f %.2f\n", c - s, b - c, (wk ? wk - b : 0), e - q, w - e }' "$f"
+    done >"$WORK/samples/phases.$v"
+    [ -s "$WORK/samples/phases.$v" ] || continue
+    med() { sort -n -k"$1" "$WORK/samples/phases.$v" | awk -v k="$1" '{ x[NR] = $k } END { print x[int((NR + 1) / 2)] }'; }
+    echo
+    echo "Inside the agent, $(variant_label "$v") (medians of its log timestamps): from \"agent starting\" to connected and session set up $(med 1) ms;" \
+      "to \"backup started\" (checks, start call) $(med 2) ms; start walk $(med 3) ms;" \
+      "from the stop request to \"backup stopped\" (state save, stop call) $(med 4) ms; bundle written $(med 5) ms later."
+  done
 }
 phase_report
 if [ -n "$STRACE_DIR" ] && [ -s "$STRACE_DIR/summary.txt" ]; then
   echo
-  echo "strace (one extra pair, --seccomp-bpf; traces in $STRACE_DIR):"
+  echo "strace of one more pair ($(variant_label default); --seccomp-bpf; traces in $STRACE_DIR):"
   sed 's/^/- /' "$STRACE_DIR/summary.txt"
 fi
 echo
-echo "Raw samples (µs) in $WORK/samples (use --keep to keep them)."
+if [ "$KEEP" = 1 ]; then echo "Raw samples (µs) in $WORK/samples."; fi

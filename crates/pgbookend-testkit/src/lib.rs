@@ -39,6 +39,7 @@
 mod cluster;
 mod procfs;
 mod reap;
+mod s3server;
 mod shmem;
 mod tempdir;
 mod template;
@@ -52,6 +53,7 @@ use std::sync::OnceLock;
 pub use cluster::{Cluster, ClusterOptions, Pgbench};
 pub use procfs::PidGuard;
 pub use reap::{reap_leftovers, Reaped};
+pub use s3server::{moto_server_bin, Gate, S3Server};
 pub use tempdir::{temp_dir, TempDir};
 
 /// The PostgreSQL majors pgbookend supports; tests iterate over them (see [`majors`]).

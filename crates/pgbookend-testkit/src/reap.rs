@@ -71,7 +71,12 @@ pub(crate) fn reap_where(mut pick: impl FnMut(&Path, Option<i32>) -> bool) -> Re
     let inside = |p: &Path| dirs.iter().any(|d| p.starts_with(d));
     let mut victims = Vec::new();
     for p in all_processes() {
-        if p.state == 'Z' || p.state == 'X' || procfs::comm(p.pid).as_deref() != Some("postgres") {
+        // postgres servers, and the S3 servers of tests (moto_server, run from a harness dir).
+        let comm = procfs::comm(p.pid);
+        if p.state == 'Z'
+            || p.state == 'X'
+            || !matches!(comm.as_deref(), Some("postgres") | Some("moto_server"))
+        {
             continue;
         }
         let by_arg = procfs::dash_d(&procfs::cmdline(p.pid)).is_some_and(|d| inside(&d));

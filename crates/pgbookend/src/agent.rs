@@ -52,6 +52,13 @@ pub struct AgentConfig {
     pub heartbeat_ms: u64,
     pub wal_mode: WalMode,
     pub archive_dir: Option<PathBuf>,
+    /// How many stores must take the bundle for `stop` to succeed (default: all).
+    #[serde(default)]
+    pub min_stores: Option<usize>,
+    /// Non-secret S3 settings from flags and the config file; credentials reach the agent
+    /// only through the environment it inherits.
+    #[serde(default)]
+    pub s3: crate::s3::Settings,
 }
 
 /// What the agent reports once the backup is in progress.
@@ -65,6 +72,9 @@ pub struct Ready {
     pub pg_version_num: u32,
     pub system_identifier: String,
     pub pgdata: String,
+    /// The tablespace directories (targets of `pg_tblspc` links): a copy needs them too.
+    #[serde(default)]
+    pub tablespaces: Vec<String>,
     pub backup_from: String,
     pub stores: Vec<String>,
     pub removed_stale_markers: Vec<String>,
@@ -201,6 +211,7 @@ pub fn main() -> i32 {
         }
     };
     drop(input);
+    crate::s3::configure(cfg.s3.clone());
     // SAFETY: process-wide settings of a fresh, single-threaded process.
     unsafe {
         libc::umask(0o077);
@@ -244,6 +255,7 @@ pub fn main() -> i32 {
             if let Some(pgdata) = &agent.pgdata {
                 if agent.marker_written {
                     let _ = marker::remove(pgdata, &agent.cfg.id);
+                    crate::live::remove(&agent.cfg.id, &agent.token);
                 }
             }
             let code = e.class().exit_code();
@@ -298,6 +310,8 @@ struct Agent {
     heartbeat_pending: Option<Instant>,
     /// The temporary replication slot of `--wal collect`.
     slot: Option<String>,
+    /// Ties the marker to this host's live record (see `live.rs`).
+    token: String,
 }
 
 impl Agent {
@@ -336,6 +350,7 @@ impl Agent {
             listener: None,
             heartbeat_pending: None,
             slot: None,
+            token: crate::live::token(),
         }
     }
 
@@ -448,9 +463,17 @@ impl Agent {
             stores: self.cfg.stores.clone(),
             run_dir: self.cfg.run_dir.display().to_string(),
             agent_pid: std::process::id(),
+            token: self.token.clone(),
         };
         self.marker_written = true;
         marker::write(&pgdata, &m)?;
+        crate::live::write(&crate::live::Live {
+            id: self.cfg.id.clone(),
+            token: self.token.clone(),
+            pgdata: pgdata.display().to_string(),
+            system_identifier: sysid.to_string(),
+            agent_pid: std::process::id(),
+        })?;
         let files = filelist::walk_to(&pgdata, &self.entry.dir.join(START_LIST))?;
         tracing::info!("start walk: {files} files");
 
@@ -483,6 +506,7 @@ impl Agent {
             pg_version_num: self.state.pg_version_num.unwrap_or(0),
             system_identifier: sysid.to_string(),
             pgdata: pgdata.display().to_string(),
+            tablespaces: crate::run::tablespace_dirs(&pgdata),
             backup_from,
             stores: self.cfg.stores.clone(),
             removed_stale_markers: removed,
@@ -500,6 +524,7 @@ impl Agent {
                 tracing::error!("cannot remove the marker: {e}");
             }
         }
+        crate::live::remove(&self.cfg.id, &self.token);
         self.state.state = phase;
         self.state.failure = Some(why);
         self.save();
@@ -919,63 +944,29 @@ impl Agent {
             v
         };
 
-        // The first store that takes the whole bundle is the primary; the others get copies.
+        // The bundle is written whole once: into the first local store that takes it, or
+        // (no local store) into a staging directory; then it is copied or uploaded to every
+        // other store.
         let stores: Vec<(String, Result<Store>)> = self
             .cfg
             .stores
             .iter()
             .map(|u| (u.clone(), Store::parse(u)))
             .collect();
-        let mut outcomes = Vec::new();
-        let mut primary: Option<PathBuf> = None;
-        for (url, store) in stores {
-            let result = store.and_then(|store| match &primary {
-                None => {
-                    let dir = store.local_bundle_dir(&self.cfg.id);
-                    self.write_primary(
-                        &dir,
-                        &pgdata,
-                        &small,
-                        &window,
-                        &mut wal_entries,
-                        &mut manifest,
-                    )?;
-                    primary = Some(dir.clone());
-                    Ok(dir.display().to_string())
-                }
-                Some(from) => store.copy_bundle_from(&self.cfg.id, from, &manifest),
-            });
-            match result {
-                Ok(loc) => {
-                    tracing::info!("bundle written to {loc}");
-                    outcomes.push(StoreOutcome {
-                        store: url,
-                        ok: true,
-                        location: Some(loc),
-                        error: None,
-                    })
-                }
-                Err(e) => {
-                    tracing::error!("store {url} failed: {e}");
-                    outcomes.push(StoreOutcome {
-                        store: url,
-                        ok: false,
-                        location: None,
-                        error: Some(e.message),
-                    })
-                }
-            }
-        }
-        let failed: Vec<&StoreOutcome> = outcomes.iter().filter(|o| !o.ok).collect();
-        let mut error = None;
-        if !failed.is_empty() {
-            let mut kept = None;
-            if primary.is_none() {
-                // Keep the only copy of the label somewhere rather than lose it with the session.
-                let dir = self.entry.dir.join("rescue").join(&self.cfg.id);
-                if std::fs::create_dir_all(self.entry.dir.join("rescue")).is_ok()
-                    && self
-                        .write_primary(
+        let mut results: Vec<Option<Result<String>>> = vec![None; stores.len()];
+        let mut source: Option<PathBuf> = None;
+        for (i, (_, store)) in stores.iter().enumerate() {
+            match store {
+                Err(e) => results[i] = Some(Err(e.clone())),
+                Ok(s) => {
+                    let Some(dir) = s.local_bundle_dir(&self.cfg.id) else {
+                        continue;
+                    };
+                    if source.is_some() {
+                        continue;
+                    }
+                    results[i] = Some(
+                        self.write_primary(
                             &dir,
                             &pgdata,
                             &small,
@@ -983,10 +974,122 @@ impl Agent {
                             &mut wal_entries,
                             &mut manifest,
                         )
-                        .is_ok()
-                {
-                    kept = Some(dir.display().to_string());
+                        .map(|()| dir.display().to_string()),
+                    );
+                    if matches!(results[i], Some(Ok(_))) {
+                        source = Some(dir);
+                    }
                 }
+            }
+        }
+        let mut staging: Option<tempfile::TempDir> = None;
+        let mut stage_error: Option<Error> = None;
+        if source.is_none() && results.iter().any(|r| r.is_none()) {
+            match stage_dir(&self.cfg.id) {
+                Ok(t) => {
+                    let dir = t.path().join(&self.cfg.id);
+                    tracing::info!("staging the bundle in {} for upload", dir.display());
+                    match self.write_primary(
+                        &dir,
+                        &pgdata,
+                        &small,
+                        &window,
+                        &mut wal_entries,
+                        &mut manifest,
+                    ) {
+                        Ok(()) => {
+                            source = Some(dir);
+                            staging = Some(t);
+                        }
+                        Err(e) => stage_error = Some(e),
+                    }
+                }
+                Err(e) => stage_error = Some(e),
+            }
+        }
+        for (i, (_, store)) in stores.iter().enumerate() {
+            if results[i].is_some() {
+                continue;
+            }
+            results[i] = Some(match (store, &source) {
+                (Ok(s), Some(from)) => s.copy_bundle_from(&self.cfg.id, from, &manifest),
+                _ => {
+                    let why = stage_error
+                        .as_ref()
+                        .map(|e| e.message.as_str())
+                        .unwrap_or("?");
+                    Err(Error::env(format!(
+                        "the bundle could not be staged locally for upload: {why}"
+                    ))
+                    .hint("set TMPDIR (for the agent: in the environment of start) to a directory with room for the bundle"))
+                }
+            });
+        }
+        let mut hints: Vec<String> = Vec::new();
+        let mut outcomes = Vec::new();
+        for ((url, _), r) in stores.iter().zip(results) {
+            match r.unwrap_or_else(|| Err(Error::internal("store not attempted"))) {
+                Ok(loc) => {
+                    tracing::info!("bundle written to {loc}");
+                    outcomes.push(StoreOutcome {
+                        store: url.clone(),
+                        ok: true,
+                        location: Some(loc),
+                        error: None,
+                    })
+                }
+                Err(e) => {
+                    tracing::error!("store {url} failed: {e}");
+                    for h in &e.hints {
+                        if !hints.contains(h) {
+                            hints.push(h.clone());
+                        }
+                    }
+                    outcomes.push(StoreOutcome {
+                        store: url.clone(),
+                        ok: false,
+                        location: None,
+                        error: Some(e.message),
+                    })
+                }
+            }
+        }
+        let written = outcomes.iter().filter(|o| o.ok).count();
+        let required = self
+            .cfg
+            .min_stores
+            .unwrap_or(outcomes.len())
+            .clamp(1, outcomes.len().max(1));
+        let failed: Vec<&StoreOutcome> = outcomes.iter().filter(|o| !o.ok).collect();
+        if !failed.is_empty() && written >= required {
+            tracing::warn!(
+                "the bundle is in {written} of {} stores (--min-stores {required})",
+                outcomes.len()
+            );
+        }
+        let mut error = None;
+        if written < required {
+            let mut kept = None;
+            if written == 0 {
+                // Keep the only copy of the label somewhere rather than lose it with the session.
+                kept = match staging.take() {
+                    Some(t) if source.is_some() => Some(self.keep_staging(t)),
+                    _ => {
+                        let dir = self.entry.dir.join("rescue").join(&self.cfg.id);
+                        (std::fs::create_dir_all(self.entry.dir.join("rescue")).is_ok()
+                            && self
+                                .write_primary(
+                                    &dir,
+                                    &pgdata,
+                                    &small,
+                                    &window,
+                                    &mut wal_entries,
+                                    &mut manifest,
+                                )
+                                .is_ok())
+                        .then(|| dir.display().to_string())
+                    }
+                };
             }
             let names: Vec<String> = failed
                 .iter()
@@ -996,10 +1099,24 @@ impl Agent {
                 "the bundle could not be written to: {}",
                 names.join("; ")
             ));
+            if written > 0 {
+                let good: Vec<&str> = outcomes
+                    .iter()
+                    .filter_map(|o| o.location.as_deref())
+                    .collect();
+                e.message.push_str(&format!(
+                    "; it is in {written} of {} stores, fewer than --min-stores {required}",
+                    outcomes.len()
+                ));
+                e = e.hint(format!("the bundle is complete in {}", good.join(", ")));
+            }
             if let Some(k) = kept {
                 e = e.hint(format!(
                     "a copy of the bundle was kept in {k}; copy it into the store before the run directory is cleaned"
                 ));
+            }
+            for h in hints {
+                e = e.hint(h);
             }
             error = Some(e);
         } else if wal_archive == "not_confirmed" {
@@ -1018,6 +1135,7 @@ impl Agent {
         if let Err(e) = marker::remove(&pgdata, &self.cfg.id) {
             tracing::error!("cannot remove the marker: {e}");
         }
+        crate::live::remove(&self.cfg.id, &self.token);
         let _ = std::fs::remove_file(self.entry.dir.join(START_LIST));
         let wal_bytes: u64 = manifest
             .wal
@@ -1051,6 +1169,7 @@ impl Agent {
             wal_archive,
             wal_archive_detail: wal_detail,
             stores: outcomes,
+            min_stores: required,
         };
         self.session = None;
         self.state.state = Phase::Stopped;
@@ -1067,6 +1186,19 @@ impl Agent {
             report: Box::new(report),
             error,
         })
+    }
+
+    /// Keeps a staged bundle that no store took as the rescue copy of this backup (in the
+    /// run directory entry, where `cleanup` keeps it); returns where it is.
+    fn keep_staging(&self, t: tempfile::TempDir) -> String {
+        let staged = t.keep();
+        let rescue = self.entry.dir.join("rescue");
+        if std::fs::rename(&staged, &rescue).is_ok() {
+            return rescue.join(&self.cfg.id).display().to_string();
+        }
+        // Another filesystem: leave it where it is and point the entry at it.
+        let _ = std::os::unix::fs::symlink(&staged, &rescue);
+        staged.join(&self.cfg.id).display().to_string()
     }
 
     /// Writes the whole bundle into `dir`: the server's files, the WAL (collect mode),
@@ -1173,6 +1305,22 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// A private directory for a bundle that goes only to remote stores, in `$TMPDIR`: the
+/// run directory is often a small tmpfs (`/run`), while the WAL of a long backup window
+/// can be gigabytes; `$TMPDIR` is where large scratch data belongs and can be pointed
+/// elsewhere by the environment of `start`. Removed once the uploads are done.
+fn stage_dir(id: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("pgbookend-stage.{id}."))
+        .tempdir()
+        .map_err(|e| {
+            Error::env(format!(
+                "cannot create a staging directory in {}: {e}",
+                std::env::temp_dir().display()
+            ))
+        })
 }
 
 /// The server's XLogArchiveIsBusy test, read from the outside.

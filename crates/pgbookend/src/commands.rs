@@ -37,6 +37,8 @@ pub struct StartOptions {
     pub wal: Option<String>,
     /// The archive directory of `--wal archive`.
     pub archive: Option<PathBuf>,
+    /// How many stores must take the bundle for `stop` to succeed (default: all).
+    pub min_stores: Option<usize>,
 }
 
 fn duration_opt(flag: &str, value: Option<&str>, default: &str) -> Result<Duration> {
@@ -80,17 +82,34 @@ pub fn start(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Output> {
     } else {
         vec![default_store().display().to_string()]
     };
-    let mut stores = Vec::new();
+    let mut stores: Vec<String> = Vec::new();
+    let mut unreachable: Vec<Error> = Vec::new();
     for u in &store_urls {
         let s = Store::parse(u)?;
-        if s.has_bundle(&id) {
-            return Err(Error::usage(format!(
-                "a bundle with ID {id} already exists in {}",
-                s.bundle_location(&id)
-            ))
-            .hint("each backup needs its own ID"));
+        if stores.contains(&s.url()) {
+            return Err(Error::usage(format!("store {} is given twice", s.url())));
+        }
+        match s.preflight(&id) {
+            Ok(()) => {}
+            Err(e) if e.class() == Class::Environment => unreachable.push(e),
+            Err(e) => return Err(e),
         }
         stores.push(s.url());
+    }
+    let min_stores = match opts.min_stores.or(cfg.min_stores) {
+        Some(n) if n == 0 || n > stores.len() => {
+            return Err(Error::usage(format!(
+                "--min-stores {n}: must be between 1 and the number of stores ({})",
+                stores.len()
+            )))
+        }
+        other => other,
+    };
+    let n_stores = stores.len();
+    if n_stores - unreachable.len() < min_stores.unwrap_or(n_stores) {
+        let mut e = unreachable.remove(0);
+        e.message = format!("cannot start the backup: {}", e.message);
+        return Err(e.hint("nothing was changed; fix the store, or lower --min-stores"));
     }
     let pgdata = match opts.pgdata.or_else(|| cfg.pgdata.clone()) {
         Some(p) if p.is_relative() => Some(
@@ -142,6 +161,8 @@ pub fn start(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Output> {
         heartbeat_ms: heartbeat.as_millis() as u64,
         wal_mode,
         archive_dir,
+        min_stores,
+        s3: crate::s3::settings(),
     };
     let ready = agent::spawn(&acfg, &entry)?;
     let mut human = format!(
@@ -162,7 +183,20 @@ pub fn start(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Output> {
             ready.removed_stale_markers.join(", ")
         ));
     }
-    let json = serde_json::to_value(&ready).map_err(|e| Error::internal(e.to_string()))?;
+    for e in &unreachable {
+        human.push_str(&format!(
+            "warning: {} (continuing: --min-stores {} of {n_stores} stores)\n",
+            e.message,
+            min_stores.unwrap_or(n_stores),
+        ));
+    }
+    let mut json = serde_json::to_value(&ready).map_err(|e| Error::internal(e.to_string()))?;
+    if let Value::Object(m) = &mut json {
+        m.insert(
+            "store_warnings".into(),
+            json!(unreachable.iter().map(|e| &e.message).collect::<Vec<_>>()),
+        );
+    }
     Ok(Output {
         json,
         human,
@@ -325,6 +359,14 @@ fn stop_output(r: &StopReport, error: Option<Error>) -> Output {
             _ => {}
         }
     }
+    let ok = r.stores.iter().filter(|s| s.ok).count();
+    if ok < r.stores.len() && ok >= r.min_stores && ok > 0 {
+        human.push_str(&format!(
+            "  the bundle is in {ok} of {} stores, at least --min-stores {}: the backup is safe\n",
+            r.stores.len(),
+            r.min_stores
+        ));
+    }
     let mut json = serde_json::to_value(r).unwrap_or(Value::Null);
     if let (Some(e), Value::Object(m)) = (&error, &mut json) {
         m.insert(
@@ -335,7 +377,8 @@ fn stop_output(r: &StopReport, error: Option<Error>) -> Output {
     Output { json, human, error }
 }
 
-fn human_bytes(n: u64) -> String {
+/// `1.5 MiB`: sizes as people read them.
+pub fn human_bytes(n: u64) -> String {
     if n >= 1 << 30 {
         format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64)
     } else if n >= 1 << 20 {

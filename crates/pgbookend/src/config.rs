@@ -30,6 +30,16 @@ pub struct Config {
     pub wal: Option<String>,
     /// Default archive directory (`--archive`).
     pub archive: Option<PathBuf>,
+    /// How many stores must take the bundle (`--min-stores`); default all.
+    pub min_stores: Option<usize>,
+    /// S3 endpoint (`--s3-endpoint`), e.g. "https://minio.example:9000".
+    pub s3_endpoint: Option<String>,
+    /// S3 region (`--s3-region`).
+    pub s3_region: Option<String>,
+    /// Path-style S3 addressing (`--s3-path-style`).
+    pub s3_path_style: Option<bool>,
+    /// How long a failing S3 request is retried, e.g. "2m".
+    pub s3_retry_timeout: Option<String>,
 }
 
 impl Config {
@@ -61,7 +71,7 @@ impl Config {
                 path.display(),
                 e.message()
             ))
-            .hint("keys: store, run_dir, pgdata, conninfo, heartbeat, timeout, archive_timeout, wal, archive")
+            .hint("keys: store, run_dir, pgdata, conninfo, heartbeat, timeout, archive_timeout, wal, archive, min_stores, s3_endpoint, s3_region, s3_path_style, s3_retry_timeout")
         })
     }
 }

@@ -23,6 +23,9 @@ pub enum Class {
     /// The backup was stopped and its bundle written, but the WAL it needs is not
     /// confirmed safe (not archived within the timeout). Not restorable until it is. Exit 5.
     WalNotSafe,
+    /// A copy or bundle fails a check: it would not recover correctly (`prepare` refused
+    /// and changed nothing; `verify` found problems). Exit 6.
+    Check,
 }
 
 impl Class {
@@ -34,6 +37,7 @@ impl Class {
             Class::Void => 3,
             Class::Environment => 4,
             Class::WalNotSafe => 5,
+            Class::Check => 6,
         }
     }
 }
@@ -71,6 +75,7 @@ impl Error {
             "void" => Class::Void,
             "environment" => Class::Environment,
             "wal_not_safe" => Class::WalNotSafe,
+            "check" => Class::Check,
             _ => Class::Internal,
         }
     }
@@ -97,6 +102,7 @@ pub fn class_name(c: Class) -> &'static str {
         Class::Void => "void",
         Class::Environment => "environment",
         Class::WalNotSafe => "wal_not_safe",
+        Class::Check => "check",
     }
 }
 

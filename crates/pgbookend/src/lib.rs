@@ -7,17 +7,23 @@
 
 pub mod agent;
 pub mod bundle;
+pub mod catalog;
 pub mod commands;
 pub mod config;
 pub mod error;
 pub mod filelist;
 pub mod fsutil;
+pub mod guard;
 pub mod id;
+pub mod live;
 pub mod logging;
 pub mod marker;
 pub mod pq;
 pub mod protocol;
+pub mod restore;
+pub mod run;
 pub mod rundir;
+pub mod s3;
 pub mod session;
 pub mod state;
 pub mod store;

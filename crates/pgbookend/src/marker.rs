@@ -35,6 +35,9 @@ pub struct Marker {
     /// Where the agent's entry lives, so another process can tell whether it is alive.
     pub run_dir: String,
     pub agent_pid: u32,
+    /// Matches the live record on the backup's host (see `live.rs`); not a secret.
+    #[serde(default)]
+    pub token: String,
 }
 
 /// `PGDATA/pg_backup_metadata/<id>`.
@@ -53,8 +56,14 @@ pub fn write(pgdata: &Path, m: &Marker) -> Result<()> {
     fsutil::write_atomic(&dir.join(FILE), &data, &own)
 }
 
-/// Removes one backup's marker, and the marker directory once it is empty.
+/// Removes one backup's marker (and the live record it ties to), and the marker
+/// directory once it is empty.
 pub fn remove(pgdata: &Path, id: &str) -> Result<()> {
+    if let Ok(b) = fs::read(dir_of(pgdata, id).join(FILE)) {
+        if let Ok(m) = serde_json::from_slice::<Marker>(&b) {
+            crate::live::remove(&m.id, &m.token);
+        }
+    }
     fsutil::remove_tree(&dir_of(pgdata, id))?;
     let top = pgdata.join(DIR);
     if fs::read_dir(&top)
@@ -113,6 +122,9 @@ pub fn remove_stale(pgdata: &Path, keep: Option<&str>) -> Result<Vec<String>> {
         };
         if Some(id.as_str()) == keep || !stale {
             continue;
+        }
+        if let Ok(m) = &m {
+            crate::live::remove(&m.id, &m.token);
         }
         fsutil::remove_tree(&dir_of(pgdata, &id)).map_err(|e| {
             Error::env(format!(

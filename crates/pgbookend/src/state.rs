@@ -106,4 +106,7 @@ pub struct StopReport {
     pub wal_archive: String,
     pub wal_archive_detail: Option<String>,
     pub stores: Vec<StoreOutcome>,
+    /// How many stores had to take the bundle (`--min-stores`; all by default).
+    #[serde(default)]
+    pub min_stores: usize,
 }

@@ -1,5 +1,6 @@
-//! Stores: where bundles live. A local directory (`/path` or `file:///path`) for now;
-//! `s3://bucket/prefix` is recognised and refused with a clear message until S3 lands.
+//! Stores: where bundles live. A local directory (`/path` or `file:///path`) or
+//! S3-compatible object storage (`s3://bucket/prefix`, see `s3.rs`). Every store holds a
+//! bundle under `<store>/<id>/`, `bundle.json` last.
 
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Ownership};
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Store {
     Local(PathBuf),
+    S3(crate::s3::S3Url),
 }
 
 impl Store {
@@ -29,8 +31,7 @@ impl Store {
             return Ok(Store::Local(PathBuf::from(rest)));
         }
         if url.starts_with("s3://") {
-            return Err(Error::usage(format!("store {url:?}: S3 stores are not supported by this version yet"))
-                .hint("use a local directory store and copy it to object storage with your backup program"));
+            return Ok(Store::S3(crate::s3::S3Url::parse(url)?));
         }
         if url.contains("://") {
             return Err(Error::usage(format!("store {url:?}: unknown scheme"))
@@ -51,6 +52,7 @@ impl Store {
     pub fn url(&self) -> String {
         match self {
             Store::Local(p) => p.display().to_string(),
+            Store::S3(u) => u.url(),
         }
     }
 
@@ -58,20 +60,73 @@ impl Store {
     pub fn bundle_location(&self, id: &str) -> String {
         match self {
             Store::Local(p) => p.join(id).display().to_string(),
+            Store::S3(u) => u.bundle_location(id),
         }
     }
 
-    /// True if a complete bundle (one with `bundle.json`) of `id` is in this store.
+    /// True if a complete bundle (one with `bundle.json`) of `id` is in this store (false
+    /// also when an S3 store cannot be reached: see [`Store::preflight`]).
     pub fn has_bundle(&self, id: &str) -> bool {
         match self {
             Store::Local(p) => p.join(id).join(crate::bundle::MANIFEST).exists(),
+            Store::S3(u) => crate::s3::Client::open(u)
+                .and_then(|c| c.head(&format!("{id}/{}", crate::bundle::MANIFEST)))
+                .map(|h| h.is_some())
+                .unwrap_or(false),
         }
     }
 
-    /// The directory of `id`'s bundle in a local store.
-    pub fn local_bundle_dir(&self, id: &str) -> PathBuf {
+    /// Checks, before a backup starts, that `id` is new in this store and (for S3) that the
+    /// store answers with these credentials. A usage error if the bundle exists; an
+    /// environment error if the store cannot be reached.
+    pub fn preflight(&self, id: &str) -> Result<()> {
+        let exists = match self {
+            Store::Local(p) => p.join(id).join(crate::bundle::MANIFEST).exists(),
+            Store::S3(u) => crate::s3::Client::open(u)?
+                .head(&format!("{id}/{}", crate::bundle::MANIFEST))?
+                .is_some(),
+        };
+        if exists {
+            return Err(Error::usage(format!(
+                "a bundle with ID {id} already exists in {}",
+                self.bundle_location(id)
+            ))
+            .hint("each backup needs its own ID"));
+        }
+        Ok(())
+    }
+
+    /// True for stores that are not a local directory.
+    pub fn is_remote(&self) -> bool {
+        !matches!(self, Store::Local(_))
+    }
+
+    /// Makes `id`'s bundle readable as a local directory: a local store's own directory,
+    /// or (for remote stores) a download into `scratch/<id>`. The caller checks it
+    /// (`bundle.json` present, checksums) before trusting it.
+    pub fn fetch_bundle(&self, id: &str, scratch: &Path) -> Result<PathBuf> {
         match self {
-            Store::Local(root) => root.join(id),
+            Store::Local(root) => {
+                let dir = root.join(id);
+                if !dir.join(crate::bundle::MANIFEST).is_file() {
+                    return Err(Error::usage(format!(
+                        "store {} holds no complete bundle of backup {id} (no {})",
+                        root.display(),
+                        dir.join(crate::bundle::MANIFEST).display()
+                    ))
+                    .hint("check the backup ID and the store; a bundle without bundle.json is partial and unusable"));
+                }
+                Ok(dir)
+            }
+            Store::S3(u) => crate::s3::fetch_bundle(u, id, scratch),
+        }
+    }
+
+    /// The directory of `id`'s bundle in a local store; `None` for remote stores.
+    pub fn local_bundle_dir(&self, id: &str) -> Option<PathBuf> {
+        match self {
+            Store::Local(root) => Some(root.join(id)),
+            Store::S3(_) => None,
         }
     }
 
@@ -115,6 +170,7 @@ impl Store {
                 fsutil::write_atomic(&dir.join(crate::bundle::MANIFEST), &bytes, &own)?;
                 Ok(dir.display().to_string())
             }
+            Store::S3(u) => crate::s3::upload_bundle(u, id, from, manifest),
         }
     }
 }
@@ -144,7 +200,10 @@ mod tests {
             Store::Local("/b/c".into())
         );
         assert!(Store::parse("file://b").is_err());
-        assert!(Store::parse("s3://bucket/p").is_err());
+        assert!(
+            matches!(Store::parse("s3://bucket/p").unwrap(), Store::S3(u) if u.url() == "s3://bucket/p")
+        );
+        assert!(Store::parse("s3://user:secret@bucket/p").is_err());
         assert!(Store::parse("ftp://x").is_err());
         assert!(Store::parse("").is_err());
         assert!(matches!(Store::parse("rel").unwrap(), Store::Local(p) if p.is_absolute()));

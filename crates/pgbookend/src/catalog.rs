@@ -1,0 +1,657 @@
+//! What a store holds, and pruning it: `list`, `show` and `expire`, for local and S3
+//! stores alike.
+//!
+//! A bundle is *complete* when its `bundle.json` exists and parses; anything else under
+//! `<store>/<id>/` is *partial* (a `stop` still writing, or one that failed). `expire` works
+//! per cluster (system identifier), never removes the newest complete bundle of a cluster,
+//! and leaves partial bundles alone unless they are older than a day and
+//! `--include-partial` is given. Removing a bundle removes its `bundle.json` first, so an
+//! interrupted removal leaves a partial bundle, never a complete-looking incomplete one.
+
+use crate::bundle::{Manifest, MANIFEST};
+use crate::commands::{human_bytes, Output};
+use crate::error::{io_err, Error, Result};
+use crate::store::Store;
+use crate::timefmt::{human_duration, now_unix, rfc3339};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+/// Partial bundles younger than this may belong to a `stop` still writing: never removed.
+pub const PARTIAL_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// One bundle directory (complete or partial) of a store.
+#[derive(Debug, Clone)]
+pub struct BundleInfo {
+    pub id: String,
+    /// `bundle.json` exists and parses.
+    pub complete: bool,
+    pub manifest: Option<Manifest>,
+    /// `bundle.json` as stored, for `show`.
+    pub raw: Option<Value>,
+    /// Why a bundle with a `bundle.json` is still not complete.
+    pub problem: Option<String>,
+    /// Every file or object of the bundle: path relative to the bundle, size.
+    pub objects: Vec<(String, u64)>,
+    /// Unix seconds of the newest file or object.
+    pub modified: i64,
+    pub location: String,
+}
+
+impl BundleInfo {
+    pub fn size(&self) -> u64 {
+        self.objects.iter().map(|o| o.1).sum()
+    }
+    /// The time the bundle is ordered by: its stop time, or for a partial bundle the last
+    /// write.
+    pub fn time(&self) -> i64 {
+        self.manifest
+            .as_ref()
+            .and_then(|m| parse_rfc3339(&m.stop_time))
+            .unwrap_or(self.modified)
+    }
+}
+
+/// Parses the `YYYY-MM-DDTHH:MM:SSZ` form written by [`rfc3339`].
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[19] != b'Z' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm), the inverse of timefmt's.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+/// Groups `(id/rel, size, mtime)` entries into bundles and reads each `bundle.json`.
+fn assemble(
+    store: &Store,
+    entries: Vec<(String, String, u64, i64)>,
+    mut read_manifest: impl FnMut(&str) -> Result<Option<Vec<u8>>>,
+) -> Result<Vec<BundleInfo>> {
+    let mut by_id: BTreeMap<String, Vec<(String, u64, i64)>> = BTreeMap::new();
+    for (id, rel, size, mtime) in entries {
+        by_id.entry(id).or_default().push((rel, size, mtime));
+    }
+    let mut out = Vec::new();
+    for (id, objs) in by_id {
+        let modified = objs.iter().map(|o| o.2).max().unwrap_or(0);
+        let has_manifest = objs.iter().any(|o| o.0 == MANIFEST);
+        let (mut manifest, mut raw, mut problem) = (None, None, None);
+        if has_manifest {
+            match read_manifest(&id)? {
+                Some(bytes) => match (
+                    serde_json::from_slice::<Manifest>(&bytes),
+                    serde_json::from_slice::<Value>(&bytes),
+                ) {
+                    (Ok(m), Ok(v)) if m.id == id => {
+                        manifest = Some(m);
+                        raw = Some(v);
+                    }
+                    (Ok(m), _) => problem = Some(format!("{MANIFEST} names backup {}", m.id)),
+                    (Err(e), _) => problem = Some(format!("{MANIFEST} does not parse: {e}")),
+                },
+                None => problem = Some(format!("{MANIFEST} vanished while listing")),
+            }
+        }
+        let mut objects: Vec<(String, u64)> = objs.into_iter().map(|o| (o.0, o.1)).collect();
+        objects.sort();
+        out.push(BundleInfo {
+            location: store.bundle_location(&id),
+            complete: manifest.is_some(),
+            id,
+            manifest,
+            raw,
+            problem,
+            objects,
+            modified,
+        });
+    }
+    out.sort_by(|a, b| (a.time(), &a.id).cmp(&(b.time(), &b.id)));
+    Ok(out)
+}
+
+/// Every bundle of a store, oldest first.
+pub fn scan(store: &Store) -> Result<Vec<BundleInfo>> {
+    match store {
+        Store::Local(root) => {
+            let rd = std::fs::read_dir(root).map_err(|e| {
+                io_err("cannot list the store", root, e)
+                    .hint("check the --store path; a store directory is created by the first stop that writes to it")
+            })?;
+            let mut entries = Vec::new();
+            for e in rd {
+                let e = e.map_err(|e| io_err("cannot list the store", root, e))?;
+                let id = e.file_name().to_string_lossy().into_owned();
+                if crate::id::validate(&id).is_err() || !e.path().is_dir() {
+                    continue;
+                }
+                let before = entries.len();
+                walk_files(&e.path(), "", &mut |rel, size, mtime| {
+                    entries.push((id.clone(), rel, size, mtime))
+                })?;
+                // An empty directory is a partial bundle too.
+                if entries.len() == before {
+                    let mtime = e.metadata().map(|m| m.mtime()).unwrap_or(0);
+                    entries.push((id.clone(), String::new(), 0, mtime));
+                }
+            }
+            let mut infos = assemble(store, entries, |id| {
+                let p = root.join(id).join(MANIFEST);
+                match std::fs::read(&p) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(io_err("cannot read", &p, e)),
+                }
+            })?;
+            for i in &mut infos {
+                i.objects.retain(|o| !o.0.is_empty());
+            }
+            Ok(infos)
+        }
+        Store::S3(u) => {
+            let c = crate::s3::Client::open(u)?;
+            let entries = c
+                .list()?
+                .into_iter()
+                .filter_map(|o| {
+                    let (id, rel) = o.key.split_once('/')?;
+                    crate::id::validate(id).ok()?;
+                    Some((id.to_string(), rel.to_string(), o.size, o.modified))
+                })
+                .collect();
+            assemble(store, entries, |id| {
+                c.get_small(&format!("{id}/{MANIFEST}"))
+            })
+        }
+    }
+}
+
+/// Calls `f(relative path, size, mtime)` for every file below `dir`.
+fn walk_files(dir: &Path, rel: &str, f: &mut dyn FnMut(String, u64, i64)) -> Result<()> {
+    let rd = std::fs::read_dir(dir).map_err(|e| io_err("cannot list", dir, e))?;
+    for e in rd {
+        let e = e.map_err(|e| io_err("cannot list", dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let relp = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        let md = e
+            .metadata()
+            .map_err(|err| io_err("cannot stat", &e.path(), err))?;
+        if md.is_dir() {
+            walk_files(&e.path(), &relp, f)?;
+        } else {
+            f(relp, md.len(), md.mtime());
+        }
+    }
+    Ok(())
+}
+
+/// Removes one bundle: `bundle.json` first (so it stops being complete at once), then
+/// everything else.
+pub fn remove(store: &Store, b: &BundleInfo) -> Result<()> {
+    match store {
+        Store::Local(root) => {
+            let dir = root.join(&b.id);
+            let m = dir.join(MANIFEST);
+            match std::fs::remove_file(&m) {
+                Ok(()) => crate::fsutil::fsync_dir(&dir)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("cannot remove", &m, e)),
+            }
+            crate::fsutil::remove_tree(&dir)
+        }
+        Store::S3(u) => {
+            let c = crate::s3::Client::open(u)?;
+            c.delete(&[format!("{}/{MANIFEST}", b.id)])?;
+            let rest: Vec<String> = b
+                .objects
+                .iter()
+                .filter(|o| o.0 != MANIFEST)
+                .map(|o| format!("{}/{}", b.id, o.0))
+                .collect();
+            c.delete(&rest)
+        }
+    }
+}
+
+fn wal_range(m: &Manifest) -> String {
+    format!("{} .. {}", m.start_wal_file, m.stop_wal_file)
+}
+
+/// The JSON summary of one bundle, as `list` prints it.
+fn summary(b: &BundleInfo) -> Value {
+    let m = b.manifest.as_ref();
+    json!({
+        "id": b.id,
+        "complete": b.complete,
+        "location": b.location,
+        "size_bytes": b.size(),
+        "objects": b.objects.len(),
+        "modified": rfc3339(b.modified),
+        "start_time": m.map(|m| &m.start_time),
+        "stop_time": m.map(|m| &m.stop_time),
+        "pg_version_num": m.map(|m| m.pg_version_num),
+        "pg_major": m.map(|m| m.pg_major),
+        "system_identifier": m.map(|m| &m.system_identifier),
+        "timeline": m.map(|m| m.timeline),
+        "start_lsn": m.map(|m| &m.start_lsn),
+        "stop_lsn": m.map(|m| &m.stop_lsn),
+        "start_wal_file": m.map(|m| &m.start_wal_file),
+        "stop_wal_file": m.map(|m| &m.stop_wal_file),
+        "wal_mode": m.map(|m| &m.wal_mode),
+        "backup_from": m.map(|m| &m.backup_from),
+        "problem": b.problem,
+    })
+}
+
+fn parse_store(url: &str) -> Result<Store> {
+    Store::parse(url)
+}
+
+/// `list --store URL`: every bundle of the store, oldest first.
+pub fn list(url: &str) -> Result<Output> {
+    let store = parse_store(url)?;
+    let bundles = scan(&store)?;
+    let complete = bundles.iter().filter(|b| b.complete).count();
+    let mut human = format!(
+        "{}: {} bundle{} ({complete} complete, {} partial)\n",
+        store.url(),
+        bundles.len(),
+        if bundles.len() == 1 { "" } else { "s" },
+        bundles.len() - complete
+    );
+    if !bundles.is_empty() {
+        let w = bundles.iter().map(|b| b.id.len()).max().unwrap_or(2).max(2);
+        human.push_str(&format!(
+            "{:<w$}  {:<8}  {:<20}  {:>2}  {:<20}  {:>10}  WAL\n",
+            "ID", "STATE", "STOPPED", "PG", "SYSTEM IDENTIFIER", "SIZE"
+        ));
+        for b in &bundles {
+            let (state, stopped, pg, sysid, wal) = match &b.manifest {
+                Some(m) => (
+                    "complete",
+                    m.stop_time.clone(),
+                    m.pg_major.to_string(),
+                    m.system_identifier.clone(),
+                    wal_range(m),
+                ),
+                None => (
+                    "partial",
+                    format!("(written {})", rfc3339(b.modified)),
+                    "-".into(),
+                    "-".into(),
+                    b.problem.clone().unwrap_or_else(|| "no bundle.json".into()),
+                ),
+            };
+            human.push_str(&format!(
+                "{:<w$}  {state:<8}  {stopped:<20}  {pg:>2}  {sysid:<20}  {:>10}  {wal}\n",
+                b.id,
+                human_bytes(b.size())
+            ));
+        }
+    }
+    let json = json!({
+        "store": store.url(),
+        "bundles": bundles.iter().map(summary).collect::<Vec<_>>(),
+    });
+    Ok(Output {
+        json,
+        human,
+        error: None,
+    })
+}
+
+/// `show --store URL --id ID`: everything about one bundle.
+pub fn show(url: &str, id: &str) -> Result<Output> {
+    crate::id::validate(id)?;
+    let store = parse_store(url)?;
+    let b = scan_one(&store, id)?;
+    let json = json!({
+        "store": store.url(),
+        "id": b.id,
+        "location": b.location,
+        "complete": b.complete,
+        "size_bytes": b.size(),
+        "modified": rfc3339(b.modified),
+        "problem": b.problem,
+        "objects": b.objects.iter().map(|(n, s)| json!({"name": n, "size": s})).collect::<Vec<_>>(),
+        "bundle": b.raw,
+    });
+    let mut h = String::new();
+    match &b.manifest {
+        Some(m) => {
+            h.push_str(&format!("bundle {} in {} (complete)\n", m.id, b.location));
+            h.push_str(&format!(
+                "  cluster: system identifier {}, PostgreSQL {} ({}), backup from the {}, timeline {}\n",
+                m.system_identifier, m.pg_major, m.pg_version_num, m.backup_from, m.timeline
+            ));
+            h.push_str(&format!(
+                "  start: {} at LSN {} (WAL {})\n",
+                m.start_time, m.start_lsn, m.start_wal_file
+            ));
+            h.push_str(&format!(
+                "  stop: {} at LSN {} (WAL {}); checkpoint at {}\n",
+                m.stop_time, m.stop_lsn, m.stop_wal_file, m.checkpoint_lsn
+            ));
+            let stored = m.wal.iter().filter(|w| w.stored.is_some()).count();
+            h.push_str(&format!(
+                "  WAL: mode {}, {} file{} of the window, {stored} in the bundle; server archiving: {}\n",
+                m.wal_mode,
+                m.wal.len(),
+                if m.wal.len() == 1 { "" } else { "s" },
+                m.wal_archive
+            ));
+            if let Some(d) = &m.archive_dir {
+                h.push_str(&format!("  archive directory: {d}\n"));
+            }
+            if let Some(fl) = &m.file_list {
+                h.push_str(&format!(
+                    "  file list: {} files a complete copy must hold\n",
+                    fl.count
+                ));
+            }
+            for t in &m.tablespaces {
+                h.push_str(&format!("  tablespace {}: {}\n", t.oid, t.path));
+            }
+            h.push_str(&format!("  host {}, PGDATA {}\n", m.host, m.pgdata));
+            h.push_str(&format!(
+                "  data checksums: {}; written by {} {}\n",
+                if m.data_checksums { "on" } else { "off" },
+                m.tool,
+                m.tool_version
+            ));
+        }
+        None => {
+            h.push_str(&format!(
+                "bundle {} in {} is PARTIAL: {}; it cannot be restored\n",
+                b.id,
+                b.location,
+                b.problem.as_deref().unwrap_or("it has no bundle.json")
+            ));
+            h.push_str(&format!("  last written {}\n", rfc3339(b.modified)));
+        }
+    }
+    h.push_str(&format!(
+        "  {} in {} file{}\n",
+        human_bytes(b.size()),
+        b.objects.len(),
+        if b.objects.len() == 1 { "" } else { "s" }
+    ));
+    Ok(Output {
+        json,
+        human: h,
+        error: None,
+    })
+}
+
+/// One bundle of a store (complete or partial), or a usage error naming the ID.
+fn scan_one(store: &Store, id: &str) -> Result<BundleInfo> {
+    let found = match store {
+        Store::Local(root) => {
+            if !root.join(id).is_dir() {
+                None
+            } else {
+                scan(store)?.into_iter().find(|b| b.id == id)
+            }
+        }
+        Store::S3(_) => scan(store)?.into_iter().find(|b| b.id == id),
+    };
+    found.ok_or_else(|| {
+        Error::usage(format!(
+            "store {} holds no bundle with ID {id}",
+            store.url()
+        ))
+        .hint(format!(
+            "`pgbookend list --store {}` lists its bundles",
+            store.url()
+        ))
+    })
+}
+
+/// What `expire` keeps.
+#[derive(Debug, Clone, Copy)]
+pub enum Policy {
+    /// The N newest complete bundles of each cluster.
+    KeepLast(usize),
+    /// Complete bundles stopped within this long of now.
+    KeepWithin(Duration),
+}
+
+/// `expire --store URL (--keep-last N | --keep-within DUR) [--dry-run] [--include-partial]`.
+pub fn expire(url: &str, policy: Policy, dry_run: bool, include_partial: bool) -> Result<Output> {
+    if let Policy::KeepLast(0) = policy {
+        return Err(Error::usage("--keep-last must be at least 1")
+            .hint("the newest complete bundle of each cluster is always kept"));
+    }
+    let store = parse_store(url)?;
+    let bundles = scan(&store)?;
+    let now = now_unix();
+    // Complete bundles per cluster, newest first.
+    let mut clusters: BTreeMap<String, Vec<&BundleInfo>> = BTreeMap::new();
+    for b in bundles.iter().filter(|b| b.complete) {
+        let sysid = b
+            .manifest
+            .as_ref()
+            .map(|m| m.system_identifier.clone())
+            .unwrap_or_default();
+        clusters.entry(sysid).or_default().push(b);
+    }
+    let mut remove_list: Vec<(&BundleInfo, String)> = Vec::new();
+    let mut keep_list: Vec<(&BundleInfo, String)> = Vec::new();
+    for (sysid, mut list) in clusters {
+        list.sort_by(|a, b| (b.time(), &b.id).cmp(&(a.time(), &a.id)));
+        for (i, b) in list.into_iter().enumerate() {
+            if i == 0 {
+                keep_list.push((b, format!("the newest complete bundle of system {sysid}")));
+                continue;
+            }
+            match policy {
+                Policy::KeepLast(n) if i < n => {
+                    keep_list.push((b, format!("one of the {n} newest of system {sysid}")))
+                }
+                Policy::KeepLast(n) => {
+                    remove_list.push((b, format!("older than the {n} newest of system {sysid}")))
+                }
+                Policy::KeepWithin(d) if now - b.time() <= d.as_secs() as i64 => {
+                    keep_list.push((b, format!("stopped within {}", human_duration(d))))
+                }
+                Policy::KeepWithin(d) => {
+                    remove_list.push((b, format!("stopped more than {} ago", human_duration(d))))
+                }
+            }
+        }
+    }
+    remove_list.sort_by_key(|(b, _)| (b.time(), b.id.clone()));
+    keep_list.sort_by_key(|(b, _)| (b.time(), b.id.clone()));
+    let grace = PARTIAL_GRACE.as_secs() as i64;
+    let mut partial: Vec<(&BundleInfo, bool, String)> = Vec::new();
+    for b in bundles.iter().filter(|b| !b.complete) {
+        let age = now - b.modified;
+        let what = b.problem.clone().unwrap_or_else(|| "no bundle.json".into());
+        if age < grace {
+            partial.push((
+                b,
+                false,
+                format!("{what}, last written {} ago: younger than a day (a stop may still be writing it), kept", human_duration(Duration::from_secs(age.max(0) as u64))),
+            ));
+        } else if include_partial {
+            partial.push((
+                b,
+                true,
+                format!(
+                    "{what}, last written {} ago",
+                    human_duration(Duration::from_secs(age as u64))
+                ),
+            ));
+        } else {
+            partial.push((
+                b,
+                false,
+                format!(
+                    "{what}, last written {} ago: kept; pass --include-partial to remove it",
+                    human_duration(Duration::from_secs(age as u64))
+                ),
+            ));
+        }
+    }
+
+    let mut removed: Vec<Value> = Vec::new();
+    let mut error = None;
+    let mut human = String::new();
+    let verb = if dry_run { "would remove" } else { "removed" };
+    let targets: Vec<(&BundleInfo, String)> = remove_list
+        .iter()
+        .map(|(b, r)| (*b, r.clone()))
+        .chain(
+            partial
+                .iter()
+                .filter(|p| p.1)
+                .map(|(b, _, r)| (*b, format!("partial: {r}"))),
+        )
+        .collect();
+    for (b, reason) in &targets {
+        if !dry_run {
+            if let Err(e) = remove(&store, b) {
+                error = Some(Error::env(format!(
+                    "cannot remove bundle {} from {}: {}",
+                    b.id,
+                    store.url(),
+                    e.message
+                ))
+                .hint("run expire again; a bundle whose bundle.json is gone is partial and can be removed with --include-partial"));
+                break;
+            }
+        }
+        human.push_str(&format!(
+            "{verb} {} ({}, {}): {reason}\n",
+            b.id,
+            b.manifest
+                .as_ref()
+                .map(|m| format!("stopped {}", m.stop_time))
+                .unwrap_or_else(|| "partial".into()),
+            human_bytes(b.size())
+        ));
+        removed.push(json!({
+            "id": b.id,
+            "complete": b.complete,
+            "stop_time": b.manifest.as_ref().map(|m| &m.stop_time),
+            "size_bytes": b.size(),
+            "reason": reason,
+        }));
+    }
+    for (b, reason) in &keep_list {
+        human.push_str(&format!("kept {}: {reason}\n", b.id));
+    }
+    for (b, rm, reason) in &partial {
+        if !rm {
+            human.push_str(&format!("partial bundle {}: {reason}\n", b.id));
+        }
+    }
+    if targets.is_empty() {
+        human.push_str("nothing to remove\n");
+    }
+    let json = json!({
+        "store": store.url(),
+        "dry_run": dry_run,
+        "policy": match policy {
+            Policy::KeepLast(n) => json!({"keep_last": n}),
+            Policy::KeepWithin(d) => json!({"keep_within_s": d.as_secs()}),
+        },
+        "removed": removed,
+        "kept": keep_list.iter().map(|(b, r)| json!({"id": b.id, "reason": r})).collect::<Vec<_>>(),
+        "partial": partial.iter().map(|(b, rm, r)| json!({
+            "id": b.id,
+            "modified": rfc3339(b.modified),
+            "size_bytes": b.size(),
+            "removed": *rm && !dry_run,
+            "reason": r,
+        })).collect::<Vec<_>>(),
+    });
+    Ok(Output { json, human, error })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trips() {
+        for t in [0i64, 86_399, 951_782_400, 1_700_000_000, 4_102_444_800] {
+            assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t), "{}", rfc3339(t));
+        }
+        assert_eq!(parse_rfc3339("2026-13-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("garbage"), None);
+    }
+
+    fn bundle(dir: &Path, id: &str, sysid: &str, stop: i64, complete: bool) {
+        let d = dir.join(id);
+        std::fs::create_dir_all(d.join("wal")).unwrap();
+        std::fs::write(d.join("backup_label"), b"label").unwrap();
+        std::fs::write(d.join("wal/x.zst"), b"wal").unwrap();
+        if complete {
+            let m = json!({
+                "format": 1, "id": id, "system_identifier": sysid, "pg_version_num": 160000,
+                "pg_major": 16, "timeline": 1, "start_lsn": "0/1", "stop_lsn": "0/2",
+                "checkpoint_lsn": "0/1", "start_wal_file": "000000010000000000000001",
+                "stop_wal_file": "000000010000000000000001", "wal_segment_size": 16777216,
+                "backup_from": "primary", "start_time": rfc3339(stop - 10),
+                "stop_time": rfc3339(stop), "host": "h", "pgdata": "/d", "tablespaces": [],
+                "data_checksums": false, "tool": "pgbookend", "tool_version": "0",
+                "wal_mode": "collect", "wal_archive": "not_waited", "wal": [], "files": {}
+            });
+            std::fs::write(d.join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
+        }
+    }
+
+    #[test]
+    fn expire_keeps_newest_per_cluster_and_leaves_partials() {
+        let d = tempfile::tempdir().unwrap();
+        let now = now_unix();
+        for i in 0..5 {
+            bundle(d.path(), &format!("a{i}"), "111", now - 1000 + i * 10, true);
+        }
+        bundle(d.path(), "b0", "222", now - 5000, true);
+        bundle(d.path(), "p0", "", 0, false);
+        let url = d.path().display().to_string();
+        let dry = expire(&url, Policy::KeepLast(2), true, false).unwrap();
+        assert_eq!(dry.json["removed"].as_array().unwrap().len(), 3);
+        assert!(
+            d.path().join("a0/bundle.json").exists(),
+            "dry run removes nothing"
+        );
+        let out = expire(&url, Policy::KeepLast(2), false, false).unwrap();
+        let removed: Vec<&str> = out.json["removed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(removed, ["a0", "a1", "a2"]);
+        for id in ["a3", "a4", "b0", "p0"] {
+            assert!(d.path().join(id).exists(), "{id} kept");
+        }
+        // The newest bundle of each cluster survives any policy.
+        let out = expire(&url, Policy::KeepWithin(Duration::ZERO), false, false).unwrap();
+        assert_eq!(out.json["removed"][0]["id"], "a3");
+        assert!(d.path().join("a4").exists() && d.path().join("b0").exists());
+        assert!(expire(&url, Policy::KeepLast(0), true, false).is_err());
+    }
+}

@@ -1,0 +1,86 @@
+//! Live records: `<state-dir>/live/<id>.json`, written by the agent beside the marker and
+//! removed with it, outside PGDATA and on persistent storage.
+//!
+//! They let `guard` tell the two directories that both carry a marker and no live agent:
+//! the primary whose agent died (a host crash wipes `/run`, but not this record: same
+//! token, same PGDATA) and a restored copy that was never prepared (no record with the
+//! marker's token on this host).
+
+use crate::error::Result;
+use crate::fsutil::{self, Ownership};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+/// One backup in progress on this host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Live {
+    pub id: String,
+    pub token: String,
+    pub pgdata: String,
+    pub system_identifier: String,
+    pub agent_pid: u32,
+}
+
+/// `$PGBOOKEND_STATE_DIR`, else `/var/lib/pgbookend/live` for root, else
+/// `$XDG_STATE_HOME/pgbookend/live` or `~/.local/state/pgbookend/live`.
+pub fn dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PGBOOKEND_STATE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("live");
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/pgbookend/live");
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("pgbookend/live");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".local/state/pgbookend/live")
+}
+
+/// A fresh random token.
+pub fn token() -> String {
+    let mut buf = [0u8; 16];
+    // SAFETY: buf is valid for its length.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != buf.len() as isize {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        buf.copy_from_slice(&t.to_le_bytes());
+    }
+    hex::encode(buf)
+}
+
+/// Records a backup in progress. Readable by all (it holds no secret) so that `guard`,
+/// often run as the cluster's owner, can read what a root agent wrote.
+pub fn write(l: &Live) -> Result<()> {
+    let d = dir();
+    if !d.exists() {
+        fs::create_dir_all(&d).map_err(|e| crate::error::io_err("cannot create", &d, e))?;
+        let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o755));
+    }
+    let own = Ownership {
+        file_mode: 0o644,
+        dir_mode: 0o755,
+        ..Ownership::private()
+    };
+    let data =
+        serde_json::to_vec_pretty(l).map_err(|e| crate::error::Error::internal(e.to_string()))?;
+    fsutil::write_atomic(&d.join(format!("{}.json", l.id)), &data, &own)
+}
+
+/// The record of `id`, if any.
+pub fn read(id: &str) -> Option<Live> {
+    serde_json::from_slice(&fs::read(dir().join(format!("{id}.json"))).ok()?).ok()
+}
+
+/// Removes the record of `id` if it carries `token` (another backup may reuse the ID).
+pub fn remove(id: &str, token: &str) {
+    if read(id).map(|l| l.token == token).unwrap_or(false) {
+        let _ = fs::remove_file(dir().join(format!("{id}.json")));
+    }
+}

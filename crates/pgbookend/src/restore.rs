@@ -1,0 +1,1415 @@
+//! `prepare` and `verify`: from a restored copy plus its bundle to a data directory that
+//! recovers correctly, or a refusal that says why and changes nothing.
+//!
+//! Both run the same checks (invariant 5); `prepare` then carries out a plan of actions
+//! that it can also print (`--dry-run`). Every file written into the data directory gets
+//! the directory's owner and modes (invariant 7), and the bundle's `pg_control` goes in
+//! last, with its checkpoint made invalid so that a later deletion of `backup_label`
+//! makes the server refuse to start instead of recovering wrongly (invariant 6).
+
+use crate::bundle::{self, Manifest};
+use crate::error::{io_err, Class, Error, Result};
+use crate::fsutil::{self, Ownership};
+use crate::marker;
+use crate::store::Store;
+use crate::walcollect;
+use pgbookend_formats::{
+    control, label::BackupLabel, lsn::Lsn, tablespace_map::TablespaceMap, wal,
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// The options of `prepare` (and of `verify --pgdata`).
+#[derive(Debug, Clone, Default)]
+pub struct PrepareOptions {
+    pub pgdata: PathBuf,
+    pub store: Option<String>,
+    pub bundle: Option<PathBuf>,
+    pub id: Option<String>,
+    pub target: Option<String>,
+    pub target_action: Option<String>,
+    pub archive: Option<PathBuf>,
+    pub restore_command: Option<String>,
+    pub standby: bool,
+    pub primary_conninfo: Option<String>,
+    pub tablespaces: Vec<(u32, PathBuf)>,
+    pub dry_run: bool,
+}
+
+/// One thing wrong with a copy or a bundle.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub check: &'static str,
+    pub message: String,
+    pub hint: String,
+}
+
+fn problem(check: &'static str, message: impl Into<String>, hint: impl Into<String>) -> Problem {
+    Problem {
+        check,
+        message: message.into(),
+        hint: hint.into(),
+    }
+}
+
+/// A bundle read from disk, checked against its own manifest.
+pub struct Loaded {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub label: Option<BackupLabel>,
+    pub label_text: String,
+    pub map_text: Option<String>,
+    pub control_bytes: Vec<u8>,
+    pub control: Option<control::ControlFile>,
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n_total = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        n_total += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((n_total, hex::encode(h.finalize())))
+}
+
+/// Reads a bundle directory and checks it on its own: every file's size and SHA-256,
+/// the label parses and agrees with `bundle.json`, `pg_control` is CRC-valid and of the
+/// same cluster, and the WAL range is contiguous and (in `collect` mode) complete and
+/// intact. `deep` also decompresses every WAL file to check its own checksum.
+pub fn load_bundle(
+    dir: &Path,
+    id: Option<&str>,
+    deep: bool,
+) -> std::result::Result<Loaded, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mpath = dir.join(bundle::MANIFEST);
+    let manifest: Manifest = match fs::read(&mpath) {
+        Ok(b) => match serde_json::from_slice(&b) {
+            Ok(m) => m,
+            Err(e) => {
+                return Err(vec![problem(
+                    "bundle_manifest",
+                    format!("{} is not a valid bundle manifest: {e}", mpath.display()),
+                    "the bundle is damaged; use another copy of it (another store)",
+                )])
+            }
+        },
+        Err(e) => return Err(vec![problem(
+            "bundle_manifest",
+            format!("cannot read {}: {e}", mpath.display()),
+            "a bundle without bundle.json is partial: its stop did not finish; use another backup",
+        )]),
+    };
+    if let Some(id) = id {
+        if manifest.id != id {
+            problems.push(problem(
+                "bundle_id",
+                format!(
+                    "the bundle in {} is of backup {}, not {id}",
+                    dir.display(),
+                    manifest.id
+                ),
+                "give the bundle of the backup the copy was taken in",
+            ));
+        }
+    }
+    for (name, entry) in &manifest.files {
+        match sha256_file(&dir.join(name)) {
+            Ok((size, sum)) if size == entry.size && sum == entry.sha256 => {}
+            Ok(_) => problems.push(problem(
+                "bundle_checksum",
+                format!("bundle file {name} does not match its SHA-256 in bundle.json"),
+                "the bundle is damaged; use another copy of it (another store)",
+            )),
+            Err(e) => problems.push(problem(
+                "bundle_file",
+                format!("bundle file {name} cannot be read: {e}"),
+                "the bundle is incomplete; restore all of it",
+            )),
+        }
+    }
+    let label_text = fs::read_to_string(dir.join("backup_label")).unwrap_or_default();
+    let label = match BackupLabel::parse(&label_text) {
+        Ok(l) => {
+            if l.label != manifest.id {
+                problems.push(problem(
+                    "bundle_label",
+                    format!(
+                        "backup_label names backup {:?}, bundle.json {}",
+                        l.label, manifest.id
+                    ),
+                    "the bundle mixes files of two backups; use another copy of it",
+                ));
+            }
+            if l.start_wal_location.to_string() != manifest.start_lsn
+                || l.checkpoint_location.to_string() != manifest.checkpoint_lsn
+            {
+                problems.push(problem(
+                    "bundle_label",
+                    "backup_label and bundle.json disagree on the start or checkpoint LSN",
+                    "the bundle is damaged; use another copy of it",
+                ));
+            }
+            Some(l)
+        }
+        Err(e) => {
+            problems.push(problem(
+                "bundle_label",
+                format!("the bundle's backup_label does not parse: {e}"),
+                "the bundle is damaged; use another copy of it",
+            ));
+            None
+        }
+    };
+    let map_text = fs::read_to_string(dir.join("tablespace_map")).ok();
+    let control_bytes = fs::read(dir.join("pg_control")).unwrap_or_default();
+    let control = match control::parse(&control_bytes) {
+        Ok(c) => {
+            if c.system_identifier.to_string() != manifest.system_identifier {
+                problems.push(problem(
+                    "bundle_control",
+                    "the bundle's pg_control is of another cluster than bundle.json says",
+                    "the bundle is damaged; use another copy of it",
+                ));
+            }
+            Some(c)
+        }
+        Err(e) => {
+            problems.push(problem(
+                "bundle_control",
+                format!("the bundle's pg_control is not valid: {e}"),
+                "the bundle is damaged; use another copy of it",
+            ));
+            None
+        }
+    };
+    problems.extend(wal_range_problems(&manifest));
+    if deep {
+        for w in &manifest.wal {
+            let (Some(stored), Some(sum)) = (&w.stored, &w.sha256) else {
+                continue;
+            };
+            let ok = fs::File::open(dir.join(stored))
+                .ok()
+                .and_then(|f| zstd::stream::decode_all(f).ok())
+                .map(|raw| hex::encode(Sha256::digest(&raw)) == *sum)
+                .unwrap_or(false);
+            if !ok {
+                problems.push(problem(
+                    "bundle_wal",
+                    format!(
+                        "WAL file {} in the bundle does not decompress to its recorded SHA-256",
+                        w.name
+                    ),
+                    "the bundle is damaged; use another copy of it",
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(Loaded {
+            dir: dir.to_path_buf(),
+            manifest,
+            label,
+            label_text,
+            map_text,
+            control_bytes,
+            control,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+/// The WAL list must run without gaps from `start_wal_file` to `stop_wal_file`; in
+/// `collect` mode every file must be stored in the bundle.
+fn wal_range_problems(m: &Manifest) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let seg = m.wal_segment_size;
+    let segs: Vec<&bundle::WalEntry> = m
+        .wal
+        .iter()
+        .filter(|w| !w.name.ends_with(".history"))
+        .collect();
+    let parse = |n: &str| wal::parse_file_name(n, seg).map(|(_, s)| s);
+    let first = parse(&m.start_wal_file);
+    let last = parse(&m.stop_wal_file);
+    match (first, last) {
+        (Some(first), Some(last)) => {
+            let have: Vec<u64> = segs.iter().filter_map(|w| parse(&w.name)).collect();
+            let want: Vec<u64> = (first..=last).collect();
+            if have != want {
+                out.push(problem(
+                    "bundle_wal_range",
+                    format!(
+                        "bundle.json lists {} WAL segments, but {} .. {} needs {} contiguous ones",
+                        have.len(),
+                        m.start_wal_file,
+                        m.stop_wal_file,
+                        want.len()
+                    ),
+                    "the bundle is damaged; use another copy of it",
+                ));
+            }
+        }
+        _ => out.push(problem(
+            "bundle_wal_range",
+            "bundle.json's start or stop WAL file name is not valid",
+            "the bundle is damaged; use another copy of it",
+        )),
+    }
+    if m.wal_mode == "collect" {
+        for w in &m.wal {
+            match &w.stored {
+                Some(s) if m.files.contains_key(s) => {}
+                _ => out.push(problem(
+                    "bundle_wal",
+                    format!("WAL file {} is not stored in the bundle", w.name),
+                    "the bundle is incomplete; restore all of it",
+                )),
+            }
+        }
+    }
+    out
+}
+
+/// Which backup a copy belongs to: `--id`, else its only marker, else (for a copy that
+/// was prepared before) the label it holds.
+fn identify(
+    pgdata: &Path,
+    id: Option<&str>,
+) -> std::result::Result<(String, Option<marker::Marker>), Problem> {
+    let markers: Vec<marker::Marker> = marker::list(pgdata)
+        .into_iter()
+        .filter_map(|m| m.ok())
+        .collect();
+    if let Some(id) = id {
+        if let Some(m) = markers.iter().find(|m| m.id == id) {
+            return Ok((id.to_string(), Some(m.clone())));
+        }
+        if prepared_label(pgdata).as_deref() == Some(id) {
+            return Ok((id.to_string(), None));
+        }
+        let found: Vec<&str> = markers.iter().map(|m| m.id.as_str()).collect();
+        return Err(problem(
+            "copy_marker",
+            format!(
+                "the copy in {} has no marker of backup {id} (markers found: {})",
+                pgdata.display(),
+                if found.is_empty() { "none".to_string() } else { found.join(", ") }
+            ),
+            "this copy was not taken during that backup: pair it with the bundle of the backup it names",
+        ));
+    }
+    match markers.len() {
+        1 => Ok((markers[0].id.clone(), Some(markers[0].clone()))),
+        0 => match prepared_label(pgdata) {
+            Some(id) => Ok((id, None)),
+            None => Err(problem(
+                "copy_marker",
+                format!("the copy in {} carries no pgbookend marker (pg_backup_metadata/)", pgdata.display()),
+                "it was not taken between pgbookend start and stop, or the copy left the marker out; such a copy cannot be restored safely",
+            )),
+        },
+        _ => Err(problem(
+            "copy_marker",
+            format!(
+                "the copy carries markers of several backups: {}",
+                markers.iter().map(|m| m.id.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            "pass --id with the backup whose bundle you have",
+        )),
+    }
+}
+
+/// The label of a directory that `prepare` already prepared (re-running is allowed).
+fn prepared_label(pgdata: &Path) -> Option<String> {
+    let text = fs::read_to_string(pgdata.join("backup_label")).ok()?;
+    let l = BackupLabel::parse(&text).ok()?;
+    let ctl = control::parse(&fs::read(pgdata.join("global/pg_control")).ok()?).ok()?;
+    ctl.is_checkpoint_invalidated().then_some(l.label)
+}
+
+/// True if `postmaster.pid` names a live postmaster of this very directory.
+pub fn running_postmaster(pgdata: &Path) -> Option<i32> {
+    let text = fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    let mut lines = text.lines();
+    let pid: i32 = lines.next()?.trim().parse().ok()?;
+    let dir = lines.next()?.trim().to_string();
+    // SAFETY: signal 0 only checks for existence.
+    let alive = unsafe { libc::kill(pid, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    if !alive {
+        return None;
+    }
+    let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmd = String::from_utf8_lossy(&cmd);
+    let same_dir = fs::canonicalize(&dir).ok() == fs::canonicalize(pgdata).ok();
+    (same_dir && (cmd.contains("postgres") || cmd.contains("postmaster"))).then_some(pid)
+}
+
+/// Where the bundle of `id` is: `--bundle`, `--store`, or the stores the marker names.
+fn locate_bundle(
+    opts: &PrepareOptions,
+    id: &str,
+    m: Option<&marker::Marker>,
+    scratch: &Path,
+) -> std::result::Result<PathBuf, Problem> {
+    if let Some(b) = &opts.bundle {
+        return Ok(b.clone());
+    }
+    let candidates: Vec<String> = match &opts.store {
+        Some(s) => vec![s.clone()],
+        None => m.map(|m| m.stores.clone()).unwrap_or_default(),
+    };
+    if candidates.is_empty() {
+        return Err(problem(
+            "bundle_location",
+            format!("no store or bundle given for backup {id}"),
+            "pass --store URL (where stop wrote the bundle) or --bundle DIR (a restored bundle directory)",
+        ));
+    }
+    let mut last = String::new();
+    for c in &candidates {
+        match Store::parse(c).and_then(|s| s.fetch_bundle(id, scratch)) {
+            Ok(dir) => return Ok(dir),
+            Err(e) => last = e.message,
+        }
+    }
+    Err(problem(
+        "bundle_location",
+        last,
+        "pass --store URL or --bundle DIR where the bundle of this backup is",
+    ))
+}
+
+/// How the WAL from start to stop will be found at recovery, and whether it is there.
+#[derive(Debug, Clone)]
+enum WalSource {
+    /// Decompressed from the bundle into pg_wal.
+    Bundle,
+    /// From an archive directory through a generated restore_command.
+    Archive(PathBuf),
+    /// Through the user's restore_command.
+    Command(String),
+}
+
+/// A restore_command that copies from `dir`, also the compressed forms archivers write.
+fn archive_restore_command(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "f=\"{d}/%f\"; if [ -f \"$f\" ]; then cp \"$f\" \"%p\"; elif [ -f \"$f.zst\" ]; then zstd -dqf \"$f.zst\" -o \"%p\"; elif [ -f \"$f.gz\" ]; then gzip -dc \"$f.gz\" > \"%p\"; elif [ -f \"$f.lz4\" ]; then lz4 -dqf \"$f.lz4\" \"%p\"; else exit 1; fi"
+    )
+}
+
+/// Runs a restore_command for one file into a scratch directory: the only honest test
+/// that recovery will be able to fetch it.
+fn try_restore_command(cmd: &str, name: &str, scratch: &Path) -> bool {
+    let dest = scratch.join(format!("try-{name}"));
+    let c = cmd
+        .replace("%f", name)
+        .replace("%p", &dest.display().to_string())
+        .replace("%r", "000000010000000000000001");
+    let ok = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&c)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+        && dest.is_file();
+    let _ = fs::remove_file(&dest);
+    ok
+}
+
+/// One step of the plan.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    Remove { path: String, why: String },
+    ClearDir { path: String, why: String },
+    MoveTablespace { oid: u32, from: String, to: String },
+    LinkTablespace { oid: u32, to: String },
+    WriteFile { path: String, what: String },
+    WriteWal { path: String, from: String },
+    SetRecovery { settings: BTreeMap<String, String> },
+    InstallControl { path: String, what: String },
+}
+
+impl Action {
+    fn describe(&self) -> String {
+        match self {
+            Action::Remove { path, why } => format!("remove {path} ({why})"),
+            Action::ClearDir { path, why } => format!("empty {path} ({why})"),
+            Action::MoveTablespace { oid, from, to } => {
+                format!("move tablespace {oid} from {from} to {to}")
+            }
+            Action::LinkTablespace { oid, to } => format!("link pg_tblspc/{oid} to {to}"),
+            Action::WriteFile { path, what } => format!("write {path} ({what})"),
+            Action::WriteWal { path, from } => format!("write {path} (from {from})"),
+            Action::SetRecovery { settings } => format!(
+                "set in postgresql.auto.conf: {}",
+                settings
+                    .iter()
+                    .map(|(k, v)| format!("{k} = '{v}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Action::InstallControl { path, what } => format!("install {path} ({what})"),
+        }
+    }
+}
+
+/// Everything `prepare` found and would do.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub id: Option<String>,
+    pub pgdata: String,
+    pub bundle: Option<String>,
+    pub problems: Vec<Problem>,
+    /// Things that are not wrong but deserve a look (e.g. a tablespace left at its
+    /// original location).
+    pub warnings: Vec<String>,
+    pub actions: Vec<Action>,
+    pub start_command: Option<String>,
+    pub recovery: Option<String>,
+    pub dry_run: bool,
+    pub done: bool,
+}
+
+/// The tablespace location of `oid` after the remaps: where its files are expected.
+fn tablespace_location(pgdata: &Path, oid: u32, remap: &BTreeMap<u32, PathBuf>) -> PathBuf {
+    remap
+        .get(&oid)
+        .cloned()
+        .unwrap_or_else(|| pgdata.join("pg_tblspc").join(oid.to_string()))
+}
+
+/// Files of the bundle's list that the copy lacks (at most `limit` named) and their count.
+fn missing_files(
+    pgdata: &Path,
+    list: &Path,
+    remap: &BTreeMap<u32, PathBuf>,
+    limit: usize,
+) -> Result<(u64, Vec<String>)> {
+    let mut count = 0u64;
+    let mut named = Vec::new();
+    for p in crate::filelist::read(list)? {
+        let p = p?;
+        if p == "global/pg_control" {
+            continue; // replaced by the bundle's
+        }
+        let full = match p.strip_prefix("pg_tblspc/").and_then(|r| r.split_once('/')) {
+            Some((oid, rest)) => match oid.parse::<u32>() {
+                Ok(o) => tablespace_location(pgdata, o, remap).join(rest),
+                Err(_) => pgdata.join(&p),
+            },
+            None => pgdata.join(&p),
+        };
+        if fs::symlink_metadata(&full).is_err() {
+            count += 1;
+            if named.len() < limit {
+                named.push(p);
+            }
+        }
+    }
+    Ok((count, named))
+}
+
+/// Runs every check of `prepare` and builds its plan; changes nothing.
+pub fn examine(
+    opts: &PrepareOptions,
+    scratch: &Path,
+    deep: bool,
+) -> (Report, Option<(Loaded, PlanExtra)>) {
+    let pgdata = &opts.pgdata;
+    let mut report = Report {
+        id: None,
+        pgdata: pgdata.display().to_string(),
+        bundle: None,
+        problems: Vec::new(),
+        warnings: Vec::new(),
+        actions: Vec::new(),
+        start_command: None,
+        recovery: None,
+        dry_run: opts.dry_run,
+        done: false,
+    };
+    if !pgdata.join("PG_VERSION").is_file() {
+        report.problems.push(problem(
+            "copy_pgdata",
+            format!(
+                "{} is not a PostgreSQL data directory (no PG_VERSION)",
+                pgdata.display()
+            ),
+            "give --pgdata the directory the copy was restored to",
+        ));
+        return (report, None);
+    }
+    if let Some(pid) = running_postmaster(pgdata) {
+        report.problems.push(problem(
+            "copy_running",
+            format!(
+                "{} belongs to a running server (postmaster pid {pid})",
+                pgdata.display()
+            ),
+            "prepare works on a restored copy with no server running on it; stop the server first",
+        ));
+        return (report, None);
+    }
+    let (id, mk) = match identify(pgdata, opts.id.as_deref()) {
+        Ok(x) => x,
+        Err(p) => {
+            report.problems.push(p);
+            return (report, None);
+        }
+    };
+    report.id = Some(id.clone());
+    let bdir = match locate_bundle(opts, &id, mk.as_ref(), scratch) {
+        Ok(d) => d,
+        Err(p) => {
+            report.problems.push(p);
+            return (report, None);
+        }
+    };
+    report.bundle = Some(bdir.display().to_string());
+    let loaded = match load_bundle(&bdir, Some(&id), deep) {
+        Ok(l) => l,
+        Err(ps) => {
+            report.problems.extend(ps);
+            return (report, None);
+        }
+    };
+    let m = &loaded.manifest;
+    let label = loaded.label.clone().expect("checked by load_bundle");
+
+    // The copy must be of the same cluster, and taken after start.
+    if let Some(mk) = &mk {
+        if mk.system_identifier != m.system_identifier {
+            report.problems.push(problem(
+                "copy_system_identifier",
+                format!(
+                    "the copy's marker names cluster {}, the bundle is of cluster {}",
+                    mk.system_identifier, m.system_identifier
+                ),
+                "pair the copy with the bundle of the backup it was taken in",
+            ));
+        }
+    }
+    let mut copy_control_note = "the copy has no pg_control".to_string();
+    match fs::read(pgdata.join("global/pg_control")).map(|b| control::parse(&b)) {
+        Ok(Ok(c)) => {
+            copy_control_note = "the copy's pg_control is replaced".into();
+            if c.system_identifier.to_string() != m.system_identifier {
+                report.problems.push(problem(
+                    "copy_system_identifier",
+                    format!(
+                        "the copy's pg_control is of cluster {}, the bundle is of cluster {}",
+                        c.system_identifier, m.system_identifier
+                    ),
+                    "pair the copy with a bundle of its own cluster",
+                ));
+            } else if !c.is_checkpoint_invalidated() && c.checkpoint < label.checkpoint_location {
+                report.problems.push(problem(
+                    "copy_too_old",
+                    format!(
+                        "the copy's pg_control has checkpoint {}, older than the backup's {}: the copy was taken before the backup started",
+                        c.checkpoint, label.checkpoint_location
+                    ),
+                    "take the copy between pgbookend start and stop, or pair it with the bundle of the backup it belongs to",
+                ));
+            }
+        }
+        Ok(Err(_)) => {
+            copy_control_note =
+                "the copy's pg_control is torn or damaged and is replaced by the bundle's".into()
+        }
+        Err(_) => {}
+    }
+
+    // Tablespaces: the map, remaps, and where the files are.
+    let remap: BTreeMap<u32, PathBuf> = opts.tablespaces.iter().cloned().collect();
+    let map = loaded
+        .map_text
+        .as_deref()
+        .map(|t| TablespaceMap::parse_for_major(t, m.pg_major));
+    let map = match map {
+        Some(Ok(mp)) => Some(mp),
+        Some(Err(e)) => {
+            report.problems.push(problem(
+                "bundle_map",
+                format!("the bundle's tablespace_map does not parse: {e}"),
+                "the bundle is damaged",
+            ));
+            None
+        }
+        None => None,
+    };
+    let known: Vec<u32> = map
+        .as_ref()
+        .map(|mp| mp.entries.iter().map(|e| e.0).collect())
+        .unwrap_or_default();
+    for oid in remap.keys() {
+        if !known.contains(oid) {
+            report.problems.push(problem(
+                "tablespace_remap",
+                format!("--tablespace {oid}=...: the backup has no tablespace {oid} (it has: {known:?})"),
+                "use the OIDs listed in the bundle's tablespace_map",
+            ));
+        }
+    }
+
+    // The file list.
+    if let Some(fl) = &m.file_list {
+        let remap_files: BTreeMap<u32, PathBuf> = known
+            .iter()
+            .map(|oid| (*oid, effective_tablespace_files(pgdata, *oid, &remap)))
+            .collect();
+        match missing_files(pgdata, &loaded.dir.join(&fl.name), &remap_files, 10) {
+            Ok((0, _)) => {}
+            Ok((n, named)) => report.problems.push(problem(
+                "copy_incomplete",
+                format!(
+                    "the copy lacks {n} of the {} files that existed throughout the backup, e.g. {}",
+                    fl.count,
+                    named.join(", ")
+                ),
+                "the copy is incomplete (excluded paths, a failed or partial restore, tablespaces not restored): restore the whole copy, and give --tablespace OID=PATH where tablespaces were restored",
+            )),
+            Err(e) => report.problems.push(problem("bundle_file_list", e.message, "the bundle is damaged")),
+        }
+    }
+
+    // The WAL from start to stop must be reachable.
+    let archive = opts.archive.clone().or_else(|| {
+        m.archive_dir
+            .as_ref()
+            .map(PathBuf::from)
+            .filter(|d| d.is_dir())
+    });
+    let source = if m.wal_mode == "collect" {
+        Some(WalSource::Bundle)
+    } else if let Some(cmd) = &opts.restore_command {
+        Some(WalSource::Command(cmd.clone()))
+    } else {
+        archive.clone().map(WalSource::Archive)
+    };
+    match &source {
+        None => report.problems.push(problem(
+            "wal_unreachable",
+            format!(
+                "the bundle does not hold the WAL of the backup (wal_mode {}) and no archive was given",
+                m.wal_mode
+            ),
+            "pass --archive DIR or --restore-command CMD that reaches WAL files {} .. {}",
+        )),
+        Some(WalSource::Archive(dir)) => {
+            for w in &m.wal {
+                if walcollect::find_in_archive(dir, &w.name).is_none() {
+                    report.problems.push(problem(
+                        "wal_unreachable",
+                        format!("WAL file {} of the backup is not in {}", w.name, dir.display()),
+                        "restore the archive, or point --archive at the directory that holds the WAL",
+                    ));
+                    break;
+                }
+            }
+        }
+        Some(WalSource::Command(cmd)) => {
+            for w in &m.wal {
+                if !try_restore_command(cmd, &w.name, scratch) {
+                    report.problems.push(problem(
+                        "wal_unreachable",
+                        format!("--restore-command could not fetch WAL file {} of the backup", w.name),
+                        "check the command by hand with %f and %p replaced",
+                    ));
+                    break;
+                }
+            }
+        }
+        Some(WalSource::Bundle) => {}
+    }
+
+    let target = match parse_target(opts, source.as_ref(), archive.as_deref()) {
+        Ok(t) => t,
+        Err(p) => {
+            report.problems.push(p);
+            BTreeMap::new()
+        }
+    };
+    if !report.problems.is_empty() {
+        return (report, None);
+    }
+
+    // The plan.
+    let mut actions = Vec::new();
+    for f in [
+        "postmaster.pid",
+        "postmaster.opts",
+        "backup_label.old",
+        "tablespace_map.old",
+        "recovery.signal",
+        "standby.signal",
+    ] {
+        if pgdata.join(f).exists() {
+            actions.push(Action::Remove {
+                path: pgdata.join(f).display().to_string(),
+                why: "must not be in a base backup".into(),
+            });
+        }
+    }
+    let mdir = pgdata.join(marker::DIR);
+    if mdir.exists() {
+        actions.push(Action::Remove {
+            path: mdir.display().to_string(),
+            why: "pgbookend's markers are for the copy only".into(),
+        });
+    }
+    if dir_has_entries(&pgdata.join("pg_replslot")) {
+        actions.push(Action::ClearDir {
+            path: pgdata.join("pg_replslot").display().to_string(),
+            why: "replication slots of the original server".into(),
+        });
+    }
+    if dir_has_entries(&pgdata.join("pg_wal")) {
+        actions.push(Action::ClearDir {
+            path: pgdata.join("pg_wal").display().to_string(),
+            why: "WAL copied during the window may be torn; recovery must use the backup's WAL"
+                .into(),
+        });
+    }
+    let mut new_map = map.clone();
+    for oid in &known {
+        let link = pgdata.join("pg_tblspc").join(oid.to_string());
+        let lmeta = fs::symlink_metadata(&link);
+        let is_real_dir = lmeta.as_ref().map(|m| m.is_dir()).unwrap_or(false);
+        if let Some(to) = remap.get(oid) {
+            // Only files inside the copy are ever moved: a link in the copy may point at
+            // the original cluster's live tablespace, which prepare must never touch.
+            if is_real_dir && dir_has_entries(&link) {
+                actions.push(Action::MoveTablespace {
+                    oid: *oid,
+                    from: link.display().to_string(),
+                    to: to.display().to_string(),
+                });
+            }
+            actions.push(Action::LinkTablespace {
+                oid: *oid,
+                to: to.display().to_string(),
+            });
+            if let Some(mp) = new_map.as_mut() {
+                for e in mp.entries.iter_mut().filter(|e| e.0 == *oid) {
+                    e.1 = to.display().to_string();
+                }
+            }
+        } else if !is_real_dir {
+            let orig = map
+                .as_ref()
+                .and_then(|mp| mp.path(*oid).map(|s| s.to_string()))
+                .unwrap_or_default();
+            report.warnings.push(format!(
+                "tablespace {oid} stays at {orig}, its location on the original server: if that server runs on this host, this would share its files; give --tablespace {oid}=NEWPATH to restore it elsewhere"
+            ));
+        } else if is_real_dir && dir_has_entries(&link) {
+            let orig = map
+                .as_ref()
+                .and_then(|mp| mp.path(*oid).map(|s| s.to_string()))
+                .unwrap_or_default();
+            report.problems.push(problem(
+                "tablespace_inline",
+                format!("the copy holds tablespace {oid} as a directory inside pg_tblspc; at startup the server would delete it and link {orig} instead"),
+                format!("pass --tablespace {oid}=PATH to move it to PATH (for example --tablespace {oid}={orig})"),
+            ));
+        }
+    }
+    if !report.problems.is_empty() {
+        return (report, None);
+    }
+    actions.push(Action::WriteFile {
+        path: pgdata.join("backup_label").display().to_string(),
+        what: "byte for byte from the bundle".into(),
+    });
+    if let Some(mp) = &new_map {
+        let what = if remap.is_empty() {
+            "byte for byte from the bundle"
+        } else {
+            "from the bundle, with the tablespace remaps"
+        };
+        actions.push(Action::WriteFile {
+            path: pgdata.join("tablespace_map").display().to_string(),
+            what: what.into(),
+        });
+        let _ = mp;
+    }
+    if matches!(source, Some(WalSource::Bundle)) {
+        for w in &m.wal {
+            actions.push(Action::WriteWal {
+                path: pgdata.join("pg_wal").join(&w.name).display().to_string(),
+                from: format!("bundle {}", w.stored.clone().unwrap_or_default()),
+            });
+        }
+    }
+    actions.push(Action::SetRecovery {
+        settings: target.clone(),
+    });
+    let signal = if opts.standby {
+        "standby.signal"
+    } else {
+        "recovery.signal"
+    };
+    actions.push(Action::WriteFile {
+        path: pgdata.join(signal).display().to_string(),
+        what: "starts recovery".into(),
+    });
+    actions.push(Action::InstallControl {
+        path: pgdata.join("global/pg_control").display().to_string(),
+        what: format!(
+            "the bundle's, read after stop, with its checkpoint made invalid so the server cannot start without backup_label; {copy_control_note}"
+        ),
+    });
+    report.actions = actions;
+    report.recovery = Some(describe_recovery(m, &label, &target, opts.standby));
+    report.start_command = Some(start_command(pgdata));
+    (report, Some((loaded, PlanExtra { new_map })))
+}
+
+/// What the plan needs beyond the report: the tablespace map with the remaps applied.
+pub struct PlanExtra {
+    new_map: Option<TablespaceMap>,
+}
+
+/// Where tablespace `oid`'s files are for the file-list check: the copy's own
+/// pg_tblspc directory if it holds them as a real directory (prepare moves them), else
+/// the remap target, else wherever the copy's link points.
+fn effective_tablespace_files(pgdata: &Path, oid: u32, remap: &BTreeMap<u32, PathBuf>) -> PathBuf {
+    let own = pgdata.join("pg_tblspc").join(oid.to_string());
+    let own_is_dir = fs::symlink_metadata(&own)
+        .map(|m| m.is_dir())
+        .unwrap_or(false);
+    match remap.get(&oid) {
+        Some(_) if own_is_dir && dir_has_entries(&own) => own,
+        Some(to) => to.clone(),
+        None => own,
+    }
+}
+
+fn dir_has_entries(p: &Path) -> bool {
+    fs::read_dir(p)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+}
+
+/// The recovery settings for the target and the WAL source.
+fn parse_target(
+    opts: &PrepareOptions,
+    source: Option<&WalSource>,
+    archive: Option<&Path>,
+) -> std::result::Result<BTreeMap<String, String>, Problem> {
+    let mut s = BTreeMap::new();
+    let restore = match source {
+        Some(WalSource::Command(c)) => Some(c.clone()),
+        _ => opts
+            .restore_command
+            .clone()
+            .or_else(|| archive.map(archive_restore_command)),
+    };
+    let has_archive = restore.is_some();
+    // With the WAL only in pg_wal there is nothing to fetch, but PostgreSQL requires a
+    // restore_command outside standby mode: one that always fails makes it read pg_wal.
+    s.insert(
+        "restore_command".to_string(),
+        restore.unwrap_or_else(|| "false".into()),
+    );
+    let bad = |m: String| {
+        problem(
+            "target",
+            m,
+            "--target immediate|latest|time=TS|lsn=LSN|xid=XID|name=NAME",
+        )
+    };
+    let target = opts.target.clone().unwrap_or_else(|| {
+        if opts.standby || has_archive {
+            "latest".into()
+        } else {
+            "immediate".into()
+        }
+    });
+    match target.split_once('=') {
+        None if target == "immediate" => {
+            s.insert("recovery_target".into(), "immediate".into());
+        }
+        None if target == "latest" => {}
+        Some(("time", v)) if !v.is_empty() => {
+            s.insert("recovery_target_time".into(), v.into());
+        }
+        Some(("lsn", v)) => {
+            v.parse::<Lsn>()
+                .map_err(|e| bad(format!("--target lsn={v}: {e}")))?;
+            s.insert("recovery_target_lsn".into(), v.into());
+        }
+        Some(("xid", v)) if v.parse::<u64>().is_ok() => {
+            s.insert("recovery_target_xid".into(), v.into());
+        }
+        Some(("name", v)) if !v.is_empty() => {
+            s.insert("recovery_target_name".into(), v.into());
+        }
+        _ => return Err(bad(format!("--target {target:?} is not understood"))),
+    }
+    if target == "latest" {
+        s.insert("recovery_target_timeline".into(), "latest".into());
+    }
+    if !opts.standby && target != "latest" {
+        let action = opts
+            .target_action
+            .clone()
+            .unwrap_or_else(|| "promote".into());
+        if !["promote", "pause", "shutdown"].contains(&action.as_str()) {
+            return Err(problem(
+                "target",
+                format!("--target-action {action:?}"),
+                "use promote, pause or shutdown",
+            ));
+        }
+        s.insert("recovery_target_action".into(), action);
+    }
+    if opts.standby {
+        if let Some(ci) = &opts.primary_conninfo {
+            s.insert("primary_conninfo".into(), ci.clone());
+        }
+    } else if opts.primary_conninfo.is_some() {
+        return Err(problem(
+            "target",
+            "--primary-conninfo needs --standby",
+            "add --standby",
+        ));
+    }
+    for v in s.values() {
+        if v.contains('\n') {
+            return Err(problem(
+                "target",
+                "a recovery setting contains a newline",
+                "remove it",
+            ));
+        }
+    }
+    Ok(s)
+}
+
+fn describe_recovery(
+    m: &Manifest,
+    label: &BackupLabel,
+    s: &BTreeMap<String, String>,
+    standby: bool,
+) -> String {
+    let mut out = format!(
+        "recovery replays WAL from checkpoint {} (redo {}) to the end of the backup at {}, where the data becomes consistent",
+        label.checkpoint_location, label.start_wal_location, m.stop_lsn
+    );
+    if standby {
+        out.push_str(
+            "; then the server stays a standby, following its primary_conninfo / restore_command",
+        );
+    } else if s
+        .get("recovery_target")
+        .map(|t| t == "immediate")
+        .unwrap_or(false)
+    {
+        out.push_str(&format!(
+            "; it stops there and {} on a new timeline",
+            match s.get("recovery_target_action").map(|a| a.as_str()) {
+                Some("pause") => "pauses (call pg_wal_replay_resume() to open it)",
+                Some("shutdown") => "shuts down",
+                _ => "opens for reads and writes",
+            }
+        ));
+    } else if s.contains_key("recovery_target_timeline")
+        && !s.keys().any(|k| {
+            k.starts_with("recovery_target_")
+                && k != "recovery_target_timeline"
+                && k != "recovery_target_action"
+        })
+    {
+        out.push_str(
+            "; it then replays all WAL the restore_command finds and opens on a new timeline",
+        );
+    } else {
+        out.push_str(
+            "; it then replays WAL up to the target and acts as recovery_target_action says",
+        );
+    }
+    out
+}
+
+/// The command that starts the prepared server, as the data directory's owner.
+fn start_command(pgdata: &Path) -> String {
+    let own = Ownership::of_dir(pgdata).ok();
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let base = format!(
+        "pg_ctl -D {} -l {}/../postgresql-restore.log start",
+        pgdata.display(),
+        pgdata.display()
+    );
+    match own {
+        Some(o) if o.uid != me => match user_name(o.uid) {
+            Some(u) => format!("runuser -u {u} -- {base}"),
+            None => format!("(as uid {}) {base}", o.uid),
+        },
+        _ => base,
+    }
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    let text = fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+    })
+}
+
+/// Carries out the plan. Called only when `examine` found no problem.
+pub fn execute(
+    opts: &PrepareOptions,
+    report: &Report,
+    loaded: &Loaded,
+    extra: &PlanExtra,
+) -> Result<()> {
+    let pgdata = &opts.pgdata;
+    let own = Ownership::of_dir(pgdata)?;
+    for a in &report.actions {
+        match a {
+            Action::Remove { path, .. } => {
+                let p = Path::new(path);
+                if p.is_dir() {
+                    fsutil::remove_tree(p)?;
+                } else {
+                    fs::remove_file(p).map_err(|e| io_err("cannot remove", p, e))?;
+                }
+            }
+            Action::ClearDir { path, .. } => clear_dir(Path::new(path))?,
+            Action::MoveTablespace { from, to, .. } => {
+                move_contents(Path::new(from), Path::new(to), &own)?
+            }
+            Action::LinkTablespace { oid, to } => {
+                let to = Path::new(to);
+                if !to.exists() {
+                    fs::create_dir_all(to).map_err(|e| io_err("cannot create", to, e))?;
+                }
+                own.apply(to, true)?;
+                let link = pgdata.join("pg_tblspc").join(oid.to_string());
+                if fs::symlink_metadata(&link)
+                    .map(|m| m.is_dir())
+                    .unwrap_or(false)
+                {
+                    fs::remove_dir(&link).map_err(|e| io_err("cannot remove", &link, e))?;
+                } else if fs::symlink_metadata(&link).is_ok() {
+                    fs::remove_file(&link).map_err(|e| io_err("cannot remove", &link, e))?;
+                }
+                std::os::unix::fs::symlink(to, &link)
+                    .map_err(|e| io_err("cannot link", &link, e))?;
+                let _ = std::os::unix::fs::lchown(&link, Some(own.uid), Some(own.gid));
+            }
+            Action::WriteFile { path, .. } => {
+                let p = Path::new(path);
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let data: Vec<u8> = match name {
+                    "backup_label" => loaded.label_text.clone().into_bytes(),
+                    "tablespace_map" => match (&extra.new_map, opts.tablespaces.is_empty()) {
+                        (_, true) => loaded.map_text.clone().unwrap_or_default().into_bytes(),
+                        (Some(mp), false) => mp
+                            .format_for_major(loaded.manifest.pg_major)
+                            .map_err(|e| {
+                                Error::usage(format!(
+                                    "cannot write the remapped tablespace_map: {e}"
+                                ))
+                            })?
+                            .into_bytes(),
+                        (None, false) => Vec::new(),
+                    },
+                    _ => Vec::new(),
+                };
+                fsutil::write_atomic(p, &data, &own)?;
+            }
+            Action::WriteWal { path, .. } => {
+                let p = Path::new(path);
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let w = loaded
+                    .manifest
+                    .wal
+                    .iter()
+                    .find(|w| w.name == name)
+                    .ok_or_else(|| Error::internal(format!("{name} not in the bundle")))?;
+                let stored = loaded.dir.join(w.stored.as_deref().unwrap_or(""));
+                let f = fs::File::open(&stored).map_err(|e| io_err("cannot open", &stored, e))?;
+                let raw = zstd::stream::decode_all(f)
+                    .map_err(|e| io_err("cannot decompress", &stored, e))?;
+                if Some(hex::encode(Sha256::digest(&raw))) != w.sha256 {
+                    return Err(Error::new(
+                        Class::Check,
+                        format!("WAL file {name} in the bundle is damaged"),
+                    ));
+                }
+                fsutil::write_atomic(p, &raw, &own)?;
+            }
+            Action::SetRecovery { settings } => write_auto_conf(
+                pgdata,
+                settings,
+                &report.id.clone().unwrap_or_default(),
+                &own,
+            )?,
+            Action::InstallControl { path, .. } => {
+                let bytes = control::invalidate_checkpoint(&loaded.control_bytes)
+                    .map_err(|e| Error::internal(format!("cannot prepare pg_control: {e}")))?;
+                fsutil::write_atomic(Path::new(path), &bytes, &own)?;
+            }
+        }
+    }
+    fsutil::fsync_dir(&pgdata.join("pg_wal"))?;
+    fsutil::fsync_dir(pgdata)
+}
+
+/// Empties a directory (following it if it is a link, as pg_wal may be).
+fn clear_dir(dir: &Path) -> Result<()> {
+    for e in fs::read_dir(dir).map_err(|e| io_err("cannot list", dir, e))? {
+        let e = e.map_err(|e| io_err("cannot list", dir, e))?;
+        let p = e.path();
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            if p.file_name()
+                .map(|n| n == "archive_status")
+                .unwrap_or(false)
+            {
+                clear_dir(&p)?;
+            } else {
+                fsutil::remove_tree(&p)?;
+            }
+        } else {
+            fs::remove_file(&p).map_err(|e| io_err("cannot remove", &p, e))?;
+        }
+    }
+    fsutil::fsync_dir(dir)
+}
+
+/// Moves a directory's contents to `to` (rename when on the same file system, else copy
+/// then delete), giving them the data directory's owner.
+fn move_contents(from: &Path, to: &Path, own: &Ownership) -> Result<()> {
+    if !to.exists() {
+        fs::create_dir_all(to).map_err(|e| io_err("cannot create", to, e))?;
+    }
+    own.apply(to, true)?;
+    for e in fs::read_dir(from).map_err(|e| io_err("cannot list", from, e))? {
+        let e = e.map_err(|e| io_err("cannot list", from, e))?;
+        let dest = to.join(e.file_name());
+        if fs::rename(e.path(), &dest).is_err() {
+            let st = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(e.path())
+                .arg(&dest)
+                .status()
+                .map_err(|x| io_err("cannot copy", &e.path(), x))?;
+            if !st.success() {
+                return Err(Error::env(format!(
+                    "cannot copy {} to {}",
+                    e.path().display(),
+                    dest.display()
+                )));
+            }
+            fsutil::remove_tree(&e.path())?;
+        }
+    }
+    let st = std::process::Command::new("chown")
+        .arg("-R")
+        .arg(format!("{}:{}", own.uid, own.gid))
+        .arg(to)
+        .status();
+    if !matches!(st, Ok(s) if s.success()) {
+        return Err(Error::env(format!(
+            "cannot give {} to the data directory's owner",
+            to.display()
+        )));
+    }
+    let _ = fs::set_permissions(to, fs::Permissions::from_mode(own.dir_mode));
+    Ok(())
+}
+
+/// The keys `prepare` manages in postgresql.auto.conf.
+const MANAGED: &[&str] = &[
+    "restore_command",
+    "recovery_target",
+    "recovery_target_time",
+    "recovery_target_lsn",
+    "recovery_target_xid",
+    "recovery_target_name",
+    "recovery_target_timeline",
+    "recovery_target_action",
+    "recovery_target_inclusive",
+    "primary_conninfo",
+];
+
+/// Rewrites postgresql.auto.conf: earlier values of the managed keys go, ours are appended.
+fn write_auto_conf(
+    pgdata: &Path,
+    settings: &BTreeMap<String, String>,
+    id: &str,
+    own: &Ownership,
+) -> Result<()> {
+    let path = pgdata.join("postgresql.auto.conf");
+    let old = fs::read_to_string(&path).unwrap_or_default();
+    let mut out = String::new();
+    for line in old.lines() {
+        let key = line.split(['=', ' ', '\t']).next().unwrap_or("").trim();
+        if MANAGED.contains(&key) || line.starts_with("# pgbookend prepare") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str(&format!("# pgbookend prepare: recovery of backup {id}\n"));
+    for (k, v) in settings {
+        out.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
+    }
+    fsutil::write_atomic(&path, out.as_bytes(), own)
+}
+
+/// `prepare`: check, then (unless `--dry-run`) carry out the plan.
+pub fn prepare(opts: &PrepareOptions) -> Result<Report> {
+    let scratch = tempfile::Builder::new()
+        .prefix("pgbookend-prepare.")
+        .tempdir()
+        .map_err(|e| Error::env(format!("cannot create a scratch directory: {e}")))?;
+    let (mut report, plan) = examine(opts, scratch.path(), false);
+    if !report.problems.is_empty() {
+        return Ok(report);
+    }
+    let Some((loaded, extra)) = plan else {
+        return Ok(report);
+    };
+    if !opts.dry_run {
+        execute(opts, &report, &loaded, &extra)?;
+        report.done = true;
+    }
+    Ok(report)
+}
+
+/// Human rendering of a report.
+pub fn render(report: &Report, verb: &str) -> String {
+    let mut out = String::new();
+    if let Some(id) = &report.id {
+        out.push_str(&format!("backup {id}, copy in {}\n", report.pgdata));
+    }
+    if let Some(b) = &report.bundle {
+        out.push_str(&format!("bundle: {b}\n"));
+    }
+    if !report.problems.is_empty() {
+        out.push_str(&format!("{verb}: {} problem(s):\n", report.problems.len()));
+        for p in &report.problems {
+            out.push_str(&format!("  - {}\n    hint: {}\n", p.message, p.hint));
+        }
+        return out;
+    }
+    for w in &report.warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    if report.dry_run {
+        out.push_str("dry run: nothing was changed; prepare would:\n");
+    } else if report.done {
+        out.push_str("done:\n");
+    } else {
+        out.push_str("every check passed; prepare would:\n");
+    }
+    for a in &report.actions {
+        out.push_str(&format!("  - {}\n", a.describe()));
+    }
+    if let Some(r) = &report.recovery {
+        out.push_str(&format!("what recovery will do: {r}\n"));
+    }
+    if let Some(c) = &report.start_command {
+        out.push_str(&format!("start the server with:\n  {c}\n"));
+    }
+    out
+}
+
+/// `verify --pgdata DIR`: every check of `prepare`, read-only, with the bundle's WAL
+/// decompressed and checked too; all problems are reported.
+pub fn verify_copy(opts: &PrepareOptions) -> Result<Report> {
+    let scratch = tempfile::Builder::new()
+        .prefix("pgbookend-verify.")
+        .tempdir()
+        .map_err(|e| Error::env(format!("cannot create a scratch directory: {e}")))?;
+    let mut o = opts.clone();
+    o.dry_run = true;
+    let (report, _) = examine(&o, scratch.path(), true);
+    Ok(report)
+}
+
+/// `verify --store URL --id ID` (or `--bundle DIR`): one bundle on its own.
+pub fn verify_bundle(store: Option<&str>, bundle_dir: Option<&Path>, id: &str) -> Result<Report> {
+    let scratch = tempfile::Builder::new()
+        .prefix("pgbookend-verify.")
+        .tempdir()
+        .map_err(|e| Error::env(format!("cannot create a scratch directory: {e}")))?;
+    let mut report = Report {
+        id: Some(id.to_string()),
+        pgdata: String::new(),
+        bundle: None,
+        problems: Vec::new(),
+        warnings: Vec::new(),
+        actions: Vec::new(),
+        start_command: None,
+        recovery: None,
+        dry_run: true,
+        done: false,
+    };
+    let dir = match (bundle_dir, store) {
+        (Some(d), _) => d.to_path_buf(),
+        (None, Some(s)) => Store::parse(s)?.fetch_bundle(id, scratch.path())?,
+        (None, None) => {
+            return Err(Error::usage(
+                "verify needs --pgdata DIR, or --store URL / --bundle DIR with --id ID",
+            ))
+        }
+    };
+    report.bundle = Some(dir.display().to_string());
+    match load_bundle(&dir, Some(id), true) {
+        Ok(l) => {
+            if l.control.is_none() || l.label.is_none() {
+                report
+                    .problems
+                    .push(problem("bundle", "incomplete bundle", "use another copy"));
+            }
+            if let Some(fl) = &l.manifest.file_list {
+                match crate::filelist::read(&dir.join(&fl.name)).map(|it| it.count() as u64) {
+                    Ok(n) if n == fl.count => {}
+                    Ok(n) => report.problems.push(problem(
+                        "bundle_file_list",
+                        format!(
+                            "the file list holds {n} paths, bundle.json says {}",
+                            fl.count
+                        ),
+                        "the bundle is damaged; use another copy of it",
+                    )),
+                    Err(e) => report.problems.push(problem(
+                        "bundle_file_list",
+                        e.message,
+                        "the bundle is damaged",
+                    )),
+                }
+            }
+        }
+        Err(ps) => report.problems.extend(ps),
+    }
+    Ok(report)
+}

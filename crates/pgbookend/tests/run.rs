@@ -1,0 +1,441 @@
+//! End-to-end tests of `run` (start, COMMAND, stop or abort, `--then`) and of the hook pair
+//! across process boundaries, against real clusters of every supported major.
+
+mod common;
+mod runkit;
+
+use common::{bin, is_our_agent, run_for, wait_until, Run, Tool};
+use pgbookend_testkit::{Cluster, ClusterOptions};
+use runkit::nothing_left;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `pgbookend run --id ID --store STORE [extra] -- COMMAND...`.
+fn run_cmd(tool: &Tool, id: &str, extra: &[&str], command: &[&str]) -> Command {
+    let store = tool.store_path().display().to_string();
+    let mut args = vec!["run", "--id", id, "--store", &store];
+    args.extend_from_slice(extra);
+    args.push("--");
+    args.extend_from_slice(command);
+    tool.cmd(&args)
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// A COMMAND that saves its PGBOOKEND_* variables to files in $OUT, proves the marker is
+/// in PGDATA while it runs, copies PGDATA with tar, and prints to stdout.
+const DUMP_AND_COPY: &str = r#"
+for v in ID PGDATA TABLESPACES START_LSN STORE RUN_DIR BUNDLE; do
+  eval "printf '%s' \"\${PGBOOKEND_$v-unset}\"" > "$OUT/cmd.$v"
+done
+test -f "$PGBOOKEND_PGDATA/pg_backup_metadata/$PGBOOKEND_ID/backup.json"
+tar -cf "$OUT/copy.tar" -C "$PGBOOKEND_PGDATA" . 2>/dev/null || [ $? -eq 1 ]
+echo "copy done on stdout"
+"#;
+
+/// The --then command: saves its variables, checks the bundle is complete.
+const DUMP_THEN: &str = r#"for v in ID BUNDLE STOP_LSN; do eval "printf '%s' \"\${PGBOOKEND_$v-unset}\"" > "$OUT/then.$v"; done; test -f "$PGBOOKEND_BUNDLE/bundle.json" && echo then-ran"#;
+
+/// run with a COMMAND that exits 0: stopped, bundle written, the documented environment
+/// given to COMMAND and to --then, and --json's stdout is one JSON document.
+fn run_success(major: u32) {
+    let c = Cluster::start(ClusterOptions::new(major).tablespace(true));
+    c.pgbench_init(1);
+    let tool = Tool::new(&c);
+    let out = pgbookend_testkit::temp_dir("out");
+    let id = format!("run-{major}");
+    let bench = c.pgbench_background(2, 3);
+    let r: Run = run_cmd(
+        &tool,
+        &id,
+        &["--json", "--then", DUMP_THEN],
+        &["sh", "-c", DUMP_AND_COPY],
+    )
+    .env("OUT", out.path())
+    .output()
+    .unwrap()
+    .into();
+    bench.wait().expect("pgbench");
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["result"], "stopped");
+    assert_eq!(j["command"]["exit_code"], 0);
+    assert_eq!(j["then"]["exit_code"], 0);
+    assert!(r.stderr.contains("copy done on stdout"), "{r:?}");
+    assert!(r.stderr.contains("then-ran"), "{r:?}");
+    let o = |name: &str| read(&out.path().join(name));
+    assert_eq!(o("cmd.ID"), id);
+    assert_eq!(o("cmd.PGDATA"), c.pgdata().display().to_string());
+    assert_eq!(
+        o("cmd.TABLESPACES"),
+        c.tablespace_dir().unwrap().display().to_string()
+    );
+    assert_eq!(
+        o("cmd.START_LSN"),
+        j["start"]["start_lsn"].as_str().unwrap()
+    );
+    assert_eq!(o("cmd.STORE"), tool.store_path().display().to_string());
+    assert_eq!(o("cmd.RUN_DIR"), tool.run_dir().display().to_string());
+    assert_eq!(
+        o("cmd.BUNDLE"),
+        "unset",
+        "COMMAND runs before the bundle exists"
+    );
+    assert_eq!(o("then.ID"), id);
+    assert_eq!(o("then.BUNDLE"), tool.bundle_dir(&id).display().to_string());
+    assert_eq!(o("then.STOP_LSN"), j["stop"]["stop_lsn"].as_str().unwrap());
+    assert!(tool.bundle_dir(&id).join("bundle.json").exists());
+    assert!(!c.pgdata().join("pg_backup_metadata").join(&id).exists());
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(out.path().join("copy.tar"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&listing.stdout)
+            .contains(&format!("pg_backup_metadata/{id}/backup.json")),
+        "the copy made by COMMAND carries the marker"
+    );
+    assert_eq!(tool.status(&id).json()["state"], "stopped");
+
+    // The human form: progress on stderr, the stop report on stdout.
+    let r: Run = run_cmd(&tool, "human", &[], &["true"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("backup human started"), "{r:?}");
+    assert!(r.stdout.contains("backup human stopped"), "{r:?}");
+
+    // A failing --then: the backup is stopped and its bundle written, run says so and
+    // exits with --then's code.
+    let r: Run = run_cmd(&tool, "then-fails", &["--then", "exit 7"], &["true"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 7, "{r:?}");
+    assert!(tool.bundle_dir("then-fails").join("bundle.json").exists());
+    assert!(r.stderr.contains("--then exited with 7"), "{r:?}");
+}
+per_major!(run_success_t, run_success);
+
+/// A COMMAND that exits 1 (after copying part of PGDATA): run exits 1, and nothing is left
+/// behind. Likewise a COMMAND killed by a signal (128+signal) and one that does not exist.
+fn run_command_fails(major: u32) {
+    let c = Cluster::start(ClusterOptions::new(major));
+    c.pgbench_init(1);
+    let tool = Tool::new(&c);
+    let out = pgbookend_testkit::temp_dir("out");
+    let r: Run = run_cmd(
+        &tool,
+        "fails",
+        &[],
+        &[
+            "sh",
+            "-c",
+            "tar -cf \"$OUT/part.tar\" -C \"$PGBOOKEND_PGDATA\" base 2>/dev/null; exit 1",
+        ],
+    )
+    .env("OUT", out.path())
+    .output()
+    .unwrap()
+    .into();
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(out.path().join("part.tar").exists(), "COMMAND did run");
+    assert!(r.stderr.contains("COMMAND exited with 1"), "{r:?}");
+    assert!(r.stderr.contains("aborted"), "{r:?}");
+    nothing_left(&c, &tool, "fails");
+
+    let r: Run = run_cmd(&tool, "killed", &["--json"], &["sh", "-c", "kill -KILL $$"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 128 + 9, "{r:?}");
+    assert_eq!(r.json()["result"], "aborted");
+    assert!(r.stderr.contains("killed by SIGKILL"), "{r:?}");
+    nothing_left(&c, &tool, "killed");
+
+    let r: Run = run_cmd(&tool, "missing", &[], &["/nonexistent/copy-program"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 127, "{r:?}");
+    nothing_left(&c, &tool, "missing");
+    // The IDs of aborted runs are free again.
+    let r: Run = run_cmd(&tool, "fails", &[], &["true"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 0, "{r:?}");
+}
+per_major!(run_command_fails_t, run_command_fails);
+
+/// SIGTERM to run while COMMAND copies (a throttled rsync under a shell): the whole
+/// process group of COMMAND gets it, run aborts the backup and exits 128+15; nothing is
+/// left. On one major, SIGINT too.
+fn run_signalled(major: u32) {
+    let c = Cluster::start(ClusterOptions::new(major));
+    c.pgbench_init(1);
+    let tool = Tool::new(&c);
+    let mut signals = vec![libc::SIGTERM];
+    if major == 16 {
+        signals.push(libc::SIGINT);
+    }
+    for sig in signals {
+        let out = pgbookend_testkit::temp_dir("out");
+        let id = format!("sig{sig}");
+        let script = "echo $$ > \"$OUT/pgid\"; \
+             rsync -a --bwlimit=50 \"$PGBOOKEND_PGDATA/\" \"$OUT/copy/\"; \
+             echo after > \"$OUT/after\"";
+        let mut child = run_cmd(&tool, &id, &[], &["sh", "-c", script])
+            .env("OUT", out.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Mid-copy: rsync has started writing the copy.
+        assert!(
+            wait_until(Duration::from_secs(30), || out.path().join("copy").exists()),
+            "the copy never started"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let pgid: i32 = read(&out.path().join("pgid")).trim().parse().unwrap();
+        // SAFETY: signals to processes this test started.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "run did not end after the signal"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let r: Run = child.wait_with_output().unwrap().into();
+        assert_eq!(status.code(), Some(128 + sig), "{r:?}");
+        assert!(r.stderr.contains("aborted"), "{r:?}");
+        assert!(
+            !out.path().join("after").exists(),
+            "the shell was signalled too"
+        );
+        // The whole group of COMMAND is gone (rsync included).
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                // SAFETY: signal 0 only checks existence.
+                unsafe { libc::kill(-pgid, 0) != 0 }
+            }),
+            "COMMAND's process group survived"
+        );
+        nothing_left(&c, &tool, &id);
+    }
+}
+per_major!(run_signalled_t, run_signalled);
+
+/// The backup becomes void while COMMAND runs (its session is terminated): run stops
+/// COMMAND at once and exits 3 instead of letting a worthless copy finish.
+fn run_void_mid_copy(major: u32) {
+    let c = Cluster::start(ClusterOptions::new(major));
+    let tool = Tool::new(&c);
+    let out = pgbookend_testkit::temp_dir("out");
+    let mut child = run_cmd(
+        &tool,
+        "void",
+        &["--heartbeat", "200ms"],
+        &["sh", "-c", "touch \"$OUT/running\"; sleep 120"],
+    )
+    .env("OUT", out.path())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(30), || out
+        .path()
+        .join("running")
+        .exists()));
+    c.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'pgbookend%'");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "run did not notice the lost session"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let r: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(status.code(), Some(3), "{r:?}");
+    assert!(r.stderr.contains("became void"), "{r:?}");
+    assert!(r.stderr.contains("session was lost"), "{r:?}");
+    assert!(!tool.bundle_dir("void").exists());
+    assert!(!c.pgdata().join("pg_backup_metadata/void").exists());
+}
+per_major!(run_void_t, run_void_mid_copy);
+
+/// run without a COMMAND, or when start fails: COMMAND never runs, start's exit code.
+#[test]
+fn run_usage_and_start_failure() {
+    let run_dir = pgbookend_testkit::temp_dir("run");
+    let out = pgbookend_testkit::temp_dir("out");
+    let base = |args: &[&str]| {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .env("PGBOOKEND_RUN_DIR", run_dir.path().join("r"))
+            .env("PGHOST", out.path().join("no-server"))
+            .env("PGPORT", "1")
+            .env_remove("PGBOOKEND_CONFIG");
+        let r: Run = c.output().unwrap().into();
+        r
+    };
+    let r = base(&["run", "--id", "x"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    let r = base(&["run", "--id", "x", "true"]);
+    assert_eq!(r.code, 2, "COMMAND must come after --: {r:?}");
+    let flag = out.path().join("ran");
+    let store = out.path().join("store").display().to_string();
+    let r = base(&[
+        "run",
+        "--id",
+        "x",
+        "--store",
+        &store,
+        "--",
+        "touch",
+        &flag.display().to_string(),
+    ]);
+    assert_eq!(r.code, 4, "cannot connect: an environment error: {r:?}");
+    assert!(!flag.exists(), "COMMAND must not run when start fails");
+}
+
+fn openpty() -> (OwnedFd, OwnedFd) {
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: out-pointers are valid; name/termios/winsize may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: fresh descriptors owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+}
+
+/// The agent's session ID and controlling terminal number, from /proc.
+fn session_and_tty(pid: i32) -> (i32, i64) {
+    let stat = read(Path::new(&format!("/proc/{pid}/stat")));
+    let after = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // After the command: state ppid pgrp session tty_nr ...
+    (f[3].parse().unwrap(), f[4].parse().unwrap())
+}
+
+/// The hook pair across process boundaries, as backup daemons and Kubernetes exec hooks
+/// run it: `start` from a shell that is a session leader with a terminal; that shell
+/// exits, its terminal is closed and its process group gets SIGHUP; later, `stop` from an
+/// unrelated process with an empty environment succeeds.
+fn hooks_across_processes(major: u32) {
+    let c = Cluster::start(ClusterOptions::new(major));
+    c.pgbench_init(1);
+    let tool = Tool::new(&c);
+    let out = pgbookend_testkit::temp_dir("out");
+    let (master, slave) = openpty();
+    let script = r#"
+        sleep 300 &
+        echo $! > "$OUT/sleeper"
+        echo $$ > "$OUT/leader"
+        pgbookend start --id boundary --store "$STORE" --heartbeat 300ms --json > "$OUT/start.json" 2> "$OUT/start.err"
+        echo $? > "$OUT/start.rc"
+    "#;
+    let bin_dir = bin().parent().unwrap().to_path_buf();
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(script)
+        .env("OUT", out.path())
+        .env("STORE", tool.store_path())
+        .env("PATH", format!("{}:/usr/bin:/bin", bin_dir.display()))
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()));
+    for (k, v) in &tool.env {
+        cmd.env(k, v);
+    }
+    // SAFETY: setsid and ioctl between fork and exec: a new session whose controlling
+    // terminal is the pty, as a login shell or a container exec would have.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let status = cmd.status().unwrap();
+    assert!(status.success());
+    drop(slave);
+    assert_eq!(
+        read(&out.path().join("start.rc")).trim(),
+        "0",
+        "{}",
+        read(&out.path().join("start.err"))
+    );
+    let leader: i32 = read(&out.path().join("leader")).trim().parse().unwrap();
+    let sleeper: i32 = read(&out.path().join("sleeper")).trim().parse().unwrap();
+    // The terminal goes away, and the group gets SIGHUP (again, if the kernel already sent it).
+    drop(master);
+    // SAFETY: a signal to the process group this test created.
+    unsafe { libc::kill(-leader, libc::SIGHUP) };
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            // SAFETY: existence check only.
+            let gone = unsafe { libc::kill(sleeper, 0) != 0 };
+            gone || common::is_zombie(sleeper)
+        }),
+        "the hook's process group must have been hung up"
+    );
+    let started: serde_json::Value =
+        serde_json::from_str(&read(&out.path().join("start.json"))).unwrap();
+    let agent = started["agent_pid"].as_i64().unwrap() as i32;
+    let (sid, tty) = session_and_tty(agent);
+    assert_ne!(sid, leader, "the agent is in its own session");
+    assert_eq!(tty, 0, "the agent has no controlling terminal");
+
+    // The copy happens meanwhile, in yet another process; heartbeats go on.
+    let bench = c.pgbench_background(2, 2);
+    common::tar_pgdata(&c, &out.path().join("copy.tar"));
+    bench.wait().expect("pgbench");
+    assert!(is_our_agent(agent), "the agent survived the hangup");
+    let st = tool.status("boundary").ok().json();
+    assert_eq!(st["state"], "running");
+    assert!(st["last_heartbeat_age_s"].as_i64().unwrap() <= 2, "{st}");
+
+    // stop from an unrelated process: no connection settings, another directory.
+    let r: Run = Command::new(bin())
+        .args(["stop", "--id", "boundary", "--json"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("PGBOOKEND_RUN_DIR", tool.run_dir())
+        .current_dir(out.path())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(tool.bundle_dir("boundary").join("bundle.json").exists());
+    assert!(r.json()["wal_segments"].as_u64().unwrap() >= 1);
+    assert!(wait_until(Duration::from_secs(10), || !is_our_agent(agent)));
+}
+per_major!(hooks_across_processes_t, hooks_across_processes);
