@@ -99,8 +99,6 @@ pub struct FileList {
 /// Size and SHA-256 of every file below `dir` except `bundle.json` and temporary files,
 /// by path relative to `dir` (read back from disk, so what is listed is what was written).
 pub fn hash_files(dir: &std::path::Path) -> crate::error::Result<BTreeMap<String, FileEntry>> {
-    use sha2::Digest;
-    use std::io::Read;
     let mut out = BTreeMap::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
     while let Some((d, rel)) = stack.pop() {
@@ -121,28 +119,9 @@ pub fn hash_files(dir: &std::path::Path) -> crate::error::Result<BTreeMap<String
                 stack.push((p, relp));
                 continue;
             }
-            let mut f =
-                std::fs::File::open(&p).map_err(|e| crate::error::io_err("cannot open", &p, e))?;
-            let mut h = sha2::Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut size = 0u64;
-            loop {
-                let n = f
-                    .read(&mut buf)
-                    .map_err(|e| crate::error::io_err("cannot read", &p, e))?;
-                if n == 0 {
-                    break;
-                }
-                size += n as u64;
-                h.update(&buf[..n]);
-            }
-            out.insert(
-                relp,
-                FileEntry {
-                    size,
-                    sha256: hex::encode(h.finalize()),
-                },
-            );
+            let (size, sha256) = crate::fsutil::sha256_file(&p)
+                .map_err(|e| crate::error::io_err("cannot read", &p, e))?;
+            out.insert(relp, FileEntry { size, sha256 });
         }
     }
     Ok(out)

@@ -75,9 +75,15 @@ pub fn ensure_dir(dir: &Path, own: &Ownership) -> Result<()> {
     }
 }
 
-/// Writes `data` to `path` so that a crash leaves either the old file or the whole new
-/// one: temporary name in the same directory, fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, data: &[u8], own: &Ownership) -> Result<()> {
+/// Writes `path` so that a crash leaves either the old file or the whole new one: `fill`
+/// writes a temporary file in the same directory, which is then fsynced, given its owner
+/// and mode, renamed into place, and the directory fsynced. A failure removes the
+/// temporary file.
+pub fn write_with(
+    path: &Path,
+    own: &Ownership,
+    fill: impl FnOnce(&mut File, &Path) -> Result<()>,
+) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -92,8 +98,7 @@ pub fn write_atomic(path: &Path, data: &[u8], own: &Ownership) -> Result<()> {
             .mode(own.file_mode)
             .open(&tmp)
             .map_err(|e| io_err("cannot create", &tmp, e))?;
-        f.write_all(data)
-            .map_err(|e| io_err("cannot write", &tmp, e))?;
+        fill(&mut f, &tmp)?;
         own.apply(&tmp, false)?;
         f.sync_all().map_err(|e| io_err("cannot fsync", &tmp, e))?;
         drop(f);
@@ -106,34 +111,59 @@ pub fn write_atomic(path: &Path, data: &[u8], own: &Ownership) -> Result<()> {
     res
 }
 
-/// Copies `src` to `dest` durably (temporary name, fsync, rename, fsync of the directory).
+/// Writes `data` to `path` durably (see [`write_with`]).
+pub fn write_atomic(path: &Path, data: &[u8], own: &Ownership) -> Result<()> {
+    write_with(path, own, |f, tmp| {
+        f.write_all(data)
+            .map_err(|e| io_err("cannot write", tmp, e))
+    })
+}
+
+/// Copies `src` to `dest` durably (see [`write_with`]).
 pub fn copy_atomic(src: &Path, dest: &Path, own: &Ownership) -> Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let res = (|| {
-        let mut input = File::open(src).map_err(|e| io_err("cannot open", src, e))?;
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(own.file_mode)
-            .open(&tmp)
-            .map_err(|e| io_err("cannot create", &tmp, e))?;
-        std::io::copy(&mut input, &mut out).map_err(|e| io_err("cannot copy into", &tmp, e))?;
-        own.apply(&tmp, false)?;
-        out.sync_all()
-            .map_err(|e| io_err("cannot fsync", &tmp, e))?;
-        fs::rename(&tmp, dest).map_err(|e| io_err("cannot rename into place", dest, e))?;
-        fsync_dir(dir)
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let mut input = File::open(src).map_err(|e| io_err("cannot open", src, e))?;
+    write_with(dest, own, |f, tmp| {
+        std::io::copy(&mut input, f)
+            .map(|_| ())
+            .map_err(|e| io_err("cannot copy into", tmp, e))
+    })
+}
+
+/// Size and SHA-256 (lowercase hex) of a file, read in 1 MiB pieces.
+pub fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        h.update(&buf[..n]);
     }
-    res
+    Ok((total, hex::encode(h.finalize())))
+}
+
+/// `n` random bytes from the kernel (for IDs and tokens), with a time-based fallback.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    // SAFETY: buf is valid for N bytes.
+    let got = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), N, 0) };
+    if got != N as isize {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+            ^ u128::from(std::process::id());
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (t >> ((i % 16) * 8)) as u8;
+        }
+    }
+    buf
 }
 
 /// fsyncs a directory so that renames and removals in it are durable.

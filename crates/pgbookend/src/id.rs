@@ -36,17 +36,7 @@ pub fn validate(id: &str) -> Result<()> {
 
 /// A new ID: UTC time plus a random suffix, e.g. `20261121T010203Z-3f9a1c`.
 pub fn generate() -> String {
-    let mut buf = [0u8; 3];
-    // SAFETY: buf is valid for 3 bytes; getrandom fills it or fails.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n != buf.len() as isize {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0)
-            ^ std::process::id();
-        buf.copy_from_slice(&t.to_le_bytes()[..3]);
-    }
+    let buf: [u8; 3] = crate::fsutil::random_bytes();
     format!(
         "{}-{}",
         crate::timefmt::compact(crate::timefmt::now_unix()),

@@ -42,17 +42,7 @@ pub fn dir() -> PathBuf {
 
 /// A fresh random token.
 pub fn token() -> String {
-    let mut buf = [0u8; 16];
-    // SAFETY: buf is valid for its length.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n != buf.len() as isize {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        buf.copy_from_slice(&t.to_le_bytes());
-    }
-    hex::encode(buf)
+    hex::encode(crate::fsutil::random_bytes::<16>())
 }
 
 /// Records a backup in progress. Readable by all (it holds no secret) so that `guard`,

@@ -20,7 +20,6 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -68,22 +67,6 @@ pub struct Loaded {
     pub control: Option<control::ControlFile>,
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut f = fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n_total = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        n_total += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok((n_total, hex::encode(h.finalize())))
-}
-
 /// Reads a bundle directory and checks it on its own: every file's size and SHA-256,
 /// the label parses and agrees with `bundle.json`, `pg_control` is CRC-valid and of the
 /// same cluster, and the WAL range is contiguous and (in `collect` mode) complete and
@@ -106,11 +89,13 @@ pub fn load_bundle(
                 )])
             }
         },
-        Err(e) => return Err(vec![problem(
+        Err(e) => {
+            return Err(vec![problem(
             "bundle_manifest",
             format!("cannot read {}: {e}", mpath.display()),
             "a bundle without bundle.json is partial: its stop did not finish; use another backup",
-        )]),
+        )])
+        }
     };
     if let Some(id) = id {
         if manifest.id != id {
@@ -126,7 +111,7 @@ pub fn load_bundle(
         }
     }
     for (name, entry) in &manifest.files {
-        match sha256_file(&dir.join(name)) {
+        match fsutil::sha256_file(&dir.join(name)) {
             Ok((size, sum)) if size == entry.size && sum == entry.sha256 => {}
             Ok(_) => problems.push(problem(
                 "bundle_checksum",
@@ -491,6 +476,23 @@ pub struct Report {
     pub done: bool,
 }
 
+impl Report {
+    fn new(id: Option<String>, pgdata: &Path, dry_run: bool) -> Report {
+        Report {
+            id,
+            pgdata: pgdata.display().to_string(),
+            bundle: None,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+            actions: Vec::new(),
+            start_command: None,
+            recovery: None,
+            dry_run,
+            done: false,
+        }
+    }
+}
+
 /// The tablespace location of `oid` after the remaps: where its files are expected.
 fn tablespace_location(pgdata: &Path, oid: u32, remap: &BTreeMap<u32, PathBuf>) -> PathBuf {
     remap
@@ -537,18 +539,7 @@ pub fn examine(
     deep: bool,
 ) -> (Report, Option<(Loaded, PlanExtra)>) {
     let pgdata = &opts.pgdata;
-    let mut report = Report {
-        id: None,
-        pgdata: pgdata.display().to_string(),
-        bundle: None,
-        problems: Vec::new(),
-        warnings: Vec::new(),
-        actions: Vec::new(),
-        start_command: None,
-        recovery: None,
-        dry_run: opts.dry_run,
-        done: false,
-    };
+    let mut report = Report::new(None, pgdata, opts.dry_run);
     if !pgdata.join("PG_VERSION").is_file() {
         report.problems.push(problem(
             "copy_pgdata",
@@ -1361,18 +1352,7 @@ pub fn verify_bundle(store: Option<&str>, bundle_dir: Option<&Path>, id: &str) -
         .prefix("pgbookend-verify.")
         .tempdir()
         .map_err(|e| Error::env(format!("cannot create a scratch directory: {e}")))?;
-    let mut report = Report {
-        id: Some(id.to_string()),
-        pgdata: String::new(),
-        bundle: None,
-        problems: Vec::new(),
-        warnings: Vec::new(),
-        actions: Vec::new(),
-        start_command: None,
-        recovery: None,
-        dry_run: true,
-        done: false,
-    };
+    let mut report = Report::new(Some(id.to_string()), Path::new(""), true);
     let dir = match (bundle_dir, store) {
         (Some(d), _) => d.to_path_buf(),
         (None, Some(s)) => Store::parse(s)?.fetch_bundle(id, scratch.path())?,

@@ -508,3 +508,37 @@ fn wrong_pgdata(major: u32) {
     );
 }
 per_major!(wrong_pgdata_t, wrong_pgdata);
+
+/// --timeout: an agent whose backup is never stopped aborts it by itself; SIGTERM to the
+/// agent aborts too. Both leave nothing behind and say why.
+fn agent_timeout_and_sigterm(major: u32) {
+    let c = Cluster::start(ClusterOptions::new(major));
+    let tool = Tool::new(&c);
+    tool.start("short", &["--timeout", "2s", "--heartbeat", "500ms"])
+        .ok();
+    assert!(wait_until(Duration::from_secs(10), || tool
+        .status("short")
+        .json()["state"]
+        == "failed"));
+    let st = tool.status("short").json();
+    assert!(
+        st["failure"].as_str().unwrap().contains("--timeout"),
+        "{st}"
+    );
+    assert!(!c.pgdata().join("pg_backup_metadata/short").exists());
+    let started = tool.start("term", &[]).ok().json();
+    // SAFETY: signal to the agent this test started.
+    unsafe { libc::kill(started["agent_pid"].as_i64().unwrap() as i32, libc::SIGTERM) };
+    assert!(wait_until(Duration::from_secs(10), || tool
+        .status("term")
+        .json()["state"]
+        == "aborted"));
+    let stop = tool.stop("term", &[]);
+    assert_eq!(stop.code, 3, "{stop:?}");
+    assert!(stop.stderr.contains("signal 15"), "{stop:?}");
+    assert!(c.wait_for_log(
+        "aborting backup due to backend exiting",
+        Duration::from_secs(10)
+    ));
+}
+per_major!(agent_timeout_t, agent_timeout_and_sigterm);

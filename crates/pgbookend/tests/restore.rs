@@ -650,3 +650,40 @@ fn dry_run_and_verify(major: u32) {
     );
 }
 per_major!(dry_run_and_verify_t, dry_run_and_verify);
+
+/// A copy that followed the tablespace link (rsync -L, tar -h) holds the tablespace as a
+/// directory inside pg_tblspc: refused without --tablespace (the server would delete it),
+/// moved out with it.
+fn inline_tablespace(major: u32) {
+    let mut copy = None;
+    let f = Fixture::new(major, "inline", &[], |f| {
+        let d = f.work.path().join("l/data");
+        std::fs::create_dir_all(&d).unwrap();
+        let out = Command::new("rsync")
+            .arg("-aL")
+            .arg(format!("{}/", f.c.pgdata().display()))
+            .arg(&d)
+            .output()
+            .unwrap();
+        assert!(
+            matches!(out.status.code(), Some(0 | 24)),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        copy = Some(d);
+    });
+    let data = copy.unwrap();
+    let inline = data.join("pg_tblspc").join(f.ts_oid.to_string());
+    assert!(std::fs::symlink_metadata(&inline).unwrap().is_dir());
+    refused(&f, &data, &[], "inside pg_tblspc");
+    let to = f.work.path().join("l/ts-moved");
+    f.prepare(&data, &["--tablespace", &f.ts_arg(&to)]).ok();
+    assert_eq!(std::fs::read_link(&inline).unwrap(), to);
+    assert!(
+        std::fs::read_dir(&to).unwrap().next().is_some(),
+        "the files moved to the new path"
+    );
+    let r = start_restored(major, &data, data.parent().unwrap());
+    restored_is_right(&r);
+}
+per_major!(inline_tablespace_t, inline_tablespace);
