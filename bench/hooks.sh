@@ -15,7 +15,7 @@
 #     time it used meanwhile. Target: <= 10 MB.
 #
 # Usage: bench/hooks.sh [--major N] [--iterations N] [--warmup N] [--bin PATH] [--tmpdir DIR]
-#                       [--variants LIST] [--strace DIR] [--keep]
+#                       [--variants LIST] [--strace DIR] [--keep] [--wait-quiet P]
 #   --major N        server major (13-18). 15 uses /usr/lib/postgresql/15/bin, the others
 #                    /var/cache/pgbookend/pg/N/bin (scripts/install-deps). psql 15 is the client.
 #   --iterations N   measured rounds (default 15); --warmup N unmeasured rounds first (default 2)
@@ -27,6 +27,8 @@
 #   --strace DIR     after the measurements, trace one more start/stop pair (default variant)
 #                    with `strace -f --seccomp-bpf -tt -T` into DIR, and summarise it
 #   --keep           keep the work directory (logs, raw samples) for inspection
+#   --wait-quiet P   before each round, wait (up to 5 min) until the CPU pressure of the machine
+#                    (/proc/pressure/cpu "some avg10") is below P percent; for shared machines
 #
 # Prints a Markdown report on stdout, progress on stderr. Runs as root (servers run as
 # `postgres` via runuser) or as an ordinary user. Everything it starts (postgres, psql,
@@ -41,6 +43,7 @@ TMPBASE=${TMPDIR:-/tmp}
 KEEP=0
 STRACE_DIR=
 VARIANTS_ARG=
+QUIET=
 while [ $# -gt 0 ]; do
   case "$1" in
     --major) MAJOR=$2; shift 2 ;;
@@ -51,7 +54,8 @@ while [ $# -gt 0 ]; do
     --variants) VARIANTS_ARG=$2; shift 2 ;;
     --strace) STRACE_DIR=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    --wait-quiet) QUIET=$2; shift 2 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "hooks.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -249,8 +253,20 @@ one_side() { # one_side SIDE ROUND MEASURED
   fi
   return 0
 }
+QUIET_WAITS=0
+cpu_pressure() { awk -F'avg10=' 'NR == 1 { split($2, a, " "); print a[1] }' /proc/pressure/cpu 2>/dev/null || echo 0; }
+wait_quiet() {
+  [ -n "$QUIET" ] || return 0
+  local waited=0 i
+  for i in $(seq 60); do
+    awk -v p="$(cpu_pressure)" -v q="$QUIET" 'BEGIN { exit !(p < q) }' && break
+    waited=1; sleep 5
+  done
+  QUIET_WAITS=$((QUIET_WAITS + waited))
+}
 round() { # round N MEASURED(0/1): every side once, order rotated by N
   local n=$1 m=$2 k=${#SIDES[@]} j
+  wait_quiet
   for j in $(seq 0 $((k - 1))); do one_side "${SIDES[$(((n + j) % k))]}" "$n" "$m"; done
 }
 
@@ -352,7 +368,7 @@ echo
 echo "- $(date -u '+%Y-%m-%d %H:%M UTC'), host $(uname -n), $CPUS CPUs ($CPU), $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r), work dir on $FS"
 echo "- binary: $BIN_VERSION, sha256 $BIN_SHA…"
 echo "- $ITER measured rounds after $WARMUP warm-up rounds, order of the sides rotating; idle cluster, fsync on, archive_mode off, immediate checkpoint, \`stop --no-wait-archive\`"
-echo "- load average before / after: $LOAD_BEFORE / $LOAD_AFTER"
+echo "- load average before / after: $LOAD_BEFORE / $LOAD_AFTER$([ -n "$QUIET" ] && echo "; --wait-quiet $QUIET: $QUIET_WAITS rounds waited for CPU pressure < $QUIET%")"
 echo
 echo "| call | side | median | p90 | ratio to psql (median) | extra (median) | target met (<= 1.2x and <= 50 ms) |"
 echo "|---|---|---|---|---|---|---|"

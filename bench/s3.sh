@@ -9,8 +9,8 @@
 #     the worst case for the upload's size and memory. Sides alternate each round.
 #  2. Peak memory of the agent during that stop (VmHWM, sampled from /proc every 20 ms
 #     until the agent exits). Target: <= 64 MB whatever the WAL size.
-#  3. Resident memory (VmRSS) of an idle agent holding a backup whose store is S3 (after a
-#     few heartbeats). Target: <= 10 MB.
+#  3. Resident memory (VmRSS) of an idle agent holding a backup, for each side (after the
+#     WAL was written and a few heartbeats). Target: <= 10 MB.
 #
 # Usage: bench/s3.sh [--major N] [--rounds N] [--segments N] [--bin PATH] [--tmpdir DIR] [--keep]
 #   --major N     server major (13-18; default 15, whose pgcrypto comes with Debian's contrib)
@@ -57,7 +57,7 @@ else MOTO_DIR=${PGBOOKEND_MOTO_DIR:-$HOME/.cache/pgbookend/moto}; fi
 MOTO=${PGBOOKEND_MOTO_SERVER:-$MOTO_DIR/bin/moto_server}
 [ -x "$MOTO" ] || MOTO=$(command -v moto_server || true)
 for f in "$SERVER_BIN/initdb" "$SERVER_BIN/pg_ctl" "$SERVER_BIN/postgres" "$PSQL" "$MOTO"; do
-  [ -n "$f" ] && [ -x "$f" ] || { echo "s3.sh: ${f:-moto_server} missing (run scripts/install-deps)" >&2; exit 4; }
+  if [ -z "$f" ] || [ ! -x "$f" ]; then echo "s3.sh: ${f:-moto_server} missing (run scripts/install-deps)" >&2; exit 4; fi
 done
 command -v curl >/dev/null || { echo "s3.sh: curl missing (run scripts/install-deps)" >&2; exit 4; }
 [ -n "${EPOCHREALTIME:-}" ] || { echo "s3.sh: needs bash >= 5 (EPOCHREALTIME)" >&2; exit 4; }
@@ -184,7 +184,7 @@ fill_wal() { # fill_wal START_WAL_FILE
 }
 
 json_field() { sed -n "s/.*\"$1\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" "$2" | head -1; }
-status_kb() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$2/status" 2>/dev/null; }
+status_kb() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$2/status" 2>/dev/null || true; }
 
 # One backup into SIDE's stores; records stop wall time, VmHWM of the agent, and sizes.
 one() { # one SIDE ROUND
@@ -199,7 +199,7 @@ one() { # one SIDE ROUND
   pid=$(json_field agent_pid "$WORK/start.out")
   [ -n "$pid" ] && AGENT_PIDS+=("$pid")
   fill_wal "$(json_field start_wal_file "$WORK/start.out")"
-  if [ "$side" = s3 ]; then sleep 2; idle=$(status_kb VmRSS "$pid"); fi
+  sleep 2; idle=$(status_kb VmRSS "$pid")
   sync
   t0=${EPOCHREALTIME/./}
   "$BIN" stop --id "$id" --json --run-dir "$RUNDIR" >"$WORK/stop.out" 2>"$WORK/stop.err" &
@@ -212,7 +212,7 @@ one() { # one SIDE ROUND
   t1=${EPOCHREALTIME/./}
   [ "$rc" = 0 ] || { cat "$WORK/stop.out" "$WORK/stop.err" >&2; die "stop ($side) exited $rc"; }
   cp "$RUNDIR/$id/agent.log" "$WORK/samples/agent-$side-$n.log" 2>/dev/null || true
-  echo "$side $n $(( (t1 - t0) / 1000 )) $hwm $(json_field wal_segments "$WORK/stop.out") $(json_field wal_bytes_stored "$WORK/stop.out") ${idle:--}" >>"$WORK/samples/results"
+  echo "$side $n $(( (t1 - t0) / 1000 )) $hwm $(json_field wal_segments "$WORK/stop.out") $(json_field wal_bytes_stored "$WORK/stop.out") ${idle:-0}" >>"$WORK/samples/results"
   note "$side round $n: stop $(( (t1 - t0) / 1000 )) ms, agent VmHWM $hwm kB, $(json_field wal_segments "$WORK/stop.out") segments"
   "$BIN" cleanup --run-dir "$RUNDIR" >/dev/null 2>&1 || true
   rm -rf "${STORE:?}/$id"
@@ -237,7 +237,7 @@ LOCAL_MS=$(col local 3 | median)
 echo
 echo "### S3 stores (issue 6): \`stop\` with $SEGMENTS WAL segments, local vs S3"
 echo
-echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $BIN_VERSION ($BIN_SHA), PostgreSQL $SERVER_VERSION, moto_server $MOTO_VERSION on 127.0.0.1,"
+echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $BIN_VERSION (binary sha256 $BIN_SHA…), PostgreSQL $SERVER_VERSION, moto_server $MOTO_VERSION on 127.0.0.1,"
 echo "$(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo) RAM, work dir on $(df -T "$WORK" | awk 'NR == 2 { print $2 }'),"
 echo "load $LOAD_BEFORE -> $LOAD_AFTER. $ROUNDS rounds, sides rotated each round; WAL of random bytes (incompressible)."
 echo
@@ -250,9 +250,13 @@ for s in "${SIDES[@]}"; do
   awk -v l="$label" -v ms="$ms" -v base="$LOCAL_MS" -v h="$hwm" -v seg="$seg" -v b="$bytes" 'BEGIN {
     printf "| %s | %d | %.2fx | %.1f MB (%d kB) | %s | %d segments, %.0f MB |\n", l, ms, ms / base, h / 1024, h, (h <= 65536) ? "yes" : "no", seg, b / 1048576 }'
 done
-IDLE=$(col s3 7 | max)
 echo
-awk -v r="$IDLE" 'BEGIN { printf "Idle agent holding a backup whose store is S3 (VmRSS after a few 1 s heartbeats): %.1f MB (%d kB), <= 10 MB: %s.\n", r / 1024, r, (r <= 10240) ? "yes" : "no" }'
+echo "Idle agent holding the backup (VmRSS after the WAL was written and a few 1 s heartbeats, max over rounds):"
+for s in "${SIDES[@]}"; do
+  awk -v s="$s" -v r="$(col "$s" 7 | max)" 'BEGIN { printf "%s %.1f MB (%d kB, <= 10 MB: %s)", (s == "local") ? "" : ";", r / 1024, r, (r <= 10240) ? "yes" : "no" }'
+  case "$s" in local) printf ' with the local store' ;; s3) printf ' with the S3 store' ;; both) printf ' with both' ;; esac
+done
+echo "."
 echo
 echo "Per round (side, round, stop ms, VmHWM kB, segments, WAL bytes stored, idle VmRSS kB):"
 echo

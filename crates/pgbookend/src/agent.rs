@@ -247,6 +247,7 @@ pub fn main() -> i32 {
         Ok(ready) => {
             hello(&Hello::Ready(Box::new(ready)));
             detach_stdio();
+            crate::memtrim::drop_clean_file_pages();
             agent.serve()
         }
         Err(e) => {

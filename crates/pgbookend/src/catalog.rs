@@ -412,7 +412,23 @@ fn scan_one(store: &Store, id: &str) -> Result<BundleInfo> {
                 scan(store)?.into_iter().find(|b| b.id == id)
             }
         }
-        Store::S3(_) => scan(store)?.into_iter().find(|b| b.id == id),
+        Store::S3(u) => {
+            // Only this bundle's objects, not the whole store.
+            let c = crate::s3::Client::open(u)?;
+            let entries = c
+                .list_below(id)?
+                .into_iter()
+                .filter_map(|o| {
+                    let rel = o.key.strip_prefix(&format!("{id}/"))?.to_string();
+                    Some((id.to_string(), rel, o.size, o.modified))
+                })
+                .collect();
+            assemble(store, entries, |id| {
+                c.get_small(&format!("{id}/{MANIFEST}"))
+            })?
+            .into_iter()
+            .next()
+        }
     };
     found.ok_or_else(|| {
         Error::usage(format!(

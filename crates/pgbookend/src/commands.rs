@@ -177,6 +177,12 @@ pub fn start(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Output> {
         ready.pgdata,
         ready.id
     );
+    if !ready.tablespaces.is_empty() {
+        human.push_str(&format!(
+            "the copy must include the tablespace directories too: {}\n",
+            ready.tablespaces.join(", ")
+        ));
+    }
     if !ready.removed_stale_markers.is_empty() {
         human.push_str(&format!(
             "removed stale markers of backups whose agent is gone: {}\n",

@@ -123,11 +123,14 @@ fn walk_dir(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && depth > 0 => return Ok(()),
         Err(e) => return Err(io_err("cannot list", dir, e)),
     };
-    let mut names: Vec<String> = Vec::new();
+    // The file type comes with the directory entry (d_type), so regular files and
+    // directories cost no stat; only links (and file systems without d_type) need one.
+    let mut names: Vec<(String, Option<fs::FileType>)> = Vec::new();
     for e in rd {
         let e = e.map_err(|e| io_err("cannot list", dir, e))?;
+        let ft = e.file_type().ok();
         match e.file_name().into_string() {
-            Ok(n) => names.push(n),
+            Ok(n) => names.push((n, ft)),
             Err(n) => {
                 return Err(Error::env(format!(
                     "{} holds a file name that is not UTF-8: {:?}",
@@ -137,17 +140,17 @@ fn walk_dir(
             }
         }
     }
-    names.sort_unstable();
+    names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     // Unlogged relations: only their init fork is copied by a base backup.
     let unlogged: HashSet<String> = names
         .iter()
-        .filter_map(|n| {
+        .filter_map(|(n, _)| {
             n.strip_suffix("_init")
                 .filter(|r| r.bytes().all(|b| b.is_ascii_digit()))
         })
         .map(|s| s.to_string())
         .collect();
-    for name in &names {
+    for (name, ft) in &names {
         if name.starts_with("pgsql_tmp") || is_temp_rel(name) {
             continue;
         }
@@ -170,12 +173,14 @@ fn walk_dir(
         } else {
             format!("{rel}/{name}")
         };
-        let md = match fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_err("cannot stat", &path, e)),
+        let ft = match ft {
+            Some(ft) => *ft,
+            None => match fs::symlink_metadata(&path) {
+                Ok(m) => m.file_type(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("cannot stat", &path, e)),
+            },
         };
-        let ft = md.file_type();
         let is_dir = if ft.is_symlink() {
             // Tablespace links (and a linked pg_wal): follow them.
             fs::metadata(&path).map(|m| m.is_dir()).unwrap_or(false)

@@ -68,12 +68,8 @@ pub fn guard(pgdata: &Path) -> Result<(Value, String)> {
             ));
             continue;
         }
-        let rec = live::read(&m.id);
-        let ours = rec
-            .as_ref()
-            .map(|r| {
-                !m.token.is_empty() && r.token == m.token && same_dir(Path::new(&r.pgdata), pgdata)
-            })
+        let ours = live::read(&m.id, &m.token)
+            .map(|r| same_dir(Path::new(&r.pgdata), pgdata))
             .unwrap_or(false);
         if ours || running_postmaster(pgdata).is_some() {
             marker::remove(pgdata, &m.id)?;

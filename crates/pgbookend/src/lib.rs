@@ -18,6 +18,7 @@ pub mod id;
 pub mod live;
 pub mod logging;
 pub mod marker;
+pub mod memtrim;
 pub mod pq;
 pub mod protocol;
 pub mod restore;

@@ -1,4 +1,6 @@
-//! Live records: `<state-dir>/live/<id>.json`, written by the agent beside the marker and
+//! Live records: `<state-dir>/live/<token>.json` (one per backup, named by a random
+//! token that the marker also holds, so backups of the same ID on several clusters of a
+//! host never collide), written by the agent beside the marker and
 //! removed with it, outside PGDATA and on persistent storage.
 //!
 //! They let `guard` tell the two directories that both carry a marker and no live agent:
@@ -60,17 +62,25 @@ pub fn write(l: &Live) -> Result<()> {
     };
     let data =
         serde_json::to_vec_pretty(l).map_err(|e| crate::error::Error::internal(e.to_string()))?;
-    fsutil::write_atomic(&d.join(format!("{}.json", l.id)), &data, &own)
+    fsutil::write_atomic(&path_of(&l.token), &data, &own)
 }
 
-/// The record of `id`, if any.
-pub fn read(id: &str) -> Option<Live> {
-    serde_json::from_slice(&fs::read(dir().join(format!("{id}.json"))).ok()?).ok()
+fn path_of(token: &str) -> PathBuf {
+    dir().join(format!("{token}.json"))
 }
 
-/// Removes the record of `id` if it carries `token` (another backup may reuse the ID).
+/// The record of backup `id` with `token`, if this host has it.
+pub fn read(id: &str, token: &str) -> Option<Live> {
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let l: Live = serde_json::from_slice(&fs::read(path_of(token)).ok()?).ok()?;
+    (l.id == id && l.token == token).then_some(l)
+}
+
+/// Removes the record of backup `id` with `token`.
 pub fn remove(id: &str, token: &str) {
-    if read(id).map(|l| l.token == token).unwrap_or(false) {
-        let _ = fs::remove_file(dir().join(format!("{id}.json")));
+    if read(id, token).is_some() {
+        let _ = fs::remove_file(path_of(token));
     }
 }

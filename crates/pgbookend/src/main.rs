@@ -400,6 +400,17 @@ fn s3_settings(cli: &Cli, cfg: &Config) -> Result<pgbookend::s3::Settings, Error
 }
 
 fn main() -> ExitCode {
+    // The agent (`pgbookend __agent ID`, spawned by start) skips clap: building the whole
+    // command tree would fault in code and heap it never needs while it holds a backup.
+    let mut args = std::env::args_os().skip(1);
+    if args
+        .next()
+        .is_some_and(|a| a == pgbookend::agent::SUBCOMMAND)
+        && args.next().is_some()
+        && args.next().is_none()
+    {
+        return ExitCode::from(pgbookend::agent::main() as u8);
+    }
     let cli = Cli::parse();
     if let Cmd::Agent { .. } = cli.command {
         return ExitCode::from(pgbookend::agent::main() as u8);

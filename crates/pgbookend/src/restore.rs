@@ -1146,15 +1146,31 @@ pub fn execute(
                     .ok_or_else(|| Error::internal(format!("{name} not in the bundle")))?;
                 let stored = loaded.dir.join(w.stored.as_deref().unwrap_or(""));
                 let f = fs::File::open(&stored).map_err(|e| io_err("cannot open", &stored, e))?;
-                let raw = zstd::stream::decode_all(f)
-                    .map_err(|e| io_err("cannot decompress", &stored, e))?;
-                if Some(hex::encode(Sha256::digest(&raw))) != w.sha256 {
-                    return Err(Error::new(
-                        Class::Check,
-                        format!("WAL file {name} in the bundle is damaged"),
-                    ));
-                }
-                fsutil::write_atomic(p, &raw, &own)?;
+                // Streamed: decompress, hash and write in pieces; a damaged file never
+                // reaches its final name.
+                fsutil::write_with(p, &own, |out, tmp| {
+                    let mut dec = zstd::stream::read::Decoder::new(f)
+                        .map_err(|e| io_err("cannot decompress", &stored, e))?;
+                    let mut h = Sha256::new();
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        let n = std::io::Read::read(&mut dec, &mut buf)
+                            .map_err(|e| io_err("cannot decompress", &stored, e))?;
+                        if n == 0 {
+                            break;
+                        }
+                        h.update(&buf[..n]);
+                        std::io::Write::write_all(out, &buf[..n])
+                            .map_err(|e| io_err("cannot write", tmp, e))?;
+                    }
+                    if Some(hex::encode(h.finalize())) != w.sha256 {
+                        return Err(Error::new(
+                            Class::Check,
+                            format!("WAL file {name} in the bundle is damaged"),
+                        ));
+                    }
+                    Ok(())
+                })?;
             }
             Action::SetRecovery { settings } => write_auto_conf(
                 pgdata,

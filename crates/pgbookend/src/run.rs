@@ -343,6 +343,12 @@ pub fn run(rd: &RunDir, cfg: &Config, opts: RunOptions) -> Result<RunOutcome> {
             .hint("pgbookend run [start options] -- COMMAND [ARG]..."));
     }
     install_signals();
+    // Everything that can fail before COMMAND runs is done before the backup starts.
+    let (cmd_stdout, then_stdout) = if opts.json {
+        (Some(stderr_dup()?), Some(stderr_dup()?))
+    } else {
+        (None, None)
+    };
     let started = commands::start(rd, cfg, opts.start.clone())?;
     let ready: Ready = serde_json::from_value(started.json.clone())
         .map_err(|e| Error::internal(format!("unreadable start report: {e}")))?;
@@ -370,8 +376,8 @@ pub fn run(rd: &RunDir, cfg: &Config, opts: RunOptions) -> Result<RunOutcome> {
     let mut cmd = Command::new(&opts.command[0]);
     cmd.args(&opts.command[1..]);
     backup_env(&mut cmd, &ready, rd);
-    if opts.json {
-        cmd.stdout(stderr_dup()?);
+    if let Some(out) = cmd_stdout {
+        cmd.stdout(out);
     }
     let t0 = Instant::now();
     let child = match spawn_group(&mut cmd, tty.as_ref()) {
@@ -390,7 +396,13 @@ pub fn run(rd: &RunDir, cfg: &Config, opts: RunOptions) -> Result<RunOutcome> {
             return Ok(aborted(rd, &id, report, why, code, None));
         }
     };
-    let ended = wait_child(child, tty.as_ref(), Some(&entry), t0)?;
+    let ended = match wait_child(child, tty.as_ref(), Some(&entry), t0) {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = commands::abort(rd, &id);
+            return Err(e);
+        }
+    };
     if let Value::Object(m) = &mut report["command"] {
         if let Value::Object(e) = ended.json() {
             m.extend(e);
@@ -493,8 +505,8 @@ pub fn run(rd: &RunDir, cfg: &Config, opts: RunOptions) -> Result<RunOutcome> {
             if let Some(r) = &report_stop {
                 cmd.env("PGBOOKEND_STOP_LSN", &r.stop_lsn);
             }
-            if opts.json {
-                cmd.stdout(stderr_dup()?);
+            if let Some(out) = then_stdout {
+                cmd.stdout(out);
             }
             let tty = Terminal::foreground();
             let t1 = Instant::now();

@@ -611,10 +611,18 @@ impl Client {
 
     /// Every object below the store's prefix (recursively), keys relative to the prefix.
     pub fn list(&self) -> Result<Vec<ObjectInfo>> {
-        let prefix = if self.url.prefix.is_empty() {
+        self.list_below("")
+    }
+
+    /// Every object below `<prefix>/<sub>/` (all of the store for an empty `sub`), keys
+    /// relative to the store's prefix.
+    pub fn list_below(&self, sub: &str) -> Result<Vec<ObjectInfo>> {
+        let prefix = if self.url.prefix.is_empty() && sub.is_empty() {
             None
-        } else {
+        } else if sub.is_empty() {
             Some(self.path("")?)
+        } else {
+            Some(self.path(sub)?)
         };
         let strip = if self.url.prefix.is_empty() {
             String::new()

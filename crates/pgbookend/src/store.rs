@@ -77,14 +77,16 @@ impl Store {
     }
 
     /// Checks, before a backup starts, that `id` is new in this store and (for S3) that the
-    /// store answers with these credentials. A usage error if the bundle exists; an
-    /// environment error if the store cannot be reached.
+    /// bucket exists and answers to these credentials (by listing `<prefix>/<id>/`, whose
+    /// errors, unlike those of a HEAD, say why). A usage error if the bundle exists; an
+    /// environment error if the store cannot be used.
     pub fn preflight(&self, id: &str) -> Result<()> {
         let exists = match self {
             Store::Local(p) => p.join(id).join(crate::bundle::MANIFEST).exists(),
             Store::S3(u) => crate::s3::Client::open(u)?
-                .head(&format!("{id}/{}", crate::bundle::MANIFEST))?
-                .is_some(),
+                .list_below(id)?
+                .iter()
+                .any(|o| o.key == format!("{id}/{}", crate::bundle::MANIFEST)),
         };
         if exists {
             return Err(Error::usage(format!(

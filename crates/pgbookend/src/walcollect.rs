@@ -83,7 +83,9 @@ pub fn window_files(
 }
 
 /// Copies each named file from `pg_wal` into `dest/wal/<name>.zst` (temporary name,
-/// fsync, rename), hashing the original bytes. Memory is bounded by the stream buffers.
+/// fsync, rename), hashing the original bytes. Segments are compressed by up to four
+/// workers (one per core): compression, not I/O, is what costs here. Memory is bounded
+/// by each worker's stream buffers.
 pub fn collect(
     pgdata: &Path,
     names: &[String],
@@ -92,65 +94,115 @@ pub fn collect(
 ) -> Result<Vec<WalEntry>> {
     let waldir = dest.join("wal");
     fsutil::ensure_dir(&waldir, own)?;
-    let mut out = Vec::with_capacity(names.len());
-    for name in names {
-        let src = pgdata.join("pg_wal").join(name);
-        let mut input = match fs::File::open(&src) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::void(format!(
-                    "WAL file {name} of the backup window is no longer in {}",
-                    pgdata.join("pg_wal").display()
-                ))
-                .hint("was the replication slot dropped, or max_slot_wal_keep_size exceeded?"))
-            }
-            Err(e) => return Err(io_err("cannot read", &src, e)),
-        };
-        let stored = format!("wal/{name}.zst");
-        let final_path = dest.join(&stored);
-        let tmp = waldir.join(format!(".{name}.zst.tmp"));
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| io_err("cannot create", &tmp, e))?;
-        let mut enc =
-            zstd::stream::write::Encoder::new(std::io::BufWriter::with_capacity(1 << 20, f), 3)
-                .map_err(|e| io_err("cannot compress into", &tmp, e))?;
-        let mut hash = Sha256::new();
-        let mut size = 0u64;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = input
-                .read(&mut buf)
-                .map_err(|e| io_err("cannot read", &src, e))?;
-            if n == 0 {
-                break;
-            }
-            hash.update(&buf[..n]);
-            size += n as u64;
-            enc.write_all(&buf[..n])
-                .map_err(|e| io_err("cannot write", &tmp, e))?;
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+        .min(names.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let results: Vec<std::sync::Mutex<Option<Result<WalEntry>>>> =
+        names.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= names.len() || failed.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let r = collect_one(pgdata, &names[i], dest, &waldir, own);
+                if r.is_err() {
+                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                if let Ok(mut slot) = results[i].lock() {
+                    *slot = Some(r);
+                }
+            });
         }
-        let bw = enc.finish().map_err(|e| io_err("cannot finish", &tmp, e))?;
-        let f = bw
-            .into_inner()
-            .map_err(|e| io_err("cannot write", &tmp, e.into_error()))?;
-        own.apply(&tmp, false)?;
-        f.sync_all().map_err(|e| io_err("cannot fsync", &tmp, e))?;
-        fs::rename(&tmp, &final_path)
-            .map_err(|e| io_err("cannot rename into place", &final_path, e))?;
-        out.push(WalEntry {
-            name: name.clone(),
-            size: Some(size),
-            sha256: Some(hex::encode(hash.finalize())),
-            stored: Some(stored),
-            archived_as: None,
-        });
+    });
+    let mut out = Vec::with_capacity(names.len());
+    for (i, r) in results.into_iter().enumerate() {
+        match r.into_inner().ok().flatten() {
+            Some(Ok(e)) => out.push(e),
+            Some(Err(e)) => return Err(e),
+            None if failed.load(std::sync::atomic::Ordering::SeqCst) => continue,
+            None => {
+                return Err(Error::internal(format!(
+                    "WAL file {} was not collected",
+                    names[i]
+                )))
+            }
+        }
+    }
+    if out.len() != names.len() {
+        return Err(Error::internal("WAL collection stopped early"));
     }
     fsutil::fsync_dir(&waldir)?;
     Ok(out)
+}
+
+/// Compresses one WAL file into the bundle.
+fn collect_one(
+    pgdata: &Path,
+    name: &str,
+    dest: &Path,
+    waldir: &Path,
+    own: &Ownership,
+) -> Result<WalEntry> {
+    let src = pgdata.join("pg_wal").join(name);
+    let mut input = match fs::File::open(&src) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::void(format!(
+                "WAL file {name} of the backup window is no longer in {}",
+                pgdata.join("pg_wal").display()
+            ))
+            .hint("was the replication slot dropped, or max_slot_wal_keep_size exceeded?"))
+        }
+        Err(e) => return Err(io_err("cannot read", &src, e)),
+    };
+    let stored = format!("wal/{name}.zst");
+    let final_path = dest.join(&stored);
+    let tmp = waldir.join(format!(".{name}.zst.tmp"));
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| io_err("cannot create", &tmp, e))?;
+    let mut enc =
+        zstd::stream::write::Encoder::new(std::io::BufWriter::with_capacity(1 << 20, f), 3)
+            .map_err(|e| io_err("cannot compress into", &tmp, e))?;
+    let mut hash = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = input
+            .read(&mut buf)
+            .map_err(|e| io_err("cannot read", &src, e))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        size += n as u64;
+        enc.write_all(&buf[..n])
+            .map_err(|e| io_err("cannot write", &tmp, e))?;
+    }
+    let bw = enc.finish().map_err(|e| io_err("cannot finish", &tmp, e))?;
+    let f = bw
+        .into_inner()
+        .map_err(|e| io_err("cannot write", &tmp, e.into_error()))?;
+    own.apply(&tmp, false)?;
+    f.sync_all().map_err(|e| io_err("cannot fsync", &tmp, e))?;
+    fs::rename(&tmp, &final_path)
+        .map_err(|e| io_err("cannot rename into place", &final_path, e))?;
+    Ok(WalEntry {
+        name: name.to_string(),
+        size: Some(size),
+        sha256: Some(hex::encode(hash.finalize())),
+        stored: Some(stored),
+        archived_as: None,
+    })
 }
 
 /// The suffixes under which common archivers store a WAL file.

@@ -526,6 +526,10 @@ fn settings_env(c: &Cluster, tool: &Tool, work: &Path) -> BTreeMap<String, Strin
     set("LANG", "C.UTF-8".into());
     set("PGPASSFILE", "/nonexistent".into());
     set("PGBOOKEND_RUN_DIR", tool.run_dir().display().to_string());
+    set(
+        "PGBOOKEND_STATE_DIR",
+        tool.run_dir.path().join("state").display().to_string(),
+    );
     m
 }
 

@@ -23,6 +23,19 @@ fn run_cmd(tool: &Tool, id: &str, extra: &[&str], command: &[&str]) -> Command {
     tool.cmd(&args)
 }
 
+/// Kills a spawned `pgbookend run` (and so, through its parent-death signal, COMMAND) if
+/// the test fails while it runs, so that a failing test leaves no process behind.
+struct KillOnPanic(i32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // SAFETY: a signal to a process this test spawned.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+}
+
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
@@ -102,6 +115,20 @@ fn run_success(major: u32) {
         "the copy made by COMMAND carries the marker"
     );
     assert_eq!(tool.status(&id).json()["state"], "stopped");
+
+    // start reports the tablespace directories too (JSON and human), for hook users.
+    let ts = c.tablespace_dir().unwrap().display().to_string();
+    assert_eq!(j["start"]["tablespaces"][0], ts.as_str());
+    let store = tool.store_path().display().to_string();
+    let r = tool
+        .run(&["start", "--id", "ts-human", "--store", &store])
+        .ok();
+    assert!(
+        r.stdout
+            .contains(&format!("the tablespace directories too: {ts}")),
+        "{r:?}"
+    );
+    tool.run(&["abort", "--id", "ts-human"]).ok();
 
     // The human form: progress on stderr, the stop report on stdout.
     let r: Run = run_cmd(&tool, "human", &[], &["true"])
@@ -198,6 +225,7 @@ fn run_signalled(major: u32) {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let _guard = KillOnPanic(child.id() as i32);
         // Mid-copy: rsync has started writing the copy.
         assert!(
             wait_until(Duration::from_secs(30), || out.path().join("copy").exists()),
@@ -255,6 +283,7 @@ fn run_void_mid_copy(major: u32) {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
+    let _guard = KillOnPanic(child.id() as i32);
     assert!(wait_until(Duration::from_secs(30), || out
         .path()
         .join("running")
@@ -439,3 +468,69 @@ fn hooks_across_processes(major: u32) {
     assert!(wait_until(Duration::from_secs(10), || !is_our_agent(agent)));
 }
 per_major!(hooks_across_processes_t, hooks_across_processes);
+
+/// run in the foreground of a terminal hands the terminal to COMMAND while it runs, so a
+/// program that prompts (a repository password) can read its answer; then takes it back.
+#[test]
+fn run_gives_command_the_terminal() {
+    run_for(15, |major| {
+        use std::io::{Read, Write};
+        let c = Cluster::start(ClusterOptions::new(major));
+        let tool = Tool::new(&c);
+        let out = pgbookend_testkit::temp_dir("out");
+        let (master, slave) = openpty();
+        let script = "printf 'password: ' > /dev/tty; read -r answer < /dev/tty; \
+                      printf '%s' \"$answer\" > \"$OUT/answer\"";
+        let mut cmd = run_cmd(&tool, "tty", &[], &["sh", "-c", script]);
+        cmd.env("OUT", out.path())
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave.try_clone().unwrap()));
+        // SAFETY: setsid and ioctl between fork and exec: run is the session leader of a
+        // terminal, in its foreground, as in an interactive login.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        let _guard = KillOnPanic(child.id() as i32);
+        drop(slave);
+        let mut m = std::fs::File::from(master);
+        // Answer once the prompt is on the terminal.
+        let mut seen = Vec::new();
+        let t0 = Instant::now();
+        while !String::from_utf8_lossy(&seen).contains("password: ") {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "no prompt: {seen:?}"
+            );
+            let mut buf = [0u8; 4096];
+            let n = m.read(&mut buf).unwrap_or(0);
+            seen.extend_from_slice(&buf[..n]);
+        }
+        m.write_all(b"typed-answer\n").unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut rest = Vec::new();
+            let _ = m.read_to_end(&mut rest);
+        });
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "run hung: COMMAND could not read the terminal"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "{status:?}");
+        assert_eq!(read(&out.path().join("answer")), "typed-answer");
+        assert!(tool.bundle_dir("tty").join("bundle.json").exists());
+        drop(reader);
+    });
+}

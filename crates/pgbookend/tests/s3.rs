@@ -450,6 +450,15 @@ fn s3_server_stopped_during_stop() {
         !staged("so"),
         "the staging directory is removed after the upload"
     );
+    let r = only.run(&[
+        "start",
+        "--id",
+        "dn3",
+        "--store",
+        "s3://no-such-bucket-here/x",
+    ]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("does not exist"), "{r:?}");
     only.run(&["start", "--id", "dn", "--store", &only.url])
         .ok();
     drop(s3b);
@@ -728,3 +737,117 @@ fn no_credentials_in_any_output() {
         );
     }
 }
+
+/// Settings and credentials from the AWS shared files alone (no AWS_* variables but
+/// AWS_PROFILE): the profile's endpoint and keys are used, and the keys appear nowhere.
+#[test]
+fn aws_profile_files() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let dir = pgbookend_testkit::temp_dir("awsfiles");
+    std::fs::write(
+        dir.path().join("config"),
+        format!(
+            "[default]\nregion = eu-west-1\n[profile bk]\nregion = eu-central-1\ns3 =\n  endpoint_url = {}\n  addressing_style = path\n",
+            s3.endpoint()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("credentials"),
+        format!("[bk]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n"),
+    )
+    .unwrap();
+    s3.put(BUCKET, "prof/x1/backup_label", b"label");
+    let run = |args: &[&str]| -> Run {
+        let mut c = std::process::Command::new(common::bin());
+        c.args(args)
+            .env("PGBOOKEND_CONFIG", dir.path().join("none.toml"))
+            .env("AWS_PROFILE", "bk")
+            .env("AWS_CONFIG_FILE", dir.path().join("config"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                dir.path().join("credentials"),
+            );
+        for k in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+        ] {
+            c.env_remove(k);
+        }
+        c.output().unwrap().into()
+    };
+    std::fs::write(dir.path().join("none.toml"), "").unwrap();
+    let url = format!("s3://{BUCKET}/prof");
+    let l = run(&["list", "--store", &url, "--json"]).ok();
+    assert_eq!(l.json()["bundles"][0]["id"], "x1");
+    assert_eq!(l.json()["bundles"][0]["complete"], false);
+    for s in [KEY_ID, SECRET] {
+        assert!(!l.all().contains(s));
+    }
+    // A profile that does not exist is an error that says so.
+    let mut bad = std::process::Command::new(common::bin());
+    bad.args(["list", "--store", &url])
+        .env("PGBOOKEND_CONFIG", dir.path().join("none.toml"))
+        .env("AWS_PROFILE", "nope")
+        .env("AWS_CONFIG_FILE", dir.path().join("config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            dir.path().join("credentials"),
+        );
+    let r: Run = bad.output().unwrap().into();
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("AWS_PROFILE"), "{r:?}");
+}
+
+/// A backup into an S3 store only, restored with `prepare --store s3://...`: the server
+/// starts, recovery completes, and the data is whole (pgbench invariant, the row
+/// committed just before stop, amcheck clean).
+fn prepare_from_s3(major: u32) {
+    let c = Cluster::start(ClusterOptions::new(major).data_checksums(true));
+    c.pgbench_init(1);
+    c.psql("CREATE TABLE rows (t text)");
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let t = S3Tool::new(&c, &s3.endpoint(), "restore");
+    let url = t.url.clone();
+    t.run(&["start", "--id", "s3r", "--store", &url]).ok();
+    let bench = c.pgbench_background(2, 2);
+    let copy = t.tool.run_dir.path().join("copy");
+    assert!(std::process::Command::new("cp")
+        .arg("-a")
+        .arg(c.pgdata())
+        .arg(&copy)
+        .status()
+        .unwrap()
+        .success());
+    bench.wait().expect("pgbench");
+    c.psql("INSERT INTO rows VALUES ('committed before stop')");
+    t.run(&["stop", "--id", "s3r"]).ok();
+    assert!(
+        !t.tool.bundle_dir("s3r").exists(),
+        "the bundle went to S3 only"
+    );
+    let d = copy.display().to_string();
+    let r = t.run(&["prepare", "--pgdata", &d, "--store", &url]).ok();
+    assert!(r.stdout.contains("start the server with"), "{r:?}");
+    let restored = Cluster::from_existing(major, copy.clone(), t.tool.run_dir.path().to_path_buf());
+    restored.start_again().unwrap_or_else(|l| panic!("{l}"));
+    assert!(common::wait_until(Duration::from_secs(60), || restored
+        .try_psql("SELECT pg_is_in_recovery()")
+        .as_deref()
+        == Ok("f")));
+    assert!(restored.pgbench_invariant_ok());
+    assert_eq!(restored.psql("SELECT t FROM rows"), "committed before stop");
+    restored.psql("CREATE EXTENSION amcheck");
+    restored.psql(
+        "SELECT bt_index_check(c.oid, true) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+         JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'btree' AND c.relpersistence = 'p'",
+    );
+}
+per_major!(prepare_from_s3_t, prepare_from_s3);

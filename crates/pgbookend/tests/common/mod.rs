@@ -64,6 +64,11 @@ impl Tool {
             "PGBOOKEND_RUN_DIR".into(),
             run_dir.path().join("r").display().to_string(),
         ));
+        // Live records (see live.rs) go to this test's own state directory, not the host's.
+        env.push((
+            "PGBOOKEND_STATE_DIR".into(),
+            run_dir.path().join("state").display().to_string(),
+        ));
         Tool {
             run_dir,
             store,

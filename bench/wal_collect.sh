@@ -1,0 +1,286 @@
+#!/usr/bin/env bash
+# bench/wal_collect.sh — "Collecting 64 segments: time against `zstd -3` of the same files
+# from the command line (target <= 1.2x)".
+#
+# On a throwaway PostgreSQL 15 cluster (wal_level replica, fsync on, no checkpoint during the
+# measurement: max_wal_size 32GB, checkpoint_timeout 1d), each round:
+#   1. `pgbookend start --id ID --store STORE` (default --wal collect: a temporary slot keeps
+#      the window's WAL in pg_wal);
+#   2. writes >= 64 segments (1 GiB) of WAL: INSERT ... SELECT i, md5(i::text), now() FROM
+#      generate_series(...) into an indexed table, in chunks, until pg_current_wal_lsn() is
+#      64 segments past the start LSN;
+#   3. `sync`, then `pgbookend stop --id ID --no-wait-archive --json`: its `duration_s` (the
+#      agent's own time for the stop: stop call, WAL compression + SHA-256 + fsync of each
+#      segment, file-list walk, bundle.json) and the wall time of the `stop` process;
+#   4. on the same segment files, still in pg_wal (no checkpoint ran), read from the page cache
+#      just as the agent read them, `sync` first, then:
+#        zstd -3 -q -f FILES --output-dir-flat SCRATCH           (the CLI default: -T1, i.e.
+#                                                               one compression thread + I/O)
+#        zstd -3 -q -f --single-thread FILES --output-dir-flat ... (strictly one thread)
+#        each also followed by `sync SCRATCH/*.zst` (fsync of each output, as pgbookend does),
+#      SCRATCH on the same filesystem as the store.
+# Median over the rounds. Prints a Markdown report on stdout, progress on stderr.
+#
+# Usage: bench/wal_collect.sh [--rounds N] [--segments N] [--tmpdir DIR] [--perf] [--keep]
+#   --rounds N     measured rounds (default 3)
+#   --segments N   WAL to write per round, in 16 MiB segments (default 64)
+#   --tmpdir DIR   where the cluster, store and scratch live (default $TMPDIR or /tmp)
+#   --perf         one more round with `perf record -g` on the agent during the stop, and
+#                  `strace -c -f` of it, summarised at the end
+#   --keep         keep the work directory
+# Everything it starts (postgres, agents, perf) is stopped by pid on exit, also on failure.
+set -euo pipefail
+
+ROUNDS=3
+SEGS=64
+TMPBASE=${TMPDIR:-/tmp}
+PERF=0
+KEEP=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --segments) SEGS=$2; shift 2 ;;
+    --tmpdir) TMPBASE=$2; shift 2 ;;
+    --perf) PERF=1; shift ;;
+    --keep) KEEP=1; shift ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    *) echo "wal_collect.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PGBIN=/usr/lib/postgresql/15/bin
+PSQL=$PGBIN/psql
+[ -x "$PGBIN/postgres" ] || { echo "wal_collect.sh: PostgreSQL 15 missing in $PGBIN" >&2; exit 4; }
+command -v zstd >/dev/null || { echo "wal_collect.sh: needs zstd" >&2; exit 4; }
+[ -n "${EPOCHREALTIME:-}" ] || { echo "wal_collect.sh: needs bash >= 5" >&2; exit 4; }
+
+WORK=
+PM_PID=
+PERF_PID=
+AGENT_PIDS=()
+BIN=
+as_owner() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+is_our_agent() { alive "$1" && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q "^$BIN __agent "; }
+cleanup() {
+  local rc=$? p
+  trap - EXIT INT TERM
+  set +e
+  alive "$PERF_PID" && kill -INT "$PERF_PID" 2>/dev/null && sleep 1
+  alive "$PERF_PID" && kill -KILL "$PERF_PID" 2>/dev/null
+  for p in "${AGENT_PIDS[@]}"; do is_our_agent "$p" && kill -TERM "$p" 2>/dev/null; done
+  for p in "${AGENT_PIDS[@]}"; do
+    for _ in $(seq 50); do is_our_agent "$p" || break; sleep 0.1; done
+    is_our_agent "$p" && kill -KILL "$p" 2>/dev/null
+  done
+  if alive "$PM_PID"; then
+    as_owner "$PGBIN/pg_ctl" -D "$WORK/data" -m immediate -w -t 60 stop >/dev/null 2>&1
+    alive "$PM_PID" && kill -KILL "$PM_PID" 2>/dev/null
+  fi
+  if [ -n "$WORK" ] && [ -d "$WORK" ]; then
+    if [ "$KEEP" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+die() { echo "wal_collect.sh: $*" >&2; exit 1; }
+note() { echo "# $*" >&2; }
+now_us() { echo "${EPOCHREALTIME/./}"; }
+
+note "building: cargo build --release -p pgbookend --examples"
+(cd "$ROOT" && cargo build --release --quiet -p pgbookend --examples) || die "build failed"
+
+WORK=$(mktemp -d "$TMPBASE/pgbookend-walbench.XXXXXX")
+chmod 755 "$WORK"
+BIN=$WORK/pgbookend   # private copy: a concurrent rebuild cannot swap it under the agent
+cp "$ROOT/target/release/pgbookend" "$BIN"
+BIN_SHA=$(sha256sum "$BIN" | cut -c1-12)
+RUNDIR=$WORK/run
+STORE=$WORK/store
+SCRATCH=$WORK/scratch
+mkdir -p "$WORK/sock" "$STORE" "$SCRATCH" "$WORK/samples"
+mkdir -m 700 "$WORK/data"
+touch "$WORK/server.log"
+if [ "$(id -u)" = 0 ]; then chown postgres: "$WORK/sock" "$WORK/data" "$WORK/server.log"; fi
+
+note "initdb in $WORK/data"
+as_owner "$PGBIN/initdb" -D "$WORK/data" -U postgres --auth=trust -E UTF8 --locale=C \
+  >"$WORK/initdb.log" 2>&1 || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
+as_owner "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -t 60 start -o \
+  "-c listen_addresses='' -c unix_socket_directories='$WORK/sock' -c port=5432 -c wal_level=replica -c archive_mode=off -c max_wal_size=32GB -c checkpoint_timeout=1d -c shared_buffers=512MB" \
+  >/dev/null || { cat "$WORK/server.log" >&2; die "server did not start"; }
+PM_PID=$(head -1 "$WORK/data/postmaster.pid")
+for v in $(env | sed -n 's/^\(PG[A-Z_]*\)=.*/\1/p'); do unset "$v"; done
+export PGHOST=$WORK/sock PGPORT=5432 PGUSER=postgres PGDATABASE=postgres
+: >"$WORK/empty.toml"
+export PGBOOKEND_CONFIG=$WORK/empty.toml
+q() { "$PSQL" -X -q -A -t -v ON_ERROR_STOP=1 -c "$1"; }
+PGV=$(q 'SHOW server_version' | awk '{ print $1 }')
+q "CREATE TABLE w (i bigint, t text, ts timestamptz); CREATE INDEX ON w (i);"
+SEG_BYTES=$((16 * 1024 * 1024))
+TARGET=$((SEGS * SEG_BYTES))
+
+# One round: start, write WAL, stop, zstd on the same files. Appends a sample line.
+one_round() { # one_round N PERF(0/1)
+  local n=$1 prof=$2 id="walbench-$1-$RANDOM" start_lsn written=0 next=1 chunk=2000000 t0 t1 rc
+  q "TRUNCATE w; CHECKPOINT;" >/dev/null
+  "$BIN" start --id "$id" --store "$STORE" --run-dir "$RUNDIR" --json >"$WORK/start.out" 2>"$WORK/start.err" ||
+    { cat "$WORK/start.out" "$WORK/start.err" >&2; die "start failed"; }
+  local apid
+  apid=$("$BIN" status --id "$id" --json --run-dir "$RUNDIR" | sed -n 's/.*"agent_pid": *\([0-9]*\).*/\1/p' | head -1)
+  [ -n "$apid" ] && AGENT_PIDS+=("$apid")
+  start_lsn=$(q "SELECT pg_current_wal_lsn()")
+  note "round $n: backup $id started (agent $apid); writing $SEGS segments of WAL"
+  t0=$(now_us)
+  while [ "$written" -lt "$TARGET" ]; do
+    q "INSERT INTO w SELECT i, md5(i::text), now() FROM generate_series($next, $((next + chunk - 1))) i" >/dev/null
+    next=$((next + chunk))
+    written=$(q "SELECT (pg_current_wal_lsn() - '$start_lsn'::pg_lsn)::bigint")
+    # the last chunk: just what is missing (about 90 bytes of WAL per row)
+    chunk=$(( (TARGET - written) / 90 + 1000 )); [ "$chunk" -gt 2000000 ] && chunk=2000000
+  done
+  t1=$(now_us)
+  note "round $n: $(awk -v b="$written" 'BEGIN { printf "%.0f MiB", b / 1048576 }') of WAL in $(( (t1 - t0) / 1000000 )) s; sync; stop"
+  sync
+  if [ "$prof" = 1 ]; then
+    perf record -F 999 -g -p "$apid" -o "$WORK/perf.data" >/dev/null 2>"$WORK/perf.err" &
+    PERF_PID=$!
+    sleep 1
+  fi
+  # CPU time of the agent during the stop (perf stat ends when the agent exits after it).
+  local pstat=""
+  if command -v perf >/dev/null; then
+    perf stat -x, -e task-clock -p "$apid" -o "$WORK/pstat.$n" >/dev/null 2>&1 &
+    pstat=$!
+    sleep 0.5
+  fi
+  t0=$(now_us)
+  rc=0
+  "$BIN" stop --id "$id" --no-wait-archive --json --run-dir "$RUNDIR" >"$WORK/stop.json" 2>"$WORK/stop.err" || rc=$?
+  t1=$(now_us)
+  if [ "$prof" = 1 ]; then
+    kill -INT "$PERF_PID" 2>/dev/null; wait "$PERF_PID" 2>/dev/null || true; PERF_PID=
+  fi
+  if [ -n "$pstat" ]; then
+    for _ in $(seq 50); do alive "$pstat" || break; sleep 0.1; done
+    alive "$pstat" && kill -INT "$pstat" 2>/dev/null
+    wait "$pstat" 2>/dev/null || true
+  fi
+  local acpu
+  acpu=$(awk -F, '$3 == "task-clock" || $3 ~ /task-clock/ { printf "%d", $1 * 1000 }' "$WORK/pstat.$n" 2>/dev/null)
+  [ -n "$acpu" ] || acpu=0
+  [ "$rc" = 0 ] || { cat "$WORK/stop.json" "$WORK/stop.err" >&2; die "stop exited $rc"; }
+  cp "$RUNDIR/$id/agent.log" "$WORK/samples/agent-$n.log" 2>/dev/null || true
+  local jf="$WORK/stop.json" dur segs stored
+  dur=$(sed -n 's/.*"duration_s": *\([0-9.e+-]*\).*/\1/p' "$jf" | head -1)
+  segs=$(sed -n 's/.*"wal_segments": *\([0-9]*\).*/\1/p' "$jf" | head -1)
+  stored=$(sed -n 's/.*"wal_bytes_stored": *\([0-9]*\).*/\1/p' "$jf" | head -1)
+  # The segment names from bundle.json, read in pg_wal where the agent read them.
+  local files=() name
+  while read -r name; do
+    [ -f "$WORK/data/pg_wal/$name" ] || die "$name is no longer in pg_wal (a checkpoint ran?)"
+    files+=("$WORK/data/pg_wal/$name")
+  done < <(python3 -c 'import json,sys; [print(w["name"]) for w in json.load(open(sys.argv[1]))["wal"] if not w["name"].endswith(".history")]' "$STORE/$id/bundle.json")
+  [ "${#files[@]}" = "$segs" ] || die "bundle.json lists ${#files[@]} segments, stop said $segs"
+  local raw
+  raw=$(cat "${files[@]}" | wc -c)
+  # zstd -3 (CLI default threading), then with its outputs fsynced; then --single-thread.
+  local z1 z1s z2 z2s zb
+  zrun() { # zrun SYNC(0/1) EXTRA... -> US
+    rm -f "$SCRATCH"/*.zst; sync
+    local a b
+    a=$(now_us)
+    /usr/bin/time -f '%U %S' -o "$WORK/ztime" zstd -3 -q -f "${@:2}" "${files[@]}" --output-dir-flat "$SCRATCH"
+    if [ "$1" = 1 ]; then sync "$SCRATCH"/*.zst "$SCRATCH"; fi
+    b=$(now_us)
+    US=$((b - a))
+    CPU=$(awk '{ printf "%d", ($1 + $2) * 1e6 }' "$WORK/ztime")
+  }
+  zrun 0; z1=$US
+  zb=$(cat "$SCRATCH"/*.zst | wc -c)
+  zrun 1; z1s=$US
+  zrun 0 --single-thread; z2=$US; local zcpu=$CPU
+  zrun 1 --single-thread; z2s=$US
+  rm -f "$SCRATCH"/*.zst
+  # sha256sum of the same files, for the breakdown (pgbookend hashes every segment).
+  local a b sha
+  a=$(now_us); sha256sum "${files[@]}" >/dev/null; b=$(now_us); sha=$((b - a))
+  if [ "$prof" = 0 ]; then
+    echo "$n $segs $raw $stored $zb $dur $((t1 - t0)) $z1 $z1s $z2 $z2s $sha $acpu $zcpu" >>"$WORK/samples/rounds"
+  fi
+  note "round $n: $segs segments; stop duration_s $dur, process $(( (t1 - t0) / 1000 )) ms; zstd -3 $((z1 / 1000)) ms, +sync $((z1s / 1000)) ms; --single-thread $((z2 / 1000)) ms, +sync $((z2s / 1000)) ms"
+  "$BIN" cleanup --run-dir "$RUNDIR" >/dev/null 2>&1 || true
+  rm -rf "${STORE:?}/$id"
+}
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+for i in $(seq 1 "$ROUNDS"); do one_round "$i" 0; done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+PERF_SUMMARY=
+if [ "$PERF" = 1 ]; then
+  command -v perf >/dev/null || die "--perf needs perf"
+  note "profiling round: perf record on the agent during stop"
+  one_round p 1
+  perf report -i "$WORK/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
+    grep -E '^ +[0-9]' | head -15 >"$WORK/samples/perf.txt" || true
+  PERF_SUMMARY=$(cat "$WORK/samples/perf.txt")
+fi
+
+# ---------------------------------------------------------------- report
+med() { # med COLUMN -> median of that column of the rounds
+  awk -v k="$1" '{ print $k }' "$WORK/samples/rounds" | sort -g | awk '{ v[NR] = $1 } END {
+    n = NR; if (n % 2) print v[(n + 1) / 2]; else print (v[n / 2] + v[n / 2 + 1]) / 2 }'
+}
+S=$(med 2); RAW=$(med 3); STORED=$(med 4); ZB=$(med 5)
+DUR=$(med 6); PROC=$(med 7); Z1=$(med 8); Z1S=$(med 9); Z2=$(med 10); Z2S=$(med 11); SHA=$(med 12)
+ACPU=$(med 13); ZCPU=$(med 14)
+sec() { awk -v u="$1" 'BEGIN { printf "%.2f s", u / 1e6 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { r = a / b; printf "%.2fx (%s)", r, (r <= 1.2) ? "met" : "not met" }'; }
+DUR_US=$(awk -v d="$DUR" 'BEGIN { printf "%d", d * 1e6 }')
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
+
+echo
+echo "## WAL collection: \`pgbookend stop\` against \`zstd -3\` (PostgreSQL $PGV)"
+echo
+echo "- $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, work dir on $(df -T "$WORK" | awk 'NR == 2 { print $2 }'); binary sha256 $BIN_SHA…; zstd $(zstd --version | sed -n 's/.* v\([0-9.]*\).*/\1/p')"
+echo "- $ROUNDS rounds, medians; load average before / after: $LOAD_BEFORE / $LOAD_AFTER"
+echo "- WAL: INSERT … SELECT i, md5(i::text), now() FROM generate_series into an indexed table; segments $S, raw $(mib "$RAW"), pgbookend stored $(mib "$STORED") ($(awk -v a="$RAW" -v b="$STORED" 'BEGIN { printf "%.2f", a / b }'):1), zstd -3 CLI $(mib "$ZB") ($(awk -v a="$RAW" -v b="$ZB" 'BEGIN { printf "%.2f", a / b }'):1)"
+echo
+echo "| what | time (median) | pgbookend \`duration_s\` / this |"
+echo "|---|---|---|"
+echo "| \`pgbookend stop\`: agent \`duration_s\` (stop call, $S segments zstd-3 + SHA-256 + fsync, file list, bundle.json) | $(sec "$DUR_US") | |"
+echo "| \`pgbookend stop\`: whole process wall time | $(sec "$PROC") | |"
+echo "| \`zstd -3 -q\` (CLI default: -T1) | $(sec "$Z1") | $(ratio "$DUR_US" "$Z1") |"
+echo "| \`zstd -3 -q\` + \`sync\` of the outputs | $(sec "$Z1S") | $(ratio "$DUR_US" "$Z1S") |"
+echo "| \`zstd -3 -q --single-thread\` | $(sec "$Z2") | $(ratio "$DUR_US" "$Z2") |"
+echo "| \`zstd -3 -q --single-thread\` + \`sync\` of the outputs | $(sec "$Z2S") | $(ratio "$DUR_US" "$Z2S") |"
+echo "| CPU time (user+sys): the agent during \`stop\` (perf stat task-clock) | $(sec "$ACPU") | |"
+echo "| CPU time (user+sys): \`zstd -3 -q --single-thread\` | $(sec "$ZCPU") | $(ratio "$ACPU" "$ZCPU") |"
+echo "| (for the breakdown) \`sha256sum\` of the same files | $(sec "$SHA") | |"
+echo
+echo "Per round (segments, raw bytes, stored bytes, zstd CLI bytes, duration_s, stop process µs, zstd µs, zstd+sync µs, single-thread µs, single-thread+sync µs, sha256sum µs, agent CPU µs, zstd single-thread CPU µs):"
+echo
+echo '```'
+cat "$WORK/samples/rounds"
+echo '```'
+# Where the agent's stop went, from its log timestamps (round 1).
+if [ -f "$WORK/samples/agent-1.log" ]; then
+  echo
+  echo "Agent log of round 1 (stop part):"
+  echo
+  echo '```'
+  sed -n '/request: Stop/,$p' "$WORK/samples/agent-1.log" | cut -c1-160
+  echo '```'
+fi
+if [ -n "$PERF_SUMMARY" ]; then
+  echo
+  echo "perf (agent, during one more stop; self time by DSO and symbol):"
+  echo
+  echo '```'
+  echo "$PERF_SUMMARY"
+  echo '```'
+fi
