@@ -160,9 +160,17 @@ impl Entry {
     }
 
     /// Records the agent's state durably.
+    /// Runtime state, not a durable record (the run directory is often tmpfs): written to
+    /// a temporary name and renamed, so readers never see half a file, but not fsynced —
+    /// the agent saves it at every heartbeat.
     pub fn write_state(&self, st: &AgentState) -> Result<()> {
         let data = serde_json::to_vec_pretty(st).map_err(|e| Error::internal(e.to_string()))?;
-        fsutil::write_atomic(&self.state_path(), &data, &Ownership::private())
+        let path = self.state_path();
+        let tmp = self
+            .dir
+            .join(format!(".state.json.tmp.{}", std::process::id()));
+        fs::write(&tmp, &data).map_err(|e| io_err("cannot write", &tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| io_err("cannot rename into place", &path, e))
     }
 
     /// Removes the whole entry.

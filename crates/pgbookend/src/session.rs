@@ -71,21 +71,23 @@ impl Session {
             version_num,
             major,
         };
+        // One round trip: the timeouts that could end the session go to 0 for this session
+        // (idle_session_timeout exists from 14), and server-side keepalives (effective on
+        // TCP only) follow the heartbeat so the server also notices a dead peer.
+        let idle_session = if major >= 14 {
+            ", set_config('idle_session_timeout', '0', false)"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT set_config('idle_in_transaction_session_timeout', '0', false), \
+                    set_config('statement_timeout', '0', false), \
+                    set_config('lock_timeout', '0', false), \
+                    set_config('tcp_keepalives_idle', $1, false), \
+                    set_config('tcp_keepalives_interval', $1, false){idle_session}"
+        );
         s.conn
-            .query(
-                "SELECT set_config(name, '0', false) FROM pg_settings \
-                 WHERE name IN ('idle_session_timeout', 'idle_in_transaction_session_timeout', \
-                                'statement_timeout', 'lock_timeout')",
-                &[],
-            )
-            .map_err(|e| sql_err("cannot configure the session", e))?;
-        // Server-side keepalives (effective on TCP only) so the server also notices a dead peer.
-        s.conn
-            .query(
-                "SELECT set_config(name, $1, false) FROM pg_settings \
-                 WHERE name IN ('tcp_keepalives_idle', 'tcp_keepalives_interval')",
-                &[&idle],
-            )
+            .query(&sql, &[&idle])
             .map_err(|e| sql_err("cannot configure the session", e))?;
         Ok(s)
     }
