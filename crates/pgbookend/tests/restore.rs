@@ -91,6 +91,14 @@ impl Fixture {
         f
     }
 
+    /// A backup with `cp -a` copies of PGDATA and the tablespace taken in its window.
+    fn with_copy(major: u32, id: &str, start_args: &[&str]) -> (Fixture, PathBuf, PathBuf) {
+        let mut copy = None;
+        let f = Fixture::new(major, id, start_args, |f| copy = Some(f.cp_copy("a")));
+        let (data, ts) = copy.expect("copied during the window");
+        (f, data, ts)
+    }
+
     fn store(&self) -> String {
         self.tool.store_path().display().to_string()
     }
@@ -268,9 +276,7 @@ fn refused(f: &Fixture, data: &Path, extra: &[&str], needle: &str) -> Run {
 }
 
 fn refuse_other_cluster(major: u32) {
-    let mut copy = None;
-    let f = Fixture::new(major, "same-id", &[], |f| copy = Some(f.cp_copy("a")));
-    let (data, ts) = copy.unwrap();
+    let (f, data, ts) = Fixture::with_copy(major, "same-id", &[]);
     // Another cluster's bundle with the same backup ID.
     let other = Cluster::start(ClusterOptions::new(major));
     let otool = Tool::new(&other);
@@ -296,9 +302,7 @@ fn refuse_other_cluster(major: u32) {
 per_major!(refuse_other_cluster_t, refuse_other_cluster);
 
 fn refuse_no_marker(major: u32) {
-    let mut copy = None;
-    let f = Fixture::new(major, "nomark", &[], |f| copy = Some(f.cp_copy("a")));
-    let (data, ts) = copy.unwrap();
+    let (f, data, ts) = Fixture::with_copy(major, "nomark", &[]);
     std::fs::remove_dir_all(data.join("pg_backup_metadata")).unwrap();
     refused(
         &f,
@@ -316,9 +320,7 @@ fn refuse_no_marker(major: u32) {
 per_major!(refuse_no_marker_t, refuse_no_marker);
 
 fn refuse_copy_before_start(major: u32) {
-    let mut copy = None;
-    let f = Fixture::new(major, "early", &[], |f| copy = Some(f.cp_copy("a")));
-    let (data, ts) = copy.unwrap();
+    let (f, data, ts) = Fixture::with_copy(major, "early", &[]);
     // Make the copy's pg_control look like one from before the backup started: an older
     // checkpoint, with a valid CRC.
     let mut ctl = std::fs::read(data.join("global/pg_control")).unwrap();
@@ -341,9 +343,7 @@ fn refuse_copy_before_start(major: u32) {
 per_major!(refuse_copy_before_start_t, refuse_copy_before_start);
 
 fn refuse_missing_file(major: u32) {
-    let mut copy = None;
-    let f = Fixture::new(major, "missing", &[], |f| copy = Some(f.cp_copy("a")));
-    let (data, ts) = copy.unwrap();
+    let (f, data, ts) = Fixture::with_copy(major, "missing", &[]);
     let rel = f.c.psql("SELECT pg_relation_filepath('pgbench_accounts')");
     std::fs::remove_file(data.join(&rel)).unwrap();
     let r = refused(
@@ -411,9 +411,7 @@ per_major!(refuse_running_t, refuse_running);
 
 /// A torn pg_control in the copy does not matter: the bundle's is installed.
 fn torn_control(major: u32) {
-    let mut copy = None;
-    let f = Fixture::new(major, "torn", &[], |f| copy = Some(f.cp_copy("a")));
-    let (data, ts) = copy.unwrap();
+    let (f, data, ts) = Fixture::with_copy(major, "torn", &[]);
     let p = data.join("global/pg_control");
     let mut b = std::fs::read(&p).unwrap();
     for x in b.iter_mut().take(200).skip(20) {
@@ -429,9 +427,7 @@ per_major!(torn_control_t, torn_control);
 
 /// After prepare, removing backup_label makes the server refuse to start.
 fn label_removed_refuses_start(major: u32) {
-    let mut copy = None;
-    let f = Fixture::new(major, "nolabel", &[], |f| copy = Some(f.cp_copy("a")));
-    let (data, ts) = copy.unwrap();
+    let (f, data, ts) = Fixture::with_copy(major, "nolabel", &[]);
     f.prepare(&data, &["--tablespace", &f.ts_arg(&ts)]).ok();
     std::fs::remove_file(data.join("backup_label")).unwrap();
     let r = Cluster::from_existing(major, data.clone(), data.parent().unwrap().to_path_buf());
@@ -501,9 +497,7 @@ per_major!(guard_stale_primary_t, guard_stale_primary);
 
 /// PITR from an archive to a named restore point created after the backup.
 fn pitr_restore_point(major: u32) {
-    let mut copy = None;
-    let f = Fixture::new(major, "pitr", &[], |f| copy = Some(f.cp_copy("a")));
-    let (data, ts) = copy.unwrap();
+    let (f, data, ts) = Fixture::with_copy(major, "pitr", &[]);
     f.c.psql("INSERT INTO rows VALUES ('before rp')");
     f.c.psql("SELECT pg_create_restore_point('rp')");
     f.c.psql("INSERT INTO rows VALUES ('after rp')");
@@ -535,9 +529,7 @@ per_major!(pitr_restore_point_t, pitr_restore_point);
 
 /// --standby: the prepared copy starts as a streaming standby of the original primary.
 fn standby_restore(major: u32) {
-    let mut copy = None;
-    let f = Fixture::new(major, "sb", &[], |f| copy = Some(f.cp_copy("a")));
-    let (data, ts) = copy.unwrap();
+    let (f, data, ts) = Fixture::with_copy(major, "sb", &[]);
     let ci = format!(
         "host={} port={} user=postgres",
         f.c.socket_dir().display(),
@@ -576,9 +568,7 @@ per_major!(standby_restore_t, standby_restore);
 
 /// --dry-run changes nothing and prints every action; verify reports the same copy clean.
 fn dry_run_and_verify(major: u32) {
-    let mut copy = None;
-    let f = Fixture::new(major, "dry", &[], |f| copy = Some(f.cp_copy("a")));
-    let (data, ts) = copy.unwrap();
+    let (f, data, ts) = Fixture::with_copy(major, "dry", &[]);
     let before = tree_digest(&data);
     let r = f
         .prepare(

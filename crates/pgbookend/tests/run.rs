@@ -235,17 +235,11 @@ fn run_signalled(major: u32) {
         let pgid: i32 = read(&out.path().join("pgid")).trim().parse().unwrap();
         // SAFETY: signals to processes this test started.
         unsafe { libc::kill(child.id() as i32, sig) };
-        let t0 = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "run did not end after the signal"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status = wait_child(
+            &mut child,
+            Duration::from_secs(30),
+            "run did not end after the signal",
+        );
         let r: Run = child.wait_with_output().unwrap().into();
         assert_eq!(status.code(), Some(128 + sig), "{r:?}");
         assert!(r.stderr.contains("aborted"), "{r:?}");
@@ -289,17 +283,11 @@ fn run_void_mid_copy(major: u32) {
         .join("running")
         .exists()));
     c.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'pgbookend%'");
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "run did not notice the lost session"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_child(
+        &mut child,
+        Duration::from_secs(20),
+        "run did not notice the lost session",
+    );
     let r: Run = child.wait_with_output().unwrap().into();
     assert_eq!(status.code(), Some(3), "{r:?}");
     assert!(r.stderr.contains("became void"), "{r:?}");
@@ -517,20 +505,30 @@ fn run_gives_command_the_terminal() {
             let mut rest = Vec::new();
             let _ = m.read_to_end(&mut rest);
         });
-        let t0 = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "run hung: COMMAND could not read the terminal"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status = wait_child(
+            &mut child,
+            Duration::from_secs(30),
+            "run hung: COMMAND could not read the terminal",
+        );
         assert!(status.success(), "{status:?}");
         assert_eq!(read(&out.path().join("answer")), "typed-answer");
         assert!(tool.bundle_dir("tty").join("bundle.json").exists());
         drop(reader);
     });
+}
+
+/// Waits for `child` to exit, failing the test with `what` after `limit`.
+fn wait_child(
+    child: &mut std::process::Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(t0.elapsed() < limit, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
