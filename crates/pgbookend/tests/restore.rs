@@ -137,6 +137,23 @@ impl Fixture {
     }
 }
 
+/// rsync of `src/` into `dest` (created) under load: exit 24 (files vanished during the
+/// copy) is expected.
+fn rsync_copy(flags: &str, src: &Path, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    let out = Command::new("rsync")
+        .arg(flags)
+        .arg(format!("{}/", src.display()))
+        .arg(dest)
+        .output()
+        .unwrap();
+    assert!(
+        matches!(out.status.code(), Some(0 | 24)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Starts a prepared directory and waits for recovery to finish.
 fn start_restored(major: u32, data: &Path, work: &Path) -> Cluster {
     let r = Cluster::from_existing(major, data.to_path_buf(), work.to_path_buf());
@@ -212,19 +229,7 @@ fn tar_and_rsync_restore(major: u32) {
             (f.c.pgdata().to_path_buf(), rs.join("data")),
             (f.c.tablespace_dir().unwrap(), rs.join("ts")),
         ] {
-            std::fs::create_dir_all(&d).unwrap();
-            let out = Command::new("rsync")
-                .arg("-a")
-                .arg(format!("{}/", src.display()))
-                .arg(&d)
-                .output()
-                .unwrap();
-            // 24: files vanished during the copy, expected under load.
-            assert!(
-                matches!(out.status.code(), Some(0 | 24)),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            rsync_copy("-a", &src, &d);
         }
     });
     // tar: restore into new directories.
@@ -648,18 +653,7 @@ fn inline_tablespace(major: u32) {
     let mut copy = None;
     let f = Fixture::new(major, "inline", &[], |f| {
         let d = f.work.path().join("l/data");
-        std::fs::create_dir_all(&d).unwrap();
-        let out = Command::new("rsync")
-            .arg("-aL")
-            .arg(format!("{}/", f.c.pgdata().display()))
-            .arg(&d)
-            .output()
-            .unwrap();
-        assert!(
-            matches!(out.status.code(), Some(0 | 24)),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        rsync_copy("-aL", f.c.pgdata(), &d);
         copy = Some(d);
     });
     let data = copy.unwrap();
