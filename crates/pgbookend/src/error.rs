@@ -26,6 +26,14 @@ pub enum Class {
     /// A copy or bundle fails a check: it would not recover correctly (`prepare` refused
     /// and changed nothing; `verify` found problems). Exit 6.
     Check,
+    /// `pg_backup_stop` succeeded and its label is saved, but the bundle is not complete
+    /// (the agent died, the WAL or an upload failed): the bundle is *rescuable* with
+    /// `pgbookend rescue --id ID`, which says where it is. Exit 7.
+    Rescuable,
+    /// `prepare` changed the copy and then failed part-way: the copy is half-prepared
+    /// (recorded in its journal; `guard` refuses it). Run the same `prepare` again to
+    /// finish it. Exit 8.
+    Unfinished,
 }
 
 impl Class {
@@ -38,6 +46,8 @@ impl Class {
             Class::Environment => 4,
             Class::WalNotSafe => 5,
             Class::Check => 6,
+            Class::Rescuable => 7,
+            Class::Unfinished => 8,
         }
     }
 }
@@ -76,6 +86,8 @@ impl Error {
             "environment" => Class::Environment,
             "wal_not_safe" => Class::WalNotSafe,
             "check" => Class::Check,
+            "rescuable" => Class::Rescuable,
+            "unfinished" => Class::Unfinished,
             _ => Class::Internal,
         }
     }
@@ -103,6 +115,8 @@ pub fn class_name(c: Class) -> &'static str {
         Class::Environment => "environment",
         Class::WalNotSafe => "wal_not_safe",
         Class::Check => "check",
+        Class::Rescuable => "rescuable",
+        Class::Unfinished => "unfinished",
     }
 }
 
