@@ -13,7 +13,9 @@ use std::process::ExitCode;
 ///
 /// Exit codes: 0 done and safe; 1 internal error; 2 usage error (nothing changed);
 /// 3 backup void (take a new one); 4 environment problem (nothing changed);
-/// 5 bundle written but WAL not confirmed safe.
+/// 5 bundle written but WAL not confirmed safe; 6 check failed (prepare refused and changed
+/// nothing; verify or guard found problems); 7 label saved but bundle incomplete (run
+/// `pgbookend rescue`); 8 prepare changed the copy and did not finish (run it again).
 #[derive(Parser, Debug)]
 #[command(name = "pgbookend", version, about, long_about)]
 struct Cli {
