@@ -13,7 +13,9 @@ use std::process::ExitCode;
 ///
 /// Exit codes: 0 done and safe; 1 internal error; 2 usage error (nothing changed);
 /// 3 backup void (take a new one); 4 environment problem (nothing changed);
-/// 5 bundle written but WAL not confirmed safe.
+/// 5 bundle written but WAL not confirmed safe; 6 check failed (nothing changed);
+/// 7 rescuable (label saved, bundle incomplete: `pgbookend rescue --id ID`);
+/// 8 prepare unfinished (run it again).
 #[derive(Parser, Debug)]
 #[command(name = "pgbookend", version, about, long_about)]
 struct Cli {
@@ -102,6 +104,20 @@ enum Cmd {
     },
     /// Remove old bundles from a store; the newest complete bundle of each cluster stays.
     Expire(ExpireArgs),
+    /// Complete the bundle of a stopped backup whose stop did not finish (exit 7): from
+    /// its saved label and the WAL still in pg_wal or the archive, bundle.json last.
+    Rescue {
+        /// The backup ID.
+        #[arg(long)]
+        id: String,
+        /// Where the bundle goes (default: the stores of the backup's start). Repeatable.
+        #[arg(long = "store", value_name = "URL")]
+        stores: Vec<String>,
+        /// A WAL archive directory to read the window's WAL from (plain or .zst), when
+        /// pg_wal no longer holds it (default: the backup's --archive).
+        #[arg(long, value_name = "DIR")]
+        archive: Option<PathBuf>,
+    },
     #[command(name = "__agent", hide = true)]
     Agent { id: String },
 }
@@ -223,9 +239,13 @@ struct ExpireArgs {
     /// Show what would be removed; remove nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Also remove partial bundles (no bundle.json) older than a day.
+    /// Also remove partial bundles (no bundle.json) older than a day, except rescuable ones.
     #[arg(long)]
     include_partial: bool,
+    /// Also remove rescuable partial bundles (they hold a label: `pgbookend rescue` could
+    /// still complete them) older than a day.
+    #[arg(long, requires = "include_partial")]
+    include_rescuable: bool,
 }
 
 impl ExpireArgs {
@@ -243,7 +263,13 @@ impl ExpireArgs {
                 ))
             }
         };
-        expire(&self.store, policy, self.dry_run, self.include_partial)
+        expire(
+            &self.store,
+            policy,
+            self.dry_run,
+            self.include_partial,
+            self.include_rescuable,
+        )
     }
 }
 
@@ -477,6 +503,11 @@ fn main() -> ExitCode {
         Cmd::List { store } => pgbookend::catalog::list(&store),
         Cmd::Show { store, id } => pgbookend::catalog::show(&store, &id),
         Cmd::Expire(a) => a.run(),
+        Cmd::Rescue {
+            id,
+            stores,
+            archive,
+        } => pgbookend::rescue::command(&run, &id, stores, archive),
         Cmd::Agent { .. } => unreachable!("handled above"),
     };
     match result {
