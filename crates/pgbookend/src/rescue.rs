@@ -241,6 +241,8 @@ pub fn build(dest: &Path, plan: &Plan, check: &mut dyn FnMut() -> Result<()>) ->
         )));
     }
     fsutil::ensure_dir(dest, &own)?;
+    remove_temporaries(dest)?;
+    remove_temporaries(&dest.join("wal"))?;
     copy_saved(plan.saved, dest, &own)?;
     let f = plan.facts;
     let mut m = f.manifest.clone();
@@ -270,6 +272,26 @@ pub fn build(dest: &Path, plan: &Plan, check: &mut dyn FnMut() -> Result<()>) ->
     let bytes = serde_json::to_vec_pretty(&m).map_err(|e| Error::internal(e.to_string()))?;
     fsutil::write_atomic(&dest.join(bundle::MANIFEST), &bytes, &own)?;
     Ok(m)
+}
+
+/// Removes the temporary files (`.NAME.tmp...`) an interrupted build left in `dir`, so a
+/// completed bundle holds only its own files. Links and directories are left alone.
+fn remove_temporaries(dir: &Path) -> Result<()> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("cannot list", dir, e)),
+    };
+    for e in rd {
+        let e = e.map_err(|e| io_err("cannot list", dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_file = e.file_type().is_ok_and(|t| t.is_file());
+        if is_file && name.starts_with('.') && name.contains(".tmp") {
+            std::fs::remove_file(e.path())
+                .map_err(|err| io_err("cannot remove", &e.path(), err))?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies the saved files of a rescue copy into a bundle directory.

@@ -62,6 +62,20 @@ fn restores(major: u32, tool: &Tool, store: &str, copy: &Path) {
     assert_eq!(r.psql("SELECT t FROM rows"), "committed before stop");
 }
 
+/// Every file below `dir` whose name starts with a dot (temporary files).
+fn dot_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(dot_files(&p));
+        } else if p.file_name().unwrap().to_string_lossy().starts_with('.') {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// The agent is killed at each point of `stop` after the stop call: the label is saved,
 /// `stop`, `status` and `list` report a rescuable bundle with its path (exit 7), an ID
 /// with leftovers cannot be reused, `rescue` completes the bundle, and it restores.
@@ -127,6 +141,11 @@ fn killed_agent(major: u32) {
         assert!(
             !saved.exists(),
             "{point}: the rescue copy is removed once complete"
+        );
+        let leftovers = dot_files(&tool.bundle_dir(&id));
+        assert!(
+            leftovers.is_empty(),
+            "{point}: temporary files left: {leftovers:?}"
         );
         assert_eq!(tool.status(&id).code, 0, "{point}: status after rescue");
         tool.run(&["verify", "--store", &store, "--id", &id]).ok();
