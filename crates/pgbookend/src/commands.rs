@@ -281,6 +281,14 @@ pub fn stop(
     if !entry.exists() {
         return Err(unknown_id(run, id));
     }
+    // `stop` run again on a rescuable backup completes it, as `rescue` does.
+    if !entry.agent_alive()
+        && entry
+            .read_state()
+            .is_some_and(|st| st.state == Phase::Rescuable)
+    {
+        return crate::rescue::command(run, id, Vec::new(), None);
+    }
     let req = Request::Stop {
         wait_archive,
         archive_timeout_ms: timeout.as_millis() as u64,
@@ -343,7 +351,7 @@ fn rescuable_error(st: &AgentState) -> Error {
         ),
     )
     .hint(format!(
-        "run `pgbookend rescue --id {id}`: it completes the bundle from the saved label{} and the WAL still in pg_wal or the archive",
+        "run `pgbookend rescue --id {id}` (or this stop again): it completes the bundle from the saved label{} and the WAL still in pg_wal or the archive",
         st.rescue
             .as_deref()
             .map(|p| format!(" in {p}"))

@@ -47,7 +47,8 @@ enum Cmd {
     /// Run one whole backup around COMMAND (the copy): start, COMMAND, then stop if it
     /// exits 0 (and --then CMD) or abort if it fails; exits with COMMAND's code on failure.
     Run(RunArgs),
-    /// Stop a backup and write its bundle: the post-backup hook.
+    /// Stop a backup and write its bundle: the post-backup hook. Run again on a rescuable
+    /// backup (exit 7), it completes the bundle as `rescue` does.
     Stop {
         /// The backup ID given to (or printed by) start.
         #[arg(long)]
