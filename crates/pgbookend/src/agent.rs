@@ -909,6 +909,7 @@ impl Agent {
             archive_dir: self.cfg.archive_dir.clone(),
             start_tli,
             manifest,
+            token: self.token.clone(),
         };
         Ok((facts, small))
     }

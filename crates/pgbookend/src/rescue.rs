@@ -46,6 +46,9 @@ pub struct Facts {
     pub start_tli: u32,
     /// The bundle's manifest without `wal` and `files` (those are made when it is built).
     pub manifest: Manifest,
+    /// The token of the backup's live record (see `live.rs`), removed once rescued.
+    #[serde(default)]
+    pub token: String,
 }
 
 /// Kills the process with SIGKILL when `PGBOOKEND_FAULT` names `point`. Only debug builds
@@ -578,6 +581,7 @@ pub fn command(
         });
     }
     fsutil::remove_tree(&saved)?;
+    crate::live::remove(id, &facts.token);
     if let Some(mut st) = entry.read_state() {
         st.state = crate::state::Phase::Stopped;
         st.rescue = None;

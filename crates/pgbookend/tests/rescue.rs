@@ -127,6 +127,9 @@ fn killed_agent(major: u32) {
         assert_eq!(entry["complete"], false);
         assert_eq!(entry["rescuable"], true, "{point}: {entry}");
 
+        let show = tool.run(&["show", "--store", &store, "--id", &id]).ok();
+        assert!(show.stdout.contains("RESCUABLE"), "{point}: {show:?}");
+
         // The ID cannot be reused while its leftovers exist.
         let again = tool.start(&id, &[]);
         assert_eq!(
