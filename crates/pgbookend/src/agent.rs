@@ -10,10 +10,10 @@ use crate::error::{class_name, io_err, Class, Error, Result};
 use crate::filelist;
 use crate::marker::{self, Marker};
 use crate::protocol::{Request, Response};
+use crate::rescue;
 use crate::rundir::{Entry, RunDir};
 use crate::session::Session;
 use crate::state::{AgentState, Phase, StopReport, StoreOutcome};
-use crate::store::Store;
 use crate::timefmt::{now_unix, rfc3339};
 use crate::walcollect::{self, WalMode};
 use crate::{bundle, TOOL, VERSION};
@@ -336,6 +336,7 @@ impl Agent {
             timeout_ms: cfg.timeout_ms,
             failure: None,
             stop: None,
+            rescue: None,
             updated: now_unix(),
         };
         Agent {
@@ -607,7 +608,7 @@ impl Agent {
                     match s.poll() {
                         Ok(Some(answer)) => {
                             self.heartbeat_pending = None;
-                            if answer == "lost" || answer == "missing" {
+                            if answer == "lost" || answer == "missing" || answer == "unreserved" {
                                 return self.void(
                                     Phase::Failed,
                                     format!(
@@ -755,36 +756,70 @@ impl Agent {
         };
         let stop_unix = now_unix();
         tracing::info!("backup stopped at {}", res.lsn);
-        match self.finish(res, stop_unix, wait_archive, archive_timeout, t0) {
+        match self.finish(&res, stop_unix, wait_archive, archive_timeout, t0) {
             Ok(resp) => resp,
-            Err(e) => {
-                // The backup is stopped on the server but the bundle could not be made: the
-                // label is gone with the session. Say so plainly.
-                let why = format!(
-                    "the backup stopped but its bundle could not be written: {}",
-                    e.message
-                );
-                self.void(Phase::Failed, why.clone());
-                Response::Error {
-                    error: Error::new(e.class(), why)
-                        .hint("take a new backup once the cause is fixed"),
+            Err(e) => match self.state.rescue.clone() {
+                Some(saved) => {
+                    let why = format!(
+                        "backup {} stopped and its label is saved in {saved}, but its bundle is not complete: {}",
+                        self.cfg.id, e.message
+                    );
+                    Response::Error {
+                        error: self.rescuable(why, e.hints),
+                    }
                 }
-            }
+                None => {
+                    // Not even the label could be saved: say so plainly.
+                    let why = format!(
+                        "the backup stopped but neither its label nor its bundle could be written: {}",
+                        e.message
+                    );
+                    self.void(Phase::Failed, why.clone());
+                    Response::Error {
+                        error: Error::new(e.class(), why)
+                            .hint("take a new backup once the cause is fixed"),
+                    }
+                }
+            },
         }
     }
 
-    fn finish(
+    /// Ends a stopped backup whose bundle is not complete: its label is saved, the backup
+    /// is rescuable. Returns the error `stop` reports (exit 7).
+    fn rescuable(&mut self, why: String, hints: Vec<String>) -> Error {
+        tracing::error!("{why}");
+        self.session = None;
+        if let Some(pgdata) = self.pgdata.clone() {
+            if let Err(e) = marker::remove(&pgdata, &self.cfg.id) {
+                tracing::error!("cannot remove the marker: {e}");
+            }
+        }
+        crate::live::remove(&self.cfg.id, &self.token);
+        self.state.state = Phase::Rescuable;
+        self.state.failure = Some(why.clone());
+        self.save();
+        if let Some(l) = self.listener.take() {
+            drop(l);
+            let _ = std::fs::remove_file(self.entry.socket());
+        }
+        let mut e = Error::new(Class::Rescuable, why);
+        for h in hints {
+            e = e.hint(h);
+        }
+        e.hint(format!(
+            "once the cause is fixed, run `pgbookend rescue --id {}`: it completes the bundle from the saved label and the WAL still in pg_wal or the archive",
+            self.cfg.id
+        ))
+    }
+
+    /// The facts of the stopped backup (the manifest without WAL and files) and the
+    /// server's files, from the stop call's answer and `pg_control`.
+    fn facts_of(
         &mut self,
-        res: crate::session::StopResult,
+        res: &crate::session::StopResult,
         stop_unix: i64,
-        wait_archive: Option<bool>,
-        archive_timeout: Duration,
-        t0: Instant,
-    ) -> Result<Response> {
-        let pgdata = self
-            .pgdata
-            .clone()
-            .ok_or_else(|| Error::internal("no PGDATA"))?;
+        pgdata: &Path,
+    ) -> Result<(rescue::Facts, rescue::Saved)> {
         let lbl = label::BackupLabel::parse(&res.labelfile).map_err(|e| {
             Error::internal(format!("the server's backup_label does not parse: {e}"))
         })?;
@@ -797,7 +832,7 @@ impl Agent {
                 self.start_lsn
             );
         }
-        let (ctl, ctl_bytes) = read_control(&pgdata)?;
+        let (ctl, ctl_bytes) = read_control(pgdata)?;
         let standby = lbl.from_standby();
         if standby != (self.state.backup_from.as_deref() == Some("standby")) {
             return Err(Error::void(
@@ -811,81 +846,6 @@ impl Agent {
             ctl.timeline
         };
         let seg = ctl.xlog_seg_size;
-        let start_wal_file = wal::file_name(start_tli, wal::segno(self.start_lsn, seg), seg);
-        let stop_wal_file = wal::file_name(stop_tli, wal::prev_segno(res.lsn, seg), seg);
-        let mode = self.cfg.wal_mode;
-
-        // With the WAL in the bundle (collect) or confirmed in an archive directory
-        // (archive), the server's own archiving is not what makes this backup restorable,
-        // so `stop` waits for it only in `none` mode unless asked.
-        let wait = wait_archive.unwrap_or(mode == WalMode::None);
-        let (wal_archive, wal_detail) = if !wait {
-            ("not_waited".to_string(), None)
-        } else {
-            self.wait_archive(&pgdata, standby, &stop_wal_file, archive_timeout)
-        };
-
-        let waldir = pgdata.join("pg_wal");
-        let in_pg_wal = |n: &str| waldir.join(n).is_file();
-        let in_archive = |n: &str| {
-            self.cfg
-                .archive_dir
-                .as_deref()
-                .map(|d| walcollect::find_in_archive(d, n).is_some())
-                .unwrap_or(false)
-        };
-        let window: Vec<String> = match mode {
-            WalMode::Archive => walcollect::window_files(
-                self.start_lsn,
-                res.lsn,
-                start_tli,
-                stop_tli,
-                seg,
-                &in_archive,
-            ),
-            _ => walcollect::window_files(
-                self.start_lsn,
-                res.lsn,
-                start_tli,
-                stop_tli,
-                seg,
-                &in_pg_wal,
-            ),
-        };
-        let mut wal_entries: Vec<bundle::WalEntry> = Vec::new();
-        if mode == WalMode::Archive {
-            let dir = self
-                .cfg
-                .archive_dir
-                .clone()
-                .ok_or_else(|| Error::internal("archive mode without --archive"))?;
-            match walcollect::wait_archive_dir(&dir, &window, archive_timeout) {
-                Ok(found) => wal_entries = found,
-                Err(missing) => {
-                    return Err(Error::new(
-                        Class::WalNotSafe,
-                        format!(
-                            "WAL file {missing} of the backup window did not appear in {} within --archive-timeout ({})",
-                            dir.display(),
-                            crate::timefmt::human_duration(archive_timeout)
-                        ),
-                    )
-                    .hint("check archive_command and pg_stat_archiver; or take backups with --wal collect"))
-                }
-            }
-        } else if mode == WalMode::None {
-            wal_entries = window
-                .iter()
-                .map(|n| bundle::WalEntry {
-                    name: n.clone(),
-                    size: None,
-                    sha256: None,
-                    stored: None,
-                    archived_as: None,
-                })
-                .collect();
-        }
-
         let tablespaces = if res.spcmapfile.is_empty() {
             Vec::new()
         } else {
@@ -898,8 +858,7 @@ impl Agent {
                 .map(|(oid, path)| bundle::Tablespace { oid, path })
                 .collect()
         };
-        let start_time = rfc3339(self.state.start_time.unwrap_or(stop_unix));
-        let mut manifest = bundle::Manifest {
+        let manifest = bundle::Manifest {
             format: bundle::FORMAT,
             id: self.cfg.id.clone(),
             system_identifier: ctl.system_identifier.to_string(),
@@ -909,12 +868,12 @@ impl Agent {
             start_lsn: self.start_lsn.to_string(),
             stop_lsn: res.lsn.to_string(),
             checkpoint_lsn: lbl.checkpoint_location.to_string(),
-            start_wal_file: start_wal_file.clone(),
-            stop_wal_file: stop_wal_file.clone(),
+            start_wal_file: wal::file_name(start_tli, wal::segno(self.start_lsn, seg), seg),
+            stop_wal_file: wal::file_name(stop_tli, wal::prev_segno(res.lsn, seg), seg),
             wal_segment_size: seg,
             // Normalised: PostgreSQL 13 writes "master" where later majors write "primary".
             backup_from: if standby { "standby" } else { "primary" }.into(),
-            start_time: start_time.clone(),
+            start_time: rfc3339(self.state.start_time.unwrap_or(stop_unix)),
             stop_time: rfc3339(stop_unix),
             host: host_name(),
             pgdata: pgdata.display().to_string(),
@@ -922,8 +881,8 @@ impl Agent {
             data_checksums: ctl.data_checksum_version != 0,
             tool: TOOL.into(),
             tool_version: VERSION.into(),
-            wal_mode: mode.as_str().into(),
-            wal_archive: wal_archive.clone(),
+            wal_mode: self.cfg.wal_mode.as_str().into(),
+            wal_archive: "not_waited".into(),
             archive_dir: self
                 .cfg
                 .archive_dir
@@ -933,128 +892,164 @@ impl Agent {
             file_list: None,
             files: BTreeMap::new(),
         };
-        let small: Vec<(String, Vec<u8>)> = {
-            let mut v = vec![(
-                "backup_label".to_string(),
-                res.labelfile.clone().into_bytes(),
-            )];
-            if !res.spcmapfile.is_empty() {
-                v.push(("tablespace_map".into(), res.spcmapfile.clone().into_bytes()));
-            }
-            v.push(("pg_control".into(), ctl_bytes));
-            v
+        let mut small = vec![(
+            "backup_label".to_string(),
+            res.labelfile.clone().into_bytes(),
+        )];
+        if !res.spcmapfile.is_empty() {
+            small.push(("tablespace_map".into(), res.spcmapfile.clone().into_bytes()));
+        }
+        small.push(("pg_control".into(), ctl_bytes));
+        let facts = rescue::Facts {
+            format: 1,
+            id: self.cfg.id.clone(),
+            stores: self.cfg.stores.clone(),
+            min_stores: self.cfg.min_stores,
+            wal_mode: self.cfg.wal_mode,
+            archive_dir: self.cfg.archive_dir.clone(),
+            start_tli,
+            manifest,
+            token: self.token.clone(),
         };
+        Ok((facts, small))
+    }
 
-        // The bundle is written whole once: into the first local store that takes it, or
-        // (no local store) into a staging directory; then it is copied or uploaded to every
-        // other store.
-        let stores: Vec<(String, Result<Store>)> = self
-            .cfg
-            .stores
-            .iter()
-            .map(|u| (u.clone(), Store::parse(u)))
-            .collect();
-        let mut results: Vec<Option<Result<String>>> = vec![None; stores.len()];
-        let mut source: Option<PathBuf> = None;
-        for (i, (_, store)) in stores.iter().enumerate() {
-            match store {
-                Err(e) => results[i] = Some(Err(e.clone())),
-                Ok(s) => {
-                    let Some(dir) = s.local_bundle_dir(&self.cfg.id) else {
-                        continue;
-                    };
-                    if source.is_some() {
-                        continue;
-                    }
-                    results[i] = Some(
-                        self.write_primary(
-                            &dir,
-                            &pgdata,
-                            &small,
-                            &window,
-                            &mut wal_entries,
-                            &mut manifest,
-                        )
-                        .map(|()| dir.display().to_string()),
-                    );
-                    if matches!(results[i], Some(Ok(_))) {
-                        source = Some(dir);
-                    }
+    /// Saves the label durably before anything that can wait or fail: into the state
+    /// directory (else the run directory), and into each local store. Records where.
+    fn save_label(
+        &mut self,
+        res: &crate::session::StopResult,
+        stop_unix: i64,
+        pgdata: &Path,
+    ) -> Result<(rescue::Facts, PathBuf)> {
+        let roots = [rescue::root(), self.entry.dir.join("rescue")];
+        let (facts, small) = match self.facts_of(res, stop_unix, pgdata) {
+            Ok(x) => x,
+            Err(e) => {
+                // Keep the server's answer anyway, for a human to look at.
+                let mut small = vec![(
+                    "backup_label".to_string(),
+                    res.labelfile.clone().into_bytes(),
+                )];
+                if !res.spcmapfile.is_empty() {
+                    small.push(("tablespace_map".into(), res.spcmapfile.clone().into_bytes()));
                 }
+                if let Ok(p) = rescue::save(&roots, &self.cfg.id, None, &small) {
+                    self.state.rescue = Some(p.display().to_string());
+                    self.save();
+                }
+                return Err(e);
             }
+        };
+        let saved = rescue::save(&roots, &self.cfg.id, Some(&facts), &small)?;
+        tracing::info!("label saved in {}", saved.display());
+        self.state.rescue = Some(saved.display().to_string());
+        self.save();
+        rescue::seed_stores(&saved, &facts);
+        rescue::fault("after-stop-call");
+        Ok((facts, saved))
+    }
+
+    /// The file list (files present at start and at stop) into the rescue copy.
+    fn file_list(&self, pgdata: &Path, saved: &Path, facts: &mut rescue::Facts) -> Result<()> {
+        let start_list = self.entry.dir.join(START_LIST);
+        if !start_list.exists() {
+            return Ok(());
         }
-        let mut staging: Option<tempfile::TempDir> = None;
-        let mut stage_error: Option<Error> = None;
-        if source.is_none() && results.iter().any(|r| r.is_none()) {
-            match stage_dir(&self.cfg.id) {
-                Ok(t) => {
-                    let dir = t.path().join(&self.cfg.id);
-                    tracing::info!("staging the bundle in {} for upload", dir.display());
-                    match self.write_primary(
-                        &dir,
-                        &pgdata,
-                        &small,
-                        &window,
-                        &mut wal_entries,
-                        &mut manifest,
-                    ) {
-                        Ok(()) => {
-                            source = Some(dir);
-                            staging = Some(t);
-                        }
-                        Err(e) => stage_error = Some(e),
-                    }
-                }
-                Err(e) => stage_error = Some(e),
-            }
-        }
-        for (i, (_, store)) in stores.iter().enumerate() {
-            if results[i].is_some() {
-                continue;
-            }
-            results[i] = Some(match (store, &source) {
-                (Ok(s), Some(from)) => s.copy_bundle_from(&self.cfg.id, from, &manifest),
-                _ => {
-                    let why = stage_error
-                        .as_ref()
-                        .map(|e| e.message.as_str())
-                        .unwrap_or("?");
-                    Err(Error::env(format!(
-                        "the bundle could not be staged locally for upload: {why}"
-                    ))
-                    .hint("set TMPDIR (for the agent: in the environment of start) to a directory with room for the bundle"))
-                }
-            });
-        }
-        let mut hints: Vec<String> = Vec::new();
-        let mut outcomes = Vec::new();
-        for ((url, _), r) in stores.iter().zip(results) {
-            match r.unwrap_or_else(|| Err(Error::internal("store not attempted"))) {
-                Ok(loc) => {
-                    tracing::info!("bundle written to {loc}");
-                    outcomes.push(StoreOutcome {
-                        store: url.clone(),
-                        ok: true,
-                        location: Some(loc),
-                        error: None,
-                    })
-                }
-                Err(e) => {
-                    tracing::error!("store {url} failed: {e}");
-                    for h in &e.hints {
-                        if !hints.contains(h) {
-                            hints.push(h.clone());
-                        }
-                    }
-                    outcomes.push(StoreOutcome {
-                        store: url.clone(),
-                        ok: false,
-                        location: None,
-                        error: Some(e.message),
-                    })
-                }
-            }
-        }
+        let tmp = saved.join(format!(".{FILE_LIST}.tmp"));
+        let count = filelist::intersect_walk(pgdata, &start_list, &tmp)?;
+        let dest = saved.join(FILE_LIST);
+        std::fs::rename(&tmp, &dest).map_err(|e| io_err("cannot rename", &tmp, e))?;
+        crate::fsutil::fsync_dir(saved)?;
+        facts.manifest.file_list = Some(bundle::FileList {
+            name: FILE_LIST.into(),
+            count,
+        });
+        rescue::write_facts(saved, facts)
+    }
+
+    fn finish(
+        &mut self,
+        res: &crate::session::StopResult,
+        stop_unix: i64,
+        wait_archive: Option<bool>,
+        archive_timeout: Duration,
+        t0: Instant,
+    ) -> Result<Response> {
+        let pgdata = self
+            .pgdata
+            .clone()
+            .ok_or_else(|| Error::internal("no PGDATA"))?;
+        let (mut facts, saved) = self.save_label(res, stop_unix, &pgdata)?;
+        self.file_list(&pgdata, &saved, &mut facts)?;
+        let mode = self.cfg.wal_mode;
+        let standby = facts.manifest.backup_from == "standby";
+        let stop_wal_file = facts.manifest.stop_wal_file.clone();
+        // With the WAL in the bundle (collect) or confirmed in an archive directory
+        // (archive), the server's own archiving is not what makes this backup restorable,
+        // so `stop` waits for it only in `none` mode unless asked.
+        let wait = wait_archive.unwrap_or(mode == WalMode::None);
+        let (wal_archive, wal_detail) = if !wait {
+            ("not_waited".to_string(), None)
+        } else {
+            self.wait_archive(&pgdata, standby, &stop_wal_file, archive_timeout)
+        };
+        facts.manifest.wal_archive = wal_archive.clone();
+        let archive = self.cfg.archive_dir.clone();
+        let window = rescue::window(&facts, archive.as_deref())?;
+        let archived = match (mode, archive.as_deref()) {
+            (WalMode::Archive, Some(dir)) => Some(
+                walcollect::wait_archive_dir(dir, &window, archive_timeout).map_err(|missing| {
+                    Error::new(
+                        Class::Rescuable,
+                        format!(
+                            "WAL file {missing} of the backup window did not appear in {} within --archive-timeout ({})",
+                            dir.display(),
+                            crate::timefmt::human_duration(archive_timeout)
+                        ),
+                    )
+                    .hint("check archive_command and pg_stat_archiver; or take backups with --wal collect")
+                })?,
+            ),
+            (WalMode::Archive, None) => return Err(Error::internal("archive mode without --archive")),
+            _ => None,
+        };
+        let slot = self.slot.clone();
+        check_slot(&mut self.session, slot.as_deref())?;
+        let plan = rescue::Plan {
+            facts: &facts,
+            saved: &saved,
+            window: &window,
+            archived,
+            archive: archive.as_deref(),
+        };
+        let stores = self.cfg.stores.clone();
+        let session = &mut self.session;
+        let w = rescue::write_stores(&plan, &stores, &mut || check_slot(session, slot.as_deref()));
+        let manifest = w.manifest.clone().unwrap_or_else(|| facts.manifest.clone());
+        let error = self.store_error(
+            &w,
+            &saved,
+            &stop_wal_file,
+            &wal_archive,
+            &wal_detail,
+            archive_timeout,
+        );
+        Ok(self.conclude(&pgdata, manifest, w, error, wal_detail, t0, stop_unix))
+    }
+
+    /// The error `stop` reports after writing the stores, if any; removes the rescue copy
+    /// once the bundle is in enough stores.
+    fn store_error(
+        &mut self,
+        w: &rescue::Written,
+        saved: &Path,
+        stop_wal_file: &str,
+        wal_archive: &str,
+        wal_detail: &Option<String>,
+        archive_timeout: Duration,
+    ) -> Option<Error> {
+        let outcomes = &w.outcomes;
         let written = outcomes.iter().filter(|o| o.ok).count();
         let required = self
             .cfg
@@ -1062,66 +1057,18 @@ impl Agent {
             .unwrap_or(outcomes.len())
             .clamp(1, outcomes.len().max(1));
         let failed: Vec<&StoreOutcome> = outcomes.iter().filter(|o| !o.ok).collect();
-        if !failed.is_empty() && written >= required {
-            tracing::warn!(
-                "the bundle is in {written} of {} stores (--min-stores {required})",
-                outcomes.len()
-            );
-        }
-        let mut error = None;
-        if written < required {
-            let mut kept = None;
-            if written == 0 {
-                // Keep the only copy of the label somewhere rather than lose it with the session.
-                kept = match staging.take() {
-                    Some(t) if source.is_some() => Some(self.keep_staging(t)),
-                    _ => {
-                        let dir = self.entry.dir.join("rescue").join(&self.cfg.id);
-                        (std::fs::create_dir_all(self.entry.dir.join("rescue")).is_ok()
-                            && self
-                                .write_primary(
-                                    &dir,
-                                    &pgdata,
-                                    &small,
-                                    &window,
-                                    &mut wal_entries,
-                                    &mut manifest,
-                                )
-                                .is_ok())
-                        .then(|| dir.display().to_string())
-                    }
-                };
-            }
-            let names: Vec<String> = failed
-                .iter()
-                .map(|o| format!("{} ({})", o.store, o.error.as_deref().unwrap_or("?")))
-                .collect();
-            let mut e = Error::env(format!(
-                "the bundle could not be written to: {}",
-                names.join("; ")
-            ));
-            if written > 0 {
-                let good: Vec<&str> = outcomes
-                    .iter()
-                    .filter_map(|o| o.location.as_deref())
-                    .collect();
-                e.message.push_str(&format!(
-                    "; it is in {written} of {} stores, fewer than --min-stores {required}",
+        if written >= required {
+            if !failed.is_empty() {
+                tracing::warn!(
+                    "the bundle is in {written} of {} stores (--min-stores {required})",
                     outcomes.len()
-                ));
-                e = e.hint(format!("the bundle is complete in {}", good.join(", ")));
+                );
             }
-            if let Some(k) = kept {
-                e = e.hint(format!(
-                    "a copy of the bundle was kept in {k}; copy it into the store before the run directory is cleaned"
-                ));
+            if let Err(e) = crate::fsutil::remove_tree(saved) {
+                tracing::warn!("cannot remove the rescue copy: {e}");
             }
-            for h in hints {
-                e = e.hint(h);
-            }
-            error = Some(e);
-        } else if wal_archive == "not_confirmed" {
-            error = Some(
+            self.state.rescue = None;
+            return (wal_archive == "not_confirmed").then(|| {
                 Error::new(
                     Class::WalNotSafe,
                     format!(
@@ -1130,10 +1077,54 @@ impl Agent {
                     ),
                 )
                 .hint("check archive_command and the server log; pg_stat_archiver shows the last failure")
-                .hint(wal_detail.clone().unwrap_or_default()),
-            );
+                .hint(wal_detail.clone().unwrap_or_default())
+            });
         }
-        if let Err(e) = marker::remove(&pgdata, &self.cfg.id) {
+        let names: Vec<String> = failed
+            .iter()
+            .map(|o| format!("{} ({})", o.store, o.error.as_deref().unwrap_or("?")))
+            .collect();
+        let mut e = Error::new(
+            Class::Rescuable,
+            format!(
+                "the bundle could not be written to: {}; the label is saved in {} and the bundle is rescuable",
+                names.join("; "),
+                saved.display()
+            ),
+        );
+        if written > 0 {
+            let good: Vec<&str> = outcomes
+                .iter()
+                .filter_map(|o| o.location.as_deref())
+                .collect();
+            e.message.push_str(&format!(
+                "; it is in {written} of {} stores, fewer than --min-stores {required}",
+                outcomes.len()
+            ));
+            e = e.hint(format!("the bundle is complete in {}", good.join(", ")));
+        }
+        for h in &w.hints {
+            e = e.hint(h.clone());
+        }
+        Some(e.hint(format!(
+            "once the cause is fixed (e.g. space freed), run `pgbookend rescue --id {}`",
+            self.cfg.id
+        )))
+    }
+
+    /// Removes the marker, records the final state and builds `stop`'s answer.
+    #[allow(clippy::too_many_arguments)]
+    fn conclude(
+        &mut self,
+        pgdata: &Path,
+        manifest: bundle::Manifest,
+        w: rescue::Written,
+        error: Option<Error>,
+        wal_detail: Option<String>,
+        t0: Instant,
+        stop_unix: i64,
+    ) -> Response {
+        if let Err(e) = marker::remove(pgdata, &self.cfg.id) {
             tracing::error!("cannot remove the marker: {e}");
         }
         crate::live::remove(&self.cfg.id, &self.token);
@@ -1145,21 +1136,27 @@ impl Agent {
             .filter_map(|s| manifest.files.get(s))
             .map(|f| f.size)
             .sum();
+        let outcomes = w.outcomes;
+        let required = self
+            .cfg
+            .min_stores
+            .unwrap_or(outcomes.len())
+            .clamp(1, outcomes.len().max(1));
         let report = StopReport {
             id: self.cfg.id.clone(),
             system_identifier: manifest.system_identifier.clone(),
             pg_version_num: manifest.pg_version_num,
-            timeline: stop_tli,
+            timeline: manifest.timeline,
             start_lsn: manifest.start_lsn.clone(),
             stop_lsn: manifest.stop_lsn.clone(),
-            start_wal_file,
-            stop_wal_file,
+            start_wal_file: manifest.start_wal_file.clone(),
+            stop_wal_file: manifest.stop_wal_file.clone(),
             backup_from: manifest.backup_from.clone(),
-            start_time,
+            start_time: manifest.start_time.clone(),
             stop_time: manifest.stop_time.clone(),
             window_s: stop_unix - self.state.start_time.unwrap_or(stop_unix),
             duration_s: t0.elapsed().as_secs_f64(),
-            wal_mode: mode.as_str().into(),
+            wal_mode: manifest.wal_mode.clone(),
             wal_segments: manifest
                 .wal
                 .iter()
@@ -1167,13 +1164,21 @@ impl Agent {
                 .count() as u64,
             wal_bytes_stored: wal_bytes,
             file_list_count: manifest.file_list.as_ref().map(|f| f.count),
-            wal_archive,
+            wal_archive: manifest.wal_archive.clone(),
             wal_archive_detail: wal_detail,
             stores: outcomes,
             min_stores: required,
+            rescue: self.state.rescue.clone(),
         };
         self.session = None;
-        self.state.state = Phase::Stopped;
+        let rescuable = error
+            .as_ref()
+            .is_some_and(|e| e.class() == Class::Rescuable);
+        self.state.state = if rescuable {
+            Phase::Rescuable
+        } else {
+            Phase::Stopped
+        };
         self.state.stop = Some(report.clone());
         self.state.failure = error
             .as_ref()
@@ -1183,67 +1188,10 @@ impl Agent {
             drop(l);
             let _ = std::fs::remove_file(self.entry.socket());
         }
-        Ok(Response::Stopped {
+        Response::Stopped {
             report: Box::new(report),
             error,
-        })
-    }
-
-    /// Keeps a staged bundle that no store took as the rescue copy of this backup (in the
-    /// run directory entry, where `cleanup` keeps it); returns where it is.
-    fn keep_staging(&self, t: tempfile::TempDir) -> String {
-        let staged = t.keep();
-        let rescue = self.entry.dir.join("rescue");
-        if std::fs::rename(&staged, &rescue).is_ok() {
-            return rescue.join(&self.cfg.id).display().to_string();
         }
-        // Another filesystem: leave it where it is and point the entry at it.
-        let _ = std::os::unix::fs::symlink(&staged, &rescue);
-        staged.join(&self.cfg.id).display().to_string()
-    }
-
-    /// Writes the whole bundle into `dir`: the server's files, the WAL (collect mode),
-    /// the file list, then `bundle.json` with every file's size and SHA-256.
-    fn write_primary(
-        &mut self,
-        dir: &Path,
-        pgdata: &Path,
-        small: &[(String, Vec<u8>)],
-        window: &[String],
-        wal_entries: &mut Vec<bundle::WalEntry>,
-        manifest: &mut bundle::Manifest,
-    ) -> Result<()> {
-        let own = crate::fsutil::Ownership::private();
-        if let Some(parent) = dir.parent() {
-            if !parent.exists() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| io_err("cannot create store directory", parent, e))?;
-            }
-        }
-        crate::fsutil::ensure_dir(dir, &own)?;
-        for (name, data) in small {
-            crate::fsutil::write_atomic(&dir.join(name), data, &own)?;
-        }
-        if self.cfg.wal_mode == WalMode::Collect {
-            *wal_entries = walcollect::collect(pgdata, window, dir, &own)?;
-        }
-        let start_list = self.entry.dir.join(START_LIST);
-        if start_list.exists() {
-            let tmp = dir.join(".files.zst.tmp");
-            let count = filelist::intersect_walk(pgdata, &start_list, &tmp)?;
-            std::fs::rename(&tmp, dir.join(FILE_LIST))
-                .map_err(|e| io_err("cannot rename", &tmp, e))?;
-            manifest.file_list = Some(bundle::FileList {
-                name: FILE_LIST.into(),
-                count,
-            });
-        }
-        crate::fsutil::fsync_dir(dir)?;
-        manifest.wal = wal_entries.clone();
-        manifest.files = bundle::hash_files(dir)?;
-        let bytes =
-            serde_json::to_vec_pretty(&manifest).map_err(|e| Error::internal(e.to_string()))?;
-        crate::fsutil::write_atomic(&dir.join(bundle::MANIFEST), &bytes, &own)
     }
 
     /// Waits until the server has archived the stop segment (and, on a primary, the
@@ -1308,20 +1256,24 @@ impl Agent {
     }
 }
 
-/// A private directory for a bundle that goes only to remote stores, in `$TMPDIR`: the
-/// run directory is often a small tmpfs (`/run`), while the WAL of a long backup window
-/// can be gigabytes; `$TMPDIR` is where large scratch data belongs and can be pointed
-/// elsewhere by the environment of `start`. Removed once the uploads are done.
-fn stage_dir(id: &str) -> Result<tempfile::TempDir> {
-    tempfile::Builder::new()
-        .prefix(&format!("pgbookend-stage.{id}."))
-        .tempdir()
-        .map_err(|e| {
-            Error::env(format!(
-                "cannot create a staging directory in {}: {e}",
-                std::env::temp_dir().display()
-            ))
-        })
+/// Checks, with the session still open, that the temporary slot still reserves the WAL
+/// of the window (`reserved` or `extended`); `unreserved`, `lost` or a missing slot means
+/// the server may have removed or recycled WAL this backup needs.
+fn check_slot(session: &mut Option<Session>, slot: Option<&str>) -> Result<()> {
+    let (Some(s), Some(name)) = (session.as_mut(), slot) else {
+        return Ok(());
+    };
+    let status = s.slot_status(name)?;
+    if status == "reserved" || status == "extended" {
+        return Ok(());
+    }
+    Err(Error::new(
+        Class::Rescuable,
+        format!(
+            "the replication slot that keeps the WAL of the window is {status} (max_slot_wal_keep_size exceeded, or dropped): the server may have removed WAL this backup needs"
+        ),
+    )
+    .hint("raise max_slot_wal_keep_size; `pgbookend rescue --archive DIR` can complete the bundle from a WAL archive"))
 }
 
 /// The server's XLogArchiveIsBusy test, read from the outside.

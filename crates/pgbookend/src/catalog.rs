@@ -5,8 +5,11 @@
 //! `<store>/<id>/` is *partial* (a `stop` still writing, or one that failed). `expire` works
 //! per cluster (system identifier), never removes the newest complete bundle of a cluster,
 //! and leaves partial bundles alone unless they are older than a day and
-//! `--include-partial` is given. Removing a bundle removes its `bundle.json` first, so an
+//! `--include-partial` is given. A partial bundle that holds a `backup_label` is
+//! *rescuable* (`pgbookend rescue` can complete it): it is reported, and removed only with
+//! `--include-rescuable` too. Removing a bundle removes its `bundle.json` first, so an
 //! interrupted removal leaves a partial bundle, never a complete-looking incomplete one.
+//! A `<store>/<id>` that is a symbolic link is never followed: skipped and reported.
 
 use crate::bundle::{Manifest, MANIFEST};
 use crate::commands::{human_bytes, Output};
@@ -41,6 +44,10 @@ pub struct BundleInfo {
 }
 
 impl BundleInfo {
+    /// A partial bundle that holds the label: `pgbookend rescue` can complete it.
+    pub fn rescuable(&self) -> bool {
+        !self.complete && self.objects.iter().any(|o| o.0 == "backup_label")
+    }
     pub fn size(&self) -> u64 {
         self.objects.iter().map(|o| o.1).sum()
     }
@@ -127,6 +134,12 @@ fn assemble(
 
 /// Every bundle of a store, oldest first.
 pub fn scan(store: &Store) -> Result<Vec<BundleInfo>> {
+    scan_store(store).map(|s| s.0)
+}
+
+/// Every bundle of a store, oldest first, and the entries skipped because they are not
+/// a real directory (a symbolic link is never followed: it could lead to another store).
+pub fn scan_store(store: &Store) -> Result<(Vec<BundleInfo>, Vec<String>)> {
     match store {
         Store::Local(root) => {
             let rd = std::fs::read_dir(root).map_err(|e| {
@@ -134,10 +147,24 @@ pub fn scan(store: &Store) -> Result<Vec<BundleInfo>> {
                     .hint("check the --store path; a store directory is created by the first stop that writes to it")
             })?;
             let mut entries = Vec::new();
+            let mut skipped = Vec::new();
             for e in rd {
                 let e = e.map_err(|e| io_err("cannot list the store", root, e))?;
                 let id = e.file_name().to_string_lossy().into_owned();
-                if crate::id::validate(&id).is_err() || !e.path().is_dir() {
+                if crate::id::validate(&id).is_err() {
+                    continue;
+                }
+                let ft = e
+                    .file_type()
+                    .map_err(|err| io_err("cannot stat", &e.path(), err))?;
+                if ft.is_symlink() {
+                    skipped.push(format!(
+                        "{}: a symbolic link, not a bundle directory; not followed",
+                        e.path().display()
+                    ));
+                    continue;
+                }
+                if !ft.is_dir() {
                     continue;
                 }
                 let before = entries.len();
@@ -152,6 +179,10 @@ pub fn scan(store: &Store) -> Result<Vec<BundleInfo>> {
             }
             let mut infos = assemble(store, entries, |id| {
                 let p = root.join(id).join(MANIFEST);
+                match std::fs::symlink_metadata(&p) {
+                    Ok(m) if m.is_file() => {}
+                    _ => return Ok(None),
+                }
                 match std::fs::read(&p) {
                     Ok(b) => Ok(Some(b)),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -161,7 +192,7 @@ pub fn scan(store: &Store) -> Result<Vec<BundleInfo>> {
             for i in &mut infos {
                 i.objects.retain(|o| !o.0.is_empty());
             }
-            Ok(infos)
+            Ok((infos, skipped))
         }
         Store::S3(u) => {
             let c = crate::s3::Client::open(u)?;
@@ -174,9 +205,10 @@ pub fn scan(store: &Store) -> Result<Vec<BundleInfo>> {
                     Some((id.to_string(), rel.to_string(), o.size, o.modified))
                 })
                 .collect();
-            assemble(store, entries, |id| {
+            let infos = assemble(store, entries, |id| {
                 c.get_small(&format!("{id}/{MANIFEST}"))
-            })
+            })?;
+            Ok((infos, Vec::new()))
         }
     }
 }
@@ -192,12 +224,11 @@ fn walk_files(dir: &Path, rel: &str, f: &mut dyn FnMut(String, u64, i64)) -> Res
         } else {
             format!("{rel}/{name}")
         };
-        let md = e
-            .metadata()
+        let md = std::fs::symlink_metadata(e.path())
             .map_err(|err| io_err("cannot stat", &e.path(), err))?;
         if md.is_dir() {
             walk_files(&e.path(), &relp, f)?;
-        } else {
+        } else if md.is_file() {
             f(relp, md.len(), md.mtime());
         }
     }
@@ -210,6 +241,13 @@ pub fn remove(store: &Store, b: &BundleInfo) -> Result<()> {
     match store {
         Store::Local(root) => {
             let dir = root.join(&b.id);
+            let md = std::fs::symlink_metadata(&dir).map_err(|e| io_err("cannot stat", &dir, e))?;
+            if !md.is_dir() {
+                return Err(Error::env(format!(
+                    "{} is not a directory (a symbolic link?): not removed, not followed",
+                    dir.display()
+                )));
+            }
             let m = dir.join(MANIFEST);
             match std::fs::remove_file(&m) {
                 Ok(()) => crate::fsutil::fsync_dir(&dir)?,
@@ -242,6 +280,7 @@ fn summary(b: &BundleInfo) -> Value {
     json!({
         "id": b.id,
         "complete": b.complete,
+        "rescuable": b.rescuable(),
         "location": b.location,
         "size_bytes": b.size(),
         "objects": b.objects.len(),
@@ -269,7 +308,7 @@ fn parse_store(url: &str) -> Result<Store> {
 /// `list --store URL`: every bundle of the store, oldest first.
 pub fn list(url: &str) -> Result<Output> {
     let store = parse_store(url)?;
-    let bundles = scan(&store)?;
+    let (bundles, skipped) = scan_store(&store)?;
     let complete = bundles.iter().filter(|b| b.complete).count();
     let mut human = format!(
         "{}: {} bundle{} ({complete} complete, {} partial)\n",
@@ -281,7 +320,7 @@ pub fn list(url: &str) -> Result<Output> {
     if !bundles.is_empty() {
         let w = bundles.iter().map(|b| b.id.len()).max().unwrap_or(2).max(2);
         human.push_str(&format!(
-            "{:<w$}  {:<8}  {:<20}  {:>2}  {:<20}  {:>10}  WAL\n",
+            "{:<w$}  {:<9}  {:<20}  {:>2}  {:<20}  {:>10}  WAL\n",
             "ID", "STATE", "STOPPED", "PG", "SYSTEM IDENTIFIER", "SIZE"
         ));
         for b in &bundles {
@@ -293,6 +332,16 @@ pub fn list(url: &str) -> Result<Output> {
                     m.system_identifier.clone(),
                     wal_range(m),
                 ),
+                None if b.rescuable() => (
+                    "rescuable",
+                    format!("(written {})", rfc3339(b.modified)),
+                    "-".into(),
+                    "-".into(),
+                    format!(
+                        "label saved in {}, bundle incomplete: run `pgbookend rescue --id {}`",
+                        b.location, b.id
+                    ),
+                ),
                 None => (
                     "partial",
                     format!("(written {})", rfc3339(b.modified)),
@@ -302,15 +351,19 @@ pub fn list(url: &str) -> Result<Output> {
                 ),
             };
             human.push_str(&format!(
-                "{:<w$}  {state:<8}  {stopped:<20}  {pg:>2}  {sysid:<20}  {:>10}  {wal}\n",
+                "{:<w$}  {state:<9}  {stopped:<20}  {pg:>2}  {sysid:<20}  {:>10}  {wal}\n",
                 b.id,
                 human_bytes(b.size())
             ));
         }
     }
+    for sk in &skipped {
+        human.push_str(&format!("skipped {sk}\n"));
+    }
     let json = json!({
         "store": store.url(),
         "bundles": bundles.iter().map(summary).collect::<Vec<_>>(),
+        "skipped": skipped,
     });
     Ok(Output {
         json,
@@ -329,6 +382,7 @@ pub fn show(url: &str, id: &str) -> Result<Output> {
         "id": b.id,
         "location": b.location,
         "complete": b.complete,
+        "rescuable": b.rescuable(),
         "size_bytes": b.size(),
         "modified": rfc3339(b.modified),
         "problem": b.problem,
@@ -379,6 +433,13 @@ pub fn show(url: &str, id: &str) -> Result<Output> {
                 m.tool_version
             ));
         }
+        None if b.rescuable() => {
+            h.push_str(&format!(
+                "bundle {} in {} is RESCUABLE: its label is saved but the bundle is not complete; run `pgbookend rescue --id {}` to complete it\n",
+                b.id, b.location, b.id
+            ));
+            h.push_str(&format!("  last written {}\n", rfc3339(b.modified)));
+        }
         None => {
             h.push_str(&format!(
                 "bundle {} in {} is PARTIAL: {}; it cannot be restored\n",
@@ -406,7 +467,7 @@ pub fn show(url: &str, id: &str) -> Result<Output> {
 fn scan_one(store: &Store, id: &str) -> Result<BundleInfo> {
     let found = match store {
         Store::Local(root) => {
-            if !root.join(id).is_dir() {
+            if !std::fs::symlink_metadata(root.join(id)).is_ok_and(|m| m.is_dir()) {
                 None
             } else {
                 scan(store)?.into_iter().find(|b| b.id == id)
@@ -451,14 +512,21 @@ pub enum Policy {
     KeepWithin(Duration),
 }
 
-/// `expire --store URL (--keep-last N | --keep-within DUR) [--dry-run] [--include-partial]`.
-pub fn expire(url: &str, policy: Policy, dry_run: bool, include_partial: bool) -> Result<Output> {
+/// `expire --store URL (--keep-last N | --keep-within DUR) [--dry-run] [--include-partial
+/// [--include-rescuable]]`.
+pub fn expire(
+    url: &str,
+    policy: Policy,
+    dry_run: bool,
+    include_partial: bool,
+    include_rescuable: bool,
+) -> Result<Output> {
     if let Policy::KeepLast(0) = policy {
         return Err(Error::usage("--keep-last must be at least 1")
             .hint("the newest complete bundle of each cluster is always kept"));
     }
     let store = parse_store(url)?;
-    let bundles = scan(&store)?;
+    let (bundles, skipped) = scan_store(&store)?;
     let now = now_unix();
     // Complete bundles per cluster, newest first.
     let mut clusters: BTreeMap<String, Vec<&BundleInfo>> = BTreeMap::new();
@@ -501,12 +569,28 @@ pub fn expire(url: &str, policy: Policy, dry_run: bool, include_partial: bool) -
     let mut partial: Vec<(&BundleInfo, bool, String)> = Vec::new();
     for b in bundles.iter().filter(|b| !b.complete) {
         let age = now - b.modified;
-        let what = b.problem.clone().unwrap_or_else(|| "no bundle.json".into());
+        let what = match &b.problem {
+            _ if b.rescuable() => format!(
+                "rescuable (holds a label; `pgbookend rescue --id {}` completes it)",
+                b.id
+            ),
+            Some(p) => p.clone(),
+            None => "no bundle.json".into(),
+        };
         if age < grace {
             partial.push((
                 b,
                 false,
                 format!("{what}, last written {} ago: younger than a day (a stop may still be writing it), kept", human_duration(Duration::from_secs(age.max(0) as u64))),
+            ));
+        } else if b.rescuable() && !include_rescuable {
+            partial.push((
+                b,
+                false,
+                format!(
+                    "{what}, last written {} ago: kept; pass --include-rescuable to remove it",
+                    human_duration(Duration::from_secs(age as u64)),
+                ),
             ));
         } else if include_partial {
             partial.push((
@@ -581,6 +665,9 @@ pub fn expire(url: &str, policy: Policy, dry_run: bool, include_partial: bool) -
             human.push_str(&format!("partial bundle {}: {reason}\n", b.id));
         }
     }
+    for sk in &skipped {
+        human.push_str(&format!("skipped {sk}\n"));
+    }
     if targets.is_empty() {
         human.push_str("nothing to remove\n");
     }
@@ -593,8 +680,10 @@ pub fn expire(url: &str, policy: Policy, dry_run: bool, include_partial: bool) -
         },
         "removed": removed,
         "kept": keep_list.iter().map(|(b, r)| json!({"id": b.id, "reason": r})).collect::<Vec<_>>(),
+        "skipped": skipped,
         "partial": partial.iter().map(|(b, rm, r)| json!({
             "id": b.id,
+            "rescuable": b.rescuable(),
             "modified": rfc3339(b.modified),
             "size_bytes": b.size(),
             "removed": *rm && !dry_run,
@@ -647,13 +736,13 @@ mod tests {
         bundle(d.path(), "b0", "222", now - 5000, true);
         bundle(d.path(), "p0", "", 0, false);
         let url = d.path().display().to_string();
-        let dry = expire(&url, Policy::KeepLast(2), true, false).unwrap();
+        let dry = expire(&url, Policy::KeepLast(2), true, false, false).unwrap();
         assert_eq!(dry.json["removed"].as_array().unwrap().len(), 3);
         assert!(
             d.path().join("a0/bundle.json").exists(),
             "dry run removes nothing"
         );
-        let out = expire(&url, Policy::KeepLast(2), false, false).unwrap();
+        let out = expire(&url, Policy::KeepLast(2), false, false, false).unwrap();
         let removed: Vec<&str> = out.json["removed"]
             .as_array()
             .unwrap()
@@ -665,9 +754,16 @@ mod tests {
             assert!(d.path().join(id).exists(), "{id} kept");
         }
         // The newest bundle of each cluster survives any policy.
-        let out = expire(&url, Policy::KeepWithin(Duration::ZERO), false, false).unwrap();
+        let out = expire(
+            &url,
+            Policy::KeepWithin(Duration::ZERO),
+            false,
+            false,
+            false,
+        )
+        .unwrap();
         assert_eq!(out.json["removed"][0]["id"], "a3");
         assert!(d.path().join("a4").exists() && d.path().join("b0").exists());
-        assert!(expire(&url, Policy::KeepLast(0), true, false).is_err());
+        assert!(expire(&url, Policy::KeepLast(0), true, false, false).is_err());
     }
 }

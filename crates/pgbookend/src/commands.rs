@@ -105,6 +105,7 @@ pub fn start(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Output> {
         }
         other => other,
     };
+    crate::rescue::refuse_leftovers(&id, &stores)?;
     let n_stores = stores.len();
     if n_stores - unreachable.len() < min_stores.unwrap_or(n_stores) {
         let mut e = unreachable.remove(0);
@@ -143,7 +144,7 @@ pub fn start(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Output> {
     }
     if entry.exists() {
         if let Some(st) = entry.read_state() {
-            if st.state == Phase::Stopped {
+            if st.state == Phase::Stopped || st.state == Phase::Rescuable {
                 return Err(Error::usage(format!("backup {id} was already taken and stopped"))
                     .hint("each backup needs its own ID; `pgbookend cleanup` forgets finished backups"));
             }
@@ -234,11 +235,23 @@ fn agent_gone(st: &AgentState) -> String {
     )
 }
 
-/// Records that an agent died and removes its marker: the state a dead agent could not write.
+/// Records that an agent died and removes its marker: the state a dead agent could not
+/// write. An agent that died after saving the label leaves a rescuable backup.
 fn settle_dead(entry: &Entry, mut st: AgentState) -> AgentState {
     if !st.state.is_final() {
-        st.failure = Some(agent_gone(&st));
-        st.state = Phase::Failed;
+        match &st.rescue {
+            Some(saved) => {
+                st.failure = Some(format!(
+                    "its agent (pid {}) died after pg_backup_stop returned; the label is saved in {saved}, the bundle is not complete",
+                    st.agent_pid
+                ));
+                st.state = Phase::Rescuable;
+            }
+            None => {
+                st.failure = Some(agent_gone(&st));
+                st.state = Phase::Failed;
+            }
+        }
         st.updated = now_unix();
         let _ = entry.write_state(&st);
     }
@@ -267,6 +280,14 @@ pub fn stop(
     let entry = run.entry(id);
     if !entry.exists() {
         return Err(unknown_id(run, id));
+    }
+    // `stop` run again on a rescuable backup completes it, as `rescue` does.
+    if !entry.agent_alive()
+        && entry
+            .read_state()
+            .is_some_and(|st| st.state == Phase::Rescuable)
+    {
+        return crate::rescue::command(run, id, Vec::new(), None);
     }
     let req = Request::Stop {
         wait_archive,
@@ -310,12 +331,32 @@ fn settled_error(entry: &Entry, id: &str) -> Error {
             ))
             .hint(format!("`pgbookend status --id {id}` shows the result"))
         }
+        Phase::Rescuable => rescuable_error(&st),
         _ => Error::void(format!(
             "backup {id} is void: {}. No bundle was written.",
             st.failure.as_deref().unwrap_or("its agent is gone")
         ))
         .hint("the copy taken during this backup cannot be restored; take a new backup"),
     }
+}
+
+/// The exit-7 error of a stopped backup whose bundle is not complete.
+fn rescuable_error(st: &AgentState) -> Error {
+    let id = &st.id;
+    Error::new(
+        Class::Rescuable,
+        format!(
+            "backup {id} is RESCUABLE: {}",
+            st.failure.as_deref().unwrap_or("its bundle is not complete")
+        ),
+    )
+    .hint(format!(
+        "run `pgbookend rescue --id {id}` (or this stop again): it completes the bundle from the saved label{} and the WAL still in pg_wal or the archive",
+        st.rescue
+            .as_deref()
+            .map(|p| format!(" in {p}"))
+            .unwrap_or_default()
+    ))
 }
 
 fn stop_output(r: &StopReport, error: Option<Error>) -> Output {
@@ -364,6 +405,12 @@ fn stop_output(r: &StopReport, error: Option<Error>) -> Output {
             }
             _ => {}
         }
+    }
+    if let Some(p) = &r.rescue {
+        human.push_str(&format!(
+            "  RESCUABLE: the label is saved in {p}; complete the bundle with `pgbookend rescue --id {}`\n",
+            r.id
+        ));
     }
     let ok = r.stores.iter().filter(|s| s.ok).count();
     if ok < r.stores.len() && ok >= r.min_stores && ok > 0 {
@@ -416,6 +463,7 @@ fn describe(st: &AgentState, alive: bool) -> (Value, String) {
         "last_heartbeat_age_s": hb_age,
         "heartbeat_interval_s": st.heartbeat_interval_ms as f64 / 1000.0,
         "failure": st.failure,
+        "rescue": st.rescue,
         "stop": st.stop,
     });
     let mut human = format!("{}: {}", st.id, st.state.as_str());
@@ -441,6 +489,12 @@ fn describe(st: &AgentState, alive: bool) -> (Value, String) {
     }
     if let Some(f) = &st.failure {
         human.push_str(&format!("\n  reason: {f}"));
+    }
+    if let Some(p) = &st.rescue {
+        human.push_str(&format!(
+            "\n  label saved in {p}: run `pgbookend rescue --id {}`",
+            st.id
+        ));
     }
     human.push('\n');
     (json, human)
@@ -475,6 +529,7 @@ pub fn status(run: &RunDir, id: Option<&str>) -> Result<Output> {
                 "backup {id} is void: {}",
                 st.failure.as_deref().unwrap_or("unknown reason")
             ))),
+            Phase::Rescuable => Some(rescuable_error(&st)),
             _ => None,
         };
         return Ok(Output { json, human, error });
@@ -556,6 +611,13 @@ pub fn cleanup(run: &RunDir, pgdata: Option<&std::path::Path>) -> Result<Output>
                     marker::remove(p.as_ref(), &st.id)?;
                     removed_markers.push(st.id.clone());
                 }
+            }
+            if st.state == Phase::Rescuable {
+                kept.push(format!(
+                    "{} (rescuable: run `pgbookend rescue --id {}`)",
+                    entry.id, entry.id
+                ));
+                continue;
             }
         }
         if entry.dir.join("rescue").exists() {

@@ -21,6 +21,7 @@ pub mod marker;
 pub mod memtrim;
 pub mod pq;
 pub mod protocol;
+pub mod rescue;
 pub mod restore;
 pub mod run;
 pub mod rundir;

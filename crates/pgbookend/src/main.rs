@@ -47,7 +47,8 @@ enum Cmd {
     /// Run one whole backup around COMMAND (the copy): start, COMMAND, then stop if it
     /// exits 0 (and --then CMD) or abort if it fails; exits with COMMAND's code on failure.
     Run(RunArgs),
-    /// Stop a backup and write its bundle: the post-backup hook.
+    /// Stop a backup and write its bundle: the post-backup hook. Run again on a rescuable
+    /// backup (exit 7), it completes the bundle as `rescue` does.
     Stop {
         /// The backup ID given to (or printed by) start.
         #[arg(long)]
@@ -104,6 +105,20 @@ enum Cmd {
     },
     /// Remove old bundles from a store; the newest complete bundle of each cluster stays.
     Expire(ExpireArgs),
+    /// Complete the bundle of a stopped backup whose stop did not finish (exit 7): from
+    /// its saved label and the WAL still in pg_wal or the archive, bundle.json last.
+    Rescue {
+        /// The backup ID.
+        #[arg(long)]
+        id: String,
+        /// Where the bundle goes (default: the stores of the backup's start). Repeatable.
+        #[arg(long = "store", value_name = "URL")]
+        stores: Vec<String>,
+        /// A WAL archive directory to read the window's WAL from (plain or .zst), when
+        /// pg_wal no longer holds it (default: the backup's --archive).
+        #[arg(long, value_name = "DIR")]
+        archive: Option<PathBuf>,
+    },
     #[command(name = "__agent", hide = true)]
     Agent { id: String },
 }
@@ -225,9 +240,13 @@ struct ExpireArgs {
     /// Show what would be removed; remove nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Also remove partial bundles (no bundle.json) older than a day.
+    /// Also remove partial bundles (no bundle.json) older than a day, except rescuable ones.
     #[arg(long)]
     include_partial: bool,
+    /// Also remove rescuable partial bundles (they hold a label: `pgbookend rescue` could
+    /// still complete them) older than a day.
+    #[arg(long, requires = "include_partial")]
+    include_rescuable: bool,
 }
 
 impl ExpireArgs {
@@ -245,7 +264,13 @@ impl ExpireArgs {
                 ))
             }
         };
-        expire(&self.store, policy, self.dry_run, self.include_partial)
+        expire(
+            &self.store,
+            policy,
+            self.dry_run,
+            self.include_partial,
+            self.include_rescuable,
+        )
     }
 }
 
@@ -479,6 +504,11 @@ fn main() -> ExitCode {
         Cmd::List { store } => pgbookend::catalog::list(&store),
         Cmd::Show { store, id } => pgbookend::catalog::show(&store, &id),
         Cmd::Expire(a) => a.run(),
+        Cmd::Rescue {
+            id,
+            stores,
+            archive,
+        } => pgbookend::rescue::command(&run, &id, stores, archive),
         Cmd::Agent { .. } => unreachable!("handled above"),
     };
     match result {

@@ -228,6 +228,19 @@ impl Session {
             })
     }
 
+    /// The `wal_status` of a replication slot (`reserved`, `extended`, `unreserved`,
+    /// `lost`), or `missing` when it does not exist.
+    pub fn slot_status(&mut self, name: &str) -> Result<String> {
+        let r = self
+            .conn
+            .query(
+                "SELECT coalesce((SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1), 'missing')",
+                &[name],
+            )
+            .map_err(|e| sql_err("cannot read the replication slot's state", e))?;
+        Ok(r.scalar().unwrap_or("missing").to_string())
+    }
+
     /// Sends the heartbeat query without waiting for it. With a slot, the answer is the
     /// slot's `wal_status`, so a slot invalidated by `max_slot_wal_keep_size` is noticed.
     pub fn send_heartbeat(&mut self, slot: Option<&str>) -> std::result::Result<(), PqError> {

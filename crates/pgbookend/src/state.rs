@@ -18,12 +18,18 @@ pub enum Phase {
     Failed,
     /// Void by request (`abort`).
     Aborted,
+    /// Stopped on the server and its label saved, but the bundle is not complete (the
+    /// agent died, or WAL or a store failed): `pgbookend rescue --id ID` completes it.
+    Rescuable,
 }
 
 impl Phase {
     /// True for phases after which nothing more will happen.
     pub fn is_final(self) -> bool {
-        matches!(self, Phase::Stopped | Phase::Failed | Phase::Aborted)
+        matches!(
+            self,
+            Phase::Stopped | Phase::Failed | Phase::Aborted | Phase::Rescuable
+        )
     }
     pub fn as_str(self) -> &'static str {
         match self {
@@ -33,6 +39,7 @@ impl Phase {
             Phase::Stopped => "stopped",
             Phase::Failed => "failed",
             Phase::Aborted => "aborted",
+            Phase::Rescuable => "rescuable",
         }
     }
 }
@@ -62,6 +69,10 @@ pub struct AgentState {
     pub failure: Option<String>,
     /// The result of `stop`, once stopped.
     pub stop: Option<StopReport>,
+    /// Where the label was saved once the stop call returned (the rescue copy), until
+    /// the bundle is complete in the stores.
+    #[serde(default)]
+    pub rescue: Option<String>,
     /// Unix seconds of this record.
     pub updated: i64,
 }
@@ -109,4 +120,7 @@ pub struct StopReport {
     /// How many stores had to take the bundle (`--min-stores`; all by default).
     #[serde(default)]
     pub min_stores: usize,
+    /// Where the label is saved while the bundle is not complete (exit 7).
+    #[serde(default)]
+    pub rescue: Option<String>,
 }

@@ -82,12 +82,13 @@ pub fn window_files(
     out
 }
 
-/// Copies each named file from `pg_wal` into `dest/wal/<name>.zst` (temporary name,
-/// fsync, rename), hashing the original bytes. Segments are compressed by up to four
+/// Copies each named file from the first of `sources` that holds it (`pg_wal`, then an
+/// archive directory: plain or `.zst`) into `dest/wal/<name>.zst` (temporary name, fsync,
+/// rename), hashing the original bytes. Segments are compressed by up to four
 /// workers (one per core): compression, not I/O, is what costs here. Memory is bounded
 /// by each worker's stream buffers.
 pub fn collect(
-    pgdata: &Path,
+    sources: &[PathBuf],
     names: &[String],
     dest: &Path,
     own: &Ownership,
@@ -110,9 +111,11 @@ pub fn collect(
                 if i >= names.len() || failed.load(std::sync::atomic::Ordering::SeqCst) {
                     break;
                 }
-                let r = collect_one(pgdata, &names[i], dest, &waldir, own);
+                let r = collect_one(sources, &names[i], dest, &waldir, own);
                 if r.is_err() {
                     failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                } else {
+                    crate::rescue::fault("during-wal-collect");
                 }
                 if let Ok(mut slot) = results[i].lock() {
                     *slot = Some(r);
@@ -141,25 +144,58 @@ pub fn collect(
     Ok(out)
 }
 
-/// Compresses one WAL file into the bundle.
+/// Where one WAL file is: the first source that holds it plainly or zstd-compressed.
+fn find_source(sources: &[PathBuf], name: &str) -> Option<(PathBuf, bool)> {
+    sources.iter().find_map(|d| {
+        let plain = d.join(name);
+        if fs::symlink_metadata(&plain).is_ok_and(|m| m.is_file()) {
+            return Some((plain, false));
+        }
+        let zst = d.join(format!("{name}.zst"));
+        fs::symlink_metadata(&zst)
+            .is_ok_and(|m| m.is_file())
+            .then_some((zst, true))
+    })
+}
+
+/// The error for a WAL file that no source holds: it names the file and where it looked.
+fn gone(sources: &[PathBuf], name: &str) -> Error {
+    let places: Vec<String> = sources.iter().map(|d| d.display().to_string()).collect();
+    Error::void(format!(
+        "WAL file {name} of the backup window is no longer in {}",
+        places.join(" nor in ")
+    ))
+    .hint("was the replication slot dropped, or max_slot_wal_keep_size exceeded? If an archive holds it, pass --archive DIR")
+}
+
+/// Compresses one WAL file into the bundle. A segment that the server recycles while it
+/// is read (renamed away, then rewritten) is detected: the name must still lead to the
+/// same file once read.
 fn collect_one(
-    pgdata: &Path,
+    sources: &[PathBuf],
     name: &str,
     dest: &Path,
     waldir: &Path,
     own: &Ownership,
 ) -> Result<WalEntry> {
-    let src = pgdata.join("pg_wal").join(name);
-    let mut input = match fs::File::open(&src) {
+    use std::os::unix::fs::MetadataExt;
+    let (src, compressed) = find_source(sources, name).ok_or_else(|| gone(sources, name))?;
+    let file = match fs::File::open(&src) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::void(format!(
-                "WAL file {name} of the backup window is no longer in {}",
-                pgdata.join("pg_wal").display()
-            ))
-            .hint("was the replication slot dropped, or max_slot_wal_keep_size exceeded?"))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(gone(sources, name)),
         Err(e) => return Err(io_err("cannot read", &src, e)),
+    };
+    let ino = file
+        .metadata()
+        .map_err(|e| io_err("cannot stat", &src, e))?
+        .ino();
+    let mut input: Box<dyn Read> = if compressed {
+        Box::new(
+            zstd::stream::read::Decoder::new(file)
+                .map_err(|e| io_err("cannot decompress", &src, e))?,
+        )
+    } else {
+        Box::new(file)
     };
     let stored = format!("wal/{name}.zst");
     let final_path = dest.join(&stored);
@@ -183,10 +219,28 @@ fn collect_one(
         if n == 0 {
             break;
         }
-        hash.update(&buf[..n]);
         size += n as u64;
+        if size > MAX_WAL_FILE {
+            return Err(Error::new(
+                crate::error::Class::Check,
+                format!(
+                    "{} is larger than any WAL segment ({MAX_WAL_FILE} bytes)",
+                    src.display()
+                ),
+            ));
+        }
+        hash.update(&buf[..n]);
         enc.write_all(&buf[..n])
             .map_err(|e| io_err("cannot write", &tmp, e))?;
+    }
+    if fs::symlink_metadata(&src).map(|m| m.ino()).ok() != Some(ino) {
+        return Err(Error::void(format!(
+            "WAL file {name} was recycled by the server while it was read from {}",
+            src.display()
+        ))
+        .hint(
+            "the WAL of the window is no longer kept; if an archive holds it, pass --archive DIR",
+        ));
     }
     let bw = enc.finish().map_err(|e| io_err("cannot finish", &tmp, e))?;
     let f = bw
@@ -204,6 +258,9 @@ fn collect_one(
         archived_as: None,
     })
 }
+
+/// No WAL file (segment sizes go up to 1 GB) is larger: bounds what a decompression reads.
+const MAX_WAL_FILE: u64 = 1 << 30;
 
 /// The suffixes under which common archivers store a WAL file.
 pub const ARCHIVE_SUFFIXES: &[&str] = &["", ".zst", ".gz", ".lz4", ".xz", ".bz2", ".zstd"];

@@ -363,7 +363,7 @@ fn s3_server_stopped_during_stop() {
     wait_first_object(&s3, "cut/cut1/");
     gate.cut();
     let r: Run = stop.wait_with_output().unwrap().into();
-    assert_eq!(r.code, 4, "{r:?}");
+    assert_eq!(r.code, 7, "fewer stores than required: rescuable: {r:?}");
     assert!(
         r.stderr.contains("could not be written to")
             && r.stderr.contains("s3://pgbookend-test/cut"),
@@ -391,7 +391,10 @@ fn s3_server_stopped_during_stop() {
     let sh = direct
         .run(&["show", "--store", &direct.url, "--id", "cut1"])
         .ok();
-    assert!(sh.stdout.contains("PARTIAL"), "{sh:?}");
+    assert!(
+        sh.stdout.contains("PARTIAL") || sh.stdout.contains("RESCUABLE"),
+        "{sh:?}"
+    );
     let fetch = direct.run(&["verify", "--store", &direct.url, "--id", "cut1"]);
     assert_ne!(fetch.code, 0, "a partial bundle does not verify: {fetch:?}");
 
@@ -422,9 +425,10 @@ fn s3_server_stopped_during_stop() {
     assert_eq!(st["stop"]["min_stores"], 1);
     assert!(direct.tool.bundle_dir("cut2").join("bundle.json").is_file());
 
-    // 3. Only an S3 store: the bundle is staged in $TMPDIR and uploaded, and the staging
-    // is removed; when the server is gone at stop, the staged bundle is kept as the rescue
-    // copy in the run directory entry; a store unreachable at start is refused.
+    // 3. Only an S3 store: the bundle is staged in the state directory (not $TMPDIR, not
+    // the run directory) and uploaded, and the staging is removed; when the server is gone
+    // at stop, the label and the staged bundle stay in the rescue copy (exit 7); a store
+    // unreachable at start is refused.
     let s3b = S3Server::start();
     s3b.create_bucket(BUCKET);
     let only = S3Tool::new(&c, &s3b.endpoint(), "only");
@@ -447,7 +451,7 @@ fn s3_server_stopped_during_stop() {
     );
     assert!(s3b.get(BUCKET, "only/so/bundle.json").is_some());
     assert!(
-        !staged("so"),
+        !staged("so") && !only.tool.run_dir.path().join("state/rescue/so").exists(),
         "the staging directory is removed after the upload"
     );
     let r = only.run(&[
@@ -463,16 +467,21 @@ fn s3_server_stopped_during_stop() {
         .ok();
     drop(s3b);
     let r = only.tool.stop("dn", &[]);
-    assert_eq!(r.code, 4, "{r:?}");
+    assert_eq!(r.code, 7, "{r:?}");
+    let rescue = only.tool.run_dir.path().join("state/rescue/dn");
     assert!(
-        r.stderr.contains("a copy of the bundle was kept in"),
+        r.stderr
+            .contains(&format!("the label is saved in {}", rescue.display())),
         "{r:?}"
     );
-    let rescue = only.tool.run_dir().join("dn/rescue/dn");
-    assert!(rescue.join("bundle.json").is_file(), "{r:?}");
+    assert!(rescue.join("stage/dn/bundle.json").is_file(), "{r:?}");
     assert!(rescue.join("backup_label").is_file());
+    assert!(
+        !only.tool.run_dir().join("dn/rescue").exists(),
+        "nothing in /run"
+    );
     let cl = only.run(&["cleanup"]).ok();
-    assert!(cl.stdout.contains("holds a rescued bundle"), "{cl:?}");
+    assert!(cl.stdout.contains("rescuable"), "{cl:?}");
 
     let down = S3Tool::new(&c, "http://127.0.0.1:1", "down");
     let r = down.run(&["start", "--id", "dn2", "--store", &down.url, "--json"]);

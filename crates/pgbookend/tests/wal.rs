@@ -188,8 +188,9 @@ fn wal_archive_mode(major: u32) {
     let t0 = std::time::Instant::now();
     let r = tool.stop("a2", &["--archive-timeout", "3s"]);
     assert!(t0.elapsed() < Duration::from_secs(60));
-    assert_eq!(r.code, 5, "{r:?}");
+    assert_eq!(r.code, 7, "the label is saved, the bundle rescuable: {r:?}");
     assert!(r.stderr.contains("did not appear in"), "{r:?}");
+    assert!(r.stderr.contains("rescue --id a2"), "{r:?}");
     let missing = r
         .stderr
         .split("WAL file ")

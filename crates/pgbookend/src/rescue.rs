@@ -1,0 +1,601 @@
+//! The label is never lost: the rescue copy a stopping agent writes the moment
+//! `pg_backup_stop` returns, building a bundle from it into the stores, and completing
+//! a partial bundle later (`pgbookend rescue --id ID`).
+//!
+//! The rescue copy is `<state>/rescue/<id>/` (state: see [`crate::live::state_root`]):
+//! `backup_label`, `tablespace_map`, `pg_control`, the file list once made, and
+//! `rescue.json` (every fact needed to finish). It holds no WAL: that is read from
+//! `pg_wal` or the archive when the bundle is built. A bundle written for remote stores
+//! only is staged in `<state>/rescue/<id>/stage/<id>/`, on storage with room.
+
+use crate::bundle::{self, Manifest, WalEntry};
+use crate::error::{io_err, Class, Error, Result};
+use crate::fsutil::{self, Ownership};
+use crate::state::StoreOutcome;
+use crate::store::Store;
+use crate::walcollect::{self, WalMode};
+use pgbookend_formats::lsn::Lsn;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The facts file of a rescue copy.
+pub const FACTS: &str = "rescue.json";
+/// The files a rescue copy may hold besides its facts, copied into every bundle.
+pub const SAVED: &[&str] = &[
+    "backup_label",
+    "tablespace_map",
+    "pg_control",
+    crate::agent::FILE_LIST,
+];
+
+/// The server's small files of a stopped backup, by name, as saved.
+pub type Saved = Vec<(String, Vec<u8>)>;
+
+/// Everything needed to finish a stopped backup's bundle without its agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Facts {
+    pub format: u32,
+    pub id: String,
+    pub stores: Vec<String>,
+    #[serde(default)]
+    pub min_stores: Option<usize>,
+    pub wal_mode: WalMode,
+    #[serde(default)]
+    pub archive_dir: Option<PathBuf>,
+    /// The timeline of the start (the manifest's `timeline` is the stop's).
+    pub start_tli: u32,
+    /// The bundle's manifest without `wal` and `files` (those are made when it is built).
+    pub manifest: Manifest,
+    /// The token of the backup's live record (see `live.rs`), removed once rescued.
+    #[serde(default)]
+    pub token: String,
+}
+
+/// Kills the process with SIGKILL when `PGBOOKEND_FAULT` names `point`. Only debug builds
+/// (the test binary) honour it; release builds compile it to nothing.
+pub fn fault(point: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("PGBOOKEND_FAULT").is_ok_and(|p| p == point) {
+        tracing::error!("fault injection: killed at {point}");
+        // SAFETY: plain kill of our own process.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = point;
+}
+
+/// `<state>/rescue`.
+pub fn root() -> PathBuf {
+    crate::live::state_root().join("rescue")
+}
+
+/// Creates `dir` and its parents, the last one private (0700).
+fn private_dir_all(dir: &Path) -> Result<()> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| io_err("cannot create", parent, e))?;
+    }
+    fsutil::ensure_dir(dir, &Ownership::private())
+}
+
+/// True if `p` exists, without following a link.
+fn present(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
+
+/// Writes the rescue copy durably into the first of `roots` that takes it, as
+/// `<root>/<id>/`: built under a temporary name, then renamed whole. Returns its path.
+/// Without facts (the server's answer did not parse) only the files are kept.
+pub fn save(
+    roots: &[PathBuf],
+    id: &str,
+    facts: Option<&Facts>,
+    small: &[(String, Vec<u8>)],
+) -> Result<PathBuf> {
+    let mut why = Vec::new();
+    for root in roots {
+        match save_in(root, id, facts, small) {
+            Ok(p) => return Ok(p),
+            Err(e) => why.push(e.message),
+        }
+    }
+    Err(Error::env(format!(
+        "cannot save the label of backup {id}: {}",
+        why.join("; ")
+    )))
+}
+
+fn save_in(
+    root: &Path,
+    id: &str,
+    facts: Option<&Facts>,
+    small: &[(String, Vec<u8>)],
+) -> Result<PathBuf> {
+    private_dir_all(root)?;
+    let own = Ownership::private();
+    let suffix = hex::encode(fsutil::random_bytes::<6>());
+    let tmp = root.join(format!(".{id}.{suffix}"));
+    std::fs::create_dir(&tmp).map_err(|e| io_err("cannot create", &tmp, e))?;
+    let res = (|| {
+        own.apply(&tmp, true)?;
+        for (name, data) in small {
+            fsutil::write_atomic(&tmp.join(name), data, &own)?;
+        }
+        if let Some(f) = facts {
+            write_facts(&tmp, f)?;
+        }
+        let dest = root.join(id);
+        if present(&dest) {
+            // Start refuses an ID with a rescue copy; never mix two backups' files.
+            let aside = root.join(format!("{id}.{suffix}"));
+            std::fs::rename(&tmp, &aside).map_err(|e| io_err("cannot rename", &aside, e))?;
+            fsutil::fsync_dir(root)?;
+            return Ok(aside);
+        }
+        std::fs::rename(&tmp, &dest).map_err(|e| io_err("cannot rename", &dest, e))?;
+        fsutil::fsync_dir(root)?;
+        Ok(dest)
+    })();
+    if res.is_err() {
+        let _ = fsutil::remove_tree(&tmp);
+    }
+    res
+}
+
+/// (Re)writes `rescue.json` durably.
+pub fn write_facts(dir: &Path, facts: &Facts) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(facts).map_err(|e| Error::internal(e.to_string()))?;
+    fsutil::write_atomic(&dir.join(FACTS), &bytes, &Ownership::private())
+}
+
+/// Reads and checks a rescue copy's facts: they must name backup `id`.
+pub fn load(dir: &Path, id: &str) -> Result<Facts> {
+    let p = dir.join(FACTS);
+    let md = std::fs::symlink_metadata(&p).map_err(|e| io_err("cannot read", &p, e))?;
+    if !md.is_file() || md.len() > 1 << 20 {
+        return Err(Error::env(format!(
+            "{} is not a rescue record",
+            p.display()
+        )));
+    }
+    let bytes = std::fs::read(&p).map_err(|e| io_err("cannot read", &p, e))?;
+    let f: Facts = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::env(format!("{} does not parse: {e}", p.display())))?;
+    if f.id != id || f.manifest.id != id {
+        return Err(Error::env(format!(
+            "{} names backup {}, not {id}",
+            p.display(),
+            f.id
+        )));
+    }
+    crate::id::validate(&f.id)?;
+    Ok(f)
+}
+
+/// The WAL files of the window (see [`walcollect::window_files`]), named as `pg_wal` or
+/// the archive hold them.
+pub fn window(f: &Facts, archive: Option<&Path>) -> Result<Vec<String>> {
+    let m = &f.manifest;
+    let lsn = |s: &str| {
+        s.parse::<Lsn>()
+            .map_err(|e| Error::env(format!("rescue record: bad LSN {s:?}: {e}")))
+    };
+    let (start, stop) = (lsn(&m.start_lsn)?, lsn(&m.stop_lsn)?);
+    let pg_wal = Path::new(&m.pgdata).join("pg_wal");
+    let in_archive = |n: &str| archive.is_some_and(|d| walcollect::find_in_archive(d, n).is_some());
+    let exists = |n: &str| match f.wal_mode {
+        WalMode::Archive => in_archive(n),
+        _ => pg_wal.join(n).is_file() || in_archive(n),
+    };
+    let seg = m.wal_segment_size;
+    Ok(walcollect::window_files(
+        start,
+        stop,
+        f.start_tli,
+        m.timeline,
+        seg,
+        &exists,
+    ))
+}
+
+/// Confirms that `dir` holds every WAL file of the window now; names the first missing.
+pub fn archive_entries(dir: &Path, window: &[String]) -> Result<Vec<WalEntry>> {
+    walcollect::wait_archive_dir(dir, window, std::time::Duration::ZERO).map_err(|missing| {
+        Error::new(
+            Class::Rescuable,
+            format!(
+                "WAL file {missing} of the backup window is not in {}",
+                dir.display()
+            ),
+        )
+        .hint("run rescue again once the archiver has delivered it (check archive_command and pg_stat_archiver)")
+    })
+}
+
+/// What building a bundle needs besides the rescue copy.
+pub struct Plan<'a> {
+    pub facts: &'a Facts,
+    /// The rescue copy (source of the saved files).
+    pub saved: &'a Path,
+    pub window: &'a [String],
+    /// With `--wal archive`: the entries already confirmed in the archive.
+    pub archived: Option<Vec<WalEntry>>,
+    /// An archive directory to read collected WAL from when `pg_wal` lacks it.
+    pub archive: Option<&'a Path>,
+}
+
+/// Writes the whole bundle into `dest`: the saved files, the WAL (collect mode), then
+/// `bundle.json` with every file's size and SHA-256. `check` runs after the WAL is
+/// read and before `bundle.json` is written: an error there leaves a partial bundle.
+pub fn build(dest: &Path, plan: &Plan, check: &mut dyn FnMut() -> Result<()>) -> Result<Manifest> {
+    let own = Ownership::private();
+    if let Some(parent) = dest.parent() {
+        if !parent.exists() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| io_err("cannot create store directory", parent, e))?;
+        }
+    }
+    let md = std::fs::symlink_metadata(dest);
+    if md.as_ref().is_ok_and(|m| !m.is_dir()) {
+        return Err(Error::env(format!(
+            "{} is not a directory (a link?): refusing to write a bundle through it",
+            dest.display()
+        )));
+    }
+    fsutil::ensure_dir(dest, &own)?;
+    remove_temporaries(dest)?;
+    remove_temporaries(&dest.join("wal"))?;
+    copy_saved(plan.saved, dest, &own)?;
+    let f = plan.facts;
+    let mut m = f.manifest.clone();
+    m.wal = match f.wal_mode {
+        WalMode::Collect => {
+            let mut sources = vec![Path::new(&m.pgdata).join("pg_wal")];
+            sources.extend(plan.archive.map(Path::to_path_buf));
+            walcollect::collect(&sources, plan.window, dest, &own)?
+        }
+        WalMode::Archive => plan.archived.clone().unwrap_or_default(),
+        WalMode::None => plan
+            .window
+            .iter()
+            .map(|n| WalEntry {
+                name: n.clone(),
+                size: None,
+                sha256: None,
+                stored: None,
+                archived_as: None,
+            })
+            .collect(),
+    };
+    check()?;
+    fault("during-upload");
+    fsutil::fsync_dir(dest)?;
+    m.files = bundle::hash_files(dest)?;
+    let bytes = serde_json::to_vec_pretty(&m).map_err(|e| Error::internal(e.to_string()))?;
+    fsutil::write_atomic(&dest.join(bundle::MANIFEST), &bytes, &own)?;
+    Ok(m)
+}
+
+/// Removes the temporary files (`.NAME.tmp...`) an interrupted build left in `dir`, so a
+/// completed bundle holds only its own files. Links and directories are left alone.
+fn remove_temporaries(dir: &Path) -> Result<()> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("cannot list", dir, e)),
+    };
+    for e in rd {
+        let e = e.map_err(|e| io_err("cannot list", dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_file = e.file_type().is_ok_and(|t| t.is_file());
+        if is_file && name.starts_with('.') && name.contains(".tmp") {
+            std::fs::remove_file(e.path())
+                .map_err(|err| io_err("cannot remove", &e.path(), err))?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies the saved files of a rescue copy into a bundle directory.
+pub fn copy_saved(saved: &Path, dest: &Path, own: &Ownership) -> Result<()> {
+    if saved == dest {
+        return Ok(());
+    }
+    for name in SAVED {
+        let src = saved.join(name);
+        if std::fs::symlink_metadata(&src).is_ok_and(|m| m.is_file()) {
+            fsutil::copy_atomic(&src, &dest.join(name), own)?;
+        }
+    }
+    Ok(())
+}
+
+/// Best effort: puts the saved files into each local store's `<store>/<id>/` at once, so
+/// that the store itself shows a rescuable partial bundle if everything after fails.
+pub fn seed_stores(saved: &Path, facts: &Facts) {
+    let own = Ownership::private();
+    for url in &facts.stores {
+        let Ok(Store::Local(root)) = Store::parse(url) else {
+            continue;
+        };
+        let dest = root.join(&facts.id);
+        let res = std::fs::create_dir_all(&root)
+            .map_err(|e| io_err("cannot create", &root, e))
+            .and_then(|()| {
+                if std::fs::symlink_metadata(&dest).is_ok_and(|m| !m.is_dir()) {
+                    return Err(Error::env(format!("{} is not a directory", dest.display())));
+                }
+                fsutil::ensure_dir(&dest, &own)
+            })
+            .and_then(|()| copy_saved(saved, &dest, &own));
+        if let Err(e) = res {
+            tracing::warn!("cannot put the label into {}: {e}", dest.display());
+        }
+    }
+}
+
+/// What writing a bundle to the stores did.
+pub struct Written {
+    pub outcomes: Vec<StoreOutcome>,
+    pub hints: Vec<String>,
+    /// The manifest as written (from the first build that succeeded).
+    pub manifest: Option<Manifest>,
+}
+
+/// Writes the bundle into every store: built once into the first local store that takes
+/// it (or, with remote stores only, into `<rescue>/stage/<id>`), then copied or uploaded
+/// to the others, `bundle.json` last everywhere.
+pub fn write_stores(
+    plan: &Plan,
+    stores: &[String],
+    check: &mut dyn FnMut() -> Result<()>,
+) -> Written {
+    let id = &plan.facts.id;
+    let parsed: Vec<(String, Result<Store>)> = stores
+        .iter()
+        .map(|u| (u.clone(), Store::parse(u)))
+        .collect();
+    let mut results: Vec<Option<Result<String>>> = vec![None; parsed.len()];
+    let mut source: Option<(PathBuf, Manifest)> = None;
+    for (i, (_, store)) in parsed.iter().enumerate() {
+        match store {
+            Err(e) => results[i] = Some(Err(e.clone())),
+            Ok(s) if s.has_bundle(id) => {
+                results[i] = Some(Ok(s.bundle_location(id)));
+            }
+            Ok(s) => {
+                let Some(dir) = s.local_bundle_dir(id) else {
+                    continue;
+                };
+                if source.is_some() {
+                    continue;
+                }
+                let r = build(&dir, plan, check);
+                results[i] = Some(
+                    r.as_ref()
+                        .map(|_| dir.display().to_string())
+                        .map_err(Clone::clone),
+                );
+                if let Ok(m) = r {
+                    source = Some((dir, m));
+                }
+            }
+        }
+    }
+    let mut stage_error: Option<Error> = None;
+    if source.is_none() && results.iter().any(|r| r.is_none()) {
+        let dir = plan.saved.join("stage").join(id);
+        tracing::info!("staging the bundle in {} for upload", dir.display());
+        match build(&dir, plan, check) {
+            Ok(m) => source = Some((dir, m)),
+            Err(e) => stage_error = Some(e),
+        }
+    }
+    for (i, (_, store)) in parsed.iter().enumerate() {
+        if results[i].is_some() {
+            continue;
+        }
+        results[i] = Some(match (store, &source) {
+            (Ok(s), Some((from, m))) => s.copy_bundle_from(id, from, m),
+            _ => Err(stage_error
+                .clone()
+                .unwrap_or_else(|| Error::env("the bundle could not be built locally for upload"))),
+        });
+    }
+    let mut hints = Vec::new();
+    let mut outcomes = Vec::new();
+    for ((url, _), r) in parsed.iter().zip(results) {
+        match r.unwrap_or_else(|| Err(Error::internal("store not attempted"))) {
+            Ok(loc) => outcomes.push(StoreOutcome {
+                store: url.clone(),
+                ok: true,
+                location: Some(loc),
+                error: None,
+            }),
+            Err(e) => {
+                tracing::error!("store {url} failed: {e}");
+                for h in &e.hints {
+                    if !hints.contains(h) {
+                        hints.push(h.clone());
+                    }
+                }
+                outcomes.push(StoreOutcome {
+                    store: url.clone(),
+                    ok: false,
+                    location: None,
+                    error: Some(e.message),
+                });
+            }
+        }
+    }
+    Written {
+        outcomes,
+        hints,
+        manifest: source.map(|s| s.1),
+    }
+}
+
+/// Refuses a new backup whose ID still has leftovers of an earlier one: a rescue copy or
+/// a partial bundle in a local store. Their files must never be mixed with a new
+/// backup's (the new bundle would adopt the old label or WAL).
+pub fn refuse_leftovers(id: &str, stores: &[String]) -> Result<()> {
+    let mine = root().join(id);
+    if present(&mine) {
+        return Err(Error::usage(format!(
+            "backup {id} stopped earlier and its bundle is not complete: its label is saved in {}",
+            mine.display()
+        ))
+        .hint(format!(
+            "complete it with `pgbookend rescue --id {id}`, or choose another --id"
+        )));
+    }
+    for url in stores {
+        let Ok(Store::Local(root)) = Store::parse(url) else {
+            continue;
+        };
+        let dir = root.join(id);
+        if present(&dir) && !dir.join(bundle::MANIFEST).exists() {
+            return Err(Error::usage(format!(
+                "{} holds a partial bundle of an earlier backup with ID {id}",
+                dir.display()
+            ))
+            .hint(format!("complete it with `pgbookend rescue --id {id}` if it holds a label, or remove that directory, or choose another --id")));
+        }
+    }
+    Ok(())
+}
+
+/// Where the rescue copy of `id` is: the state directory, else the run-directory entry
+/// (where an agent saves it when the state directory cannot be written).
+pub fn locate(run: &crate::rundir::RunDir, id: &str) -> Option<PathBuf> {
+    [root().join(id), run.entry(id).dir.join("rescue").join(id)]
+        .into_iter()
+        .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
+}
+
+/// `rescue --id ID [--store URL]... [--archive DIR]`: completes a stopped backup's bundle
+/// from its rescue copy and the WAL that still exists, `bundle.json` last, then removes
+/// the rescue copy; or says exactly why it cannot.
+pub fn command(
+    run: &crate::rundir::RunDir,
+    id: &str,
+    stores: Vec<String>,
+    archive: Option<PathBuf>,
+) -> Result<crate::commands::Output> {
+    crate::id::validate(id)?;
+    let entry = run.entry(id);
+    if entry.agent_alive() {
+        return Err(Error::usage(format!(
+            "backup {id} still has a live agent: its stop may still be writing the bundle"
+        ))
+        .hint(format!(
+            "wait for it; `pgbookend status --id {id}` shows its state"
+        )));
+    }
+    let saved = locate(run, id).ok_or_else(|| {
+        Error::usage(format!(
+            "no rescue copy of backup {id} in {} (nor in the run directory)",
+            root().display()
+        ))
+        .hint("a backup is rescuable only once pg_backup_stop has returned; `pgbookend status` and `pgbookend list` show which are")
+    })?;
+    let facts = load(&saved, id)?;
+    let stores = if stores.is_empty() {
+        facts.stores.clone()
+    } else {
+        stores
+            .iter()
+            .map(|u| Store::parse(u).map(|s| s.url()))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let archive = match archive {
+        Some(a) => Some(walcollect::archive_dir_arg(&a)?),
+        None => facts.archive_dir.clone(),
+    };
+    let window = window(&facts, archive.as_deref())?;
+    let archived = match (facts.wal_mode, archive.as_deref()) {
+        (WalMode::Archive, Some(d)) => Some(archive_entries(d, &window)?),
+        (WalMode::Archive, None) => {
+            return Err(Error::usage(
+                "this backup keeps its WAL in an archive: pass --archive DIR",
+            ))
+        }
+        _ => None,
+    };
+    let plan = Plan {
+        facts: &facts,
+        saved: &saved,
+        window: &window,
+        archived,
+        archive: archive.as_deref(),
+    };
+    let w = write_stores(&plan, &stores, &mut || Ok(()));
+    let written = w.outcomes.iter().filter(|o| o.ok).count();
+    let required = facts
+        .min_stores
+        .unwrap_or(w.outcomes.len())
+        .clamp(1, w.outcomes.len().max(1));
+    let mut human = String::new();
+    for o in &w.outcomes {
+        match (&o.location, &o.error) {
+            (Some(l), _) => human.push_str(&format!("  bundle: {l}\n")),
+            (None, e) => human.push_str(&format!(
+                "  bundle NOT written to {}: {}\n",
+                o.store,
+                e.as_deref().unwrap_or("?")
+            )),
+        }
+    }
+    let json = serde_json::json!({
+        "id": id,
+        "rescue_copy": saved.display().to_string(),
+        "wal_files": window.len(),
+        "stores": w.outcomes,
+        "min_stores": required,
+    });
+    if written < required {
+        let why: Vec<String> = w
+            .outcomes
+            .iter()
+            .filter_map(|o| o.error.as_ref().map(|e| format!("{} ({e})", o.store)))
+            .collect();
+        let mut e = Error::new(
+            Class::Rescuable,
+            format!(
+                "backup {id} is still not complete: {}; its label stays saved in {}",
+                why.join("; "),
+                saved.display()
+            ),
+        );
+        for h in w.hints {
+            e = e.hint(h);
+        }
+        e = e.hint(format!(
+            "fix the cause and run `pgbookend rescue --id {id}` again"
+        ));
+        return Ok(crate::commands::Output {
+            json,
+            human: format!("backup {id} NOT rescued\n{human}"),
+            error: Some(e),
+        });
+    }
+    fsutil::remove_tree(&saved)?;
+    crate::live::remove(id, &facts.token);
+    if let Some(mut st) = entry.read_state() {
+        st.state = crate::state::Phase::Stopped;
+        st.rescue = None;
+        st.failure = None;
+        st.updated = crate::timefmt::now_unix();
+        let _ = entry.write_state(&st);
+    }
+    Ok(crate::commands::Output {
+        json,
+        human: format!(
+            "backup {id} rescued: its bundle is complete ({} WAL file{})\n{human}",
+            window.len(),
+            if window.len() == 1 { "" } else { "s" }
+        ),
+        error: None,
+    })
+}
