@@ -104,7 +104,17 @@ pub fn matches(dir: &Path, rel: &str, size: u64, sha256: &str) -> io::Result<boo
 
 /// Size and SHA-256 of everything `r` yields, in pieces; stops with an error once more
 /// than `limit` bytes came out.
-fn hash_stream(mut r: impl Read, limit: Option<u64>) -> io::Result<(u64, String)> {
+fn hash_stream(r: impl Read, limit: Option<u64>) -> io::Result<(u64, String)> {
+    copy_hashed(r, limit, &mut io::sink())
+}
+
+/// Copies `r` into `out` in pieces, hashing on the way; stops with an error once more
+/// than `limit` bytes came out (nothing beyond the limit is written).
+fn copy_hashed(
+    mut r: impl Read,
+    limit: Option<u64>,
+    out: &mut impl io::Write,
+) -> io::Result<(u64, String)> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
@@ -121,6 +131,7 @@ fn hash_stream(mut r: impl Read, limit: Option<u64>) -> io::Result<(u64, String)
             ));
         }
         h.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
     }
     Ok((total, hex::encode(h.finalize())))
 }
@@ -138,6 +149,19 @@ pub fn bounded_decoder(f: File) -> io::Result<impl Read> {
 pub fn wal_digest(dir: &Path, rel: &str, limit: u64) -> io::Result<(u64, String)> {
     let f = open_in(dir, rel)?;
     hash_stream(bounded_decoder(f)?, Some(limit))
+}
+
+/// Decompresses a stored WAL file into `out` (as `prepare` writes it into `pg_wal`), in
+/// pieces and never beyond `limit` bytes; returns its size and SHA-256 for the caller to
+/// compare with `bundle.json` before the file gets its final name.
+pub fn copy_wal(
+    dir: &Path,
+    rel: &str,
+    limit: u64,
+    out: &mut impl io::Write,
+) -> io::Result<(u64, String)> {
+    let f = open_in(dir, rel)?;
+    copy_hashed(bounded_decoder(f)?, Some(limit), out)
 }
 
 #[cfg(test)]
@@ -171,5 +195,8 @@ mod tests {
         assert_eq!(n, 3 << 20);
         let e = wal_digest(d.path(), "w.zst", 1 << 20).unwrap_err();
         assert!(e.to_string().contains("more than"), "{e}");
+        let mut out = Vec::new();
+        assert!(copy_wal(d.path(), "w.zst", 1 << 20, &mut out).is_err());
+        assert!(out.len() <= 1 << 20);
     }
 }

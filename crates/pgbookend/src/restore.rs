@@ -125,7 +125,7 @@ pub fn load_bundle(
         .unwrap_or_default();
     let control = check_control(&control_bytes, &manifest, &mut problems);
     problems.extend(wal_range_problems(&manifest));
-    if deep && problems.is_empty() {
+    if deep {
         problems.extend(bundle_wal_problems(dir, &manifest));
     }
     if problems.is_empty() {
