@@ -1416,6 +1416,17 @@ pub fn verify_copy(opts: &PrepareOptions) -> Result<Report> {
     Ok(report)
 }
 
+/// The number of paths in a bundle's file list, read as a stream; the first unreadable
+/// or over-long line is the answer.
+fn count_list(path: &Path) -> Result<u64> {
+    let mut n = 0u64;
+    for p in crate::filelist::read(path)? {
+        p?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// `verify --store URL --id ID` (or `--bundle DIR`): one bundle on its own.
 pub fn verify_bundle(store: Option<&str>, bundle_dir: Option<&Path>, id: &str) -> Result<Report> {
     crate::id::validate(id)?;
@@ -1442,7 +1453,7 @@ pub fn verify_bundle(store: Option<&str>, bundle_dir: Option<&Path>, id: &str) -
                     .push(problem("bundle", "incomplete bundle", "use another copy"));
             }
             if let Some(fl) = &l.manifest.file_list {
-                match crate::filelist::read(&dir.join(&fl.name)).map(|it| it.count() as u64) {
+                match count_list(&dir.join(&fl.name)) {
                     Ok(n) if n == fl.count => {}
                     Ok(n) => report.problems.push(problem(
                         "bundle_file_list",

@@ -370,7 +370,8 @@ fn zstd_bomb_bounded(major: u32) {
 }
 per_major!(zstd_bomb_bounded_t, zstd_bomb_bounded);
 
-/// Defect 10: a stop_wal_file far after the start is a clear refusal, not an abort.
+/// Defect 10: a stop_wal_file far after the start is a clear refusal, not an abort; a
+/// file list with an endless line is cut at its cap.
 fn huge_wal_range(major: u32) {
     let s = Setup::new(major, "range", &[]);
     let b = s.tamper("range", |m, _| {
@@ -398,6 +399,29 @@ fn huge_wal_range(major: u32) {
     assert_eq!(r.code, 6, "{r:?}");
     assert!(r.all().contains("stop_wal_file"), "{r:?}");
     assert_eq!(digest(&s.copy), before);
+    // A file list of one endless line (256 MiB, its checksum updated): cut at the line cap.
+    let one = zstd::stream::encode_all(&vec![b'a'; 64 << 20][..], 3).unwrap();
+    let list = one.repeat(4);
+    let b = s.tamper("list", |m, dir| {
+        let name = m["file_list"]["name"].as_str().unwrap().to_string();
+        std::fs::write(dir.join(&name), &list).unwrap();
+        m["files"][&name]["size"] = Value::from(list.len());
+        m["files"][&name]["sha256"] = Value::from(hex::encode(Sha256::digest(&list)));
+    });
+    let (r, kib) = run_measured(
+        &s.tool,
+        &[
+            "verify",
+            "--bundle",
+            &b.display().to_string(),
+            "--id",
+            "range",
+        ],
+        s.work.path(),
+    );
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(r.all().contains("longer than"), "{r:?}");
+    assert!(kib < 64 * 1024, "peak RSS {kib} KiB");
 }
 per_major!(huge_wal_range_t, huge_wal_range);
 
