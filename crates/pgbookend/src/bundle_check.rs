@@ -9,8 +9,9 @@
 
 use crate::bundle::{Manifest, WalEntry};
 use crate::restore::Problem;
+use pgbookend_formats::tablespace_map::TablespaceMap;
 use pgbookend_formats::walname::{WalKind, WalName, MAX_RANGE_SEGMENTS};
-use pgbookend_formats::{wal, Lsn};
+use pgbookend_formats::{version, wal, Lsn};
 
 /// The most files a bundle may list (its WAL plus a handful of its own).
 pub const MAX_FILES: usize = MAX_RANGE_SEGMENTS as usize + 64;
@@ -118,6 +119,17 @@ pub fn manifest_problems(m: &Manifest) -> Vec<Problem> {
     }
     if let Err(e) = crate::id::validate(&m.id) {
         out.push(field("id", e.message));
+    }
+    if !version::is_supported(m.pg_major)
+        || version::major_from_server_version_num(m.pg_version_num) != Some(m.pg_major)
+    {
+        out.push(field(
+            "pg_major",
+            format!(
+                "{} (pg_version_num {}) is not a supported major that matches the server version",
+                m.pg_major, m.pg_version_num
+            ),
+        ));
     }
     if !wal::is_valid_seg_size(m.wal_segment_size) {
         out.push(field(
@@ -276,6 +288,11 @@ fn wal_problems(m: &Manifest) -> Vec<Problem> {
     for (i, w) in m.wal.iter().enumerate() {
         if let Err(why) = wal_entry_problem(w, m.wal_segment_size) {
             out.push(field(format!("wal[{i}]"), why));
+        } else if m.wal_mode == "collect" && (w.size.is_none() || w.sha256.is_none()) {
+            out.push(field(
+                format!("wal[{i}]"),
+                "a collected WAL file needs its size and sha256",
+            ));
         }
     }
     out
@@ -323,6 +340,40 @@ fn wal_entry_problem(w: &WalEntry, seg_size: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the bundle's `tablespace_map` names exactly the tablespaces of `bundle.json`
+/// (the map's paths become links in the restored copy, so both must agree).
+pub fn map_problem(map_text: Option<&str>, m: &Manifest) -> Option<Problem> {
+    let listed: Vec<(u32, &str)> = m
+        .tablespaces
+        .iter()
+        .map(|t| (t.oid, t.path.as_str()))
+        .collect();
+    let in_map = match map_text.map(|t| TablespaceMap::parse_for_major(t, m.pg_major)) {
+        None => Vec::new(),
+        Some(Ok(map)) => map.entries,
+        Some(Err(e)) => {
+            return Some(Problem {
+                check: "bundle_map",
+                message: format!("the bundle's tablespace_map does not parse: {e}"),
+                hint: HINT.into(),
+            })
+        }
+    };
+    let same = in_map.len() == listed.len()
+        && in_map
+            .iter()
+            .all(|(o, p)| listed.contains(&(*o, p.as_str())));
+    (!same).then(|| Problem {
+        check: "bundle_map",
+        message: format!(
+            "the bundle's tablespace_map lists {} tablespace(s), bundle.json field tablespaces {}: they must agree",
+            in_map.len(),
+            listed.len()
+        ),
+        hint: HINT.into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +400,27 @@ mod tests {
         ] {
             assert!(check_rel_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn map_must_agree_with_manifest() {
+        let mut m: Manifest =
+            serde_json::from_str(include_str!("../tests/data/manifest.json")).unwrap();
+        assert!(
+            manifest_problems(&m).is_empty(),
+            "{:?}",
+            manifest_problems(&m)
+        );
+        assert!(map_problem(Some("16400 /ts\n"), &m).is_none());
+        assert!(map_problem(Some("16400 /elsewhere\n"), &m).is_some());
+        assert!(map_problem(None, &m).is_some());
+        m.tablespaces.clear();
+        assert!(map_problem(None, &m).is_none());
+        m.wal[0].name = "../../x".into();
+        m.pg_major = 12;
+        let p = manifest_problems(&m);
+        assert!(p.iter().any(|p| p.message.contains("wal[0]")), "{p:?}");
+        assert!(p.iter().any(|p| p.message.contains("pg_major")), "{p:?}");
     }
 
     #[test]

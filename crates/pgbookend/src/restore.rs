@@ -121,6 +121,10 @@ pub fn load_bundle(
     let label_text = read_text("backup_label").unwrap_or_default();
     let label = check_label(&label_text, &manifest, &mut problems);
     let map_text = read_text("tablespace_map");
+    problems.extend(crate::bundle_check::map_problem(
+        map_text.as_deref(),
+        &manifest,
+    ));
     let control_bytes = bundle_read::read_capped(dir, "pg_control", bundle_read::MAX_CONTROL_BYTES)
         .unwrap_or_default();
     let control = check_control(&control_bytes, &manifest, &mut problems);

@@ -530,13 +530,8 @@ impl Rng {
     }
 }
 
-const SAMPLE_MANIFEST: &str = r#"{"format":1,"id":"b1","system_identifier":"7312345678901234567","pg_version_num":150004,
-"pg_major":15,"timeline":1,"start_lsn":"0/2000028","stop_lsn":"0/2000100","checkpoint_lsn":"0/2000060",
-"start_wal_file":"000000010000000000000002","stop_wal_file":"000000010000000000000002","wal_segment_size":16777216,
-"backup_from":"primary","start_time":"t","stop_time":"t","host":"h","pgdata":"/d","tablespaces":[{"oid":16400,"path":"/ts"}],
-"data_checksums":true,"tool":"pgbookend","tool_version":"0.1.0","wal_mode":"collect","wal_archive":"archived",
-"archive_dir":"/arch","wal":[{"name":"000000010000000000000002","size":16777216,"sha256":"aa","stored":"wal/000000010000000000000002.zst"}],
-"file_list":{"name":"files.zst","count":3},"files":{"backup_label":{"size":1,"sha256":"bb"}}}"#;
+/// A valid bundle.json (its files do not exist): the seed of the mutations.
+const SAMPLE_MANIFEST: &str = include_str!("data/manifest.json");
 
 /// bundle.json: random and hostile bytes never panic the parser, the field checks or the
 /// loader, and nothing hostile is accepted.
