@@ -143,8 +143,25 @@ fn wal_name_traversal(major: u32) {
         m["wal"][0]["name"] = Value::from("../../escaped")
     });
     let id = s.tamper("id", |m, _| m["id"] = Value::from("../../escaped"));
+    // A stored path and a bundle file name that leave the bundle (to read the victim).
+    let stored = s.tamper("stored", |m, _| {
+        m["wal"][0]["stored"] = Value::from("../victim")
+    });
+    let files = s.tamper(
+        "files",
+        |m, _| {
+            m["files"]["../victim"] =
+                serde_json::json!({"size": 9, "sha256": hex::encode(Sha256::digest(b"precious\n"))})
+        },
+    );
     let before = digest(&s.copy);
-    for (b, field) in [(&abs, "wal[0]"), (&rel, "wal[0]"), (&id, "field id")] {
+    for (b, field) in [
+        (&abs, "wal[0]"),
+        (&rel, "wal[0]"),
+        (&id, "field id"),
+        (&stored, "wal[0]: stored"),
+        (&files, "field files"),
+    ] {
         let r = s.verify(b);
         assert_eq!(r.code, 6, "{r:?}");
         assert!(
