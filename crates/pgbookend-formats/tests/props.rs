@@ -1,7 +1,10 @@
-//! Property tests: every format this crate writes reads back to the same values and the same bytes.
+//! Property tests: every format this crate writes reads back to the same values and the same
+//! bytes, and every parser takes random and hostile bytes without panicking or allocating
+//! beyond a bound.
 
 use pgbookend_formats::label::{self, BackupLabel, LabelParams};
 use pgbookend_formats::tablespace_map::TablespaceMap;
+use pgbookend_formats::walname::{self, WalKind, WalName};
 use pgbookend_formats::{control, wal, Lsn};
 use proptest::prelude::*;
 
@@ -161,5 +164,87 @@ proptest! {
         let _ = s.parse::<Lsn>();
         let _ = wal::parse_file_name(&s, wal::DEFAULT_SEG_SIZE);
         let _ = control::parse(&b);
+    }
+
+    #[test]
+    fn wal_names_accept_only_safe_text(s in "\\PC{0,80}", b in prop::collection::vec(any::<u8>(), 0..100)) {
+        for text in [s.clone(), String::from_utf8_lossy(&b).into_owned()] {
+            if let Ok(w) = WalName::parse(&text) {
+                prop_assert_eq!(w.as_str(), text.as_str());
+                prop_assert!(text.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.'));
+                prop_assert!(!text.contains("..") && !text.starts_with('.'));
+                let _ = w.segno(wal::DEFAULT_SEG_SIZE);
+            }
+        }
+    }
+
+    #[test]
+    fn wal_names_hostile_variants(tli in 1u32.., n in any::<u64>(), seg in seg_size(), cut in 0usize..40, junk in "[/. ;'\"a-z\\\\]{1,4}") {
+        let name = wal::file_name(tli, wal::segno(Lsn(n), seg), seg);
+        let w = WalName::parse(&name).unwrap();
+        prop_assert_eq!(w.kind(), WalKind::Segment);
+        prop_assert_eq!(w.timeline(), tli);
+        for bad in [
+            format!("{junk}{name}"),
+            format!("{name}{junk}"),
+            format!("../{name}"),
+            format!("/{name}"),
+            name[..cut.min(23)].to_string(),
+        ] {
+            if let Ok(w) = WalName::parse(&bad) {
+                // Only the legitimate suffixes may be added.
+                prop_assert!(matches!(w.kind(), WalKind::Partial | WalKind::BackupHistory), "{}", bad);
+            }
+        }
+    }
+
+    #[test]
+    fn segment_ranges_never_exceed_their_cap(first in any::<u64>(), last in any::<u64>(), cap in 0u64..(1 << 20)) {
+        match walname::bounded_segnos(first, last, cap) {
+            Ok(r) => {
+                prop_assert!(last >= first);
+                prop_assert!(last - first < cap);
+                prop_assert_eq!(r.size_hint().1, Some((last - first + 1) as usize));
+            }
+            Err(walname::RangeError::TooLarge { count, .. }) => prop_assert!(count > u128::from(cap)),
+            Err(walname::RangeError::Backwards { .. }) => prop_assert!(last < first),
+        }
+    }
+
+    #[test]
+    fn mutated_labels_and_controls_never_panic(
+        major in 13u32..=18,
+        start in 1u64..(1 << 48),
+        flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        cut in any::<usize>(),
+    ) {
+        let p = LabelParams {
+            major,
+            start_wal_location: Lsn(start),
+            timeline: 1,
+            seg_size: wal::DEFAULT_SEG_SIZE,
+            checkpoint_location: Lsn(start + 40),
+            from_standby: false,
+            start_time: "2026-01-01 00:00:00 UTC".into(),
+            label: "b1".into(),
+            incremental_from: None,
+        };
+        let mut bytes = label::format(&p).into_bytes();
+        for (i, v) in &flips {
+            let len = bytes.len();
+            bytes[i % len] = *v;
+        }
+        bytes.truncate(cut % (bytes.len() + 1));
+        let text = String::from_utf8_lossy(&bytes);
+        if let Ok(l) = BackupLabel::parse(&text) {
+            let _ = l.check_wal_file(wal::DEFAULT_SEG_SIZE);
+        }
+        let _ = TablespaceMap::parse_for_major(&text, major);
+        let mut ctl = vec![0u8; 8192];
+        for (i, v) in &flips {
+            ctl[i % 8192] = *v;
+        }
+        let _ = control::parse(&ctl);
+        let _ = control::parse(&ctl[..cut % 8193]);
     }
 }

@@ -17,7 +17,7 @@ use crate::error::{io_err, Error, Result};
 use std::cmp::Ordering;
 use std::collections::HashSet;
 use std::fs;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Directories whose contents a base backup leaves out (the directory itself is kept).
@@ -239,16 +239,71 @@ impl Writer {
     }
 }
 
-/// Reads a list written by [`Writer`], path by path.
+/// The longest line of a list accepted: a path of `PATH_MAX` bytes, each escaped.
+pub const MAX_LINE: u64 = 2 * 4096 + 1;
+
+/// Reads a list written by [`Writer`], path by path. The list may come from a hostile
+/// store: the decoder's window is capped, a line longer than [`MAX_LINE`] or not UTF-8
+/// ends the reading with an error, and memory stays bounded by one line.
 pub fn read(path: &Path) -> Result<impl Iterator<Item = Result<String>>> {
-    let f = fs::File::open(path).map_err(|e| io_err("cannot open", path, e))?;
+    let f = open_list(path)?;
     let dec =
-        zstd::stream::read::Decoder::new(f).map_err(|e| io_err("cannot decompress", path, e))?;
+        crate::bundle_read::bounded_decoder(f).map_err(|e| io_err("cannot decompress", path, e))?;
     let p = path.to_path_buf();
-    Ok(BufReader::new(dec).lines().map(move |l| {
-        l.map(|l| unescape(&l))
-            .map_err(|e| io_err("cannot read", &p, e))
+    let mut r = BufReader::new(dec);
+    let mut done = false;
+    let mut buf = Vec::new();
+    Ok(std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        buf.clear();
+        let res = (&mut r).take(MAX_LINE + 1).read_until(b'\n', &mut buf);
+        let bad = |why: String| {
+            Error::new(
+                crate::error::Class::Check,
+                format!("file list {}: {why}", p.display()),
+            )
+        };
+        let out = match res {
+            Err(e) => Err(io_err("cannot read", &p, e)),
+            Ok(0) => {
+                done = true;
+                return None;
+            }
+            Ok(_) if buf.last() != Some(&b'\n') && buf.len() as u64 > MAX_LINE => {
+                Err(bad(format!("a line is longer than {MAX_LINE} bytes")))
+            }
+            Ok(_) => {
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                }
+                std::str::from_utf8(&buf)
+                    .map(unescape)
+                    .map_err(|_| bad("a line is not UTF-8".into()))
+            }
+        };
+        done = out.is_err();
+        Some(out)
     }))
+}
+
+/// Opens a list file without following a link (it may lie in a hostile store).
+fn open_list(path: &Path) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| io_err("cannot open", path, e))?;
+    let regular = f.metadata().map(|m| m.is_file()).unwrap_or(false);
+    if !regular {
+        return Err(Error::new(
+            crate::error::Class::Check,
+            format!("file list {} is not a regular file", path.display()),
+        ));
+    }
+    Ok(f)
 }
 
 /// Walks PGDATA into a new list file (the start walk).

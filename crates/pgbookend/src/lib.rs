@@ -7,6 +7,8 @@
 
 pub mod agent;
 pub mod bundle;
+pub mod bundle_check;
+pub mod bundle_read;
 pub mod catalog;
 pub mod commands;
 pub mod config;
@@ -27,6 +29,7 @@ pub mod run;
 pub mod rundir;
 pub mod s3;
 pub mod session;
+pub mod shellword;
 pub mod state;
 pub mod store;
 pub mod timefmt;

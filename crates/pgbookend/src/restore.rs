@@ -8,11 +8,13 @@
 //! makes the server refuse to start instead of recovering wrongly (invariant 6).
 
 use crate::bundle::{self, Manifest};
+use crate::bundle_read;
 use crate::error::{io_err, Class, Error, Result};
 use crate::fsutil::{self, Ownership};
 use crate::marker;
 use crate::store::Store;
 use crate::walcollect;
+use pgbookend_formats::walname::{self, WalName};
 use pgbookend_formats::{
     control, label::BackupLabel, lsn::Lsn, tablespace_map::TablespaceMap, wal,
 };
@@ -67,42 +69,25 @@ pub struct Loaded {
     pub control: Option<control::ControlFile>,
 }
 
-/// Reads a bundle directory and checks it on its own: every file's size and SHA-256,
-/// the label parses and agrees with `bundle.json`, `pg_control` is CRC-valid and of the
-/// same cluster, and the WAL range is contiguous and (in `collect` mode) complete and
-/// intact. `deep` also decompresses every WAL file to check its own checksum.
+/// Reads a bundle directory and checks it on its own: every field of `bundle.json` that
+/// becomes a path, a command or an allocation is validated first (nothing else is read
+/// before), then every file's size and SHA-256, the label parses and agrees with
+/// `bundle.json`, `pg_control` is CRC-valid and of the same cluster, and the WAL range is
+/// contiguous and (in `collect` mode) complete and intact. `deep` also decompresses every
+/// WAL file, in pieces and capped at its segment size, to check its own checksum.
 pub fn load_bundle(
     dir: &Path,
     id: Option<&str>,
     deep: bool,
 ) -> std::result::Result<Loaded, Vec<Problem>> {
-    let mut problems = Vec::new();
-    let mpath = dir.join(bundle::MANIFEST);
-    let manifest: Manifest = match fs::read(&mpath) {
-        Ok(b) => match serde_json::from_slice(&b) {
-            Ok(m) => m,
-            Err(e) => {
-                return Err(vec![problem(
-                    "bundle_manifest",
-                    format!("{} is not a valid bundle manifest: {e}", mpath.display()),
-                    "the bundle is damaged; use another copy of it (another store)",
-                )])
-            }
-        },
-        Err(e) => {
-            return Err(vec![problem(
-            "bundle_manifest",
-            format!("cannot read {}: {e}", mpath.display()),
-            "a bundle without bundle.json is partial: its stop did not finish; use another backup",
-        )])
-        }
-    };
+    let manifest = read_manifest(dir)?;
+    let mut problems = crate::bundle_check::manifest_problems(&manifest);
     if let Some(id) = id {
         if manifest.id != id {
             problems.push(problem(
                 "bundle_id",
                 format!(
-                    "the bundle in {} is of backup {}, not {id}",
+                    "the bundle in {} is of backup {:?} (bundle.json field id), not {id}",
                     dir.display(),
                     manifest.id
                 ),
@@ -110,12 +95,15 @@ pub fn load_bundle(
             ));
         }
     }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
     for (name, entry) in &manifest.files {
-        match fsutil::sha256_file(&dir.join(name)) {
-            Ok((size, sum)) if size == entry.size && sum == entry.sha256 => {}
-            Ok(_) => problems.push(problem(
+        match bundle_read::matches(dir, name, entry.size, &entry.sha256) {
+            Ok(true) => {}
+            Ok(false) => problems.push(problem(
                 "bundle_checksum",
-                format!("bundle file {name} does not match its SHA-256 in bundle.json"),
+                format!("bundle file {name} does not match its size and SHA-256 in bundle.json"),
                 "the bundle is damaged; use another copy of it (another store)",
             )),
             Err(e) => problems.push(problem(
@@ -125,21 +113,77 @@ pub fn load_bundle(
             )),
         }
     }
-    let label_text = fs::read_to_string(dir.join("backup_label")).unwrap_or_default();
-    let label = match BackupLabel::parse(&label_text) {
+    let read_text = |name: &str| {
+        bundle_read::read_capped(dir, name, bundle_read::MAX_TEXT_BYTES)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+    };
+    let label_text = read_text("backup_label").unwrap_or_default();
+    let label = check_label(&label_text, &manifest, &mut problems);
+    let map_text = read_text("tablespace_map");
+    problems.extend(crate::bundle_check::map_problem(
+        map_text.as_deref(),
+        &manifest,
+    ));
+    let control_bytes = bundle_read::read_capped(dir, "pg_control", bundle_read::MAX_CONTROL_BYTES)
+        .unwrap_or_default();
+    let control = check_control(&control_bytes, &manifest, &mut problems);
+    problems.extend(wal_range_problems(&manifest));
+    if deep {
+        problems.extend(bundle_wal_problems(dir, &manifest));
+    }
+    if problems.is_empty() {
+        Ok(Loaded {
+            dir: dir.to_path_buf(),
+            manifest,
+            label,
+            label_text,
+            map_text,
+            control_bytes,
+            control,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+/// `bundle.json`, read without following a link and only up to its size cap.
+fn read_manifest(dir: &Path) -> std::result::Result<Manifest, Vec<Problem>> {
+    let mpath = dir.join(bundle::MANIFEST);
+    let bytes =
+        bundle_read::read_capped(dir, bundle::MANIFEST, bundle_read::MAX_MANIFEST_BYTES)
+            .map_err(|e| {
+                vec![problem(
+                "bundle_manifest",
+                format!("cannot read {}: {e}", mpath.display()),
+                "a bundle without bundle.json is partial: its stop did not finish; use another backup",
+            )]
+            })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        vec![problem(
+            "bundle_manifest",
+            format!("{} is not a valid bundle manifest: {e}", mpath.display()),
+            "the bundle is damaged; use another copy of it (another store)",
+        )]
+    })
+}
+
+/// The bundle's `backup_label`, parsed and compared with `bundle.json`.
+fn check_label(text: &str, m: &Manifest, problems: &mut Vec<Problem>) -> Option<BackupLabel> {
+    match BackupLabel::parse(text) {
         Ok(l) => {
-            if l.label != manifest.id {
+            if l.label != m.id {
                 problems.push(problem(
                     "bundle_label",
                     format!(
                         "backup_label names backup {:?}, bundle.json {}",
-                        l.label, manifest.id
+                        l.label, m.id
                     ),
                     "the bundle mixes files of two backups; use another copy of it",
                 ));
             }
-            if l.start_wal_location.to_string() != manifest.start_lsn
-                || l.checkpoint_location.to_string() != manifest.checkpoint_lsn
+            if l.start_wal_location.to_string() != m.start_lsn
+                || l.checkpoint_location.to_string() != m.checkpoint_lsn
             {
                 problems.push(problem(
                     "bundle_label",
@@ -157,12 +201,18 @@ pub fn load_bundle(
             ));
             None
         }
-    };
-    let map_text = fs::read_to_string(dir.join("tablespace_map")).ok();
-    let control_bytes = fs::read(dir.join("pg_control")).unwrap_or_default();
-    let control = match control::parse(&control_bytes) {
+    }
+}
+
+/// The bundle's `pg_control`, parsed and compared with `bundle.json`.
+fn check_control(
+    bytes: &[u8],
+    m: &Manifest,
+    problems: &mut Vec<Problem>,
+) -> Option<control::ControlFile> {
+    match control::parse(bytes) {
         Ok(c) => {
-            if c.system_identifier.to_string() != manifest.system_identifier {
+            if c.system_identifier.to_string() != m.system_identifier {
                 problems.push(problem(
                     "bundle_control",
                     "the bundle's pg_control is of another cluster than bundle.json says",
@@ -179,80 +229,67 @@ pub fn load_bundle(
             ));
             None
         }
-    };
-    problems.extend(wal_range_problems(&manifest));
-    if deep {
-        for w in &manifest.wal {
-            let (Some(stored), Some(sum)) = (&w.stored, &w.sha256) else {
-                continue;
-            };
-            let ok = fs::File::open(dir.join(stored))
-                .ok()
-                .and_then(|f| zstd::stream::decode_all(f).ok())
-                .map(|raw| hex::encode(Sha256::digest(&raw)) == *sum)
-                .unwrap_or(false);
-            if !ok {
-                problems.push(problem(
-                    "bundle_wal",
-                    format!(
-                        "WAL file {} in the bundle does not decompress to its recorded SHA-256",
-                        w.name
-                    ),
-                    "the bundle is damaged; use another copy of it",
-                ));
-            }
-        }
-    }
-    if problems.is_empty() {
-        Ok(Loaded {
-            dir: dir.to_path_buf(),
-            manifest,
-            label,
-            label_text,
-            map_text,
-            control_bytes,
-            control,
-        })
-    } else {
-        Err(problems)
     }
 }
 
-/// The WAL list must run without gaps from `start_wal_file` to `stop_wal_file`; in
-/// `collect` mode every file must be stored in the bundle.
+/// Decompresses every stored WAL file in pieces (never beyond a segment's size, nor 1
+/// GiB) and compares its size and SHA-256 with `bundle.json`.
+fn bundle_wal_problems(dir: &Path, m: &Manifest) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let limit = u64::from(m.wal_segment_size).min(wal::MAX_SEG_SIZE.into());
+    for w in &m.wal {
+        let (Some(stored), Some(sum)) = (&w.stored, &w.sha256) else {
+            continue;
+        };
+        let why = match bundle_read::wal_digest(dir, stored, limit) {
+            Ok((n, s)) if w.size.is_none_or(|z| z == n) && s == *sum => continue,
+            Ok(_) => "does not decompress to its recorded size and SHA-256".to_string(),
+            Err(e) => format!("cannot be decompressed: {e}"),
+        };
+        out.push(problem(
+            "bundle_wal",
+            format!("WAL file {} in the bundle {why}", w.name),
+            "the bundle is damaged; use another copy of it",
+        ));
+    }
+    out
+}
+
+/// The WAL list must run without gaps from `start_wal_file` to `stop_wal_file` (a range
+/// of at most `MAX_RANGE_SEGMENTS`, walked lazily); in `collect` mode every file must be
+/// stored in the bundle. Names were validated by `bundle_check`.
 fn wal_range_problems(m: &Manifest) -> Vec<Problem> {
     let mut out = Vec::new();
     let seg = m.wal_segment_size;
-    let segs: Vec<&bundle::WalEntry> = m
-        .wal
-        .iter()
-        .filter(|w| !w.name.ends_with(".history"))
-        .collect();
-    let parse = |n: &str| wal::parse_file_name(n, seg).map(|(_, s)| s);
-    let first = parse(&m.start_wal_file);
-    let last = parse(&m.stop_wal_file);
-    match (first, last) {
-        (Some(first), Some(last)) => {
-            let have: Vec<u64> = segs.iter().filter_map(|w| parse(&w.name)).collect();
-            let want: Vec<u64> = (first..=last).collect();
-            if have != want {
+    let parse = |n: &str| WalName::parse(n).ok().and_then(|w| w.segno(seg));
+    let range = match (parse(&m.start_wal_file), parse(&m.stop_wal_file)) {
+        (Some(first), Some(last)) => walname::bounded_segnos(first, last, walname::MAX_RANGE_SEGMENTS)
+            .map_err(|e| format!("bundle.json fields start_wal_file {} .. stop_wal_file {}: {e}", m.start_wal_file, m.stop_wal_file)),
+        _ => Err("bundle.json's start_wal_file or stop_wal_file is not a WAL segment name for its wal_segment_size".to_string()),
+    };
+    match range {
+        Ok(want) => {
+            let count = want.end() - want.start() + 1;
+            let have = m
+                .wal
+                .iter()
+                .filter(|w| !w.name.ends_with(".history"))
+                .map(|w| parse(&w.name));
+            if !have.eq(want.map(Some)) {
                 out.push(problem(
                     "bundle_wal_range",
                     format!(
-                        "bundle.json lists {} WAL segments, but {} .. {} needs {} contiguous ones",
-                        have.len(),
-                        m.start_wal_file,
-                        m.stop_wal_file,
-                        want.len()
+                        "bundle.json lists WAL segments that are not the {count} contiguous ones {} .. {} needs",
+                        m.start_wal_file, m.stop_wal_file
                     ),
                     "the bundle is damaged; use another copy of it",
                 ));
             }
         }
-        _ => out.push(problem(
+        Err(msg) => out.push(problem(
             "bundle_wal_range",
-            "bundle.json's start or stop WAL file name is not valid",
-            "the bundle is damaged; use another copy of it",
+            msg,
+            "the bundle is damaged or altered; use another copy of it",
         )),
     }
     if m.wal_mode == "collect" {
@@ -346,12 +383,26 @@ pub fn running_postmaster(pgdata: &Path) -> Option<i32> {
 }
 
 /// Where the bundle of `id` is: `--bundle`, `--store`, or the stores the marker names.
+/// The ID (which may come from the copy's marker) must be a valid backup ID before it
+/// becomes part of a path or a key.
 fn locate_bundle(
     opts: &PrepareOptions,
     id: &str,
     m: Option<&marker::Marker>,
     scratch: &Path,
 ) -> std::result::Result<PathBuf, Problem> {
+    if let Err(e) = crate::id::validate(id) {
+        let from = if opts.id.is_some() {
+            "--id"
+        } else {
+            "the copy's marker (field id)"
+        };
+        return Err(problem(
+            "copy_marker",
+            format!("{from}: {}", e.message),
+            "the copy's marker was altered: do not trust this copy; pass --id with the backup ID you expect and --bundle DIR",
+        ));
+    }
     if let Some(b) = &opts.bundle {
         return Ok(b.clone());
     }
@@ -367,7 +418,7 @@ fn locate_bundle(
         ));
     }
     let mut last = String::new();
-    for c in &candidates {
+    for c in candidates.iter().take(16) {
         match Store::parse(c).and_then(|s| s.fetch_bundle(id, scratch)) {
             Ok(dir) => return Ok(dir),
             Err(e) => last = e.message,
@@ -392,21 +443,28 @@ enum WalSource {
 }
 
 /// A restore_command that copies from `dir`, also the compressed forms archivers write.
+/// The directory is quoted for the shell; `%f` and `%p` are filled in by the server.
 fn archive_restore_command(dir: &Path) -> String {
-    let d = dir.display();
+    let d = crate::shellword::quote(&dir.display().to_string());
     format!(
-        "f=\"{d}/%f\"; if [ -f \"$f\" ]; then cp \"$f\" \"%p\"; elif [ -f \"$f.zst\" ]; then zstd -dqf \"$f.zst\" -o \"%p\"; elif [ -f \"$f.gz\" ]; then gzip -dc \"$f.gz\" > \"%p\"; elif [ -f \"$f.lz4\" ]; then lz4 -dqf \"$f.lz4\" \"%p\"; else exit 1; fi"
+        "f={d}/%f; if [ -f \"$f\" ]; then cp \"$f\" \"%p\"; elif [ -f \"$f.zst\" ]; then zstd -dqf \"$f.zst\" -o \"%p\"; elif [ -f \"$f.gz\" ]; then gzip -dc \"$f.gz\" > \"%p\"; elif [ -f \"$f.lz4\" ]; then lz4 -dqf \"$f.lz4\" \"%p\"; else exit 1; fi"
     )
 }
 
 /// Runs a restore_command for one file into a scratch directory: the only honest test
-/// that recovery will be able to fetch it.
+/// that recovery will be able to fetch it. Only a checked WAL name is substituted, and
+/// every substituted value is quoted for the shell.
 fn try_restore_command(cmd: &str, name: &str, scratch: &Path) -> bool {
+    let Ok(name) = WalName::parse(name) else {
+        return false;
+    };
     let dest = scratch.join(format!("try-{name}"));
-    let c = cmd
-        .replace("%f", name)
-        .replace("%p", &dest.display().to_string())
-        .replace("%r", "000000010000000000000001");
+    let c = crate::shellword::substitute(
+        cmd,
+        name.as_str(),
+        &dest.display().to_string(),
+        "000000010000000000000001",
+    );
     let ok = std::process::Command::new("sh")
         .arg("-c")
         .arg(&c)
@@ -416,7 +474,7 @@ fn try_restore_command(cmd: &str, name: &str, scratch: &Path) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
-        && dest.is_file();
+        && fs::symlink_metadata(&dest).is_ok_and(|m| m.is_file());
     let _ = fs::remove_file(&dest);
     ok
 }
@@ -1362,8 +1420,20 @@ pub fn verify_copy(opts: &PrepareOptions) -> Result<Report> {
     Ok(report)
 }
 
+/// The number of paths in a bundle's file list, read as a stream; the first unreadable
+/// or over-long line is the answer.
+fn count_list(path: &Path) -> Result<u64> {
+    let mut n = 0u64;
+    for p in crate::filelist::read(path)? {
+        p?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// `verify --store URL --id ID` (or `--bundle DIR`): one bundle on its own.
 pub fn verify_bundle(store: Option<&str>, bundle_dir: Option<&Path>, id: &str) -> Result<Report> {
+    crate::id::validate(id)?;
     let scratch = tempfile::Builder::new()
         .prefix("pgbookend-verify.")
         .tempdir()
@@ -1387,7 +1457,7 @@ pub fn verify_bundle(store: Option<&str>, bundle_dir: Option<&Path>, id: &str) -
                     .push(problem("bundle", "incomplete bundle", "use another copy"));
             }
             if let Some(fl) = &l.manifest.file_list {
-                match crate::filelist::read(&dir.join(&fl.name)).map(|it| it.count() as u64) {
+                match count_list(&dir.join(&fl.name)) {
                     Ok(n) if n == fl.count => {}
                     Ok(n) => report.problems.push(problem(
                         "bundle_file_list",

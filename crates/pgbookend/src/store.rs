@@ -106,10 +106,20 @@ impl Store {
     /// Makes `id`'s bundle readable as a local directory: a local store's own directory,
     /// or (for remote stores) a download into `scratch/<id>`. The caller checks it
     /// (`bundle.json` present, checksums) before trusting it.
+    /// The ID must be a valid backup ID (it may come from a copy's marker), and a local
+    /// bundle directory must be a directory, not a link to somewhere else.
     pub fn fetch_bundle(&self, id: &str, scratch: &Path) -> Result<PathBuf> {
+        crate::id::validate(id)?;
         match self {
             Store::Local(root) => {
                 let dir = root.join(id);
+                if std::fs::symlink_metadata(&dir).is_ok_and(|m| !m.is_dir()) {
+                    return Err(Error::new(
+                        crate::error::Class::Check,
+                        format!("{} is not a directory (a link?): a store holds each bundle in a directory named by its ID", dir.display()),
+                    )
+                    .hint("someone altered the store: check it, and use another store's copy of the bundle"));
+                }
                 if !dir.join(crate::bundle::MANIFEST).is_file() {
                     return Err(Error::usage(format!(
                         "store {} holds no complete bundle of backup {id} (no {})",
@@ -140,6 +150,23 @@ impl Store {
         from: &Path,
         manifest: &crate::bundle::Manifest,
     ) -> Result<String> {
+        crate::id::validate(id)?;
+        if manifest.id != id {
+            return Err(Error::internal(format!(
+                "bundle.json of {} copied as backup {id}",
+                manifest.id
+            )));
+        }
+        if let Some(bad) = manifest
+            .files
+            .keys()
+            .find_map(|n| crate::bundle_check::check_rel_path(n).err())
+        {
+            return Err(Error::new(
+                crate::error::Class::Check,
+                format!("bundle.json field files: {bad}"),
+            ));
+        }
         match self {
             Store::Local(root) => {
                 let own = Ownership::private();
