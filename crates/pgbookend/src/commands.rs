@@ -573,6 +573,15 @@ pub fn cleanup(run: &RunDir, pgdata: Option<&std::path::Path>) -> Result<Output>
         if entry.agent_alive() {
             continue;
         }
+        // A concurrent start creates the entry before its agent takes the lock: never
+        // remove an entry whose agent has not recorded any state yet.
+        if !entry.has_state() {
+            kept.push(format!(
+                "{} (being started, or its start was killed before the agent ran: `pgbookend start --id {}` again replaces it)",
+                entry.id, entry.id
+            ));
+            continue;
+        }
         if let Some(st) = entry.read_state() {
             let st = settle_dead(&entry, st);
             // The entry's name (a checked ID) names the marker, not the state file's text.

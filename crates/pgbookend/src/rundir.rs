@@ -33,14 +33,19 @@ impl RunDir {
     /// `--run-dir`, else `$PGBOOKEND_RUN_DIR`, else the config, else `/run/pgbookend`
     /// for root, `$XDG_RUNTIME_DIR/pgbookend`, or `/tmp/pgbookend-<uid>`.
     pub fn resolve(flag: Option<&Path>, config: Option<&Path>) -> RunDir {
+        // Absolute, because markers record it for other processes to find the lock.
+        let absolute = |p: PathBuf| match std::env::current_dir() {
+            Ok(cwd) if p.is_relative() => cwd.join(p),
+            _ => p,
+        };
         if let Some(p) = flag.or(config) {
             return RunDir {
-                root: p.to_path_buf(),
+                root: absolute(p.to_path_buf()),
             };
         }
         if let Some(p) = std::env::var_os("PGBOOKEND_RUN_DIR").filter(|p| !p.is_empty()) {
             return RunDir {
-                root: PathBuf::from(p),
+                root: absolute(PathBuf::from(p)),
             };
         }
         // SAFETY: geteuid cannot fail.
@@ -165,6 +170,15 @@ impl Entry {
     pub fn exists(&self) -> bool {
         fs::symlink_metadata(&self.dir)
             .map(|m| m.is_dir())
+            .unwrap_or(false)
+    }
+
+    /// Whether the agent has recorded any state: it does so first thing after taking its
+    /// lock, so an entry without state is still being started (or its start was killed
+    /// before the agent ran) and is not a dead backup.
+    pub fn has_state(&self) -> bool {
+        fs::symlink_metadata(self.state_path())
+            .map(|m| m.is_file())
             .unwrap_or(false)
     }
 
