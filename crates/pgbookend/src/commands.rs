@@ -6,7 +6,7 @@ use crate::config::{conninfo_has_password, Config};
 use crate::error::{Class, Error, Result};
 use crate::marker;
 use crate::protocol::{self, Request, Response};
-use crate::rundir::{Entry, RunDir};
+use crate::rundir::{Entry, Liveness, RunDir};
 use crate::state::{AgentState, Phase, StopReport};
 use crate::store::{default_store, Store};
 use crate::timefmt::{human_duration, now_unix, parse_duration, rfc3339};
@@ -570,16 +570,18 @@ pub fn cleanup(run: &RunDir, pgdata: Option<&std::path::Path>) -> Result<Output>
     let mut kept = Vec::new();
     let mut removed_markers = Vec::new();
     for entry in run.entries() {
-        if entry.agent_alive() {
-            continue;
-        }
-        // A concurrent start creates the entry before its agent takes the lock: never
-        // remove an entry whose agent has not recorded any state yet.
+        // A concurrent start creates the entry before its agent takes the lock, and the
+        // agent records state only once it holds it: an entry without state is being
+        // started. Checked before the lock, so that a free lock then means the agent
+        // has exited.
         if !entry.has_state() {
             kept.push(format!(
                 "{} (being started, or its start was killed before the agent ran: `pgbookend start --id {}` again replaces it)",
                 entry.id, entry.id
             ));
+            continue;
+        }
+        if entry.liveness() != Liveness::Gone {
             continue;
         }
         if let Some(st) = entry.read_state() {

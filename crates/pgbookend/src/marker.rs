@@ -103,11 +103,12 @@ pub fn write(pgdata: &Path, m: &Marker) -> Result<()> {
         let td = top
             .open_dir(&tmp)
             .map_err(|e| fsutil::nofollow_err("cannot open", &tmp_path, e))?;
-        own.apply_fd(&td, true)
-            .map_err(|e| io_err("cannot change the owner or mode of", &tmp_path, e))?;
         fsutil::write_at(&td, OsStr::new(FILE), &own, |f, p| {
             std::io::Write::write_all(f, &data).map_err(|e| io_err("cannot write", p, e))
         })?;
+        // Handed to the data directory's owner only once complete.
+        own.apply_fd(&td, true)
+            .map_err(|e| io_err("cannot change the owner or mode of", &tmp_path, e))?;
         top.rename_noreplace(&tmp, &m.id).map_err(|e| {
             if e.kind() == io::ErrorKind::AlreadyExists {
                 Error::usage(format!(
@@ -357,14 +358,20 @@ pub fn sweep(pgdata: &Path, keep: Option<&str>, remove_foreign: bool) -> Result<
                 crate::live::remove(&m.id, &m.token);
             }
         }
-        top.remove_tree(&name).map_err(|e| {
-            Error::env(format!(
-                "cannot remove the stale marker {}: {e}",
-                dir_of(pgdata, &name).display()
-            ))
-        })?;
-        if m.is_ok() {
-            out.removed.push(name);
+        // A marker that cannot be removed is reported, not a reason to fail a backup.
+        match top.remove_tree(&name) {
+            Ok(()) if m.is_ok() => out.removed.push(name),
+            Ok(()) => {}
+            Err(e) => {
+                let why = format!("cannot remove {}: {e}", dir_of(pgdata, &name).display());
+                tracing::warn!("{why}");
+                if m.is_ok() {
+                    out.foreign.push((name, why, false));
+                } else if let Some(f) = out.foreign.last_mut() {
+                    f.1 = format!("{}; {why}", f.1);
+                    f.2 = false;
+                }
+            }
         }
     }
     let _ = top.sync();

@@ -108,7 +108,9 @@ impl RunDir {
         // SAFETY: geteuid cannot fail.
         let uid = unsafe { libc::geteuid() };
         if created {
-            dir.set_owner_mode(uid, unsafe { libc::getegid() }, 0o700)
+            // SAFETY: getegid cannot fail.
+            let gid = unsafe { libc::getegid() };
+            dir.set_owner_mode(uid, gid, 0o700)
                 .map_err(|e| io_err("cannot chmod", root, e))?;
         }
         let st = dir.stat().map_err(|e| io_err("cannot read", root, e))?;

@@ -246,7 +246,7 @@ impl Dir {
         let f = component(from.as_ref())?;
         let t = component(to.as_ref())?;
         // SAFETY: both names are valid C strings; the fd is an open directory.
-        check(unsafe {
+        let r = check(unsafe {
             libc::renameat2(
                 self.raw(),
                 f.as_ptr(),
@@ -254,8 +254,21 @@ impl Dir {
                 t.as_ptr(),
                 libc::RENAME_NOREPLACE,
             )
-        })?;
-        Ok(())
+        });
+        match r {
+            Ok(_) => Ok(()),
+            // A filesystem without RENAME_NOREPLACE (NFS): check, then a plain rename,
+            // which still never replaces a non-empty directory.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                match self.lstat(to.as_ref()) {
+                    Ok(_) => return Err(io::Error::from_raw_os_error(libc::EEXIST)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                self.rename(from, self, to)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Removes the non-directory `name` (a link is removed, not followed).
