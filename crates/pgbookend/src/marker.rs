@@ -475,6 +475,28 @@ mod tests {
     }
 
     #[test]
+    fn liveness_never_follows_a_link_nor_blocks_on_a_fifo() {
+        let t = tempfile::tempdir().unwrap();
+        let run = t.path().join("run");
+        std::fs::create_dir_all(run.join("f")).unwrap();
+        let fifo = std::ffi::CString::new(run.join("f/lock").into_os_string().into_encoded_bytes())
+            .unwrap();
+        // SAFETY: valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert_eq!(liveness(&sample("f", &run)), Liveness::Unknown);
+        std::fs::create_dir_all(run.join("l")).unwrap();
+        std::fs::write(t.path().join("target"), b"").unwrap();
+        std::os::unix::fs::symlink(t.path().join("target"), run.join("l/lock")).unwrap();
+        assert_eq!(liveness(&sample("l", &run)), Liveness::Unknown);
+        assert_eq!(liveness(&sample("gone", &run)), Liveness::Gone);
+        assert_eq!(liveness(&sample("x", Path::new("rel"))), Liveness::Unknown);
+        // Unknown is never stale: the marker stays.
+        write(t.path(), &sample("f", &run)).unwrap();
+        assert!(remove_stale(t.path(), None).unwrap().is_empty());
+        assert!(dir_of(t.path(), "f").join(FILE).is_file());
+    }
+
+    #[test]
     fn writers_survive_a_concurrent_removal_of_the_top_directory() {
         let t = tempfile::tempdir().unwrap();
         let run = t.path().join("run");
