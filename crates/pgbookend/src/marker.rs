@@ -171,13 +171,22 @@ fn make_temp_dir(pg: &Dir, own: &Ownership) -> Result<(Dir, String)> {
 }
 
 /// Removes one backup's marker (and the live record it ties to), and the marker
-/// directory once it is empty.
+/// directory once it is empty. A marker whose agent is alive is removed only by that
+/// agent itself: a concurrent start of the same ID that failed must not remove the
+/// marker of the one that succeeded.
 pub fn remove(pgdata: &Path, id: &str) -> Result<()> {
     crate::id::validate(id)?;
     let (pg, Some(top)) = open_top(pgdata)? else {
         return Ok(());
     };
     if let Ok(m) = read_one(&top, id) {
+        if m.agent_pid != std::process::id() && liveness(&m) == Liveness::Alive {
+            tracing::warn!(
+                "kept the marker of backup {id}: its agent (pid {}) is alive",
+                m.agent_pid
+            );
+            return Ok(());
+        }
         if token_ok(&m.token) {
             crate::live::remove(&m.id, &m.token);
         }
@@ -494,6 +503,29 @@ mod tests {
         write(t.path(), &sample("f", &run)).unwrap();
         assert!(remove_stale(t.path(), None).unwrap().is_empty());
         assert!(dir_of(t.path(), "f").join(FILE).is_file());
+    }
+
+    #[test]
+    fn a_live_agents_marker_is_removed_only_by_that_agent() {
+        let t = tempfile::tempdir().unwrap();
+        let run = t.path().join("run");
+        std::fs::create_dir_all(run.join("a")).unwrap();
+        let lock = std::fs::File::create(run.join("a/lock")).unwrap();
+        lock.try_lock().unwrap();
+        let mut m = sample("a", &run);
+        m.agent_pid = std::process::id() + 1;
+        write(t.path(), &m).unwrap();
+        remove(t.path(), "a").unwrap();
+        assert!(
+            dir_of(t.path(), "a").join(FILE).is_file(),
+            "another agent's: kept"
+        );
+        m.agent_pid = std::process::id();
+        std::fs::remove_dir_all(dir_of(t.path(), "a")).unwrap();
+        write(t.path(), &m).unwrap();
+        remove(t.path(), "a").unwrap();
+        assert!(!dir_of(t.path(), "a").exists(), "its own: removed");
+        drop(lock);
     }
 
     #[test]
