@@ -6,7 +6,7 @@ use crate::config::{conninfo_has_password, Config};
 use crate::error::{Class, Error, Result};
 use crate::marker;
 use crate::protocol::{self, Request, Response};
-use crate::rundir::{Entry, RunDir};
+use crate::rundir::{Entry, Liveness, RunDir};
 use crate::state::{AgentState, Phase, StopReport};
 use crate::store::{default_store, Store};
 use crate::timefmt::{human_duration, now_unix, parse_duration, rfc3339};
@@ -190,6 +190,13 @@ pub fn start(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Output> {
             ready.removed_stale_markers.join(", ")
         ));
     }
+    let foreign = foreign_markers(std::path::Path::new(&ready.pgdata));
+    for (name, why) in &foreign {
+        human.push_str(&format!(
+            "warning: ignored the foreign marker directory {name:?} in {}: {why} (never used; `pgbookend cleanup --pgdata` removes it)\n",
+            marker::DIR
+        ));
+    }
     for e in &unreachable {
         human.push_str(&format!(
             "warning: {} (continuing: --min-stores {} of {n_stores} stores)\n",
@@ -203,12 +210,29 @@ pub fn start(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Output> {
             "store_warnings".into(),
             json!(unreachable.iter().map(|e| &e.message).collect::<Vec<_>>()),
         );
+        m.insert(
+            "foreign_markers".into(),
+            json!(foreign
+                .iter()
+                .map(|(name, why)| json!({"name": name, "why": why}))
+                .collect::<Vec<_>>()),
+        );
     }
     Ok(Output {
         json,
         human,
         error: None,
     })
+}
+
+/// The directories in `pg_backup_metadata` that are not trustworthy markers (a JSON id
+/// that differs from the directory name, a bad token, too big, unreadable): reported by
+/// `start`, never used to build a path.
+fn foreign_markers(pgdata: &std::path::Path) -> Vec<(String, String)> {
+    marker::list(pgdata)
+        .into_iter()
+        .filter_map(|m| m.err())
+        .collect()
 }
 
 /// A password in a conninfo from the config file is the user's choice (root-only file);
@@ -601,15 +625,27 @@ pub fn cleanup(run: &RunDir, pgdata: Option<&std::path::Path>) -> Result<Output>
     let mut kept = Vec::new();
     let mut removed_markers = Vec::new();
     for entry in run.entries() {
-        if entry.agent_alive() {
+        // A concurrent start creates the entry before its agent takes the lock, and the
+        // agent records state only once it holds it: an entry without state is being
+        // started. Checked before the lock, so that a free lock then means the agent
+        // has exited.
+        if !entry.has_state() {
+            kept.push(format!(
+                "{} (being started, or its start was killed before the agent ran: `pgbookend start --id {}` again replaces it)",
+                entry.id, entry.id
+            ));
+            continue;
+        }
+        if entry.liveness() != Liveness::Gone {
             continue;
         }
         if let Some(st) = entry.read_state() {
             let st = settle_dead(&entry, st);
+            // The entry's name (a checked ID) names the marker, not the state file's text.
             if let Some(p) = &st.pgdata {
-                if marker::dir_of(p.as_ref(), &st.id).exists() {
-                    marker::remove(p.as_ref(), &st.id)?;
-                    removed_markers.push(st.id.clone());
+                if marker::dir_of(p.as_ref(), &entry.id).exists() {
+                    marker::remove(p.as_ref(), &entry.id)?;
+                    removed_markers.push(entry.id.clone());
                 }
             }
             if st.state == Phase::Rescuable {
@@ -631,16 +667,26 @@ pub fn cleanup(run: &RunDir, pgdata: Option<&std::path::Path>) -> Result<Output>
         entry.remove()?;
         removed_entries.push(entry.id.clone());
     }
+    let mut foreign = Vec::new();
     if let Some(p) = pgdata {
-        for id in marker::remove_stale(p, None)? {
+        let sweep = marker::sweep(p, None, true)?;
+        for id in sweep.removed {
             if !removed_markers.contains(&id) {
                 removed_markers.push(id);
             }
         }
+        foreign = sweep.foreign;
     }
     let mut human = String::new();
-    if removed_entries.is_empty() && removed_markers.is_empty() {
+    if removed_entries.is_empty() && removed_markers.is_empty() && foreign.is_empty() {
         human.push_str("nothing to clean up\n");
+    }
+    for (name, why, removed) in &foreign {
+        let what = if *removed { "removed" } else { "left alone" };
+        human.push_str(&format!(
+            "{what} the foreign marker directory {name:?} in {} (its contents are never used): {why}\n",
+            marker::DIR
+        ));
     }
     for e in &removed_entries {
         human.push_str(&format!("forgot finished or dead backup {e}\n"));
@@ -652,7 +698,15 @@ pub fn cleanup(run: &RunDir, pgdata: Option<&std::path::Path>) -> Result<Output>
         human.push_str(&format!("kept {k}\n"));
     }
     Ok(Output {
-        json: json!({ "removed_entries": removed_entries, "removed_markers": removed_markers, "kept": kept }),
+        json: json!({
+            "removed_entries": removed_entries,
+            "removed_markers": removed_markers,
+            "foreign_markers": foreign
+                .iter()
+                .map(|(name, why, removed)| json!({"name": name, "why": why, "removed": removed}))
+                .collect::<Vec<_>>(),
+            "kept": kept,
+        }),
         human,
         error: None,
     })

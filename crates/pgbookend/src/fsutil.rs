@@ -1,9 +1,17 @@
-//! Durable file writes (temporary name, fsync, rename, fsync of the directory) and ownership.
+//! Durable file writes (an unpredictable temporary name created with `O_EXCL|O_NOFOLLOW`,
+//! fsync, rename, fsync of the directory) and ownership set on descriptors, never by path;
+//! plus the no-follow toolkit of [`dir`] for working inside directories others can write.
 
-use crate::error::{io_err, Result};
-use std::fs::{self, File, OpenOptions};
+mod dir;
+
+pub use dir::{component, Dir};
+
+use crate::error::{io_err, Error, Result};
+use std::ffi::OsStr;
+use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 /// Who should own files written into a directory, and with which modes: taken from the
@@ -42,71 +50,147 @@ impl Ownership {
         }
     }
 
-    /// Applies owner and mode to an existing path (owner only changes when we may).
+    /// Applies owner and mode to an existing path without ever following a link: the
+    /// path is opened `O_NOFOLLOW|O_NONBLOCK`, must be a regular file or a directory (as
+    /// `is_dir` says), and is changed through that descriptor.
     pub fn apply(&self, path: &Path, is_dir: bool) -> Result<()> {
+        let flags =
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(path)
+            .map_err(|e| nofollow_err("cannot open", path, e))?;
+        let st = dir::fstat(f.as_raw_fd()).map_err(|e| io_err("cannot stat", path, e))?;
+        let want = if is_dir { libc::S_IFDIR } else { libc::S_IFREG };
+        if dir::kind(&st) != want {
+            return Err(Error::env(format!(
+                "refusing to change the owner of {}: it is not a {}",
+                path.display(),
+                if is_dir { "directory" } else { "regular file" }
+            )));
+        }
+        self.apply_fd(&f, is_dir)
+            .map_err(|e| io_err("cannot change the owner or mode of", path, e))
+    }
+
+    /// Applies owner and mode through an open descriptor.
+    pub fn apply_fd(&self, fd: &impl AsRawFd, is_dir: bool) -> std::io::Result<()> {
         let mode = if is_dir {
             self.dir_mode
         } else {
             self.file_mode
         };
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))
-            .map_err(|e| io_err("cannot chmod", path, e))?;
-        let md = fs::symlink_metadata(path).map_err(|e| io_err("cannot stat", path, e))?;
-        if md.uid() != self.uid || md.gid() != self.gid {
-            std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))
-                .map_err(|e| io_err("cannot change the owner of", path, e))?;
-        }
-        Ok(())
+        dir::set_owner_mode(fd.as_raw_fd(), self.uid, self.gid, mode)
     }
 }
 
-/// Creates `dir` (one level) with the given ownership if missing.
+/// An I/O error as an [`Error`], with a hint when it came from meeting a link where
+/// none may be (`O_NOFOLLOW` answers `ELOOP`).
+pub fn nofollow_err(what: &str, path: &Path, e: std::io::Error) -> Error {
+    let is_link = e.raw_os_error() == Some(libc::ELOOP);
+    let err = io_err(what, path, e);
+    if is_link {
+        err.hint("pgbookend never follows a symbolic link there: remove the link (someone may have planted it)")
+    } else {
+        err
+    }
+}
+
+/// Creates `dir` (one level) with the given ownership if missing. An existing `dir` must
+/// be a real directory: a link or anything else there is refused. Ownership is set
+/// through a descriptor opened `O_DIRECTORY|O_NOFOLLOW`.
 pub fn ensure_dir(dir: &Path, own: &Ownership) -> Result<()> {
-    match fs::create_dir(dir) {
-        Ok(()) => {
-            own.apply(dir, true)?;
-            if let Some(parent) = dir.parent() {
-                fsync_dir(parent)?;
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io_err("cannot create directory", dir, e)),
-    }
+    let (parent, name) = split(dir)?;
+    ensure_dir_at(&parent, name, own).map(|_| ())
 }
 
-/// Writes `path` so that a crash leaves either the old file or the whole new one: `fill`
-/// writes a temporary file in the same directory, which is then fsynced, given its owner
-/// and mode, renamed into place, and the directory fsynced. A failure removes the
-/// temporary file.
+/// Creates `name` in `parent` if missing, refusing a link or non-directory there, and
+/// returns it opened; a directory this call created gets `own` and the parent is fsynced.
+pub fn ensure_dir_at(parent: &Dir, name: &OsStr, own: &Ownership) -> Result<Dir> {
+    let path = parent.display_path(name);
+    let created = match parent.mkdir(name, own.dir_mode) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(io_err("cannot create directory", &path, e)),
+    };
+    let d = parent.open_dir(name).map_err(|e| {
+        nofollow_err("cannot open directory", &path, e)
+            .hint("it must be a real directory, not a link or a file")
+    })?;
+    if created {
+        own.apply_fd(&d, true)
+            .map_err(|e| io_err("cannot change the owner or mode of", &path, e))?;
+        parent
+            .sync()
+            .map_err(|e| io_err("cannot fsync directory", parent.path(), e))?;
+    }
+    Ok(d)
+}
+
+/// The parent directory of `path`, opened (following links: the caller chose it), and
+/// the last component, which must be a plain name.
+fn split(path: &Path) -> Result<(Dir, &OsStr)> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::internal(format!("{} has no file name", path.display())))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let d = Dir::open_follow(parent).map_err(|e| io_err("cannot open directory", parent, e))?;
+    Ok((d, name))
+}
+
+/// A temporary name nobody can guess: `.NAME.tmp-<32 hex>`.
+pub fn temp_name(name: &OsStr) -> String {
+    format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy().chars().take(64).collect::<String>(),
+        hex::encode(random_bytes::<16>())
+    )
+}
+
+/// Writes `path` so that a crash leaves either the old file or the whole new one (see
+/// [`write_at`]); the parent directory is opened as given, the file name is never followed.
 pub fn write_with(
     path: &Path,
     own: &Ownership,
     fill: impl FnOnce(&mut File, &Path) -> Result<()>,
 ) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let (parent, name) = split(path)?;
+    write_at(&parent, name, own, fill)
+}
+
+/// Writes `name` in `dir` durably: `fill` writes a new temporary file with an
+/// unpredictable name (created `O_EXCL|O_NOFOLLOW`), which is then given its owner and
+/// mode through its descriptor, fsynced, renamed over `name` (a link there is replaced,
+/// not followed) and the directory fsynced. A failure removes the temporary file.
+pub fn write_at(
+    dir: &Dir,
+    name: &OsStr,
+    own: &Ownership,
+    fill: impl FnOnce(&mut File, &Path) -> Result<()>,
+) -> Result<()> {
+    component(name).map_err(|e| io_err("cannot write", &dir.display_path(name), e))?;
+    let tmp = temp_name(name);
+    let tmp_path = dir.display_path(&tmp);
+    let mut f = dir
+        .create_file(&tmp, own.file_mode)
+        .map_err(|e| io_err("cannot create", &tmp_path, e))?;
     let res = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(own.file_mode)
-            .open(&tmp)
-            .map_err(|e| io_err("cannot create", &tmp, e))?;
-        fill(&mut f, &tmp)?;
-        own.apply(&tmp, false)?;
-        f.sync_all().map_err(|e| io_err("cannot fsync", &tmp, e))?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(|e| io_err("cannot rename into place", path, e))?;
-        fsync_dir(dir)
+        fill(&mut f, &tmp_path)?;
+        own.apply_fd(&f, false)
+            .map_err(|e| io_err("cannot change the owner or mode of", &tmp_path, e))?;
+        f.sync_all()
+            .map_err(|e| io_err("cannot fsync", &tmp_path, e))?;
+        dir.rename(&tmp, dir, name)
+            .map_err(|e| io_err("cannot rename into place", &dir.display_path(name), e))?;
+        dir.sync()
+            .map_err(|e| io_err("cannot fsync directory", dir.path(), e))
     })();
     if res.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = dir.unlink(&tmp);
     }
     res
 }
@@ -119,9 +203,12 @@ pub fn write_atomic(path: &Path, data: &[u8], own: &Ownership) -> Result<()> {
     })
 }
 
-/// Copies `src` to `dest` durably (see [`write_with`]).
+/// Copies `src` to `dest` durably (see [`write_with`]); `src` itself must not be a link.
 pub fn copy_atomic(src: &Path, dest: &Path, own: &Ownership) -> Result<()> {
-    let mut input = File::open(src).map_err(|e| io_err("cannot open", src, e))?;
+    let (sdir, sname) = split(src)?;
+    let mut input = sdir
+        .open_file(sname)
+        .map_err(|e| nofollow_err("cannot open", src, e))?;
     write_with(dest, own, |f, tmp| {
         std::io::copy(&mut input, f)
             .map(|_| ())
@@ -168,21 +255,24 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 
 /// fsyncs a directory so that renames and removals in it are durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
-    let f = File::open(dir).map_err(|e| io_err("cannot open directory", dir, e))?;
-    f.sync_all()
+    let d = Dir::open_follow(dir).map_err(|e| io_err("cannot open directory", dir, e))?;
+    d.sync()
         .map_err(|e| io_err("cannot fsync directory", dir, e))
 }
 
-/// Removes a directory tree and makes the removal durable; a missing tree is fine.
+/// Removes a directory tree and makes the removal durable; a missing tree is fine. Its
+/// last component and everything below it are never followed (links are removed as
+/// entries), so a link planted inside cannot make this delete outside the tree.
 pub fn remove_tree(dir: &Path) -> Result<()> {
-    match fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err("cannot remove", dir, e)),
-    }
-    if let Some(parent) = dir.parent() {
-        let _ = fsync_dir(parent);
-    }
+    let (parent, name) = match split(dir) {
+        Ok(x) => x,
+        Err(_) if fs::symlink_metadata(dir).is_err() => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    parent
+        .remove_tree(name)
+        .map_err(|e| io_err("cannot remove", dir, e))?;
+    let _ = parent.sync();
     Ok(())
 }
 
@@ -190,4 +280,68 @@ pub fn remove_tree(dir: &Path) -> Result<()> {
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    #[test]
+    fn write_replaces_a_planted_link_and_never_follows_it() {
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, b"secret").unwrap();
+        std::fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).unwrap();
+        let target = t.path().join("out");
+        symlink(&victim, &target).unwrap();
+        write_atomic(&target, b"new", &Ownership::private()).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"secret");
+        let md = std::fs::metadata(&victim).unwrap();
+        assert_eq!(md.permissions().mode() & 0o777, 0o644);
+        let out = std::fs::symlink_metadata(&target).unwrap();
+        assert!(out.is_file(), "the link itself was replaced");
+        assert_eq!(out.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        let left: Vec<_> = std::fs::read_dir(t.path()).unwrap().collect();
+        assert_eq!(left.len(), 2, "no temporary file is left");
+    }
+
+    #[test]
+    fn temp_names_are_unpredictable() {
+        let a = temp_name(OsStr::new("backup.json"));
+        let b = temp_name(OsStr::new("backup.json"));
+        assert_ne!(a, b);
+        assert!(a.starts_with(".backup.json.tmp-") && a.len() == ".backup.json.tmp-".len() + 32);
+    }
+
+    #[test]
+    fn apply_and_ensure_dir_refuse_links() {
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, b"v").unwrap();
+        std::fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).unwrap();
+        let link = t.path().join("link");
+        symlink(&victim, &link).unwrap();
+        let own = Ownership::private();
+        let e = own.apply(&link, false).unwrap_err();
+        assert!(e.message.contains("link"), "{}", e.message);
+        let md = std::fs::metadata(&victim).unwrap();
+        assert_eq!(md.permissions().mode() & 0o777, 0o644);
+        let vdir = t.path().join("vdir");
+        std::fs::create_dir(&vdir).unwrap();
+        symlink(&vdir, t.path().join("dlink")).unwrap();
+        assert!(ensure_dir(&t.path().join("dlink"), &own).is_err());
+        assert!(
+            ensure_dir(&victim, &own).is_err(),
+            "a file is not a directory"
+        );
+        ensure_dir(&t.path().join("fresh"), &own).unwrap();
+        ensure_dir(&t.path().join("fresh"), &own).unwrap();
+        assert!(
+            own.apply(&t.path().join("fresh"), false).is_err(),
+            "kind must match"
+        );
+        own.apply(&t.path().join("fresh"), true).unwrap();
+    }
 }

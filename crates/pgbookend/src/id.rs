@@ -34,6 +34,36 @@ pub fn validate(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// A backup ID that passed [`validate`]: safe as one path component, a label and an
+/// argument. Build it from untrusted text once and pass this type downstream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackupId(String);
+
+impl BackupId {
+    /// Checks `id` (see [`validate`]).
+    pub fn parse(id: &str) -> Result<BackupId> {
+        validate(id)?;
+        Ok(BackupId(id.to_string()))
+    }
+
+    /// The ID as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for BackupId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<std::path::Path> for BackupId {
+    fn as_ref(&self) -> &std::path::Path {
+        std::path::Path::new(&self.0)
+    }
+}
+
 /// A new ID: UTC time plus a random suffix, e.g. `20261121T010203Z-3f9a1c`.
 pub fn generate() -> String {
     let buf: [u8; 3] = crate::fsutil::random_bytes();
@@ -59,6 +89,14 @@ mod tests {
         assert!(validate("a/b").is_err());
         assert!(validate("a b").is_err());
         assert!(validate("-rf").is_err());
+    }
+
+    #[test]
+    fn checked_ids() {
+        assert_eq!(BackupId::parse("job-1").unwrap().as_str(), "job-1");
+        for bad in ["..", "../x", "/abs", "a\0b", "a\nb", ".tmp-1"] {
+            assert!(BackupId::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

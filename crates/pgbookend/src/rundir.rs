@@ -5,11 +5,23 @@
 //! survives PID reuse and needs no cooperation from a dead process.
 
 use crate::error::{io_err, Error, Result};
-use crate::fsutil::{self, Ownership};
+use crate::fsutil::{self, Dir, Ownership};
 use crate::state::AgentState;
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+/// The largest `state.json` read.
+const MAX_STATE_BYTES: u64 = 1 << 20;
+
+/// Whether an agent holds an entry's lock: only `Gone` allows treating its backup as dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    Gone,
+    Unknown,
+}
 
 /// The directory that holds every agent's entry.
 #[derive(Debug, Clone)]
@@ -21,14 +33,19 @@ impl RunDir {
     /// `--run-dir`, else `$PGBOOKEND_RUN_DIR`, else the config, else `/run/pgbookend`
     /// for root, `$XDG_RUNTIME_DIR/pgbookend`, or `/tmp/pgbookend-<uid>`.
     pub fn resolve(flag: Option<&Path>, config: Option<&Path>) -> RunDir {
+        // Absolute, because markers record it for other processes to find the lock.
+        let absolute = |p: PathBuf| match std::env::current_dir() {
+            Ok(cwd) if p.is_relative() => cwd.join(p),
+            _ => p,
+        };
         if let Some(p) = flag.or(config) {
             return RunDir {
-                root: p.to_path_buf(),
+                root: absolute(p.to_path_buf()),
             };
         }
         if let Some(p) = std::env::var_os("PGBOOKEND_RUN_DIR").filter(|p| !p.is_empty()) {
             return RunDir {
-                root: PathBuf::from(p),
+                root: absolute(PathBuf::from(p)),
             };
         }
         // SAFETY: geteuid cannot fail.
@@ -49,27 +66,60 @@ impl RunDir {
     }
 
     /// Creates the directory (0700) if needed and refuses one that others could tamper
-    /// with: it must belong to us and not be writable by group or others.
+    /// with: it must be a real directory (a link is refused, never followed), belong to us
+    /// and not be writable by group or others. Checked again after creating it, through
+    /// a descriptor opened without following links.
     pub fn ensure(&self) -> Result<()> {
-        if !self.root.exists() {
-            fs::create_dir_all(&self.root).map_err(|e| {
-                io_err("cannot create the run directory", &self.root, e)
-                    .hint("choose another with --run-dir")
-            })?;
-            fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
-                .map_err(|e| io_err("cannot chmod", &self.root, e))?;
-        }
-        let md = fs::metadata(&self.root).map_err(|e| io_err("cannot read", &self.root, e))?;
+        let root = &self.root;
+        let created = match fs::symlink_metadata(root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    fs::create_dir_all(parent).map_err(|e| {
+                        io_err("cannot create the run directory", root, e)
+                            .hint("choose another with --run-dir")
+                    })?;
+                }
+                match fs::DirBuilder::new().mode(0o700).create(root) {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+                    Err(e) => {
+                        return Err(io_err("cannot create the run directory", root, e)
+                            .hint("choose another with --run-dir"))
+                    }
+                }
+            }
+            Err(e) => return Err(io_err("cannot read", root, e)),
+            Ok(_) => false,
+        };
+        let refuse = |why: String| {
+            Error::env(format!(
+                "refusing the run directory {}: {why}",
+                root.display()
+            ))
+            .hint("remove it or fix its owner and mode, or choose another with --run-dir")
+        };
+        let dir = Dir::open(root).map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => {
+                refuse("it is a symbolic link (someone may have planted it)".into())
+            }
+            Some(libc::ENOTDIR) => refuse("it is not a directory".into()),
+            _ => io_err("cannot open the run directory", root, e),
+        })?;
         // SAFETY: geteuid cannot fail.
         let uid = unsafe { libc::geteuid() };
-        if md.uid() != uid || md.mode() & 0o022 != 0 {
-            return Err(Error::env(format!(
-                "the run directory {} must belong to uid {uid} and not be writable by others (it is uid {}, mode {:o})",
-                self.root.display(),
-                md.uid(),
-                md.mode() & 0o7777
-            ))
-            .hint("fix its owner and mode, or choose another with --run-dir"));
+        if created {
+            // SAFETY: getegid cannot fail.
+            let gid = unsafe { libc::getegid() };
+            dir.set_owner_mode(uid, gid, 0o700)
+                .map_err(|e| io_err("cannot chmod", root, e))?;
+        }
+        let st = dir.stat().map_err(|e| io_err("cannot read", root, e))?;
+        if st.st_uid != uid || st.st_mode & 0o022 != 0 {
+            return Err(refuse(format!(
+                "it must belong to uid {uid} and not be writable by group or others (it is uid {}, mode {:o})",
+                st.st_uid,
+                st.st_mode & 0o7777
+            )));
         }
         Ok(())
     }
@@ -120,7 +170,25 @@ impl Entry {
         self.dir.join("agent.log")
     }
     pub fn exists(&self) -> bool {
-        self.dir.is_dir()
+        fs::symlink_metadata(&self.dir)
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+    }
+
+    /// Whether the agent has recorded any state: it does so first thing after taking its
+    /// lock, so an entry without state is still being started (or its start was killed
+    /// before the agent ran) and is not a dead backup.
+    pub fn has_state(&self) -> bool {
+        fs::symlink_metadata(self.state_path())
+            .map(|m| m.is_file())
+            .unwrap_or(false)
+    }
+
+    /// The entry directory, opened without following a link.
+    fn open(&self) -> std::io::Result<Dir> {
+        let name = self.dir.file_name().unwrap_or_default();
+        let root = self.dir.parent().unwrap_or(Path::new("/"));
+        Dir::open_follow(root)?.open_dir(name)
     }
 
     /// Creates the entry directory (0700).
@@ -135,8 +203,16 @@ impl Entry {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(&path)
-            .map_err(|e| io_err("cannot open", &path, e))?;
+            .map_err(|e| fsutil::nofollow_err("cannot open", &path, e))?;
+        if !f.metadata().map(|m| m.is_file()).unwrap_or(false) {
+            return Err(Error::env(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
         match f.try_lock() {
             Ok(()) => Ok(Some(f)),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
@@ -146,31 +222,62 @@ impl Entry {
 
     /// True while an agent holds this entry's lock.
     pub fn agent_alive(&self) -> bool {
-        let path = self.lock_path();
-        let Ok(f) = OpenOptions::new().read(true).open(&path) else {
-            return false;
-        };
-        matches!(f.try_lock_shared(), Err(fs::TryLockError::WouldBlock))
+        self.liveness() == Liveness::Alive
     }
 
-    /// The last state the agent recorded, if any.
+    /// Whether an agent holds this entry's lock, provably does not (no lock file, or the
+    /// lock is free), or cannot be told (no permission, a link or a non-file where the
+    /// lock should be). Never follows a link in the entry and never blocks on a FIFO.
+    pub fn liveness(&self) -> Liveness {
+        let dir = match self.open() {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Liveness::Gone,
+            Err(_) => return Liveness::Unknown,
+        };
+        let f = match dir.open_file("lock") {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Liveness::Gone,
+            Err(_) => return Liveness::Unknown,
+        };
+        match f.try_lock_shared() {
+            Err(fs::TryLockError::WouldBlock) => Liveness::Alive,
+            Ok(()) => Liveness::Gone,
+            Err(fs::TryLockError::Error(_)) => Liveness::Unknown,
+        }
+    }
+
+    /// The last state the agent recorded, if any (read capped, never through a link).
     pub fn read_state(&self) -> Option<AgentState> {
-        let text = fs::read(self.state_path()).ok()?;
+        let f = self.open().ok()?.open_file("state.json").ok()?;
+        let mut text = Vec::new();
+        f.take(MAX_STATE_BYTES).read_to_end(&mut text).ok()?;
         serde_json::from_slice(&text).ok()
     }
 
-    /// Records the agent's state durably.
+    /// Records the agent's state.
     /// Runtime state, not a durable record (the run directory is often tmpfs): written to
-    /// a temporary name and renamed, so readers never see half a file, but not fsynced —
-    /// the agent saves it at every heartbeat.
+    /// an unpredictable temporary name (created `O_EXCL|O_NOFOLLOW`) and renamed, so
+    /// readers never see half a file, but not fsynced — the agent saves it at every
+    /// heartbeat.
     pub fn write_state(&self, st: &AgentState) -> Result<()> {
         let data = serde_json::to_vec_pretty(st).map_err(|e| Error::internal(e.to_string()))?;
-        let path = self.state_path();
-        let tmp = self
-            .dir
-            .join(format!(".state.json.tmp.{}", std::process::id()));
-        fs::write(&tmp, &data).map_err(|e| io_err("cannot write", &tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| io_err("cannot rename into place", &path, e))
+        let dir = self
+            .open()
+            .map_err(|e| fsutil::nofollow_err("cannot open", &self.dir, e))?;
+        let tmp = fsutil::temp_name(std::ffi::OsStr::new("state.json"));
+        let tmp_path = self.dir.join(&tmp);
+        let res = dir
+            .create_file(&tmp, 0o600)
+            .and_then(|mut f| f.write_all(&data))
+            .map_err(|e| io_err("cannot write", &tmp_path, e))
+            .and_then(|()| {
+                dir.rename(&tmp, &dir, "state.json")
+                    .map_err(|e| io_err("cannot rename into place", &self.state_path(), e))
+            });
+        if res.is_err() {
+            let _ = dir.unlink(&tmp);
+        }
+        res
     }
 
     /// Removes the whole entry.
