@@ -88,10 +88,14 @@ enum Hello {
     Failed { error: Error },
 }
 
+/// The descriptor number at which the agent inherits its entry's lock from `start`.
+const LOCK_FD: libc::c_int = 3;
+
 /// Starts an agent for `cfg` and waits until it reports that the backup is in progress.
+/// `lock` is the entry's lock, taken by the caller: the agent inherits it (same open file
+/// description, so the lock is never released between `start` and the agent).
 /// On failure the agent has exited and left nothing behind; the entry is removed.
-pub fn spawn(cfg: &AgentConfig, entry: &Entry) -> Result<Ready> {
-    entry.create()?;
+pub fn spawn(cfg: &AgentConfig, entry: &Entry, lock: std::fs::File) -> Result<Ready> {
     let log_path = entry.log_path();
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -108,9 +112,19 @@ pub fn spawn(cfg: &AgentConfig, entry: &Entry) -> Result<Ready> {
         .stderr(Stdio::from(log));
     // SAFETY: setsid is async-signal-safe; it detaches the agent from the hook's process
     // group and terminal so that their end does not end the backup.
+    let lock_fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
+    // SAFETY: setsid, dup2 and fcntl are async-signal-safe. setsid detaches the agent from the
+    // hook's process group and terminal so that their end does not end the backup; dup2
+    // hands it the lock at LOCK_FD (dup2 clears close-on-exec on the copy).
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would keep close-on-exec: clear it by hand then.
+            let handed = if lock_fd == LOCK_FD {
+                libc::fcntl(LOCK_FD, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(lock_fd, LOCK_FD)
+            };
+            if libc::setsid() < 0 || handed < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -147,6 +161,38 @@ pub fn spawn(cfg: &AgentConfig, entry: &Entry) -> Result<Ready> {
             let _ = entry.remove();
             Err(err)
         }
+    }
+}
+
+/// The entry's lock as inherited from `start` at [`LOCK_FD`]; it must be this entry's lock
+/// file (same device and inode), and is taken again on the shared open file description
+/// (which succeeds: `start` holds it for us). Without it, the lock is taken anew.
+fn inherited_lock(entry: &Entry) -> Result<Option<std::fs::File>> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: F_GETFD only asks whether LOCK_FD is open.
+    if unsafe { libc::fcntl(LOCK_FD, libc::F_GETFD) } < 0 {
+        return entry.try_lock();
+    }
+    // SAFETY: LOCK_FD is open and nothing else in this process owns it.
+    let f = unsafe { std::fs::File::from_raw_fd(LOCK_FD) };
+    // SAFETY: sets close-on-exec on a descriptor we own.
+    unsafe { libc::fcntl(LOCK_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    let path = entry.lock_path();
+    let same = match (f.metadata(), std::fs::symlink_metadata(&path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino() && b.is_file(),
+        _ => false,
+    };
+    if !same {
+        return Err(Error::internal(format!(
+            "the lock handed over by start is not {}",
+            path.display()
+        )));
+    }
+    match f.try_lock() {
+        Ok(()) => Ok(Some(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err("cannot lock", &path, e)),
     }
 }
 
@@ -225,7 +271,7 @@ pub fn main() -> i32 {
     .entry(&cfg.id);
     tracing::info!(id = %cfg.id, pid = std::process::id(), "agent starting");
 
-    let lock = match entry.try_lock() {
+    let lock = match inherited_lock(&entry) {
         Ok(Some(l)) => l,
         Ok(None) => {
             hello(&Hello::Failed {

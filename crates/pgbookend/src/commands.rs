@@ -137,20 +137,7 @@ pub fn start(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Output> {
         };
     run.ensure()?;
     let entry = run.entry(&id);
-    if entry.agent_alive() {
-        return Err(
-            Error::usage(format!("backup {id} is already in progress")).hint("choose another --id")
-        );
-    }
-    if entry.exists() {
-        if let Some(st) = entry.read_state() {
-            if st.state == Phase::Stopped || st.state == Phase::Rescuable {
-                return Err(Error::usage(format!("backup {id} was already taken and stopped"))
-                    .hint("each backup needs its own ID; `pgbookend cleanup` forgets finished backups"));
-            }
-        }
-        entry.remove()?;
-    }
+    let lock = claim_entry(&entry, &id)?;
     let acfg = AgentConfig {
         id: id.clone(),
         run_dir: run.root.clone(),
@@ -165,7 +152,7 @@ pub fn start(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Output> {
         min_stores,
         s3: crate::s3::settings(),
     };
-    let ready = agent::spawn(&acfg, &entry)?;
+    let ready = agent::spawn(&acfg, &entry, lock)?;
     let mut human = format!(
         "backup {} started at {} (WAL {}, timeline {}) on PostgreSQL {} ({})\n\
          copy the data directory {} now, then run: pgbookend stop --id {}\n",
@@ -261,6 +248,31 @@ fn agent_gone(st: &AgentState) -> String {
 
 /// Records that an agent died and removes its marker: the state a dead agent could not
 /// write. An agent that died after saving the label leaves a rescuable backup.
+/// Takes the run-directory entry of a new backup: creates it, takes its lock (held from
+/// here on, then by the agent, which inherits it), and clears what an earlier failed
+/// attempt left. A concurrent `start` of the same ID finds the lock taken and refuses,
+/// instead of removing this start's entry.
+fn claim_entry(entry: &Entry, id: &str) -> Result<std::fs::File> {
+    entry.create()?;
+    let Some(lock) = entry.try_lock()? else {
+        return Err(Error::usage(format!(
+            "backup {id} is already in progress (or being started)"
+        ))
+        .hint("choose another --id"));
+    };
+    if let Some(st) = entry.read_state() {
+        if st.state == Phase::Stopped || st.state == Phase::Rescuable {
+            return Err(
+                Error::usage(format!("backup {id} was already taken and stopped")).hint(
+                    "each backup needs its own ID; `pgbookend cleanup` forgets finished backups",
+                ),
+            );
+        }
+    }
+    entry.clear_except_lock()?;
+    Ok(lock)
+}
+
 fn settle_dead(entry: &Entry, mut st: AgentState) -> AgentState {
     if !st.state.is_final() {
         match &st.rescue {

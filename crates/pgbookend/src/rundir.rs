@@ -280,6 +280,22 @@ impl Entry {
         res
     }
 
+    /// Empties the entry of everything but its lock file (whose lock the caller holds), so
+    /// that a new backup with this ID starts clean without ever giving up the lock: a
+    /// concurrent `start` of the same ID then finds the lock taken instead of a fresh entry.
+    pub fn clear_except_lock(&self) -> Result<()> {
+        let dir = fsutil::Dir::open(&self.dir)
+            .map_err(|e| fsutil::nofollow_err("cannot open", &self.dir, e))?;
+        let names = dir
+            .entries()
+            .map_err(|e| io_err("cannot list", &self.dir, e))?;
+        for name in names.iter().filter(|n| n.as_os_str() != "lock") {
+            dir.remove_tree(name)
+                .map_err(|e| io_err("cannot remove", &self.dir.join(name), e))?;
+        }
+        Ok(())
+    }
+
     /// Removes the whole entry.
     pub fn remove(&self) -> Result<()> {
         fsutil::remove_tree(&self.dir)

@@ -319,3 +319,46 @@ fn concurrent_starts(major: u32) {
     assert!(!top.exists(), "every marker removed at its stop");
 }
 per_major!(concurrent_starts_t, concurrent_starts);
+
+/// Concurrent `start`s of the same ID: exactly one holds the backup, the others are refused
+/// as "already in progress" (exit 2) without disturbing it — its entry, lock and marker
+/// survive, and its `stop` succeeds. Repeated, since the window is between the start
+/// process creating the entry and its agent taking over the lock.
+fn same_id_starts(major: u32) {
+    let c = Cluster::start(ClusterOptions::new(major));
+    let tool = Tool::new(&c);
+    const N: usize = 4;
+    const ROUNDS: usize = 10;
+    for r in 0..ROUNDS {
+        let id = format!("same-{r}");
+        let barrier = Barrier::new(N);
+        let runs: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..N)
+                .map(|_| {
+                    let (tool, barrier, id) = (&tool, &barrier, &id);
+                    s.spawn(move || {
+                        barrier.wait();
+                        tool.start(id, &["--wal", "none"])
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won: Vec<_> = runs.iter().filter(|r| r.code == 0).collect();
+        assert_eq!(won.len(), 1, "round {r}: exactly one start wins: {runs:#?}");
+        for lost in runs.iter().filter(|r| r.code != 0) {
+            assert_eq!(lost.code, 2, "round {r}: refused as usage: {lost:?}");
+            assert!(lost.stderr.contains("already"), "{lost:?}");
+        }
+        let marker = c
+            .pgdata()
+            .join("pg_backup_metadata")
+            .join(&id)
+            .join("backup.json");
+        assert!(marker.is_file(), "round {r}: the winner's marker survives");
+        let st = tool.run(&["status", "--id", &id]);
+        assert_eq!(st.code, 0, "round {r}: the winner's agent answers: {st:?}");
+        tool.stop(&id, &[]).ok();
+    }
+}
+per_major!(same_id_starts_t, same_id_starts);
