@@ -12,6 +12,7 @@
 //! A `<store>/<id>` that is a symbolic link is never followed: skipped and reported.
 
 use crate::bundle::{Manifest, MANIFEST};
+use crate::bundle_read::MAX_MANIFEST_BYTES;
 use crate::commands::{human_bytes, Output};
 use crate::error::{io_err, Error, Result};
 use crate::store::Store;
@@ -106,8 +107,13 @@ fn assemble(
                     serde_json::from_slice::<Value>(&bytes),
                 ) {
                     (Ok(m), Ok(v)) if m.id == id => {
-                        manifest = Some(m);
-                        raw = Some(v);
+                        match crate::bundle_check::manifest_problems(&m).first() {
+                            None => {
+                                manifest = Some(m);
+                                raw = Some(v);
+                            }
+                            Some(p) => problem = Some(p.message.clone()),
+                        }
                     }
                     (Ok(m), _) => problem = Some(format!("{MANIFEST} names backup {}", m.id)),
                     (Err(e), _) => problem = Some(format!("{MANIFEST} does not parse: {e}")),
@@ -178,15 +184,12 @@ pub fn scan_store(store: &Store) -> Result<(Vec<BundleInfo>, Vec<String>)> {
                 }
             }
             let mut infos = assemble(store, entries, |id| {
-                let p = root.join(id).join(MANIFEST);
-                match std::fs::symlink_metadata(&p) {
-                    Ok(m) if m.is_file() => {}
-                    _ => return Ok(None),
-                }
-                match std::fs::read(&p) {
+                // No link followed, and no more read than a bundle.json may hold.
+                let dir = root.join(id);
+                match crate::bundle_read::read_capped(&dir, MANIFEST, MAX_MANIFEST_BYTES) {
                     Ok(b) => Ok(Some(b)),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(io_err("cannot read", &p, e)),
+                    Err(e) => Err(io_err("cannot read", &dir.join(MANIFEST), e)),
                 }
             })?;
             for i in &mut infos {
@@ -206,7 +209,7 @@ pub fn scan_store(store: &Store) -> Result<(Vec<BundleInfo>, Vec<String>)> {
                 })
                 .collect();
             let infos = assemble(store, entries, |id| {
-                c.get_small(&format!("{id}/{MANIFEST}"))
+                c.get_small(&format!("{id}/{MANIFEST}"), MAX_MANIFEST_BYTES)
             })?;
             Ok((infos, Vec::new()))
         }
@@ -485,7 +488,7 @@ fn scan_one(store: &Store, id: &str) -> Result<BundleInfo> {
                 })
                 .collect();
             assemble(store, entries, |id| {
-                c.get_small(&format!("{id}/{MANIFEST}"))
+                c.get_small(&format!("{id}/{MANIFEST}"), MAX_MANIFEST_BYTES)
             })?
             .into_iter()
             .next()

@@ -62,6 +62,7 @@ pub fn write(l: &Live) -> Result<()> {
         fs::create_dir_all(&d).map_err(|e| crate::error::io_err("cannot create", &d, e))?;
         let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o755));
     }
+    check_private(&d)?;
     let own = Ownership {
         file_mode: 0o644,
         dir_mode: 0o755,
@@ -70,6 +71,23 @@ pub fn write(l: &Live) -> Result<()> {
     let data =
         serde_json::to_vec_pretty(l).map_err(|e| crate::error::Error::internal(e.to_string()))?;
     fsutil::write_atomic(&path_of(&l.token), &data, &own)
+}
+
+/// Refuses a live-record directory that is a link, or that someone else owns or may write
+/// to: records in it decide what `guard` and `start` believe about backups in progress.
+fn check_private(d: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let md = fs::symlink_metadata(d).map_err(|e| crate::error::io_err("cannot read", d, e))?;
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if !md.is_dir() || md.uid() != uid || md.mode() & 0o022 != 0 {
+        return Err(crate::error::Error::env(format!(
+            "refusing the state directory {}: it must be a real directory owned by uid {uid} and writable by nobody else",
+            d.display()
+        ))
+        .hint("fix its owner and mode, or choose another with PGBOOKEND_STATE_DIR"));
+    }
+    Ok(())
 }
 
 fn path_of(token: &str) -> PathBuf {

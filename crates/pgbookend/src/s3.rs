@@ -596,14 +596,27 @@ impl Client {
     }
 
     /// The whole content of a small object; `None` if it does not exist.
-    pub fn get_small(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+    /// Refuses an object larger than `cap` bytes (from its size, before reading it): a
+    /// store's objects are hostile and must not decide how much memory is used.
+    pub fn get_small(&self, rel: &str, cap: u64) -> Result<Option<Vec<u8>>> {
         let p = self.path(rel)?;
         let r = self.rt.block_on(async {
             let g = self.store.get(&p).await?;
-            g.bytes().await
+            if g.meta.size > cap {
+                return Ok(Err(g.meta.size));
+            }
+            g.bytes().await.map(Ok)
         });
         match r {
-            Ok(b) => Ok(Some(b.to_vec())),
+            Ok(Err(size)) => Err(Error::new(
+                Class::Check,
+                format!(
+                    "{} has {size} bytes, more than the {cap} allowed",
+                    self.url.key(rel)
+                ),
+            )
+            .hint("the store holds a damaged or hostile object; use another store")),
+            Ok(Ok(b)) => Ok(Some(b.to_vec())),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.fail(&format!("cannot read {rel}"), &e)),
         }
@@ -950,7 +963,12 @@ pub fn fetch_bundle(url: &S3Url, id: &str, scratch: &Path) -> Result<PathBuf> {
 /// [`fetch_bundle`] through an open client.
 pub fn fetch_bundle_with(c: &Client, id: &str, scratch: &Path) -> Result<PathBuf> {
     crate::id::validate(id)?;
-    let mbytes = c.get_small(&format!("{id}/{MANIFEST}"))?.ok_or_else(|| {
+    let mbytes = c
+        .get_small(
+            &format!("{id}/{MANIFEST}"),
+            crate::bundle_read::MAX_MANIFEST_BYTES,
+        )?
+        .ok_or_else(|| {
         Error::usage(format!(
             "store {} holds no complete bundle of backup {id} (no {})",
             c.url.url(),
@@ -976,6 +994,15 @@ pub fn fetch_bundle_with(c: &Client, id: &str, scratch: &Path) -> Result<PathBuf
                 manifest.id
             ),
         ));
+    }
+    // Checked before anything it lists is downloaded: a hostile bundle.json must not
+    // decide what (or how much) is fetched.
+    if let Some(p) = crate::bundle_check::manifest_problems(&manifest).first() {
+        return Err(Error::new(
+            Class::Check,
+            format!("{}{MANIFEST}: {}", c.url.bundle_location(id), p.message),
+        )
+        .hint(p.hint.clone()));
     }
     let own = Ownership::private();
     let dir = scratch.join(id);
