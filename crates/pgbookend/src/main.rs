@@ -200,6 +200,7 @@ impl PrepareArgs {
                 }
                 None => None,
             },
+            resuming: false,
             dry_run: self.dry_run,
         })
     }

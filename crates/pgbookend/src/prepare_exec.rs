@@ -23,7 +23,9 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Report> {
         .prefix("pgbookend-prepare.")
         .tempdir()
         .map_err(|e| Error::env(format!("cannot create a scratch directory: {e}")))?;
-    let (mut report, plan) = examine(opts, scratch.path(), false);
+    let mut checked = opts.clone();
+    checked.resuming = prior.is_some();
+    let (mut report, plan) = examine(&checked, scratch.path(), false);
     if let Some((path, j)) = &prior {
         if let Some(e) = cannot_continue(opts, &report, path, j) {
             return Err(e);

@@ -39,6 +39,9 @@ pub struct PrepareOptions {
     /// Where the restored server keeps its WAL when the copy's pg_wal is a link
     /// (`--waldir`): pg_wal becomes a link to it.
     pub waldir: Option<PathBuf>,
+    /// Set by `prepare` when the copy holds its journal: an earlier run began moving
+    /// tablespace files, so a remap target may already hold some of them.
+    pub resuming: bool,
     pub dry_run: bool,
 }
 
@@ -805,6 +808,7 @@ pub fn examine(
                 in_place: mk
                     .as_ref()
                     .is_some_and(|mk| same_path(Path::new(&mk.pgdata), pgdata)),
+                resuming: opts.resuming,
             },
         ));
     if !report.problems.is_empty() {

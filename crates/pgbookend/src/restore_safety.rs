@@ -273,6 +273,8 @@ pub struct LayoutInput<'a> {
     /// The copy was restored onto the original data directory's path (so the original
     /// cluster is gone and its tablespaces' original locations hold the restored ones).
     pub in_place: bool,
+    /// A half-prepared copy is being finished (a remap target may hold moved files).
+    pub resuming: bool,
 }
 
 /// Every reason the copy's layout would make the restored server (or prepare) touch
@@ -348,7 +350,7 @@ fn tablespace_problems(inp: &LayoutInput<'_>, copy: &Path, running: &[Running]) 
             let usage = TargetUse::Tablespace {
                 oid: *oid,
                 version_dir: inp.version_dir.clone(),
-                must_be_empty: full,
+                must_be_empty: full && !inp.resuming,
             };
             out.extend(check_target(&flag, to, &usage, copy, running));
             continue;

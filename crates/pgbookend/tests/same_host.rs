@@ -341,6 +341,13 @@ fn enospc_during_prepare(major: u32) {
     let g = tool.run(&["guard", "--pgdata", &d]);
     assert_eq!(g.code, 8, "guard must refuse a half-prepared copy: {g:?}");
     assert!(g.stderr.contains("half-prepared"), "{g:?}");
+    // Continuing with other remaps than the first run is refused, changing nothing.
+    let before = digest(&data);
+    let other = fs.dir.path().join("otherwal").display().to_string();
+    let r = prepare(&tool, &data, &["--waldir", &other]);
+    assert_eq!(r.code, 8, "{r:?}");
+    assert!(r.stderr.contains("other remaps"), "{r:?}");
+    assert_eq!(digest(&data), before);
 
     fs.resize("1g");
     prepare(&tool, &data, &[]).ok();
