@@ -319,6 +319,15 @@ pub fn layout_problems(inp: &LayoutInput<'_>) -> Vec<Problem> {
             ));
         }
     }
+    let wal = inp.pgdata.join("pg_wal");
+    let wal_kind = fs::symlink_metadata(&wal).map(|m| (m.is_dir(), m.file_type().is_symlink()));
+    if inp.waldir.is_none() && !matches!(wal_kind, Ok((true, _)) | Ok((_, true))) {
+        out.push(problem(
+            "copy_layout",
+            format!("{} is missing or not a directory", wal.display()),
+            "restore the whole copy (pg_wal may be empty, but must be a directory), or give --waldir NEWDIR",
+        ));
+    }
     if let Some(w) = inp.waldir {
         out.extend(check_target(
             "--waldir",
