@@ -8,7 +8,7 @@
 //! says where the restored server keeps that data instead (invariant 10).
 
 use crate::restore::{problem, Problem};
-use pgbookend_formats::version;
+use pgbookend_formats::{version, wal};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
@@ -218,12 +218,7 @@ fn contents_problem(flag: &str, target: &Path, usage: &TargetUse) -> Option<Prob
     let refuse = |m: String, h: String| Some(problem("remap_target", m, h));
     match usage {
         TargetUse::Wal => {
-            let walish = |n: &String| {
-                n == "archive_status"
-                    || n == "summaries"
-                    || (n.len() >= 24 && n.as_bytes()[..24].iter().all(|b| b.is_ascii_hexdigit()))
-            };
-            if let Some(odd) = names.iter().find(|n| !walish(n)) {
+            if let Some(odd) = names.iter().find(|n| !wal::is_wal_directory_entry(n)) {
                 return refuse(
                     format!(
                         "{flag} {} is not empty and holds {odd:?}, which is not a WAL file",
