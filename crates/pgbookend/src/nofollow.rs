@@ -70,6 +70,15 @@ impl Dir {
         })
     }
 
+    /// Opens a directory the user named on the command line (`--pgdata`): links in that
+    /// path are the user's own choice and are resolved first; below it nothing is followed.
+    pub fn open_given(path: &Path) -> Result<Dir> {
+        let real = std::fs::canonicalize(path).map_err(|e| io_err("cannot resolve", path, e))?;
+        let mut d = Dir::open(&real)?;
+        d.path = path.to_path_buf();
+        Ok(d)
+    }
+
     /// The path this directory was reached by.
     pub fn path(&self) -> &Path {
         &self.path
@@ -421,6 +430,11 @@ mod tests {
             "a link is not opened as a directory"
         );
         assert!(root.open_file("link").is_err());
+        assert!(Dir::open(&copy.path().join("link")).is_err());
+        assert!(
+            Dir::open_given(&copy.path().join("link")).is_ok(),
+            "a --pgdata link"
+        );
         let d = root.sub("pg_wal").unwrap();
         d.clear(&["archive_status"]).unwrap();
         assert_eq!(tree(&wal), vec!["archive_status"]);

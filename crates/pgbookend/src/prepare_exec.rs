@@ -134,7 +134,7 @@ fn unfinished(e: Error, opts: &PrepareOptions, j: &Journal) -> Error {
 
 /// The last step: the markers and the journal go, so the copy counts as prepared.
 fn finish(pgdata: &Path) -> Result<()> {
-    let root = Dir::open(pgdata)?;
+    let root = Dir::open_given(pgdata)?;
     root.remove(marker::DIR)?;
     root.fsync()
 }
@@ -148,7 +148,7 @@ fn execute(
     own: &Ownership,
     journal: &mut Journal,
 ) -> Result<()> {
-    let root = Dir::open(&opts.pgdata)?;
+    let root = Dir::open_given(&opts.pgdata)?;
     let id = report.id.clone().unwrap_or_default();
     for a in &report.actions {
         step(&root, opts, loaded, extra, own, &id, a)?;
