@@ -67,6 +67,26 @@ pub fn catalog_version_no(major: u32) -> Option<u32> {
     MAJORS.iter().find(|m| m.0 == major).map(|m| m.2)
 }
 
+/// The directory a server of `major` with catalog version `catalog_version_no` keeps
+/// inside each tablespace location (`PG_15_202209061`): how a restored copy of a
+/// tablespace is recognised.
+pub fn tablespace_version_dir(major: u32, catalog_version_no: u32) -> String {
+    format!("PG_{major}_{catalog_version_no}")
+}
+
+/// Whether `name` has the form of a tablespace version directory (`PG_<major>_<catversion>`,
+/// any major): the only entries a tablespace location holds.
+pub fn is_tablespace_version_dir(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("PG_") else {
+        return false;
+    };
+    let Some((major, cat)) = rest.split_once('_') else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit());
+    digits(major) && digits(cat)
+}
+
 /// Whether `major` names its low-level backup functions `pg_backup_start` /
 /// `pg_backup_stop` (15 and later) rather than `pg_start_backup` /
 /// `pg_stop_backup` (13 and 14).
@@ -77,6 +97,15 @@ pub fn uses_pg_backup_start(major: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tablespace_dirs() {
+        assert_eq!(tablespace_version_dir(15, 202_209_061), "PG_15_202209061");
+        assert!(is_tablespace_version_dir("PG_15_202209061"));
+        for bad in ["PG_15", "PG__1", "PG_x_1", "pg_15_1", "PG_15_1/..", ""] {
+            assert!(!is_tablespace_version_dir(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn recognises_final_catalog_versions() {

@@ -109,6 +109,21 @@ pub fn parse_file_name(name: &str, seg_size: u32) -> Option<(u32, u64)> {
     Some((tli, log * per + seg))
 }
 
+/// Whether `name` is something a server keeps in its WAL directory: a segment
+/// (also `.partial`), a timeline `.history`, a backup history file (24 hex digits
+/// first), or one of its subdirectories (`archive_status`; `summaries` from 17).
+/// How `prepare` tells a restored WAL directory from a directory with other data.
+pub fn is_wal_directory_entry(name: &str) -> bool {
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    match name {
+        "archive_status" | "summaries" => true,
+        _ if name.len() >= FILE_NAME_LEN => {
+            name.is_char_boundary(FILE_NAME_LEN) && hex(&name[..FILE_NAME_LEN])
+        }
+        _ => name.len() == 16 && name.ends_with(".history") && hex(&name[..8]),
+    }
+}
+
 /// The name of timeline `tli`'s history file (`TLHistoryFileName`,
 /// `00000002.history`), which recovery needs to follow a timeline switch.
 pub fn history_file_name(tli: u32) -> String {
@@ -136,6 +151,29 @@ pub fn segment_range(start: Lsn, stop: Lsn, tli: u32, seg_size: u32) -> Vec<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wal_directory_entries() {
+        for ok in [
+            "000000010000000000000003",
+            "000000010000000000000003.partial",
+            "000000010000000000000003.00000028.backup",
+            "00000002.history",
+            "archive_status",
+            "summaries",
+        ] {
+            assert!(is_wal_directory_entry(ok), "{ok}");
+        }
+        for bad in [
+            "passwd",
+            "0000000100000000000000é3",
+            "base",
+            "00000002.historyx",
+            "",
+        ] {
+            assert!(!is_wal_directory_entry(bad), "{bad}");
+        }
+    }
 
     const MB16: u32 = DEFAULT_SEG_SIZE;
 

@@ -37,6 +37,8 @@ pub struct ClusterOptions {
     pub archive_dir: bool,
     /// Create `<base>/ts1` outside the data dir and `CREATE TABLESPACE ts1` there after start.
     pub tablespace: bool,
+    /// Keep the WAL in `<base>/wal` with `pg_wal` a link to it, as `initdb -X` makes it.
+    pub separate_waldir: bool,
 }
 
 impl ClusterOptions {
@@ -50,6 +52,7 @@ impl ClusterOptions {
             hba: Vec::new(),
             archive_dir: false,
             tablespace: false,
+            separate_waldir: false,
         }
     }
 
@@ -83,6 +86,12 @@ impl ClusterOptions {
         self
     }
 
+    /// Sets [`ClusterOptions::separate_waldir`].
+    pub fn separate_waldir(mut self, on: bool) -> Self {
+        self.separate_waldir = on;
+        self
+    }
+
     /// Sets [`ClusterOptions::tablespace`].
     pub fn tablespace(mut self, on: bool) -> Self {
         self.tablespace = on;
@@ -104,6 +113,7 @@ pub struct Cluster {
     aux: Option<PathBuf>,
     archive: Option<PathBuf>,
     tablespace: Option<PathBuf>,
+    waldir: Option<PathBuf>,
     /// `-c` options given to postgres at every start (adopted data dirs).
     extra_args: Vec<String>,
     /// The postmaster when we started it (so we reap it: no zombies).
@@ -124,6 +134,27 @@ fn mkdir_for_server(path: &Path, mode: u32) {
         .unwrap_or_else(|e| panic!("pgbookend-testkit: mkdir {}: {e}", path.display()));
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
     chown_to_server(path);
+}
+
+/// Moves `pgdata/pg_wal` to `waldir` and links it there, as `initdb -X waldir` does.
+fn separate_wal(pgdata: &Path, waldir: &Path) {
+    let wal = pgdata.join("pg_wal");
+    mkdir_for_server(waldir, 0o700);
+    let entries = std::fs::read_dir(&wal)
+        .unwrap_or_else(|e| panic!("pgbookend-testkit: list {}: {e}", wal.display()));
+    for e in entries.flatten() {
+        std::fs::rename(e.path(), waldir.join(e.file_name()))
+            .unwrap_or_else(|x| panic!("pgbookend-testkit: move {}: {x}", e.path().display()));
+    }
+    std::fs::remove_dir(&wal)
+        .unwrap_or_else(|e| panic!("pgbookend-testkit: rmdir {}: {e}", wal.display()));
+    std::os::unix::fs::symlink(waldir, &wal)
+        .unwrap_or_else(|e| panic!("pgbookend-testkit: link {}: {e}", wal.display()));
+    if is_root() {
+        if let Ok(acct) = crate::server_account() {
+            let _ = std::os::unix::fs::lchown(&wal, Some(acct.uid), Some(acct.gid));
+        }
+    }
 }
 
 /// The last `n` lines of `text`.
@@ -152,6 +183,7 @@ impl Cluster {
             aux: None,
             archive: opts.archive_dir.then(|| base.join("archive")),
             tablespace: opts.tablespace.then(|| base.join("ts1")),
+            waldir: opts.separate_waldir.then(|| base.join("wal")),
             extra_args: Vec::new(),
             child: Mutex::new(None),
             child_pid: AtomicI32::new(0),
@@ -173,6 +205,9 @@ impl Cluster {
         }
         if let Some(t) = &c.tablespace {
             mkdir_for_server(t, 0o700);
+        }
+        if let Some(w) = &c.waldir {
+            separate_wal(&c.pgdata, w);
         }
         c.write_config(&opts);
 
@@ -232,6 +267,7 @@ impl Cluster {
             aux: Some(aux),
             archive: None,
             tablespace: None,
+            waldir: None,
             extra_args,
             child: Mutex::new(None),
             child_pid: AtomicI32::new(0),
@@ -414,6 +450,11 @@ impl Cluster {
     /// Where `archive_command` copies WAL, when the options asked for archiving.
     pub fn archive_dir(&self) -> Option<PathBuf> {
         self.archive.clone()
+    }
+
+    /// The separate WAL directory `pg_wal` links to, when the options asked for one.
+    pub fn waldir(&self) -> Option<PathBuf> {
+        self.waldir.clone()
     }
 
     /// The location of tablespace `ts1`, when the options asked for a tablespace.

@@ -1,6 +1,7 @@
 //! `guard --pgdata DIR`: for `ExecStartPre=`. Refuses to let a server start on a restored
-//! copy that was never prepared (it carries a marker and no `backup_label`): such a
-//! start would "recover" from the wrong checkpoint and corrupt data silently.
+//! copy that was never prepared (it carries a marker and no `backup_label`: such a
+//! start would "recover" from the wrong checkpoint and corrupt data silently), nor on a
+//! half-prepared copy (a `prepare` journal is present: exit 8, run prepare again).
 
 use crate::error::{Class, Error, Result};
 use crate::live;
@@ -34,6 +35,23 @@ pub fn guard(pgdata: &Path) -> Result<(Value, String)> {
         return Err(Error::usage(format!(
             "{} is not a PostgreSQL data directory",
             pgdata.display()
+        )));
+    }
+    if let Some((path, j)) = crate::prepare_journal::find(pgdata)? {
+        return Err(Error::new(
+            Class::Unfinished,
+            format!(
+                "{} is half-prepared: a prepare of backup {} changed it and did not finish (journal {}); started like this, the server would recover wrongly",
+                pgdata.display(),
+                j.id,
+                path.display()
+            ),
+        )
+        .hint(format!(
+            "run the same pgbookend prepare again to finish it: pgbookend prepare --pgdata {} --store <the store of backup {}> ({})",
+            pgdata.display(),
+            j.id,
+            j.remap_args()
         )));
     }
     let markers = marker::list(pgdata);

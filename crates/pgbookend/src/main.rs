@@ -157,9 +157,14 @@ struct PrepareArgs {
     /// primary_conninfo for --standby (no password: use the standby's ~/.pgpass).
     #[arg(long, value_name = "CONNINFO", requires = "standby")]
     primary_conninfo: Option<String>,
-    /// Put tablespace OID at PATH (repeatable).
+    /// Put tablespace OID at PATH (repeatable): a new or empty directory, or where this
+    /// backup's copy of the tablespace was restored.
     #[arg(long = "tablespace", value_name = "OID=PATH")]
     tablespaces: Vec<String>,
+    /// Keep the restored server's WAL in DIR (new or empty; pg_wal becomes a link to it):
+    /// required when the copy's pg_wal is a link (a cluster made with initdb -X).
+    #[arg(long, value_name = "DIR")]
+    waldir: Option<PathBuf>,
     /// Show every check and action; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -202,6 +207,17 @@ impl PrepareArgs {
             standby: self.standby,
             primary_conninfo: self.primary_conninfo,
             tablespaces: ts,
+            waldir: match self.waldir {
+                Some(w) if w.is_absolute() => Some(w),
+                Some(w) => {
+                    return Err(Error::usage(format!(
+                        "--waldir {}: expected an absolute path",
+                        w.display()
+                    )))
+                }
+                None => None,
+            },
+            resuming: false,
             dry_run: self.dry_run,
         })
     }

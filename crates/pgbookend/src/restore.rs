@@ -9,8 +9,8 @@
 
 use crate::bundle::{self, Manifest};
 use crate::bundle_read;
-use crate::error::{io_err, Class, Error, Result};
-use crate::fsutil::{self, Ownership};
+use crate::error::{Error, Result};
+use crate::fsutil::Ownership;
 use crate::marker;
 use crate::store::Store;
 use crate::walcollect;
@@ -19,10 +19,8 @@ use pgbookend_formats::{
     control, label::BackupLabel, lsn::Lsn, tablespace_map::TablespaceMap, wal,
 };
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// The options of `prepare` (and of `verify --pgdata`).
@@ -39,6 +37,12 @@ pub struct PrepareOptions {
     pub standby: bool,
     pub primary_conninfo: Option<String>,
     pub tablespaces: Vec<(u32, PathBuf)>,
+    /// Where the restored server keeps its WAL when the copy's pg_wal is a link
+    /// (`--waldir`): pg_wal becomes a link to it.
+    pub waldir: Option<PathBuf>,
+    /// Set by `prepare` when the copy holds its journal: an earlier run began moving
+    /// tablespace files, so a remap target may already hold some of them.
+    pub resuming: bool,
     pub dry_run: bool,
 }
 
@@ -50,7 +54,11 @@ pub struct Problem {
     pub hint: String,
 }
 
-fn problem(check: &'static str, message: impl Into<String>, hint: impl Into<String>) -> Problem {
+pub(crate) fn problem(
+    check: &'static str,
+    message: impl Into<String>,
+    hint: impl Into<String>,
+) -> Problem {
     Problem {
         check,
         message: message.into(),
@@ -483,18 +491,51 @@ fn try_restore_command(cmd: &str, name: &str, scratch: &Path) -> bool {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
-    Remove { path: String, why: String },
-    ClearDir { path: String, why: String },
-    MoveTablespace { oid: u32, from: String, to: String },
-    LinkTablespace { oid: u32, to: String },
-    WriteFile { path: String, what: String },
-    WriteWal { path: String, from: String },
-    SetRecovery { settings: BTreeMap<String, String> },
-    InstallControl { path: String, what: String },
+    Remove {
+        path: String,
+        why: String,
+    },
+    ClearDir {
+        path: String,
+        why: String,
+    },
+    MoveTablespace {
+        oid: u32,
+        from: String,
+        to: String,
+    },
+    LinkTablespace {
+        oid: u32,
+        to: String,
+    },
+    /// Replaces the copy's pg_wal by a link to `--waldir`.
+    LinkWal {
+        to: String,
+    },
+    /// Replaces a link in the copy by an empty directory (never following it).
+    ReplaceLink {
+        path: String,
+        why: String,
+    },
+    WriteFile {
+        path: String,
+        what: String,
+    },
+    WriteWal {
+        path: String,
+        from: String,
+    },
+    SetRecovery {
+        settings: BTreeMap<String, String>,
+    },
+    InstallControl {
+        path: String,
+        what: String,
+    },
 }
 
 impl Action {
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Action::Remove { path, why } => format!("remove {path} ({why})"),
             Action::ClearDir { path, why } => format!("empty {path} ({why})"),
@@ -502,6 +543,10 @@ impl Action {
                 format!("move tablespace {oid} from {from} to {to}")
             }
             Action::LinkTablespace { oid, to } => format!("link pg_tblspc/{oid} to {to}"),
+            Action::LinkWal { to } => format!("link pg_wal to {to}"),
+            Action::ReplaceLink { path, why } => {
+                format!("replace the link {path} by an empty directory ({why})")
+            }
             Action::WriteFile { path, what } => format!("write {path} ({what})"),
             Action::WriteWal { path, from } => format!("write {path} (from {from})"),
             Action::SetRecovery { settings } => format!(
@@ -800,6 +845,29 @@ pub fn examine(
             BTreeMap::new()
         }
     };
+    report
+        .problems
+        .extend(crate::restore_safety::layout_problems(
+            &crate::restore_safety::LayoutInput {
+                pgdata,
+                waldir: opts.waldir.as_deref(),
+                remap: &remap,
+                tablespaces: map
+                    .as_ref()
+                    .map(|mp| mp.entries.iter().map(|e| (e.0, e.1.clone())).collect())
+                    .unwrap_or_default(),
+                version_dir: loaded.control.as_ref().map(|c| {
+                    pgbookend_formats::version::tablespace_version_dir(
+                        c.major,
+                        c.catalog_version_no,
+                    )
+                }),
+                in_place: mk
+                    .as_ref()
+                    .is_some_and(|mk| same_path(Path::new(&mk.pgdata), pgdata)),
+                resuming: opts.resuming,
+            },
+        ));
     if !report.problems.is_empty() {
         return (report, None);
     }
@@ -821,26 +889,7 @@ pub fn examine(
             });
         }
     }
-    let mdir = pgdata.join(marker::DIR);
-    if mdir.exists() {
-        actions.push(Action::Remove {
-            path: mdir.display().to_string(),
-            why: "pgbookend's markers are for the copy only".into(),
-        });
-    }
-    if dir_has_entries(&pgdata.join("pg_replslot")) {
-        actions.push(Action::ClearDir {
-            path: pgdata.join("pg_replslot").display().to_string(),
-            why: "replication slots of the original server".into(),
-        });
-    }
-    if dir_has_entries(&pgdata.join("pg_wal")) {
-        actions.push(Action::ClearDir {
-            path: pgdata.join("pg_wal").display().to_string(),
-            why: "WAL copied during the window may be torn; recovery must use the backup's WAL"
-                .into(),
-        });
-    }
+    plan_wal_and_slots(pgdata, opts.waldir.as_deref(), &mut actions);
     let mut new_map = map.clone();
     for oid in &known {
         let link = pgdata.join("pg_tblspc").join(oid.to_string());
@@ -865,14 +914,6 @@ pub fn examine(
                     e.1 = to.display().to_string();
                 }
             }
-        } else if !is_real_dir {
-            let orig = map
-                .as_ref()
-                .and_then(|mp| mp.path(*oid).map(|s| s.to_string()))
-                .unwrap_or_default();
-            report.warnings.push(format!(
-                "tablespace {oid} stays at {orig}, its location on the original server: if that server runs on this host, this would share its files; give --tablespace {oid}=NEWPATH to restore it elsewhere"
-            ));
         } else if is_real_dir && dir_has_entries(&link) {
             let orig = map
                 .as_ref()
@@ -938,7 +979,7 @@ pub fn examine(
 
 /// What the plan needs beyond the report: the tablespace map with the remaps applied.
 pub struct PlanExtra {
-    new_map: Option<TablespaceMap>,
+    pub(crate) new_map: Option<TablespaceMap>,
 }
 
 /// Where tablespace `oid`'s files are for the file-list check: the copy's own
@@ -953,6 +994,56 @@ fn effective_tablespace_files(pgdata: &Path, oid: u32, remap: &BTreeMap<u32, Pat
         Some(_) if own_is_dir && dir_has_entries(&own) => own,
         Some(to) => to.clone(),
         None => own,
+    }
+}
+
+/// Whether two paths name the same directory (after resolving links).
+fn same_path(a: &Path, b: &Path) -> bool {
+    match (fs::canonicalize(a), fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// The plan's steps for pg_replslot and pg_wal. A link there is never followed: a
+/// pg_replslot link becomes an empty directory (its contents go anyway), a pg_wal link
+/// is only accepted with `--waldir` (checked before) and replaced by a link to it.
+fn plan_wal_and_slots(pgdata: &Path, waldir: Option<&Path>, actions: &mut Vec<Action>) {
+    let slots = pgdata.join("pg_replslot");
+    let is_link = |p: &Path| {
+        fs::symlink_metadata(p)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false)
+    };
+    if is_link(&slots) {
+        actions.push(Action::ReplaceLink {
+            path: slots.display().to_string(),
+            why: "replication slots of the original server; the link is not followed".into(),
+        });
+    } else if dir_has_entries(&slots) {
+        actions.push(Action::ClearDir {
+            path: slots.display().to_string(),
+            why: "replication slots of the original server".into(),
+        });
+    }
+    let why = "WAL copied during the window may be torn; recovery must use the backup's WAL";
+    match waldir {
+        Some(w) => {
+            actions.push(Action::LinkWal {
+                to: w.display().to_string(),
+            });
+            if dir_has_entries(w) {
+                actions.push(Action::ClearDir {
+                    path: w.display().to_string(),
+                    why: why.into(),
+                });
+            }
+        }
+        None if dir_has_entries(&pgdata.join("pg_wal")) => actions.push(Action::ClearDir {
+            path: pgdata.join("pg_wal").display().to_string(),
+            why: why.into(),
+        }),
+        None => {}
     }
 }
 
@@ -1130,243 +1221,10 @@ fn user_name(uid: u32) -> Option<String> {
     })
 }
 
-/// Carries out the plan. Called only when `examine` found no problem.
-pub fn execute(
-    opts: &PrepareOptions,
-    report: &Report,
-    loaded: &Loaded,
-    extra: &PlanExtra,
-) -> Result<()> {
-    let pgdata = &opts.pgdata;
-    let own = Ownership::of_dir(pgdata)?;
-    for a in &report.actions {
-        match a {
-            Action::Remove { path, .. } => {
-                let p = Path::new(path);
-                if p.is_dir() {
-                    fsutil::remove_tree(p)?;
-                } else {
-                    fs::remove_file(p).map_err(|e| io_err("cannot remove", p, e))?;
-                }
-            }
-            Action::ClearDir { path, .. } => clear_dir(Path::new(path))?,
-            Action::MoveTablespace { from, to, .. } => {
-                move_contents(Path::new(from), Path::new(to), &own)?
-            }
-            Action::LinkTablespace { oid, to } => {
-                let to = Path::new(to);
-                if !to.exists() {
-                    fs::create_dir_all(to).map_err(|e| io_err("cannot create", to, e))?;
-                }
-                own.apply(to, true)?;
-                let link = pgdata.join("pg_tblspc").join(oid.to_string());
-                if fs::symlink_metadata(&link)
-                    .map(|m| m.is_dir())
-                    .unwrap_or(false)
-                {
-                    fs::remove_dir(&link).map_err(|e| io_err("cannot remove", &link, e))?;
-                } else if fs::symlink_metadata(&link).is_ok() {
-                    fs::remove_file(&link).map_err(|e| io_err("cannot remove", &link, e))?;
-                }
-                std::os::unix::fs::symlink(to, &link)
-                    .map_err(|e| io_err("cannot link", &link, e))?;
-                let _ = std::os::unix::fs::lchown(&link, Some(own.uid), Some(own.gid));
-            }
-            Action::WriteFile { path, .. } => {
-                let p = Path::new(path);
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                let data: Vec<u8> = match name {
-                    "backup_label" => loaded.label_text.clone().into_bytes(),
-                    "tablespace_map" => match (&extra.new_map, opts.tablespaces.is_empty()) {
-                        (_, true) => loaded.map_text.clone().unwrap_or_default().into_bytes(),
-                        (Some(mp), false) => mp
-                            .format_for_major(loaded.manifest.pg_major)
-                            .map_err(|e| {
-                                Error::usage(format!(
-                                    "cannot write the remapped tablespace_map: {e}"
-                                ))
-                            })?
-                            .into_bytes(),
-                        (None, false) => Vec::new(),
-                    },
-                    _ => Vec::new(),
-                };
-                fsutil::write_atomic(p, &data, &own)?;
-            }
-            Action::WriteWal { path, .. } => {
-                let p = Path::new(path);
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                let w = loaded
-                    .manifest
-                    .wal
-                    .iter()
-                    .find(|w| w.name == name)
-                    .ok_or_else(|| Error::internal(format!("{name} not in the bundle")))?;
-                let stored = loaded.dir.join(w.stored.as_deref().unwrap_or(""));
-                let f = fs::File::open(&stored).map_err(|e| io_err("cannot open", &stored, e))?;
-                // Streamed: decompress, hash and write in pieces; a damaged file never
-                // reaches its final name.
-                fsutil::write_with(p, &own, |out, tmp| {
-                    let mut dec = zstd::stream::read::Decoder::new(f)
-                        .map_err(|e| io_err("cannot decompress", &stored, e))?;
-                    let mut h = Sha256::new();
-                    let mut buf = vec![0u8; 1 << 20];
-                    loop {
-                        let n = std::io::Read::read(&mut dec, &mut buf)
-                            .map_err(|e| io_err("cannot decompress", &stored, e))?;
-                        if n == 0 {
-                            break;
-                        }
-                        h.update(&buf[..n]);
-                        std::io::Write::write_all(out, &buf[..n])
-                            .map_err(|e| io_err("cannot write", tmp, e))?;
-                    }
-                    if Some(hex::encode(h.finalize())) != w.sha256 {
-                        return Err(Error::new(
-                            Class::Check,
-                            format!("WAL file {name} in the bundle is damaged"),
-                        ));
-                    }
-                    Ok(())
-                })?;
-            }
-            Action::SetRecovery { settings } => write_auto_conf(
-                pgdata,
-                settings,
-                &report.id.clone().unwrap_or_default(),
-                &own,
-            )?,
-            Action::InstallControl { path, .. } => {
-                let bytes = control::invalidate_checkpoint(&loaded.control_bytes)
-                    .map_err(|e| Error::internal(format!("cannot prepare pg_control: {e}")))?;
-                fsutil::write_atomic(Path::new(path), &bytes, &own)?;
-            }
-        }
-    }
-    fsutil::fsync_dir(&pgdata.join("pg_wal"))?;
-    fsutil::fsync_dir(pgdata)
-}
-
-/// Empties a directory (following it if it is a link, as pg_wal may be).
-fn clear_dir(dir: &Path) -> Result<()> {
-    for e in fs::read_dir(dir).map_err(|e| io_err("cannot list", dir, e))? {
-        let e = e.map_err(|e| io_err("cannot list", dir, e))?;
-        let p = e.path();
-        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            if p.file_name()
-                .map(|n| n == "archive_status")
-                .unwrap_or(false)
-            {
-                clear_dir(&p)?;
-            } else {
-                fsutil::remove_tree(&p)?;
-            }
-        } else {
-            fs::remove_file(&p).map_err(|e| io_err("cannot remove", &p, e))?;
-        }
-    }
-    fsutil::fsync_dir(dir)
-}
-
-/// Moves a directory's contents to `to` (rename when on the same file system, else copy
-/// then delete), giving them the data directory's owner.
-fn move_contents(from: &Path, to: &Path, own: &Ownership) -> Result<()> {
-    if !to.exists() {
-        fs::create_dir_all(to).map_err(|e| io_err("cannot create", to, e))?;
-    }
-    own.apply(to, true)?;
-    for e in fs::read_dir(from).map_err(|e| io_err("cannot list", from, e))? {
-        let e = e.map_err(|e| io_err("cannot list", from, e))?;
-        let dest = to.join(e.file_name());
-        if fs::rename(e.path(), &dest).is_err() {
-            let st = std::process::Command::new("cp")
-                .arg("-a")
-                .arg(e.path())
-                .arg(&dest)
-                .status()
-                .map_err(|x| io_err("cannot copy", &e.path(), x))?;
-            if !st.success() {
-                return Err(Error::env(format!(
-                    "cannot copy {} to {}",
-                    e.path().display(),
-                    dest.display()
-                )));
-            }
-            fsutil::remove_tree(&e.path())?;
-        }
-    }
-    let st = std::process::Command::new("chown")
-        .arg("-R")
-        .arg(format!("{}:{}", own.uid, own.gid))
-        .arg(to)
-        .status();
-    if !matches!(st, Ok(s) if s.success()) {
-        return Err(Error::env(format!(
-            "cannot give {} to the data directory's owner",
-            to.display()
-        )));
-    }
-    let _ = fs::set_permissions(to, fs::Permissions::from_mode(own.dir_mode));
-    Ok(())
-}
-
-/// The keys `prepare` manages in postgresql.auto.conf.
-const MANAGED: &[&str] = &[
-    "restore_command",
-    "recovery_target",
-    "recovery_target_time",
-    "recovery_target_lsn",
-    "recovery_target_xid",
-    "recovery_target_name",
-    "recovery_target_timeline",
-    "recovery_target_action",
-    "recovery_target_inclusive",
-    "primary_conninfo",
-];
-
-/// Rewrites postgresql.auto.conf: earlier values of the managed keys go, ours are appended.
-fn write_auto_conf(
-    pgdata: &Path,
-    settings: &BTreeMap<String, String>,
-    id: &str,
-    own: &Ownership,
-) -> Result<()> {
-    let path = pgdata.join("postgresql.auto.conf");
-    let old = fs::read_to_string(&path).unwrap_or_default();
-    let mut out = String::new();
-    for line in old.lines() {
-        let key = line.split(['=', ' ', '\t']).next().unwrap_or("").trim();
-        if MANAGED.contains(&key) || line.starts_with("# pgbookend prepare") {
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out.push_str(&format!("# pgbookend prepare: recovery of backup {id}\n"));
-    for (k, v) in settings {
-        out.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
-    }
-    fsutil::write_atomic(&path, out.as_bytes(), own)
-}
-
-/// `prepare`: check, then (unless `--dry-run`) carry out the plan.
+/// `prepare`: check, then (unless `--dry-run`) carry out the plan, journaled so that a
+/// failure part-way can be finished by running it again (see `prepare_exec`).
 pub fn prepare(opts: &PrepareOptions) -> Result<Report> {
-    let scratch = tempfile::Builder::new()
-        .prefix("pgbookend-prepare.")
-        .tempdir()
-        .map_err(|e| Error::env(format!("cannot create a scratch directory: {e}")))?;
-    let (mut report, plan) = examine(opts, scratch.path(), false);
-    if !report.problems.is_empty() {
-        return Ok(report);
-    }
-    let Some((loaded, extra)) = plan else {
-        return Ok(report);
-    };
-    if !opts.dry_run {
-        execute(opts, &report, &loaded, &extra)?;
-        report.done = true;
-    }
-    Ok(report)
+    crate::prepare_exec::prepare(opts)
 }
 
 /// Human rendering of a report.
@@ -1397,6 +1255,13 @@ pub fn render(report: &Report, verb: &str) -> String {
     }
     for a in &report.actions {
         out.push_str(&format!("  - {}\n", a.describe()));
+    }
+    if !report.actions.is_empty() {
+        out.push_str(&format!(
+            "  - finally remove {}/{} (the copy's markers and prepare's journal)\n",
+            report.pgdata,
+            marker::DIR
+        ));
     }
     if let Some(r) = &report.recovery {
         out.push_str(&format!("what recovery will do: {r}\n"));
