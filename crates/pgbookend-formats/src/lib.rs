@@ -28,5 +28,6 @@ pub mod lsn;
 pub mod tablespace_map;
 pub mod version;
 pub mod wal;
+pub mod walreader;
 
 pub use lsn::Lsn;
