@@ -898,6 +898,31 @@ fn a_huge_claimed_length_allocates_only_what_arrives() {
     assert!(peak < 256 * 1024, "allocated {peak} bytes");
 }
 
+#[test]
+fn addresses_at_the_top_of_the_lsn_space_do_not_overflow() {
+    let seg = u64::from(MB);
+    let top = (u64::MAX / seg) * seg; // the last segment start
+    let mut w = Writer::new(18, MB, top);
+    w.put(1, 10, 0, &body(&[], &[], &[1; 100]));
+    let mut rec = record(1, w.prev, 10, 0, &[]);
+    rec[..4].copy_from_slice(&(1020 * MB).to_le_bytes());
+    w.put_raw(&rec);
+    let wal = w.pages();
+    let last_page = u64::MAX - (u64::MAX % PAGE as u64) - PAGE as u64;
+    for (start, at, bytes) in [
+        (top, top, &wal[..]),
+        (last_page, last_page, &[0x7Fu8; PAGE][..]),
+        (last_page + 64, last_page, &[0u8; PAGE][..]),
+    ] {
+        let mut r = WalReader::new(18, MB, Lsn(start)).expect("reader");
+        let _ = r.feed(Lsn(at), bytes, &mut Vec::new());
+        let _ = r.feed(Lsn(at + PAGE as u64), &[0x11; PAGE], &mut Vec::new());
+    }
+    let (recs, res, _) = read(18, MB, top, top, &wal);
+    res.expect("a pending record at the top");
+    assert_eq!(recs.len(), 1);
+}
+
 // ---- hostile input: random and mutated bytes ----
 
 /// Valid WAL of random records for a property test: (major, bytes from 1 MB, clean records).
