@@ -221,8 +221,25 @@ struct Dumped {
     lsn: Lsn,
     prev: Lsn,
     desc: String,
-    /// id, rel, fork name, block, has image, applied.
-    blocks: Vec<(u8, RelFileLocator, String, u32, bool, bool)>,
+    blocks: Vec<DumpedBlock>,
+}
+
+/// One block reference as pg_waldump -b prints it.
+#[derive(Debug, PartialEq)]
+struct DumpedBlock {
+    id: u8,
+    rel: RelFileLocator,
+    fork: String,
+    block: u32,
+    /// (applied, hole offset, hole length, compressed) when a full-page image is attached.
+    image: Option<(bool, u16, u16, bool)>,
+}
+
+/// The number after `key` in `line` (`"hole: offset: 100, ..."`).
+fn number_after(line: &str, key: &str) -> u16 {
+    field(line, key)
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} in {line}"))
 }
 
 fn field<'a>(line: &'a str, key: &str) -> &'a str {
@@ -237,25 +254,42 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
         .unwrap_or("")
 }
 
-fn parse_blkref(line: &str) -> (u8, RelFileLocator, String, u32, bool, bool) {
+fn parse_blkref(line: &str) -> DumpedBlock {
     // "blkref #0: rel 1663/5/16389 fork main blk 26 (FPW); hole: offset: 100, length: 212"
+    // (+ ", compression saved: N, method: pglz" for a compressed image).
     let t: Vec<&str> = line.split_whitespace().collect();
-    let id = t[1]
-        .trim_start_matches('#')
-        .trim_end_matches(':')
-        .parse()
-        .expect("id");
-    let r: Vec<u32> = t[3].split('/').map(|s| s.parse().expect("oid")).collect();
-    let rel = RelFileLocator {
-        spc: r[0],
-        db: r[1],
-        rel: r[2],
-    };
     assert_eq!((t[2], t[4], t[6]), ("rel", "fork", "blk"), "{line}");
-    let block = t[7].trim_end_matches([';', ',']).parse().expect("blk");
-    let image = line.contains("FPW");
-    let applied = image && !line.contains("for WAL verification");
-    (id, rel, t[5].to_string(), block, image, applied)
+    let r: Vec<u32> = t[3].split('/').map(|s| s.parse().expect("oid")).collect();
+    let image = line.contains("FPW").then(|| {
+        (
+            !line.contains("for WAL verification"),
+            number_after(line, "hole: offset:"),
+            number_after(line, "length:"),
+            line.contains("compression saved"),
+        )
+    });
+    DumpedBlock {
+        id: t[1]
+            .trim_start_matches('#')
+            .trim_end_matches(':')
+            .parse()
+            .expect("id"),
+        rel: RelFileLocator {
+            spc: r[0],
+            db: r[1],
+            rel: r[2],
+        },
+        fork: t[5].to_string(),
+        block: t[7].trim_end_matches([';', ',']).parse().expect("blk"),
+        image,
+    }
+}
+
+/// `tot` of `len (rec/tot):     54/    54,`.
+fn total_len(line: &str) -> u32 {
+    let after = line.split("len (rec/tot):").nth(1).expect("len");
+    let tot = after.split(',').next().and_then(|l| l.split('/').nth(1));
+    tot.expect("tot").trim().parse().expect("tot")
 }
 
 fn run_waldump(bin: &Path, f: &Facts) -> Vec<Dumped> {
@@ -279,22 +313,13 @@ fn run_waldump(bin: &Path, f: &Facts) -> Vec<Dumped> {
         if let Some(rest) = line.strip_prefix("rmgr: ") {
             recs.push(Dumped {
                 rmgr: rest.split_whitespace().next().unwrap_or("").to_string(),
-                total_len: 0,
+                total_len: total_len(line),
                 xid: field(line, "tx:").parse().expect("tx"),
                 lsn: field(line, "lsn:").parse().expect("lsn"),
                 prev: field(line, "prev").parse().expect("prev"),
                 desc: line.split("desc: ").nth(1).unwrap_or("").to_string(),
                 blocks: Vec::new(),
             });
-            let tot = line.split("len (rec/tot):").nth(1).expect("len");
-            let tot = tot
-                .split(',')
-                .next()
-                .expect("len")
-                .split('/')
-                .nth(1)
-                .expect("tot");
-            recs.last_mut().expect("just pushed").total_len = tot.trim().parse().expect("tot");
         } else if line.trim_start().starts_with("blkref #") {
             let b = parse_blkref(line.trim());
             recs.last_mut()
@@ -367,23 +392,26 @@ fn compare(major: u32, ours: &[Record], theirs: &[Dumped]) {
             Some(t.rmgr.as_str()),
             "{at}"
         );
-        let mine: Vec<_> = o
+        let mine: Vec<DumpedBlock> = o
             .blocks
             .iter()
-            .map(|b| {
-                let img = b.image.is_some();
-                (
-                    b.id,
-                    b.rel,
-                    FORKS[b.fork as usize].to_string(),
-                    b.block,
-                    img,
-                    b.image.is_some_and(|i| i.apply),
-                )
+            .map(|b| DumpedBlock {
+                id: b.id,
+                rel: b.rel,
+                fork: FORKS[b.fork as usize].to_string(),
+                block: b.block,
+                image: b.image.map(|i| {
+                    (
+                        i.apply,
+                        i.hole_offset,
+                        i.hole_length,
+                        i.compression.is_some(),
+                    )
+                }),
             })
             .collect();
         assert_eq!(mine, t.blocks, "{at}");
-        images += mine.iter().filter(|b| b.4).count();
+        images += mine.iter().filter(|b| b.image.is_some()).count();
         match &o.detail {
             Detail::SmgrCreate(rf) => {
                 assert_eq!(
