@@ -184,6 +184,13 @@ fn check_structure(major: u32, f: &Facts, recs: &[Record]) {
         .filter(|r| wal::segno(r.lsn, f.seg_size) != wal::segno(Lsn(r.end.0 - 1), f.seg_size))
         .count();
     eprintln!("PostgreSQL {major}: {crossing} records cross a segment boundary");
+    // With 1 MB segments dozens of boundaries fall inside records; never none.
+    if f.seg_size < 16 << 20 {
+        assert!(
+            crossing > 0,
+            "PostgreSQL {major}: no record crossed a segment"
+        );
+    }
 }
 
 /// The `pg_waldump` of `major`, if this machine has one.
@@ -444,6 +451,28 @@ fn compare(major: u32, ours: &[Record], theirs: &[Dumped]) {
     );
 }
 
+/// The workload on `c`, read with the reader, checked, and compared with pg_waldump.
+fn check_cluster(major: u32, c: &Cluster) {
+    let facts = workload(c);
+    let recs = read_all(major, &facts);
+    check_structure(major, &facts, &recs);
+    let seg_mb = facts.seg_size >> 20;
+    if let Some(bin) = waldump(major) {
+        let dumped = run_waldump(&bin, &facts);
+        compare(major, &recs, &dumped);
+        eprintln!(
+            "PostgreSQL {major} ({seg_mb} MB segments): {} records match pg_waldump",
+            recs.len()
+        );
+    } else {
+        eprintln!(
+            "PostgreSQL {major} ({seg_mb} MB segments): {} records, structure checked (no pg_waldump {major} here)",
+            recs.len()
+        );
+    }
+}
+
+/// Default 16 MB segments, data checksums on.
 fn reader_matches_real_wal(major: u32) {
     let c = Cluster::start(
         ClusterOptions::new(major)
@@ -452,22 +481,40 @@ fn reader_matches_real_wal(major: u32) {
             // No autovacuum/autoanalyze snapshot may keep VACUUM v from truncating it.
             .conf("autovacuum = off"),
     );
-    let facts = workload(&c);
-    let recs = read_all(major, &facts);
-    check_structure(major, &facts, &recs);
-    if let Some(bin) = waldump(major) {
-        let dumped = run_waldump(&bin, &facts);
-        compare(major, &recs, &dumped);
-        eprintln!(
-            "PostgreSQL {major}: {} records match pg_waldump",
-            recs.len()
-        );
-    } else {
-        eprintln!(
-            "PostgreSQL {major}: {} records, structure checked (no pg_waldump {major} here)",
-            recs.len()
-        );
+    check_cluster(major, &c);
+}
+
+/// 1 MB segments (initdb --wal-segsize=1), data checksums off: many segment crossings.
+fn reader_matches_real_wal_1mb_segments(major: u32) {
+    let base = pgbookend_testkit::temp_dir("walreader1mb");
+    let pgdata = base.path().join("data");
+    let mut initdb = Command::new(pgbookend_testkit::server_bin(major, "initdb"));
+    initdb
+        .arg("-D")
+        .arg(&pgdata)
+        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
+        .args(["--no-sync", "--wal-segsize=1"])
+        .current_dir("/");
+    if major >= 18 {
+        initdb.arg("--no-data-checksums");
     }
+    pgbookend_testkit::run_as_server_user(&mut initdb);
+    let out = initdb.output().expect("initdb runs");
+    assert!(
+        out.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // From here the cluster owns the directory: its Drop stops the server and removes it.
+    let c = Cluster::from_existing(major, pgdata, base.keep());
+    c.append_conf("wal_keep_size = '2GB'");
+    c.append_conf("autovacuum = off");
+    c.start_again().expect("the 1 MB-segment cluster starts");
+    check_cluster(major, &c);
 }
 
 per_major!(reader_on_real_wal, reader_matches_real_wal);
+per_major!(
+    reader_on_real_wal_1mb_segments,
+    reader_matches_real_wal_1mb_segments
+);
