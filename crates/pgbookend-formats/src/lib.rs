@@ -9,6 +9,7 @@
 //! - [`lsn`]: WAL locations (`Lsn`), parsed from and printed as `X/Y`.
 //! - [`wal`]: WAL segment numbers and file names (`000000010000000000000002`).
 //! - [`walname`]: checked WAL file names from outside the process, bounded segment ranges.
+//! - [`walreader`]: WAL records and their block references, read from segment bytes.
 //! - [`crc32c`]: CRC-32C as PostgreSQL computes it for `pg_control`.
 //! - [`control`]: `global/pg_control` (ControlFileData) for every supported major.
 //! - [`label`]: `backup_label`, parsed and built byte for byte.
@@ -30,5 +31,6 @@ pub mod tablespace_map;
 pub mod version;
 pub mod wal;
 pub mod walname;
+pub mod walreader;
 
 pub use lsn::Lsn;
