@@ -321,10 +321,14 @@ fn identify(
     pgdata: &Path,
     id: Option<&str>,
 ) -> std::result::Result<(String, Option<marker::Marker>), Problem> {
-    let markers: Vec<marker::Marker> = marker::list(pgdata)
-        .into_iter()
-        .filter_map(|m| m.ok())
-        .collect();
+    let (markers, foreign): (Vec<_>, Vec<_>) =
+        marker::list(pgdata).into_iter().partition(|m| m.is_ok());
+    let markers: Vec<marker::Marker> = markers.into_iter().filter_map(|m| m.ok()).collect();
+    let foreign: Vec<(String, String)> = foreign.into_iter().filter_map(|m| m.err()).collect();
+    let wanted = |m: &&marker::Marker| id.is_none_or(|id| m.id == id);
+    if !foreign.is_empty() && !markers.iter().any(|m| wanted(&m)) {
+        return Err(foreign_marker_problem(&foreign));
+    }
     if let Some(id) = id {
         if let Some(m) = markers.iter().find(|m| m.id == id) {
             return Ok((id.to_string(), Some(m.clone())));
@@ -362,6 +366,20 @@ fn identify(
             "pass --id with the backup whose bundle you have",
         )),
     }
+}
+
+/// A copy whose only markers cannot be trusted (an `id` that is not its directory's
+/// name, a bad token, an oversized or unreadable file): refused, naming each.
+fn foreign_marker_problem(foreign: &[(String, String)]) -> Problem {
+    let list: Vec<String> = foreign
+        .iter()
+        .map(|(name, why)| format!("pg_backup_metadata/{name}: {why}"))
+        .collect();
+    problem(
+        "copy_marker",
+        format!("the copy's marker cannot be trusted: {}", list.join("; ")),
+        "the copy's marker was altered or damaged: do not trust this copy; if you know which backup it is, pass --id ID with --bundle DIR or --store URL",
+    )
 }
 
 /// The label of a directory that `prepare` already prepared (re-running is allowed).
@@ -414,15 +432,26 @@ fn locate_bundle(
     if let Some(b) = &opts.bundle {
         return Ok(b.clone());
     }
+    // The copy's marker is hostile: the stores it names are never fetched from (a forged
+    // marker could point at a forged bundle). Only the operator's --store or configured
+    // stores are; the marker's stores only appear in the hint.
     let candidates: Vec<String> = match &opts.store {
         Some(s) => vec![s.clone()],
-        None => m.map(|m| m.stores.clone()).unwrap_or_default(),
+        None => crate::config::Config::load()
+            .map(|c| c.store)
+            .unwrap_or_default(),
     };
     if candidates.is_empty() {
+        let named = m.map(|m| m.stores.join(", ")).unwrap_or_default();
+        let hint = if named.is_empty() {
+            "pass --store URL (where stop wrote the bundle) or --bundle DIR (a restored bundle directory)".to_string()
+        } else {
+            format!("pass --store URL (the copy's marker says the bundle was written to: {named}; pass it if you trust it) or --bundle DIR")
+        };
         return Err(problem(
             "bundle_location",
             format!("no store or bundle given for backup {id}"),
-            "pass --store URL (where stop wrote the bundle) or --bundle DIR (a restored bundle directory)",
+            hint,
         ));
     }
     let mut last = String::new();

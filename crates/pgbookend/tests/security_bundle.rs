@@ -477,7 +477,9 @@ fn marker_id_not_a_path(major: u32) {
             let r = s.tool.run(&args);
             assert_eq!(r.code, 6, "{r:?}");
             assert!(
-                r.all().contains("marker") && r.all().contains("invalid backup ID"),
+                r.all().contains("marker")
+                    && (r.all().contains("invalid backup ID")
+                        || r.all().contains("cannot be trusted")),
                 "{r:?}"
             );
             assert!(
@@ -489,6 +491,56 @@ fn marker_id_not_a_path(major: u32) {
     }
 }
 per_major!(marker_id_not_a_path_t, marker_id_not_a_path);
+
+/// The stores a copy's marker names are never fetched from: a forged marker could point at
+/// a forged bundle. Without --store, prepare uses only the config file's stores; the
+/// marker's store appears in the hint only.
+fn marker_stores_not_trusted(major: u32) {
+    let s = Setup::new(major, "ms", &[]);
+    // A trap store holding a perfectly valid copy of the bundle, named by the marker.
+    let trap = s.work.path().join("trap");
+    std::fs::create_dir_all(&trap).unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(s.tool.bundle_dir("ms"))
+        .arg(trap.join("ms"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let marker = s.copy.join("pg_backup_metadata/ms/backup.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+    v["stores"] = Value::from(vec![trap.display().to_string()]);
+    std::fs::write(&marker, serde_json::to_vec(&v).unwrap()).unwrap();
+    let d = s.copy.display().to_string();
+    let before = digest(&s.copy);
+    let r = s.tool.run(&["prepare", "--pgdata", &d, "--dry-run"]);
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(r.all().contains("no store or bundle given"), "{r:?}");
+    assert!(
+        r.all().contains(&trap.display().to_string()),
+        "hint names it: {r:?}"
+    );
+    assert_eq!(digest(&s.copy), before);
+    // The operator's configured store is used.
+    let conf = s.work.path().join("pgbookend.toml");
+    let real = s.tool.store_path().display().to_string();
+    std::fs::write(&conf, format!("store = [{real:?}]\n")).unwrap();
+    let conf = conf.display().to_string();
+    let out = s
+        .tool
+        .cmd(&["prepare", "--pgdata", &d, "--dry-run"])
+        .env("PGBOOKEND_CONFIG", &conf)
+        .output()
+        .unwrap();
+    let r = Run::from(out);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.all().contains(&real),
+        "the configured store is the one used: {r:?}"
+    );
+    assert!(!r.all().contains(&trap.display().to_string()), "{r:?}");
+}
+per_major!(marker_stores_not_trusted_t, marker_stores_not_trusted);
 
 /// A small deterministic generator for the hostile-bytes loops.
 struct Rng(u64);
