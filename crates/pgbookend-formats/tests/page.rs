@@ -231,3 +231,31 @@ fn single_bit_flips_of_a_page_are_detected_but_for_reduction_collisions() {
         "far more misses than 1 in 65535: {missed:?}"
     );
 }
+
+/// Pages written by real servers (tests/data/page): each is Ok at its own block number with
+/// the checksum the server stored, and fails at any other block number.
+#[cfg(target_endian = "little")]
+#[test]
+fn real_server_pages_check_ok_at_their_block() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/page");
+    let mut seen = 0;
+    for major in [13, 18] {
+        for (kind, block) in [("heap", 1u32), ("btree", 0), ("btree", 1), ("fsm", 0)] {
+            let name = format!("{major}.{kind}.{block}");
+            let bytes = std::fs::read(dir.join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let p: &[u8; BLCKSZ] = bytes.as_slice().try_into().expect("one page");
+            let h = PageHeader::parse(p);
+            assert_eq!(checksum(p, block), h.checksum, "{name}");
+            let r = check_page(p, block, true);
+            assert_eq!(r.verdict, Verdict::Ok, "{name}");
+            assert!(r.lsn.is_valid(), "{name} has an LSN");
+            assert_eq!(r.lsn, h.lsn);
+            assert!(
+                matches!(check_page(p, block + 1, true).verdict, Verdict::BadChecksum { stored, .. } if stored == h.checksum),
+                "{name} at another block"
+            );
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 8);
+}

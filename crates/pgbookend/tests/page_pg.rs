@@ -166,3 +166,52 @@ fn pages_of_a_clean_cluster(major: u32) {
 }
 
 per_major!(clean_cluster_pages, pages_of_a_clean_cluster);
+
+/// A cluster without data checksums: every page passes the header checks (checked without
+/// checksums), every non-new page fails a checksum check (pd_checksum is 0, a value the
+/// checksum never takes: the caller must pass the cluster's own setting), and a header made
+/// insane in one block is reported for exactly that block.
+fn pages_without_checksums(major: u32) {
+    let c = Cluster::start(ClusterOptions::new(major).data_checksums(false));
+    c.pgbench_init(1);
+    let rel = accounts_path(&c);
+    c.psql("CHECKPOINT");
+    c.stop();
+
+    let files = relation_files(c.pgdata());
+    let t = classify(&files, false);
+    assert!(
+        t.bad.is_empty(),
+        "bad pages in a clean cluster: {:?}",
+        t.bad
+    );
+    assert!(t.ok > 1500, "saw {} Ok", t.ok);
+    let forced = classify(&files, true);
+    assert_eq!(forced.ok, 0, "no page can match a checksum of 0");
+    assert_eq!(forced.bad.len() as u64, t.ok);
+    assert!(forced
+        .bad
+        .iter()
+        .all(|(_, _, v)| matches!(v, Verdict::BadChecksum { stored: 0, .. })));
+
+    // pd_lower (offset 12) of block 5 set above pd_upper.
+    let target = c.pgdata().join(&rel);
+    let block = 5u32;
+    let mut buf = std::fs::read(&target).expect("read relation file");
+    let at = block as usize * BLCKSZ + 12;
+    buf[at..at + 2].copy_from_slice(&9000u16.to_ne_bytes());
+    std::fs::write(&target, &buf).expect("write relation file");
+    let t = classify(&files, false);
+    assert_eq!(t.bad.len(), 1, "exactly one bad page: {:?}", t.bad);
+    let (path, bad_block, verdict) = &t.bad[0];
+    assert_eq!((path, *bad_block), (&target, block));
+    assert!(
+        matches!(
+            verdict,
+            Verdict::BadHeader(page::HeaderProblem::Bounds { lower: 9000, .. })
+        ),
+        "{verdict:?}"
+    );
+}
+
+per_major!(pages_no_checksums, pages_without_checksums);
