@@ -10,6 +10,7 @@
 //! - [`wal`]: WAL segment numbers and file names (`000000010000000000000002`).
 //! - [`walname`]: checked WAL file names from outside the process, bounded segment ranges.
 //! - [`walreader`]: WAL records and their block references, read from segment bytes.
+//! - [`page`]: data pages of relation files: header checks, data checksum, a verdict per page.
 //! - [`crc32c`]: CRC-32C as PostgreSQL computes it for `pg_control`.
 //! - [`control`]: `global/pg_control` (ControlFileData) for every supported major.
 //! - [`label`]: `backup_label`, parsed and built byte for byte.
@@ -27,6 +28,7 @@ pub mod control;
 pub mod crc32c;
 pub mod label;
 pub mod lsn;
+pub mod page;
 pub mod tablespace_map;
 pub mod version;
 pub mod wal;
