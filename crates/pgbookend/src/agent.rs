@@ -7,7 +7,7 @@
 //! `<run-dir>/<id>/agent.log`, its state `<run-dir>/<id>/state.json`.
 
 use crate::error::{class_name, io_err, Class, Error, Result};
-use crate::filelist;
+use crate::filelist::{self, FILE_LIST};
 use crate::marker::{self, Marker};
 use crate::protocol::{Request, Response};
 use crate::rescue;
@@ -32,8 +32,6 @@ use std::time::{Duration, Instant};
 
 /// The start walk's list, in the agent's run-directory entry.
 const START_LIST: &str = "files.start.zst";
-/// The file list's name in the bundle.
-pub const FILE_LIST: &str = "files.zst";
 
 /// The hidden subcommand that runs an agent.
 pub const SUBCOMMAND: &str = "__agent";
@@ -554,7 +552,7 @@ impl Agent {
             pg_version_num: self.state.pg_version_num.unwrap_or(0),
             system_identifier: sysid.to_string(),
             pgdata: pgdata.display().to_string(),
-            tablespaces: crate::run::tablespace_dirs(&pgdata),
+            tablespaces: crate::datadir::tablespace_dirs(&pgdata),
             backup_from,
             stores: self.cfg.stores.clone(),
             removed_stale_markers: removed,
@@ -992,7 +990,7 @@ impl Agent {
         self.state.rescue = Some(saved.display().to_string());
         self.save();
         rescue::seed_stores(&saved, &facts);
-        rescue::fault("after-stop-call");
+        crate::fault::fault("after-stop-call");
         Ok((facts, saved))
     }
 

@@ -24,7 +24,7 @@ pub struct Tablespace {
 }
 
 /// `bundle.json`: every fact about the backup. One read from a store is untrusted until
-/// [`crate::bundle_check::manifest_problems`] found nothing (`restore::load_bundle` does
+/// `bundle_check::manifest_problems` found nothing (`restore::load_bundle` does
 /// that before any field becomes a path, a command or an allocation).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {

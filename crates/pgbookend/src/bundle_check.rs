@@ -8,7 +8,7 @@
 //! names the field.
 
 use crate::bundle::{Manifest, WalEntry};
-use crate::restore::Problem;
+use crate::problem::Problem;
 use pgbookend_formats::tablespace_map::TablespaceMap;
 use pgbookend_formats::walname::{WalKind, WalName, MAX_RANGE_SEGMENTS};
 use pgbookend_formats::{version, wal, Lsn};

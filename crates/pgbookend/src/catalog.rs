@@ -13,8 +13,8 @@
 
 use crate::bundle::{Manifest, MANIFEST};
 use crate::bundle_read::MAX_MANIFEST_BYTES;
-use crate::commands::{human_bytes, Output};
 use crate::error::{io_err, Error, Result};
+use crate::output::{human_bytes, Output};
 use crate::store::Store;
 use crate::timefmt::{human_duration, now_unix, rfc3339};
 use serde_json::{json, Value};

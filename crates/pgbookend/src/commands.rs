@@ -5,6 +5,7 @@ use crate::agent::{self, AgentConfig};
 use crate::config::{conninfo_has_password, Config};
 use crate::error::{Class, Error, Result};
 use crate::marker;
+use crate::output::{human_bytes, Output};
 use crate::protocol::{self, Request, Response};
 use crate::rundir::{Entry, Liveness, RunDir};
 use crate::state::{AgentState, Phase, StopReport};
@@ -14,14 +15,6 @@ use crate::walcollect::WalMode;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// What a command produced: JSON for `--json`, and the human rendering of the same facts.
-pub struct Output {
-    pub json: Value,
-    pub human: String,
-    /// Non-zero when the command finished but the result is not "done and safe".
-    pub error: Option<Error>,
-}
 
 /// Options of `start` (and of `run`'s start part).
 #[derive(Debug, Clone, Default)]
@@ -464,17 +457,6 @@ fn stop_output(r: &StopReport, error: Option<Error>) -> Output {
         );
     }
     Output { json, human, error }
-}
-
-/// `1.5 MiB`: sizes as people read them.
-pub fn human_bytes(n: u64) -> String {
-    if n >= 1 << 30 {
-        format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64)
-    } else if n >= 1 << 20 {
-        format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
-    } else {
-        format!("{:.1} KiB", n as f64 / 1024.0)
-    }
 }
 
 fn describe(st: &AgentState, alive: bool) -> (Value, String) {

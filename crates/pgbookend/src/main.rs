@@ -1,9 +1,10 @@
 //! The `pgbookend` command line: parses arguments and prints what the engine returns.
 
 use clap::{Args, Parser, Subcommand};
-use pgbookend::commands::{self, Output, StartOptions};
+use pgbookend::commands::{self, StartOptions};
 use pgbookend::config::Config;
 use pgbookend::error::{Class, Error};
+use pgbookend::output::Output;
 use pgbookend::restore::PrepareOptions;
 use pgbookend::rundir::RunDir;
 use std::path::PathBuf;
@@ -490,7 +491,7 @@ fn main() -> ExitCode {
         Cmd::Cleanup { pgdata } => commands::cleanup(&run, pgdata.as_deref()),
         Cmd::Prepare(a) => a
             .options("prepare")
-            .and_then(|o| pgbookend::restore::prepare(&o))
+            .and_then(|o| pgbookend::prepare_exec::prepare(&o))
             .and_then(|r| report_output(r, "prepare")),
         Cmd::Verify(a) => {
             let copy = a.pgdata.is_some();

@@ -12,6 +12,7 @@ use crate::bundle_read;
 use crate::error::{Error, Result};
 use crate::fsutil::Ownership;
 use crate::marker;
+use crate::problem::{problem, Problem};
 use crate::store::Store;
 use crate::walcollect;
 use pgbookend_formats::walname::{self, WalName};
@@ -44,26 +45,6 @@ pub struct PrepareOptions {
     /// tablespace files, so a remap target may already hold some of them.
     pub resuming: bool,
     pub dry_run: bool,
-}
-
-/// One thing wrong with a copy or a bundle.
-#[derive(Debug, Clone, Serialize)]
-pub struct Problem {
-    pub check: &'static str,
-    pub message: String,
-    pub hint: String,
-}
-
-pub(crate) fn problem(
-    check: &'static str,
-    message: impl Into<String>,
-    hint: impl Into<String>,
-) -> Problem {
-    Problem {
-        check,
-        message: message.into(),
-        hint: hint.into(),
-    }
 }
 
 /// A bundle read from disk, checked against its own manifest.
@@ -1219,12 +1200,6 @@ fn user_name(uid: u32) -> Option<String> {
         let f: Vec<&str> = l.split(':').collect();
         (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
     })
-}
-
-/// `prepare`: check, then (unless `--dry-run`) carry out the plan, journaled so that a
-/// failure part-way can be finished by running it again (see `prepare_exec`).
-pub fn prepare(opts: &PrepareOptions) -> Result<Report> {
-    crate::prepare_exec::prepare(opts)
 }
 
 /// Human rendering of a report.

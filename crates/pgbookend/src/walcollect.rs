@@ -115,7 +115,7 @@ pub fn collect(
                 if r.is_err() {
                     failed.store(true, std::sync::atomic::Ordering::SeqCst);
                 } else {
-                    crate::rescue::fault("during-wal-collect");
+                    crate::fault::fault("during-wal-collect");
                 }
                 if let Ok(mut slot) = results[i].lock() {
                     *slot = Some(r);
