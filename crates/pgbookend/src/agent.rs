@@ -6,6 +6,7 @@
 //! line on its stdout: ready, or why not. From then on the agent lives alone: its log is
 //! `<run-dir>/<id>/agent.log`, its state `<run-dir>/<id>/state.json`.
 
+use crate::bundle::{WalArchive, WalMode};
 use crate::error::{class_name, io_err, Class, Error, Result};
 use crate::filelist::{self, FILE_LIST};
 use crate::marker::{self, Marker};
@@ -15,7 +16,7 @@ use crate::rundir::{Entry, RunDir};
 use crate::session::Session;
 use crate::state::{AgentState, Phase, StopReport, StoreOutcome};
 use crate::timefmt::{now_unix, rfc3339};
-use crate::walcollect::{self, WalMode};
+use crate::walcollect;
 use crate::{bundle, TOOL, VERSION};
 use pgbookend_formats::{control, label, lsn::Lsn, tablespace_map, wal};
 use serde::{Deserialize, Serialize};
@@ -926,7 +927,7 @@ impl Agent {
             tool: TOOL.into(),
             tool_version: VERSION.into(),
             wal_mode: self.cfg.wal_mode.as_str().into(),
-            wal_archive: "not_waited".into(),
+            wal_archive: WalArchive::NotWaited.as_str().into(),
             archive_dir: self
                 .cfg
                 .archive_dir
@@ -1034,11 +1035,11 @@ impl Agent {
         // so `stop` waits for it only in `none` mode unless asked.
         let wait = wait_archive.unwrap_or(mode == WalMode::None);
         let (wal_archive, wal_detail) = if !wait {
-            ("not_waited".to_string(), None)
+            (WalArchive::NotWaited, None)
         } else {
             self.wait_archive(&pgdata, standby, &stop_wal_file, archive_timeout)
         };
-        facts.manifest.wal_archive = wal_archive.clone();
+        facts.manifest.wal_archive = wal_archive.as_str().into();
         let archive = self.cfg.archive_dir.clone();
         let window = rescue::window(&facts, archive.as_deref())?;
         let archived = match (mode, archive.as_deref()) {
@@ -1075,11 +1076,12 @@ impl Agent {
             &w,
             &saved,
             &stop_wal_file,
-            &wal_archive,
+            wal_archive,
             &wal_detail,
             archive_timeout,
         );
-        Ok(self.conclude(&pgdata, manifest, w, error, wal_detail, t0, stop_unix))
+        let archive_wait = (wal_archive, wal_detail);
+        Ok(self.conclude(&pgdata, manifest, w, error, archive_wait, t0, stop_unix))
     }
 
     /// The error `stop` reports after writing the stores, if any; removes the rescue copy
@@ -1089,7 +1091,7 @@ impl Agent {
         w: &rescue::Written,
         saved: &Path,
         stop_wal_file: &str,
-        wal_archive: &str,
+        wal_archive: WalArchive,
         wal_detail: &Option<String>,
         archive_timeout: Duration,
     ) -> Option<Error> {
@@ -1112,7 +1114,7 @@ impl Agent {
                 tracing::warn!("cannot remove the rescue copy: {e}");
             }
             self.state.rescue = None;
-            return (wal_archive == "not_confirmed").then(|| {
+            return (wal_archive == WalArchive::NotConfirmed).then(|| {
                 Error::new(
                     Class::WalNotSafe,
                     format!(
@@ -1164,7 +1166,7 @@ impl Agent {
         manifest: bundle::Manifest,
         w: rescue::Written,
         error: Option<Error>,
-        wal_detail: Option<String>,
+        (wal_archive, wal_detail): (WalArchive, Option<String>),
         t0: Instant,
         stop_unix: i64,
     ) -> Response {
@@ -1200,7 +1202,7 @@ impl Agent {
             stop_time: manifest.stop_time.clone(),
             window_s: stop_unix - self.state.start_time.unwrap_or(stop_unix),
             duration_s: t0.elapsed().as_secs_f64(),
-            wal_mode: manifest.wal_mode.clone(),
+            wal_mode: self.cfg.wal_mode,
             wal_segments: manifest
                 .wal
                 .iter()
@@ -1208,7 +1210,7 @@ impl Agent {
                 .count() as u64,
             wal_bytes_stored: wal_bytes,
             file_list_count: manifest.file_list.as_ref().map(|f| f.count),
-            wal_archive: manifest.wal_archive.clone(),
+            wal_archive,
             wal_archive_detail: wal_detail,
             stores: outcomes,
             min_stores: required,
@@ -1247,7 +1249,7 @@ impl Agent {
         standby: bool,
         stop_wal_file: &str,
         timeout: Duration,
-    ) -> (String, Option<String>) {
+    ) -> (WalArchive, Option<String>) {
         let mode = self
             .session
             .as_mut()
@@ -1260,7 +1262,7 @@ impl Agent {
         };
         if !archiving {
             return (
-                "archiving_off".into(),
+                WalArchive::ArchivingOff,
                 Some(format!(
                     "archive_mode is {mode}: the WAL of the window must be kept by other means"
                 )),
@@ -1284,7 +1286,7 @@ impl Agent {
         loop {
             let busy: Vec<&String> = needed.iter().filter(|f| archive_busy(pgdata, f)).collect();
             if busy.is_empty() {
-                return ("archived".into(), None);
+                return (WalArchive::Archived, None);
             }
             if Instant::now() >= deadline {
                 let detail = self.session.as_mut().and_then(|s| s.archiver_failure());
@@ -1293,7 +1295,7 @@ impl Agent {
                     Some(d) => format!("waiting for {first} to be archived; {d}"),
                     None => format!("waiting for {first} to be archived"),
                 };
-                return ("not_confirmed".into(), Some(msg));
+                return (WalArchive::NotConfirmed, Some(msg));
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -8,13 +8,14 @@
 //! `pg_wal` or the archive when the bundle is built. A bundle written for remote stores
 //! only is staged in `<state>/rescue/<id>/stage/<id>/`, on storage with room.
 
+use crate::bundle::WalMode;
 use crate::bundle::{self, Manifest, WalEntry};
 use crate::error::{io_err, Class, Error, Result};
 use crate::fault::fault;
 use crate::fsutil::{self, Ownership};
 use crate::state::StoreOutcome;
 use crate::store::Store;
-use crate::walcollect::{self, WalMode};
+use crate::walcollect;
 use pgbookend_formats::lsn::Lsn;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

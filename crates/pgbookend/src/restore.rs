@@ -7,7 +7,7 @@
 //! last, with its checkpoint made invalid so that a later deletion of `backup_label`
 //! makes the server refuse to start instead of recovering wrongly (invariant 6).
 
-use crate::bundle::{self, Manifest};
+use crate::bundle::{self, Manifest, WalMode};
 use crate::bundle_read;
 use crate::error::{Error, Result};
 use crate::fsutil::Ownership;
@@ -281,7 +281,7 @@ fn wal_range_problems(m: &Manifest) -> Vec<Problem> {
             "the bundle is damaged or altered; use another copy of it",
         )),
     }
-    if m.wal_mode == "collect" {
+    if m.mode() == Some(WalMode::Collect) {
         for w in &m.wal {
             match &w.stored {
                 Some(s) if m.files.contains_key(s) => {}
@@ -776,7 +776,7 @@ pub fn examine(
             .map(PathBuf::from)
             .filter(|d| d.is_dir())
     });
-    let source = if m.wal_mode == "collect" {
+    let source = if m.mode() == Some(WalMode::Collect) {
         Some(WalSource::Bundle)
     } else if let Some(cmd) = &opts.restore_command {
         Some(WalSource::Command(cmd.clone()))

@@ -327,9 +327,10 @@ pub fn run(rd: &RunDir, cfg: &Config, opts: RunOptions) -> Result<RunOutcome> {
     } else {
         (None, None)
     };
-    let started = commands::start(rd, cfg, opts.start.clone())?;
-    let ready: Ready = serde_json::from_value(started.json.clone())
-        .map_err(|e| Error::internal(format!("unreadable start report: {e}")))?;
+    let commands::Started {
+        ready,
+        output: started,
+    } = commands::start_backup(rd, cfg, opts.start.clone())?;
     let id = ready.id.clone();
     let entry = rd.entry(&id);
     let shown = show_command(&opts.command);
@@ -431,7 +432,10 @@ pub fn run(rd: &RunDir, cfg: &Config, opts: RunOptions) -> Result<RunOutcome> {
         "pgbookend: COMMAND exited with 0 after {:.1}s; stopping backup {id}",
         ended.seconds
     );
-    let stopped = commands::stop(
+    let commands::Stopped {
+        report: report_stop,
+        output: stopped,
+    } = commands::stop_backup(
         rd,
         cfg,
         &id,
@@ -471,7 +475,6 @@ pub fn run(rd: &RunDir, cfg: &Config, opts: RunOptions) -> Result<RunOutcome> {
                 .hint("the bundle is complete; back it up yourself")
             });
         } else {
-            let report_stop: Option<StopReport> = serde_json::from_value(stopped.json).ok();
             let bundle = report_stop.as_ref().and_then(local_bundle);
             eprintln!("pgbookend: running --then: {then}");
             let mut cmd = Command::new("/bin/sh");
