@@ -916,7 +916,7 @@ impl Agent {
             start_wal_file: wal::file_name(start_tli, wal::segno(self.start_lsn, seg), seg),
             stop_wal_file: wal::file_name(stop_tli, wal::prev_segno(res.lsn, seg), seg),
             wal_segment_size: seg,
-            // Normalised: PostgreSQL 13 writes "master" where later majors write "primary".
+            // Normalised: the oldest majors write "master" where later ones write "primary".
             backup_from: if standby { "standby" } else { "primary" }.into(),
             start_time: rfc3339(self.state.start_time.unwrap_or(stop_unix)),
             stop_time: rfc3339(stop_unix),
