@@ -17,7 +17,6 @@ pub mod error;
 pub mod fault;
 pub mod filelist;
 pub mod fsutil;
-pub mod guard;
 pub mod id;
 pub mod live;
 pub mod logging;
@@ -26,13 +25,10 @@ pub mod memtrim;
 pub mod nofollow;
 pub mod output;
 pub mod pq;
-pub mod prepare_exec;
-pub mod prepare_journal;
 pub mod problem;
 pub mod protocol;
 pub mod rescue;
 pub mod restore;
-pub mod restore_safety;
 pub mod run;
 pub mod rundir;
 pub mod s3;
@@ -42,6 +38,12 @@ pub mod state;
 pub mod store;
 pub mod timefmt;
 pub mod walcollect;
+
+// Old paths of the modules that moved into `restore/` (kept while callers move over).
+pub use restore::exec as prepare_exec;
+pub use restore::guard;
+pub use restore::journal as prepare_journal;
+pub use restore::safety as restore_safety;
 
 /// The tool's name, as recorded in markers and bundles.
 pub const TOOL: &str = "pgbookend";

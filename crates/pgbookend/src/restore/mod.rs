@@ -6,6 +6,15 @@
 //! the directory's owner and modes (invariant 7), and the bundle's `pg_control` goes in
 //! last, with its checkpoint made invalid so that a later deletion of `backup_label`
 //! makes the server refuse to start instead of recovering wrongly (invariant 6).
+//!
+//! The room of everything that turns a copy plus a bundle into a data directory: the
+//! checks (here and `safety`), the plan's execution (`exec`) and its journal (`journal`),
+//! and `guard`, which refuses a server start on a copy that is not prepared.
+
+pub mod exec;
+pub mod guard;
+pub mod journal;
+pub mod safety;
 
 use crate::bundle::{self, Manifest, WalMode};
 use crate::bundle_read;
