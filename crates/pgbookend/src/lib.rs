@@ -39,12 +39,6 @@ pub mod store;
 pub mod timefmt;
 pub mod walcollect;
 
-// Old paths of the modules that moved into `restore/` (kept while callers move over).
-pub use restore::exec as prepare_exec;
-pub use restore::guard;
-pub use restore::journal as prepare_journal;
-pub use restore::safety as restore_safety;
-
 /// The tool's name, as recorded in markers and bundles.
 pub const TOOL: &str = "pgbookend";
 /// The tool's version, as recorded in markers and bundles.

@@ -491,7 +491,7 @@ fn main() -> ExitCode {
         Cmd::Cleanup { pgdata } => commands::cleanup(&run, pgdata.as_deref()),
         Cmd::Prepare(a) => a
             .options("prepare")
-            .and_then(|o| pgbookend::prepare_exec::prepare(&o))
+            .and_then(|o| pgbookend::restore::exec::prepare(&o))
             .and_then(|r| report_output(r, "prepare")),
         Cmd::Verify(a) => {
             let copy = a.pgdata.is_some();
@@ -513,11 +513,13 @@ fn main() -> ExitCode {
                 r.and_then(|r| report_output(r, "verify"))
             })
         }
-        Cmd::Guard { pgdata } => pgbookend::guard::guard(&pgdata).map(|(json, human)| Output {
-            json,
-            human,
-            error: None,
-        }),
+        Cmd::Guard { pgdata } => {
+            pgbookend::restore::guard::guard(&pgdata).map(|(json, human)| Output {
+                json,
+                human,
+                error: None,
+            })
+        }
         Cmd::List { store } => pgbookend::catalog::list(&store),
         Cmd::Show { store, id } => pgbookend::catalog::show(&store, &id),
         Cmd::Expire(a) => a.run(),

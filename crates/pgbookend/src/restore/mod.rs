@@ -837,8 +837,8 @@ pub fn examine(
     };
     report
         .problems
-        .extend(crate::restore_safety::layout_problems(
-            &crate::restore_safety::LayoutInput {
+        .extend(crate::restore::safety::layout_problems(
+            &crate::restore::safety::LayoutInput {
                 pgdata,
                 waldir: opts.waldir.as_deref(),
                 remap: &remap,
