@@ -31,13 +31,15 @@ pub mod rescue;
 pub mod restore;
 pub mod run;
 pub mod rundir;
-pub mod s3;
 pub mod session;
 pub mod shellword;
 pub mod state;
 pub mod store;
 pub mod timefmt;
 pub mod walcollect;
+
+// The old path of the module that moved into `store/` (kept while callers move over).
+pub use store::s3;
 
 /// The tool's name, as recorded in markers and bundles.
 pub const TOOL: &str = "pgbookend";

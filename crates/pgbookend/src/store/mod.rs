@@ -1,6 +1,11 @@
 //! Stores: where bundles live. A local directory (`/path` or `file:///path`) or
 //! S3-compatible object storage (`s3://bucket/prefix`, see `s3.rs`). Every store holds a
 //! bundle under `<store>/<id>/`, `bundle.json` last.
+//!
+//! The room of the store backends: this file (the `Store` kinds and the local
+//! directory) and `s3` (the S3 client, URLs, settings and credentials).
+
+pub mod s3;
 
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Ownership};
