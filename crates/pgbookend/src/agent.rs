@@ -57,7 +57,7 @@ pub struct AgentConfig {
     /// Non-secret S3 settings from flags and the config file; credentials reach the agent
     /// only through the environment it inherits.
     #[serde(default)]
-    pub s3: crate::s3::Settings,
+    pub s3: crate::store::s3::Settings,
 }
 
 /// What the agent reports once the backup is in progress.
@@ -256,7 +256,7 @@ pub fn main() -> i32 {
         }
     };
     drop(input);
-    crate::s3::configure(cfg.s3.clone());
+    crate::store::s3::configure(cfg.s3.clone());
     // SAFETY: process-wide settings of a fresh, single-threaded process.
     unsafe {
         libc::umask(0o077);

@@ -198,7 +198,7 @@ pub fn scan_store(store: &Store) -> Result<(Vec<BundleInfo>, Vec<String>)> {
             Ok((infos, skipped))
         }
         Store::S3(u) => {
-            let c = crate::s3::Client::open(u)?;
+            let c = crate::store::s3::Client::open(u)?;
             let entries = c
                 .list()?
                 .into_iter()
@@ -260,7 +260,7 @@ pub fn remove(store: &Store, b: &BundleInfo) -> Result<()> {
             crate::fsutil::remove_tree(&dir)
         }
         Store::S3(u) => {
-            let c = crate::s3::Client::open(u)?;
+            let c = crate::store::s3::Client::open(u)?;
             c.delete(&[format!("{}/{MANIFEST}", b.id)])?;
             let rest: Vec<String> = b
                 .objects
@@ -478,7 +478,7 @@ fn scan_one(store: &Store, id: &str) -> Result<BundleInfo> {
         }
         Store::S3(u) => {
             // Only this bundle's objects, not the whole store.
-            let c = crate::s3::Client::open(u)?;
+            let c = crate::store::s3::Client::open(u)?;
             let entries = c
                 .list_below(id)?
                 .into_iter()

@@ -154,7 +154,7 @@ pub fn start_backup(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<St
         wal_mode,
         archive_dir,
         min_stores,
-        s3: crate::s3::settings(),
+        s3: crate::store::s3::settings(),
     };
     let ready = agent::spawn(&acfg, &entry, lock)?;
     let mut human = format!(

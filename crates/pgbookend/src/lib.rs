@@ -38,9 +38,6 @@ pub mod store;
 pub mod timefmt;
 pub mod walcollect;
 
-// The old path of the module that moved into `store/` (kept while callers move over).
-pub use store::s3;
-
 /// The tool's name, as recorded in markers and bundles.
 pub const TOOL: &str = "pgbookend";
 /// The tool's version, as recorded in markers and bundles.

@@ -420,7 +420,7 @@ fn fail(e: &Error, json: bool) -> ExitCode {
 }
 
 /// S3 settings: flags, then the config file (the AWS environment and files come after, in s3.rs).
-fn s3_settings(cli: &Cli, cfg: &Config) -> Result<pgbookend::s3::Settings, Error> {
+fn s3_settings(cli: &Cli, cfg: &Config) -> Result<pgbookend::store::s3::Settings, Error> {
     let retry_timeout_ms = match &cfg.s3_retry_timeout {
         Some(d) => Some(
             pgbookend::timefmt::parse_duration(d)
@@ -429,13 +429,13 @@ fn s3_settings(cli: &Cli, cfg: &Config) -> Result<pgbookend::s3::Settings, Error
         ),
         None => None,
     };
-    Ok(pgbookend::s3::Settings {
+    Ok(pgbookend::store::s3::Settings {
         endpoint: cli.s3_endpoint.clone(),
         region: cli.s3_region.clone(),
         path_style: cli.s3_path_style.then_some(true),
         retry_timeout_ms: None,
     }
-    .or(pgbookend::s3::Settings {
+    .or(pgbookend::store::s3::Settings {
         endpoint: cfg.s3_endpoint.clone(),
         region: cfg.s3_region.clone(),
         path_style: cfg.s3_path_style,
@@ -467,7 +467,7 @@ fn main() -> ExitCode {
     };
     let run = RunDir::resolve(cli.run_dir.as_deref(), cfg.run_dir.as_deref());
     match s3_settings(&cli, &cfg) {
-        Ok(s) => pgbookend::s3::configure(s),
+        Ok(s) => pgbookend::store::s3::configure(s),
         Err(e) => return fail(&e, json),
     }
     let result = match cli.command {
