@@ -18,6 +18,11 @@
 /// The PostgreSQL majors this crate can read and write formats for.
 pub const SUPPORTED_MAJORS: [u32; 6] = [13, 14, 15, 16, 17, 18];
 
+/// The oldest supported major, for messages ("supports 13 to 18").
+pub const OLDEST_MAJOR: u32 = SUPPORTED_MAJORS[0];
+/// The newest supported major, for messages.
+pub const NEWEST_MAJOR: u32 = SUPPORTED_MAJORS[SUPPORTED_MAJORS.len() - 1];
+
 /// `CATALOG_VERSION_NO` of 12's stable branch: every catalog version of 13 is greater.
 const CATVERSION_12: u32 = 201_909_212;
 
@@ -39,8 +44,13 @@ pub fn is_supported(major: u32) -> bool {
 /// The major of a server from its `server_version_num` (`150018` is 15), so
 /// callers never do the arithmetic themselves. `None` if not supported.
 pub fn major_from_server_version_num(num: u32) -> Option<u32> {
-    let major = num / 10_000;
+    let major = server_major(num);
     is_supported(major).then_some(major)
+}
+
+/// The major a `server_version_num` names, supported or not (to say which one is not).
+pub fn server_major(num: u32) -> u32 {
+    num / 10_000
 }
 
 /// The major that wrote a `pg_control` with these two version numbers, or
@@ -94,6 +104,18 @@ pub fn uses_pg_backup_start(major: u32) -> bool {
     major >= 15
 }
 
+/// Whether `major` has `idle_session_timeout` (14 and later), which a session that
+/// holds a backup open must turn off.
+pub fn has_idle_session_timeout(major: u32) -> bool {
+    major >= 14
+}
+
+/// Whether `initdb` of `major` enables data checksums by default (18 and later), so a
+/// cluster without them needs `--no-data-checksums`.
+pub fn initdb_checksums_by_default(major: u32) -> bool {
+    major >= 18
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,7 +160,17 @@ mod tests {
         assert_eq!(major_from_server_version_num(180_004), Some(18));
         assert_eq!(major_from_server_version_num(120_000), None);
         assert_eq!(major_from_server_version_num(190_000), None);
+        assert_eq!(server_major(190_000), 19);
         assert!(!uses_pg_backup_start(14));
         assert!(uses_pg_backup_start(15));
+    }
+
+    #[test]
+    fn capabilities() {
+        assert_eq!((OLDEST_MAJOR, NEWEST_MAJOR), (13, 18));
+        assert!(!has_idle_session_timeout(13));
+        assert!(has_idle_session_timeout(14));
+        assert!(!initdb_checksums_by_default(17));
+        assert!(initdb_checksums_by_default(18));
     }
 }

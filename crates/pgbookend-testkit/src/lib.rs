@@ -57,7 +57,9 @@ pub use s3server::{moto_server_bin, Gate, S3Server};
 pub use tempdir::{temp_dir, TempDir};
 
 /// The PostgreSQL majors pgbookend supports; tests iterate over them (see [`majors`]).
-pub const MAJORS: [u32; 6] = [13, 14, 15, 16, 17, 18];
+/// The one list lives in `pgbookend_formats::version`.
+pub const MAJORS: [u32; pgbookend_formats::version::SUPPORTED_MAJORS.len()] =
+    pgbookend_formats::version::SUPPORTED_MAJORS;
 
 /// Name prefix of every harness directory in [`tmp_root`]; [`reap_leftovers`] looks for it.
 pub(crate) const DIR_PREFIX: &str = "pgbookend-test.";

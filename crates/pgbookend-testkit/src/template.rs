@@ -34,7 +34,7 @@ fn initdb_args(major: u32, checksums: bool) -> Vec<&'static str> {
     ];
     if checksums {
         args.push("--data-checksums");
-    } else if major >= 18 {
+    } else if pgbookend_formats::version::initdb_checksums_by_default(major) {
         args.push("--no-data-checksums");
     }
     args

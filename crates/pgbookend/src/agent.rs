@@ -6,8 +6,9 @@
 //! line on its stdout: ready, or why not. From then on the agent lives alone: its log is
 //! `<run-dir>/<id>/agent.log`, its state `<run-dir>/<id>/state.json`.
 
+use crate::bundle::{WalArchive, WalMode};
 use crate::error::{class_name, io_err, Class, Error, Result};
-use crate::filelist;
+use crate::filelist::{self, FILE_LIST};
 use crate::marker::{self, Marker};
 use crate::protocol::{Request, Response};
 use crate::rescue;
@@ -15,7 +16,7 @@ use crate::rundir::{Entry, RunDir};
 use crate::session::Session;
 use crate::state::{AgentState, Phase, StopReport, StoreOutcome};
 use crate::timefmt::{now_unix, rfc3339};
-use crate::walcollect::{self, WalMode};
+use crate::walcollect;
 use crate::{bundle, TOOL, VERSION};
 use pgbookend_formats::{control, label, lsn::Lsn, tablespace_map, wal};
 use serde::{Deserialize, Serialize};
@@ -32,8 +33,6 @@ use std::time::{Duration, Instant};
 
 /// The start walk's list, in the agent's run-directory entry.
 const START_LIST: &str = "files.start.zst";
-/// The file list's name in the bundle.
-pub const FILE_LIST: &str = "files.zst";
 
 /// The hidden subcommand that runs an agent.
 pub const SUBCOMMAND: &str = "__agent";
@@ -58,7 +57,7 @@ pub struct AgentConfig {
     /// Non-secret S3 settings from flags and the config file; credentials reach the agent
     /// only through the environment it inherits.
     #[serde(default)]
-    pub s3: crate::s3::Settings,
+    pub s3: crate::store::s3::Settings,
 }
 
 /// What the agent reports once the backup is in progress.
@@ -257,7 +256,7 @@ pub fn main() -> i32 {
         }
     };
     drop(input);
-    crate::s3::configure(cfg.s3.clone());
+    crate::store::s3::configure(cfg.s3.clone());
     // SAFETY: process-wide settings of a fresh, single-threaded process.
     unsafe {
         libc::umask(0o077);
@@ -554,7 +553,7 @@ impl Agent {
             pg_version_num: self.state.pg_version_num.unwrap_or(0),
             system_identifier: sysid.to_string(),
             pgdata: pgdata.display().to_string(),
-            tablespaces: crate::run::tablespace_dirs(&pgdata),
+            tablespaces: crate::datadir::tablespace_dirs(&pgdata),
             backup_from,
             stores: self.cfg.stores.clone(),
             removed_stale_markers: removed,
@@ -917,7 +916,7 @@ impl Agent {
             start_wal_file: wal::file_name(start_tli, wal::segno(self.start_lsn, seg), seg),
             stop_wal_file: wal::file_name(stop_tli, wal::prev_segno(res.lsn, seg), seg),
             wal_segment_size: seg,
-            // Normalised: PostgreSQL 13 writes "master" where later majors write "primary".
+            // Normalised: the oldest majors write "master" where later ones write "primary".
             backup_from: if standby { "standby" } else { "primary" }.into(),
             start_time: rfc3339(self.state.start_time.unwrap_or(stop_unix)),
             stop_time: rfc3339(stop_unix),
@@ -928,7 +927,7 @@ impl Agent {
             tool: TOOL.into(),
             tool_version: VERSION.into(),
             wal_mode: self.cfg.wal_mode.as_str().into(),
-            wal_archive: "not_waited".into(),
+            wal_archive: WalArchive::NotWaited.as_str().into(),
             archive_dir: self
                 .cfg
                 .archive_dir
@@ -992,7 +991,7 @@ impl Agent {
         self.state.rescue = Some(saved.display().to_string());
         self.save();
         rescue::seed_stores(&saved, &facts);
-        rescue::fault("after-stop-call");
+        crate::fault::fault("after-stop-call");
         Ok((facts, saved))
     }
 
@@ -1036,11 +1035,11 @@ impl Agent {
         // so `stop` waits for it only in `none` mode unless asked.
         let wait = wait_archive.unwrap_or(mode == WalMode::None);
         let (wal_archive, wal_detail) = if !wait {
-            ("not_waited".to_string(), None)
+            (WalArchive::NotWaited, None)
         } else {
             self.wait_archive(&pgdata, standby, &stop_wal_file, archive_timeout)
         };
-        facts.manifest.wal_archive = wal_archive.clone();
+        facts.manifest.wal_archive = wal_archive.as_str().into();
         let archive = self.cfg.archive_dir.clone();
         let window = rescue::window(&facts, archive.as_deref())?;
         let archived = match (mode, archive.as_deref()) {
@@ -1077,11 +1076,12 @@ impl Agent {
             &w,
             &saved,
             &stop_wal_file,
-            &wal_archive,
+            wal_archive,
             &wal_detail,
             archive_timeout,
         );
-        Ok(self.conclude(&pgdata, manifest, w, error, wal_detail, t0, stop_unix))
+        let archive_wait = (wal_archive, wal_detail);
+        Ok(self.conclude(&pgdata, manifest, w, error, archive_wait, t0, stop_unix))
     }
 
     /// The error `stop` reports after writing the stores, if any; removes the rescue copy
@@ -1091,7 +1091,7 @@ impl Agent {
         w: &rescue::Written,
         saved: &Path,
         stop_wal_file: &str,
-        wal_archive: &str,
+        wal_archive: WalArchive,
         wal_detail: &Option<String>,
         archive_timeout: Duration,
     ) -> Option<Error> {
@@ -1114,7 +1114,7 @@ impl Agent {
                 tracing::warn!("cannot remove the rescue copy: {e}");
             }
             self.state.rescue = None;
-            return (wal_archive == "not_confirmed").then(|| {
+            return (wal_archive == WalArchive::NotConfirmed).then(|| {
                 Error::new(
                     Class::WalNotSafe,
                     format!(
@@ -1166,7 +1166,7 @@ impl Agent {
         manifest: bundle::Manifest,
         w: rescue::Written,
         error: Option<Error>,
-        wal_detail: Option<String>,
+        (wal_archive, wal_detail): (WalArchive, Option<String>),
         t0: Instant,
         stop_unix: i64,
     ) -> Response {
@@ -1202,7 +1202,7 @@ impl Agent {
             stop_time: manifest.stop_time.clone(),
             window_s: stop_unix - self.state.start_time.unwrap_or(stop_unix),
             duration_s: t0.elapsed().as_secs_f64(),
-            wal_mode: manifest.wal_mode.clone(),
+            wal_mode: self.cfg.wal_mode,
             wal_segments: manifest
                 .wal
                 .iter()
@@ -1210,7 +1210,7 @@ impl Agent {
                 .count() as u64,
             wal_bytes_stored: wal_bytes,
             file_list_count: manifest.file_list.as_ref().map(|f| f.count),
-            wal_archive: manifest.wal_archive.clone(),
+            wal_archive,
             wal_archive_detail: wal_detail,
             stores: outcomes,
             min_stores: required,
@@ -1249,7 +1249,7 @@ impl Agent {
         standby: bool,
         stop_wal_file: &str,
         timeout: Duration,
-    ) -> (String, Option<String>) {
+    ) -> (WalArchive, Option<String>) {
         let mode = self
             .session
             .as_mut()
@@ -1262,7 +1262,7 @@ impl Agent {
         };
         if !archiving {
             return (
-                "archiving_off".into(),
+                WalArchive::ArchivingOff,
                 Some(format!(
                     "archive_mode is {mode}: the WAL of the window must be kept by other means"
                 )),
@@ -1286,7 +1286,7 @@ impl Agent {
         loop {
             let busy: Vec<&String> = needed.iter().filter(|f| archive_busy(pgdata, f)).collect();
             if busy.is_empty() {
-                return ("archived".into(), None);
+                return (WalArchive::Archived, None);
             }
             if Instant::now() >= deadline {
                 let detail = self.session.as_mut().and_then(|s| s.archiver_failure());
@@ -1295,7 +1295,7 @@ impl Agent {
                     Some(d) => format!("waiting for {first} to be archived; {d}"),
                     None => format!("waiting for {first} to be archived"),
                 };
-                return ("not_confirmed".into(), Some(msg));
+                return (WalArchive::NotConfirmed, Some(msg));
             }
             std::thread::sleep(Duration::from_millis(100));
         }

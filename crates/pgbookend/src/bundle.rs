@@ -1,6 +1,7 @@
 //! The bundle: what `stop` stores beside the copy, under `<store>/<id>/`.
 //! `bundle.json` is written last: a bundle without it does not exist.
 
+use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -8,6 +9,68 @@ use std::collections::BTreeMap;
 pub const MANIFEST: &str = "bundle.json";
 /// The manifest format written by this version.
 pub const FORMAT: u32 = 1;
+
+/// How `stop` makes the WAL of the window safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WalMode {
+    /// Copy the segments into the bundle (default). A temporary replication slot keeps
+    /// the server from recycling them during the window.
+    Collect,
+    /// Do not copy; confirm that every segment is in an archive directory.
+    Archive,
+    /// Explicit opt-out: the user keeps the WAL; restoring will need an archive.
+    None,
+}
+
+impl WalMode {
+    /// Parses `--wal`.
+    pub fn parse(s: &str) -> Result<WalMode> {
+        match s {
+            "collect" => Ok(WalMode::Collect),
+            "archive" => Ok(WalMode::Archive),
+            "none" => Ok(WalMode::None),
+            _ => Err(Error::usage(format!(
+                "--wal {s:?}: expected collect, archive or none"
+            ))),
+        }
+    }
+    /// The stable name, as in `bundle.json` and `--wal`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WalMode::Collect => "collect",
+            WalMode::Archive => "archive",
+            WalMode::None => "none",
+        }
+    }
+}
+
+/// Whether the server's own archiving of the stop segment was confirmed (the stop
+/// report's and `bundle.json`'s `wal_archive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WalArchive {
+    /// The server archived the stop segment (and the backup history file on a primary).
+    Archived,
+    /// `stop` did not wait (`--no-wait-archive`, or the default outside `--wal none`).
+    NotWaited,
+    /// The server does not archive (`archive_mode` off, or `on` on a standby).
+    ArchivingOff,
+    /// Not archived within `--archive-timeout` (exit 5 once the bundle is written).
+    NotConfirmed,
+}
+
+impl WalArchive {
+    /// The stable name, as in `bundle.json` and the JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WalArchive::Archived => "archived",
+            WalArchive::NotWaited => "not_waited",
+            WalArchive::ArchivingOff => "archiving_off",
+            WalArchive::NotConfirmed => "not_confirmed",
+        }
+    }
+}
 
 /// One file of the bundle, as listed in the manifest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -24,7 +87,7 @@ pub struct Tablespace {
 }
 
 /// `bundle.json`: every fact about the backup. One read from a store is untrusted until
-/// [`crate::bundle_check::manifest_problems`] found nothing (`restore::load_bundle` does
+/// `bundle_check::manifest_problems` found nothing (`restore::load_bundle` does
 /// that before any field becomes a path, a command or an allocation).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -52,10 +115,12 @@ pub struct Manifest {
     pub tool_version: String,
     /// How the WAL of the window is made safe: `collect` (the segments are in `wal/`),
     /// `archive` (confirmed present in `archive_dir`), `none` (the user keeps it; restore
-    /// needs an archive).
+    /// needs an archive). Kept as text here: a manifest read from a store is untrusted and
+    /// `bundle_check` names a bad value; read it through [`Manifest::mode`].
     pub wal_mode: String,
     /// Whether the server's own archiving of the stop segment was confirmed:
-    /// `archived`, `not_waited`, `archiving_off`, `not_confirmed`.
+    /// `archived`, `not_waited`, `archiving_off`, `not_confirmed` ([`WalArchive`]; text
+    /// for the same reason as `wal_mode`).
     pub wal_archive: String,
     /// With `wal_mode = archive`: the directory in which every segment was found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,6 +136,14 @@ pub struct Manifest {
     /// Size and SHA-256 of every file of the bundle other than `bundle.json`, by path
     /// relative to the bundle directory.
     pub files: BTreeMap<String, FileEntry>,
+}
+
+impl Manifest {
+    /// The WAL mode, when `wal_mode` is one this version knows (always, once
+    /// `bundle_check::manifest_problems` passed).
+    pub fn mode(&self) -> Option<WalMode> {
+        WalMode::parse(&self.wal_mode).ok()
+    }
 }
 
 /// One WAL file of the window.

@@ -7,8 +7,8 @@
 //! directories must be plain absolute paths, and counts and sizes are capped. Each refusal
 //! names the field.
 
-use crate::bundle::{Manifest, WalEntry};
-use crate::restore::Problem;
+use crate::bundle::{Manifest, WalEntry, WalMode};
+use crate::problem::Problem;
 use pgbookend_formats::tablespace_map::TablespaceMap;
 use pgbookend_formats::walname::{WalKind, WalName, MAX_RANGE_SEGMENTS};
 use pgbookend_formats::{version, wal, Lsn};
@@ -168,7 +168,7 @@ pub fn manifest_problems(m: &Manifest) -> Vec<Problem> {
             Err(e) => out.push(field(n, e.to_string())),
         }
     }
-    if !["collect", "archive", "none"].contains(&m.wal_mode.as_str()) {
+    if m.mode().is_none() {
         out.push(field(
             "wal_mode",
             format!("{} is not collect, archive or none", shown(&m.wal_mode)),
@@ -288,7 +288,7 @@ fn wal_problems(m: &Manifest) -> Vec<Problem> {
     for (i, w) in m.wal.iter().enumerate() {
         if let Err(why) = wal_entry_problem(w, m.wal_segment_size) {
             out.push(field(format!("wal[{i}]"), why));
-        } else if m.wal_mode == "collect" && (w.size.is_none() || w.sha256.is_none()) {
+        } else if m.mode() == Some(WalMode::Collect) && (w.size.is_none() || w.sha256.is_none()) {
             out.push(field(
                 format!("wal[{i}]"),
                 "a collected WAL file needs its size and sha256",

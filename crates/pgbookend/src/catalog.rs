@@ -13,8 +13,8 @@
 
 use crate::bundle::{Manifest, MANIFEST};
 use crate::bundle_read::MAX_MANIFEST_BYTES;
-use crate::commands::{human_bytes, Output};
 use crate::error::{io_err, Error, Result};
+use crate::output::{human_bytes, Output};
 use crate::store::Store;
 use crate::timefmt::{human_duration, now_unix, rfc3339};
 use serde_json::{json, Value};
@@ -198,7 +198,7 @@ pub fn scan_store(store: &Store) -> Result<(Vec<BundleInfo>, Vec<String>)> {
             Ok((infos, skipped))
         }
         Store::S3(u) => {
-            let c = crate::s3::Client::open(u)?;
+            let c = crate::store::s3::Client::open(u)?;
             let entries = c
                 .list()?
                 .into_iter()
@@ -260,7 +260,7 @@ pub fn remove(store: &Store, b: &BundleInfo) -> Result<()> {
             crate::fsutil::remove_tree(&dir)
         }
         Store::S3(u) => {
-            let c = crate::s3::Client::open(u)?;
+            let c = crate::store::s3::Client::open(u)?;
             c.delete(&[format!("{}/{MANIFEST}", b.id)])?;
             let rest: Vec<String> = b
                 .objects
@@ -478,7 +478,7 @@ fn scan_one(store: &Store, id: &str) -> Result<BundleInfo> {
         }
         Store::S3(u) => {
             // Only this bundle's objects, not the whole store.
-            let c = crate::s3::Client::open(u)?;
+            let c = crate::store::s3::Client::open(u)?;
             let entries = c
                 .list_below(id)?
                 .into_iter()

@@ -2,26 +2,19 @@
 //! Each returns a value to print (human or JSON) or an [`Error`] whose class is the exit code.
 
 use crate::agent::{self, AgentConfig};
+use crate::bundle::{WalArchive, WalMode};
 use crate::config::{conninfo_has_password, Config};
 use crate::error::{Class, Error, Result};
 use crate::marker;
+use crate::output::{human_bytes, Output};
 use crate::protocol::{self, Request, Response};
 use crate::rundir::{Entry, Liveness, RunDir};
 use crate::state::{AgentState, Phase, StopReport};
 use crate::store::{default_store, Store};
 use crate::timefmt::{human_duration, now_unix, parse_duration, rfc3339};
-use crate::walcollect::WalMode;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// What a command produced: JSON for `--json`, and the human rendering of the same facts.
-pub struct Output {
-    pub json: Value,
-    pub human: String,
-    /// Non-zero when the command finished but the result is not "done and safe".
-    pub error: Option<Error>,
-}
 
 /// Options of `start` (and of `run`'s start part).
 #[derive(Debug, Clone, Default)]
@@ -46,8 +39,19 @@ fn duration_opt(flag: &str, value: Option<&str>, default: &str) -> Result<Durati
     parse_duration(v).map_err(|e| Error::usage(format!("--{flag}: {e}")))
 }
 
+/// What `start` returns to `run`: the agent's answer as a value, and its rendering.
+pub struct Started {
+    pub ready: agent::Ready,
+    pub output: Output,
+}
+
 /// `start`: spawns the agent and returns once the backup is in progress.
 pub fn start(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Output> {
+    start_backup(run, cfg, opts).map(|s| s.output)
+}
+
+/// [`start`], keeping the agent's answer typed for `run`.
+pub fn start_backup(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Started> {
     let id = match opts.id {
         Some(id) => {
             crate::id::validate(&id)?;
@@ -150,7 +154,7 @@ pub fn start(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Output> {
         wal_mode,
         archive_dir,
         min_stores,
-        s3: crate::s3::settings(),
+        s3: crate::store::s3::settings(),
     };
     let ready = agent::spawn(&acfg, &entry, lock)?;
     let mut human = format!(
@@ -205,10 +209,13 @@ pub fn start(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Output> {
                 .collect::<Vec<_>>()),
         );
     }
-    Ok(Output {
-        json,
-        human,
-        error: None,
+    Ok(Started {
+        ready,
+        output: Output {
+            json,
+            human,
+            error: None,
+        },
     })
 }
 
@@ -299,6 +306,13 @@ fn settle_dead(entry: &Entry, mut st: AgentState) -> AgentState {
     st
 }
 
+/// What `stop` returns to `run`: the agent's report (none when `stop` completed a
+/// rescuable backup instead), and the rendering.
+pub struct Stopped {
+    pub report: Option<StopReport>,
+    pub output: Output,
+}
+
 /// `stop`: asks the agent to stop the backup and write the bundle.
 pub fn stop(
     run: &RunDir,
@@ -307,6 +321,17 @@ pub fn stop(
     wait_archive: Option<bool>,
     archive_timeout: Option<&str>,
 ) -> Result<Output> {
+    stop_backup(run, cfg, id, wait_archive, archive_timeout).map(|s| s.output)
+}
+
+/// [`stop`], keeping the agent's report typed for `run`.
+pub fn stop_backup(
+    run: &RunDir,
+    cfg: &Config,
+    id: &str,
+    wait_archive: Option<bool>,
+    archive_timeout: Option<&str>,
+) -> Result<Stopped> {
     crate::id::validate(id)?;
     let timeout = duration_opt(
         "archive-timeout",
@@ -323,14 +348,21 @@ pub fn stop(
             .read_state()
             .is_some_and(|st| st.state == Phase::Rescuable)
     {
-        return crate::rescue::command(run, id, Vec::new(), None);
+        let output = crate::rescue::command(run, id, Vec::new(), None)?;
+        return Ok(Stopped {
+            report: None,
+            output,
+        });
     }
     let req = Request::Stop {
         wait_archive,
         archive_timeout_ms: timeout.as_millis() as u64,
     };
     match protocol::call(&entry.socket(), &req, None)? {
-        Some(Response::Stopped { report, error }) => Ok(stop_output(&report, error)),
+        Some(Response::Stopped { report, error }) => Ok(Stopped {
+            output: stop_output(&report, error),
+            report: Some(*report),
+        }),
         Some(Response::Error { error }) => Err(error),
         Some(_) => Err(Error::internal(
             "the agent gave an unexpected answer to stop",
@@ -407,24 +439,24 @@ fn stop_output(r: &StopReport, error: Option<Error>) -> Output {
     );
     human.push_str(&format!(
         "  WAL archive: {}\n",
-        match r.wal_archive.as_str() {
-            "archived" => "confirmed archived by the server",
-            "not_waited" => "not checked (--no-wait-archive)",
-            "archiving_off" => "archiving is off",
-            _ => "NOT confirmed",
+        match r.wal_archive {
+            WalArchive::Archived => "confirmed archived by the server",
+            WalArchive::NotWaited => "not checked (--no-wait-archive)",
+            WalArchive::ArchivingOff => "archiving is off",
+            WalArchive::NotConfirmed => "NOT confirmed",
         }
     ));
-    match r.wal_mode.as_str() {
-        "collect" => human.push_str(&format!(
+    match r.wal_mode {
+        WalMode::Collect => human.push_str(&format!(
             "  WAL in the bundle: {} segments, {} stored (zstd)\n",
             r.wal_segments,
             human_bytes(r.wal_bytes_stored)
         )),
-        "archive" => human.push_str(&format!(
+        WalMode::Archive => human.push_str(&format!(
             "  WAL confirmed in the archive: {} segments\n",
             r.wal_segments
         )),
-        _ => human.push_str(
+        WalMode::None => human.push_str(
             "  WAL not in the bundle (--wal none): restoring needs an archive holding it\n",
         ),
     }
@@ -464,17 +496,6 @@ fn stop_output(r: &StopReport, error: Option<Error>) -> Output {
         );
     }
     Output { json, human, error }
-}
-
-/// `1.5 MiB`: sizes as people read them.
-pub fn human_bytes(n: u64) -> String {
-    if n >= 1 << 30 {
-        format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64)
-    } else if n >= 1 << 20 {
-        format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
-    } else {
-        format!("{:.1} KiB", n as f64 / 1024.0)
-    }
 }
 
 fn describe(st: &AgentState, alive: bool) -> (Value, String) {

@@ -6,6 +6,8 @@
 use std::fmt;
 
 /// What kind of failure this is; each class has its own exit code.
+/// Serialised as its stable name (`class_name`), in JSON output and in the agent
+/// protocol; a name this build does not know reads as `internal`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Class {
@@ -50,37 +52,10 @@ impl Class {
             Class::Unfinished => 8,
         }
     }
-}
 
-/// A user-facing error.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Error {
-    pub class: ClassName,
-    pub message: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hints: Vec<String>,
-}
-
-/// The serialised form of [`Class`] (kept as a string in JSON and in the agent protocol).
-pub type ClassName = String;
-
-impl Error {
-    /// A new error of the given class.
-    pub fn new(class: Class, message: impl Into<String>) -> Self {
-        Error {
-            class: class_name(class).to_string(),
-            message: message.into(),
-            hints: Vec::new(),
-        }
-    }
-    /// Adds a "hint:" line: what to do next.
-    pub fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hints.push(hint.into());
-        self
-    }
-    /// The class, parsed back from its name (unknown names are internal errors).
-    pub fn class(&self) -> Class {
-        match self.class.as_str() {
+    /// The class of a stable name (unknown names are internal errors).
+    pub fn from_name(name: &str) -> Class {
+        match name {
             "usage" => Class::Usage,
             "void" => Class::Void,
             "environment" => Class::Environment,
@@ -90,6 +65,42 @@ impl Error {
             "unfinished" => Class::Unfinished,
             _ => Class::Internal,
         }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Class {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Ok(Class::from_name(&name))
+    }
+}
+
+/// A user-facing error.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Error {
+    pub class: Class,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hints: Vec<String>,
+}
+
+impl Error {
+    /// A new error of the given class.
+    pub fn new(class: Class, message: impl Into<String>) -> Self {
+        Error {
+            class,
+            message: message.into(),
+            hints: Vec::new(),
+        }
+    }
+    /// Adds a "hint:" line: what to do next.
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hints.push(hint.into());
+        self
+    }
+    /// The class (which decides the exit code).
+    pub fn class(&self) -> Class {
+        self.class
     }
     /// Shorthands for the common classes.
     pub fn usage(m: impl Into<String>) -> Self {
@@ -138,3 +149,36 @@ pub fn io_err(what: &str, path: &std::path::Path, e: std::io::Error) -> Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The class keeps its string form in JSON and in the agent protocol.
+    #[test]
+    fn class_serialises_as_its_name() {
+        for c in [
+            Class::Internal,
+            Class::Usage,
+            Class::Void,
+            Class::Environment,
+            Class::WalNotSafe,
+            Class::Check,
+            Class::Rescuable,
+            Class::Unfinished,
+        ] {
+            let e = Error::new(c, "m").hint("h");
+            let v = serde_json::to_value(&e).unwrap();
+            assert_eq!(v["class"], class_name(c));
+            let back: Error = serde_json::from_value(v).unwrap();
+            assert_eq!(back.class(), c);
+        }
+        let v = serde_json::json!({"class": "from_the_future", "message": "m"});
+        let e: Error = serde_json::from_value(v).unwrap();
+        assert_eq!(e.class(), Class::Internal);
+        assert_eq!(
+            serde_json::to_string(&Error::usage("x")).unwrap(),
+            r#"{"class":"usage","message":"x"}"#
+        );
+    }
+}

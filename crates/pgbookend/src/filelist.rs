@@ -20,6 +20,9 @@ use std::fs;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+/// The file list's name in the bundle.
+pub const FILE_LIST: &str = "files.zst";
+
 /// Directories whose contents a base backup leaves out (the directory itself is kept).
 const EXCLUDE_CONTENTS: &[&str] = &[
     "pg_wal",

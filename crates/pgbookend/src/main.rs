@@ -1,9 +1,10 @@
 //! The `pgbookend` command line: parses arguments and prints what the engine returns.
 
 use clap::{Args, Parser, Subcommand};
-use pgbookend::commands::{self, Output, StartOptions};
+use pgbookend::commands::{self, StartOptions};
 use pgbookend::config::Config;
 use pgbookend::error::{Class, Error};
+use pgbookend::output::Output;
 use pgbookend::restore::PrepareOptions;
 use pgbookend::rundir::RunDir;
 use std::path::PathBuf;
@@ -419,7 +420,7 @@ fn fail(e: &Error, json: bool) -> ExitCode {
 }
 
 /// S3 settings: flags, then the config file (the AWS environment and files come after, in s3.rs).
-fn s3_settings(cli: &Cli, cfg: &Config) -> Result<pgbookend::s3::Settings, Error> {
+fn s3_settings(cli: &Cli, cfg: &Config) -> Result<pgbookend::store::s3::Settings, Error> {
     let retry_timeout_ms = match &cfg.s3_retry_timeout {
         Some(d) => Some(
             pgbookend::timefmt::parse_duration(d)
@@ -428,13 +429,13 @@ fn s3_settings(cli: &Cli, cfg: &Config) -> Result<pgbookend::s3::Settings, Error
         ),
         None => None,
     };
-    Ok(pgbookend::s3::Settings {
+    Ok(pgbookend::store::s3::Settings {
         endpoint: cli.s3_endpoint.clone(),
         region: cli.s3_region.clone(),
         path_style: cli.s3_path_style.then_some(true),
         retry_timeout_ms: None,
     }
-    .or(pgbookend::s3::Settings {
+    .or(pgbookend::store::s3::Settings {
         endpoint: cfg.s3_endpoint.clone(),
         region: cfg.s3_region.clone(),
         path_style: cfg.s3_path_style,
@@ -466,7 +467,7 @@ fn main() -> ExitCode {
     };
     let run = RunDir::resolve(cli.run_dir.as_deref(), cfg.run_dir.as_deref());
     match s3_settings(&cli, &cfg) {
-        Ok(s) => pgbookend::s3::configure(s),
+        Ok(s) => pgbookend::store::s3::configure(s),
         Err(e) => return fail(&e, json),
     }
     let result = match cli.command {
@@ -490,7 +491,7 @@ fn main() -> ExitCode {
         Cmd::Cleanup { pgdata } => commands::cleanup(&run, pgdata.as_deref()),
         Cmd::Prepare(a) => a
             .options("prepare")
-            .and_then(|o| pgbookend::restore::prepare(&o))
+            .and_then(|o| pgbookend::restore::exec::prepare(&o))
             .and_then(|r| report_output(r, "prepare")),
         Cmd::Verify(a) => {
             let copy = a.pgdata.is_some();
@@ -512,11 +513,13 @@ fn main() -> ExitCode {
                 r.and_then(|r| report_output(r, "verify"))
             })
         }
-        Cmd::Guard { pgdata } => pgbookend::guard::guard(&pgdata).map(|(json, human)| Output {
-            json,
-            human,
-            error: None,
-        }),
+        Cmd::Guard { pgdata } => {
+            pgbookend::restore::guard::guard(&pgdata).map(|(json, human)| Output {
+                json,
+                human,
+                error: None,
+            })
+        }
         Cmd::List { store } => pgbookend::catalog::list(&store),
         Cmd::Show { store, id } => pgbookend::catalog::show(&store, &id),
         Cmd::Expire(a) => a.run(),

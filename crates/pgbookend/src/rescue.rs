@@ -8,12 +8,14 @@
 //! `pg_wal` or the archive when the bundle is built. A bundle written for remote stores
 //! only is staged in `<state>/rescue/<id>/stage/<id>/`, on storage with room.
 
+use crate::bundle::WalMode;
 use crate::bundle::{self, Manifest, WalEntry};
 use crate::error::{io_err, Class, Error, Result};
+use crate::fault::fault;
 use crate::fsutil::{self, Ownership};
 use crate::state::StoreOutcome;
 use crate::store::Store;
-use crate::walcollect::{self, WalMode};
+use crate::walcollect;
 use pgbookend_formats::lsn::Lsn;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -25,7 +27,7 @@ pub const SAVED: &[&str] = &[
     "backup_label",
     "tablespace_map",
     "pg_control",
-    crate::agent::FILE_LIST,
+    crate::filelist::FILE_LIST,
 ];
 
 /// The server's small files of a stopped backup, by name, as saved.
@@ -49,21 +51,6 @@ pub struct Facts {
     /// The token of the backup's live record (see `live.rs`), removed once rescued.
     #[serde(default)]
     pub token: String,
-}
-
-/// Kills the process with SIGKILL when `PGBOOKEND_FAULT` names `point`. Only debug builds
-/// (the test binary) honour it; release builds compile it to nothing.
-pub fn fault(point: &str) {
-    #[cfg(debug_assertions)]
-    if std::env::var("PGBOOKEND_FAULT").is_ok_and(|p| p == point) {
-        tracing::error!("fault injection: killed at {point}");
-        // SAFETY: plain kill of our own process.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
-    }
-    #[cfg(not(debug_assertions))]
-    let _ = point;
 }
 
 /// `<state>/rescue`.
@@ -482,7 +469,7 @@ pub fn command(
     id: &str,
     stores: Vec<String>,
     archive: Option<PathBuf>,
-) -> Result<crate::commands::Output> {
+) -> Result<crate::output::Output> {
     crate::id::validate(id)?;
     let entry = run.entry(id);
     if entry.agent_alive() {
@@ -574,7 +561,7 @@ pub fn command(
         e = e.hint(format!(
             "fix the cause and run `pgbookend rescue --id {id}` again"
         ));
-        return Ok(crate::commands::Output {
+        return Ok(crate::output::Output {
             json,
             human: format!("backup {id} NOT rescued\n{human}"),
             error: Some(e),
@@ -589,7 +576,7 @@ pub fn command(
         st.updated = crate::timefmt::now_unix();
         let _ = entry.write_state(&st);
     }
-    Ok(crate::commands::Output {
+    Ok(crate::output::Output {
         json,
         human: format!(
             "backup {id} rescued: its bundle is complete ({} WAL file{})\n{human}",

@@ -16,9 +16,10 @@
 //! `PGBOOKEND_STOP_LSN`.
 
 use crate::agent::Ready;
-use crate::commands::{self, Output, StartOptions};
+use crate::commands::{self, StartOptions};
 use crate::config::Config;
 use crate::error::{Class, Error, Result};
+use crate::output::Output;
 use crate::rundir::{Entry, RunDir};
 use crate::state::{Phase, StopReport};
 use serde_json::{json, Value};
@@ -101,29 +102,6 @@ fn signal_name(sig: i32) -> String {
         libc::SIGABRT => "SIGABRT".into(),
         n => format!("signal {n}"),
     }
-}
-
-/// The tablespace directories of a data directory: the targets of its `pg_tblspc` links,
-/// sorted by OID. Used by the agent to report them at start, and so given to COMMAND.
-pub fn tablespace_dirs(pgdata: &Path) -> Vec<String> {
-    let Ok(rd) = std::fs::read_dir(pgdata.join("pg_tblspc")) else {
-        return Vec::new();
-    };
-    let mut links: Vec<(u64, String)> = rd
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let oid: u64 = e.file_name().to_str()?.parse().ok()?;
-            let target = std::fs::read_link(e.path()).ok()?;
-            let target = if target.is_relative() {
-                pgdata.join("pg_tblspc").join(target)
-            } else {
-                target
-            };
-            Some((oid, target.display().to_string()))
-        })
-        .collect();
-    links.sort();
-    links.into_iter().map(|(_, p)| p).collect()
 }
 
 /// How a child process ended.
@@ -349,9 +327,10 @@ pub fn run(rd: &RunDir, cfg: &Config, opts: RunOptions) -> Result<RunOutcome> {
     } else {
         (None, None)
     };
-    let started = commands::start(rd, cfg, opts.start.clone())?;
-    let ready: Ready = serde_json::from_value(started.json.clone())
-        .map_err(|e| Error::internal(format!("unreadable start report: {e}")))?;
+    let commands::Started {
+        ready,
+        output: started,
+    } = commands::start_backup(rd, cfg, opts.start.clone())?;
     let id = ready.id.clone();
     let entry = rd.entry(&id);
     let shown = show_command(&opts.command);
@@ -453,7 +432,10 @@ pub fn run(rd: &RunDir, cfg: &Config, opts: RunOptions) -> Result<RunOutcome> {
         "pgbookend: COMMAND exited with 0 after {:.1}s; stopping backup {id}",
         ended.seconds
     );
-    let stopped = commands::stop(
+    let commands::Stopped {
+        report: report_stop,
+        output: stopped,
+    } = commands::stop_backup(
         rd,
         cfg,
         &id,
@@ -493,7 +475,6 @@ pub fn run(rd: &RunDir, cfg: &Config, opts: RunOptions) -> Result<RunOutcome> {
                 .hint("the bundle is complete; back it up yourself")
             });
         } else {
-            let report_stop: Option<StopReport> = serde_json::from_value(stopped.json).ok();
             let bundle = report_stop.as_ref().and_then(local_bundle);
             eprintln!("pgbookend: running --then: {then}");
             let mut cmd = Command::new("/bin/sh");
@@ -630,18 +611,6 @@ mod tests {
             .map(OsString::from)
             .collect();
         assert_eq!(show_command(&argv), "tar -cf '/x y.tar' 'it'\\''s'");
-    }
-
-    #[test]
-    fn tablespace_dirs_follow_links_in_oid_order() {
-        let d = tempfile::tempdir().unwrap();
-        let ts = d.path().join("pg_tblspc");
-        std::fs::create_dir(&ts).unwrap();
-        std::os::unix::fs::symlink("/srv/b", ts.join("16500")).unwrap();
-        std::os::unix::fs::symlink("/srv/a", ts.join("16400")).unwrap();
-        std::fs::write(ts.join("junk"), b"").unwrap();
-        assert_eq!(tablespace_dirs(d.path()), vec!["/srv/a", "/srv/b"]);
-        assert!(tablespace_dirs(&d.path().join("none")).is_empty());
     }
 
     #[test]

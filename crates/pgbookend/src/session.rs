@@ -1,16 +1,13 @@
-//! The database session that holds a backup, and the one place that knows which SQL
-//! each PostgreSQL major uses for it (`pg_start_backup`/`pg_stop_backup` up to 14,
-//! `pg_backup_start`/`pg_backup_stop` from 15).
+//! The database session that holds a backup: every SQL statement it sends, with the
+//! variant each PostgreSQL major needs chosen by `pgbookend_formats::version`
+//! (`pg_start_backup`/`pg_stop_backup` or `pg_backup_start`/`pg_backup_stop`).
 
 use crate::error::{Error, Result};
 use crate::pq::{Conn, PqError};
 use pgbookend_formats::lsn::Lsn;
+use pgbookend_formats::version;
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// The oldest and newest majors pgbookend knows.
-pub const MIN_MAJOR: u32 = 13;
-pub const MAX_MAJOR: u32 = 18;
 
 /// What the stop function returns: exactly the server's bytes.
 #[derive(Debug, Clone)]
@@ -60,21 +57,22 @@ impl Session {
                 .hint("connection settings follow libpq: PGHOST, PGPORT, PGUSER, PGDATABASE, -d CONNINFO; passwords go in ~/.pgpass or PGPASSFILE")
         })?;
         let version_num = conn.server_version();
-        let major = version_num / 10_000;
-        if !(MIN_MAJOR..=MAX_MAJOR).contains(&major) {
+        let Some(major) = version::major_from_server_version_num(version_num) else {
+            let major = version::server_major(version_num);
+            let (oldest, newest) = (version::OLDEST_MAJOR, version::NEWEST_MAJOR);
             return Err(Error::env(format!(
-                "PostgreSQL {major} (server_version_num {version_num}) is not supported; pgbookend supports {MIN_MAJOR} to {MAX_MAJOR}"
+                "PostgreSQL {major} (server_version_num {version_num}) is not supported; pgbookend supports {oldest} to {newest}"
             )));
-        }
+        };
         let mut s = Session {
             conn,
             version_num,
             major,
         };
         // One round trip: the timeouts that could end the session go to 0 for this session
-        // (idle_session_timeout exists from 14), and server-side keepalives (effective on
+        // (idle_session_timeout where the major has it), and server-side keepalives (effective on
         // TCP only) follow the heartbeat so the server also notices a dead peer.
-        let idle_session = if major >= 14 {
+        let idle_session = if version::has_idle_session_timeout(major) {
             ", set_config('idle_session_timeout', '0', false)"
         } else {
             ""
@@ -143,7 +141,7 @@ impl Session {
     /// Starts the non-exclusive backup in this session; returns the start LSN.
     pub fn start_backup(&mut self, label: &str, fast: bool) -> Result<Lsn> {
         let fast = if fast { "true" } else { "false" };
-        let sql = if self.major >= 15 {
+        let sql = if version::uses_pg_backup_start(self.major) {
             "SELECT pg_backup_start($1, $2::boolean)::text"
         } else {
             "SELECT pg_start_backup($1, $2::boolean, false)::text"
@@ -166,7 +164,7 @@ impl Session {
     /// itself, bounded by `--archive-timeout`, because the server's own wait cannot be
     /// interrupted without losing the label).
     pub fn stop_backup(&mut self) -> Result<StopResult> {
-        let sql = if self.major >= 15 {
+        let sql = if version::uses_pg_backup_start(self.major) {
             "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
         } else {
             "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"

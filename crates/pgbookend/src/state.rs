@@ -1,5 +1,6 @@
 //! What an agent records about its backup (`state.json`) and what `stop` reports.
 
+use crate::bundle::{WalArchive, WalMode};
 use serde::{Deserialize, Serialize};
 
 /// Where a backup is in its life.
@@ -105,7 +106,7 @@ pub struct StopReport {
     /// Seconds the stop itself took.
     pub duration_s: f64,
     /// `collect`, `archive` or `none`.
-    pub wal_mode: String,
+    pub wal_mode: WalMode,
     /// WAL segments of the window (in the bundle with `collect`).
     pub wal_segments: u64,
     /// Bytes of WAL stored in the bundle (compressed).
@@ -114,7 +115,7 @@ pub struct StopReport {
     pub file_list_count: Option<u64>,
     /// "archived" (confirmed), "not_waited" (--no-wait-archive), "archiving_off",
     /// or "not_confirmed" (timed out: exit 5).
-    pub wal_archive: String,
+    pub wal_archive: WalArchive,
     pub wal_archive_detail: Option<String>,
     pub stores: Vec<StoreOutcome>,
     /// How many stores had to take the bundle (`--min-stores`; all by default).

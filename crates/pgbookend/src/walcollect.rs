@@ -11,40 +11,6 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// How `stop` makes the WAL of the window safe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WalMode {
-    /// Copy the segments into the bundle (default). A temporary replication slot keeps
-    /// the server from recycling them during the window.
-    Collect,
-    /// Do not copy; confirm that every segment is in an archive directory.
-    Archive,
-    /// Explicit opt-out: the user keeps the WAL; restoring will need an archive.
-    None,
-}
-
-impl WalMode {
-    /// Parses `--wal`.
-    pub fn parse(s: &str) -> Result<WalMode> {
-        match s {
-            "collect" => Ok(WalMode::Collect),
-            "archive" => Ok(WalMode::Archive),
-            "none" => Ok(WalMode::None),
-            _ => Err(Error::usage(format!(
-                "--wal {s:?}: expected collect, archive or none"
-            ))),
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WalMode::Collect => "collect",
-            WalMode::Archive => "archive",
-            WalMode::None => "none",
-        }
-    }
-}
-
 /// The name of the temporary slot of one backup: slot names allow only `[a-z0-9_]`.
 pub fn slot_name(id: &str) -> String {
     let mut h = Sha256::new();
@@ -115,7 +81,7 @@ pub fn collect(
                 if r.is_err() {
                     failed.store(true, std::sync::atomic::Ordering::SeqCst);
                 } else {
-                    crate::rescue::fault("during-wal-collect");
+                    crate::fault::fault("during-wal-collect");
                 }
                 if let Ok(mut slot) = results[i].lock() {
                     *slot = Some(r);

@@ -8,7 +8,7 @@ mod common;
 
 use common::{run_for, Run, Tool};
 use pgbookend::bundle::FileEntry;
-use pgbookend::s3::{Client, Credentials, S3Url, Settings};
+use pgbookend::store::s3::{Client, Credentials, S3Url, Settings};
 use pgbookend_testkit::{Cluster, ClusterOptions, Gate, S3Server, TempDir};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -242,7 +242,7 @@ fn hooks_local_and_s3(major: u32) {
 
     // fetch_bundle from S3 gives the local store's bundle, byte for byte.
     let scratch = pgbookend_testkit::temp_dir("fetch");
-    let dir = pgbookend::s3::fetch_bundle_with(
+    let dir = pgbookend::store::s3::fetch_bundle_with(
         &client(&s3, &format!("s3://{BUCKET}/cluster/a")),
         &id,
         scratch.path(),
@@ -266,7 +266,7 @@ fn multipart_verify_and_damaged_fetch() {
     let c = client(&s3, &format!("s3://{BUCKET}/mp"));
     let dir = pgbookend_testkit::temp_dir("mp");
     let big = dir.path().join("big");
-    let mut data = vec![0u8; 2 * pgbookend::s3::PART_SIZE + 12345];
+    let mut data = vec![0u8; 2 * pgbookend::store::s3::PART_SIZE + 12345];
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     for b in data.iter_mut() {
         x ^= x << 13;
@@ -316,13 +316,13 @@ fn multipart_verify_and_damaged_fetch() {
         &serde_json::to_vec(&manifest).unwrap(),
     );
     let scratch = pgbookend_testkit::temp_dir("fetch");
-    let ok = pgbookend::s3::fetch_bundle_with(&c, "dmg", scratch.path()).unwrap();
+    let ok = pgbookend::store::s3::fetch_bundle_with(&c, "dmg", scratch.path()).unwrap();
     assert_eq!(std::fs::read(ok.join("backup_label")).unwrap(), small);
     s3.put(BUCKET, "mp/dmg/backup_label", b"backup label bytez");
-    let e = pgbookend::s3::fetch_bundle_with(&c, "dmg", scratch.path()).unwrap_err();
+    let e = pgbookend::store::s3::fetch_bundle_with(&c, "dmg", scratch.path()).unwrap_err();
     assert_eq!(e.class().exit_code(), 6, "{e}");
     assert!(e.message.contains("backup_label"), "{e}");
-    let e = pgbookend::s3::fetch_bundle_with(&c, "nope", scratch.path()).unwrap_err();
+    let e = pgbookend::store::s3::fetch_bundle_with(&c, "nope", scratch.path()).unwrap_err();
     assert_eq!(e.class().exit_code(), 2, "{e}");
 }
 

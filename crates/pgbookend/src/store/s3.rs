@@ -163,7 +163,7 @@ impl Settings {
 static SETTINGS: Mutex<Option<Settings>> = Mutex::new(None);
 
 /// Sets the process-wide S3 settings (from flags and the config file; in the agent, from
-/// its settings). [`crate::store::Store`] operations use them.
+/// its settings). The store operations (`store::Store`) use them.
 pub fn configure(s: Settings) {
     if let Ok(mut g) = SETTINGS.lock() {
         *g = Some(s);

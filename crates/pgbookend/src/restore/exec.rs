@@ -9,7 +9,7 @@ use crate::error::{io_err, Class, Error, Result};
 use crate::fsutil::Ownership;
 use crate::marker;
 use crate::nofollow::{Dir, Kind};
-use crate::prepare_journal::{self, Journal};
+use crate::restore::journal::{self as prepare_journal, Journal};
 use crate::restore::{examine, Action, Loaded, PlanExtra, PrepareOptions, Report};
 use pgbookend_formats::control;
 use std::collections::BTreeMap;

@@ -1,6 +1,11 @@
 //! Stores: where bundles live. A local directory (`/path` or `file:///path`) or
 //! S3-compatible object storage (`s3://bucket/prefix`, see `s3.rs`). Every store holds a
 //! bundle under `<store>/<id>/`, `bundle.json` last.
+//!
+//! The room of the store backends: this file (the `Store` kinds and the local
+//! directory) and `s3` (the S3 client, URLs, settings and credentials).
+
+pub mod s3;
 
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Ownership};
@@ -10,7 +15,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Store {
     Local(PathBuf),
-    S3(crate::s3::S3Url),
+    S3(s3::S3Url),
 }
 
 impl Store {
@@ -31,7 +36,7 @@ impl Store {
             return Ok(Store::Local(PathBuf::from(rest)));
         }
         if url.starts_with("s3://") {
-            return Ok(Store::S3(crate::s3::S3Url::parse(url)?));
+            return Ok(Store::S3(s3::S3Url::parse(url)?));
         }
         if url.contains("://") {
             return Err(Error::usage(format!("store {url:?}: unknown scheme"))
@@ -69,7 +74,7 @@ impl Store {
     pub fn has_bundle(&self, id: &str) -> bool {
         match self {
             Store::Local(p) => p.join(id).join(crate::bundle::MANIFEST).exists(),
-            Store::S3(u) => crate::s3::Client::open(u)
+            Store::S3(u) => s3::Client::open(u)
                 .and_then(|c| c.head(&format!("{id}/{}", crate::bundle::MANIFEST)))
                 .map(|h| h.is_some())
                 .unwrap_or(false),
@@ -83,7 +88,7 @@ impl Store {
     pub fn preflight(&self, id: &str) -> Result<()> {
         let exists = match self {
             Store::Local(p) => p.join(id).join(crate::bundle::MANIFEST).exists(),
-            Store::S3(u) => crate::s3::Client::open(u)?
+            Store::S3(u) => s3::Client::open(u)?
                 .list_below(id)?
                 .iter()
                 .any(|o| o.key == format!("{id}/{}", crate::bundle::MANIFEST)),
@@ -130,7 +135,7 @@ impl Store {
                 }
                 Ok(dir)
             }
-            Store::S3(u) => crate::s3::fetch_bundle(u, id, scratch),
+            Store::S3(u) => s3::fetch_bundle(u, id, scratch),
         }
     }
 
@@ -199,7 +204,7 @@ impl Store {
                 fsutil::write_atomic(&dir.join(crate::bundle::MANIFEST), &bytes, &own)?;
                 Ok(dir.display().to_string())
             }
-            Store::S3(u) => crate::s3::upload_bundle(u, id, from, manifest),
+            Store::S3(u) => s3::upload_bundle(u, id, from, manifest),
         }
     }
 }

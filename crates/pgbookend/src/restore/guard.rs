@@ -37,7 +37,7 @@ pub fn guard(pgdata: &Path) -> Result<(Value, String)> {
             pgdata.display()
         )));
     }
-    if let Some((path, j)) = crate::prepare_journal::find(pgdata)? {
+    if let Some((path, j)) = crate::restore::journal::find(pgdata)? {
         return Err(Error::new(
             Class::Unfinished,
             format!(

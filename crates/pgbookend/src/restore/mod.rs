@@ -6,12 +6,22 @@
 //! the directory's owner and modes (invariant 7), and the bundle's `pg_control` goes in
 //! last, with its checkpoint made invalid so that a later deletion of `backup_label`
 //! makes the server refuse to start instead of recovering wrongly (invariant 6).
+//!
+//! The room of everything that turns a copy plus a bundle into a data directory: the
+//! checks (here and `safety`), the plan's execution (`exec`) and its journal (`journal`),
+//! and `guard`, which refuses a server start on a copy that is not prepared.
 
-use crate::bundle::{self, Manifest};
+pub mod exec;
+pub mod guard;
+pub mod journal;
+pub mod safety;
+
+use crate::bundle::{self, Manifest, WalMode};
 use crate::bundle_read;
 use crate::error::{Error, Result};
 use crate::fsutil::Ownership;
 use crate::marker;
+use crate::problem::{problem, Problem};
 use crate::store::Store;
 use crate::walcollect;
 use pgbookend_formats::walname::{self, WalName};
@@ -44,26 +54,6 @@ pub struct PrepareOptions {
     /// tablespace files, so a remap target may already hold some of them.
     pub resuming: bool,
     pub dry_run: bool,
-}
-
-/// One thing wrong with a copy or a bundle.
-#[derive(Debug, Clone, Serialize)]
-pub struct Problem {
-    pub check: &'static str,
-    pub message: String,
-    pub hint: String,
-}
-
-pub(crate) fn problem(
-    check: &'static str,
-    message: impl Into<String>,
-    hint: impl Into<String>,
-) -> Problem {
-    Problem {
-        check,
-        message: message.into(),
-        hint: hint.into(),
-    }
 }
 
 /// A bundle read from disk, checked against its own manifest.
@@ -300,7 +290,7 @@ fn wal_range_problems(m: &Manifest) -> Vec<Problem> {
             "the bundle is damaged or altered; use another copy of it",
         )),
     }
-    if m.wal_mode == "collect" {
+    if m.mode() == Some(WalMode::Collect) {
         for w in &m.wal {
             match &w.stored {
                 Some(s) if m.files.contains_key(s) => {}
@@ -824,7 +814,7 @@ pub fn examine(
             .map(PathBuf::from)
             .filter(|d| d.is_dir())
     });
-    let source = if m.wal_mode == "collect" {
+    let source = if m.mode() == Some(WalMode::Collect) {
         Some(WalSource::Bundle)
     } else if let Some(cmd) = &opts.restore_command {
         Some(WalSource::Command(cmd.clone()))
@@ -876,8 +866,8 @@ pub fn examine(
     };
     report
         .problems
-        .extend(crate::restore_safety::layout_problems(
-            &crate::restore_safety::LayoutInput {
+        .extend(crate::restore::safety::layout_problems(
+            &crate::restore::safety::LayoutInput {
                 pgdata,
                 waldir: opts.waldir.as_deref(),
                 remap: &remap,
@@ -1248,12 +1238,6 @@ fn user_name(uid: u32) -> Option<String> {
         let f: Vec<&str> = l.split(':').collect();
         (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
     })
-}
-
-/// `prepare`: check, then (unless `--dry-run`) carry out the plan, journaled so that a
-/// failure part-way can be finished by running it again (see `prepare_exec`).
-pub fn prepare(opts: &PrepareOptions) -> Result<Report> {
-    crate::prepare_exec::prepare(opts)
 }
 
 /// Human rendering of a report.

@@ -7,7 +7,7 @@
 //! the primary, so any of them that leads outside the copy is refused unless a remap
 //! says where the restored server keeps that data instead (invariant 10).
 
-use crate::restore::{problem, Problem};
+use crate::problem::{problem, Problem};
 use pgbookend_formats::{version, wal};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
