@@ -1,6 +1,7 @@
 //! The journal of a `prepare` in progress: `PGDATA/pg_backup_metadata/<id>/prepare.json`.
 //!
-//! Written durably before the first change to the copy and after every step, removed
+//! Written durably before the first change to the copy and after every step (a run of WAL
+//! files counts as one step), removed
 //! (with the marker) only after the last one. While it exists the copy is half-prepared:
 //! `guard` refuses to let a server start on it, and `prepare` run again with the same
 //! remaps redoes the plan (every step can be repeated) and finishes the job.
