@@ -1,0 +1,251 @@
+//! End-to-end tests of `drill`: a real test restore of a copy taken while pgbench writes,
+//! on every major; a copy whose index the WAL does not touch is corrupted; drill is killed
+//! with SIGTERM. Each time nothing of the clone, its server or its socket is left behind.
+
+mod common;
+
+use common::{run_for, Run, Tool};
+use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+/// A digest of a whole tree: paths, modes, owners, link targets and contents.
+fn tree_digest(root: &Path) -> String {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for p in names {
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if md.is_dir() {
+                out.push(format!("{rel}/ {:o} {}", md.mode(), md.uid()));
+                walk(root, &p, out);
+            } else {
+                let data = std::fs::read(&p).unwrap();
+                let sum = hex::encode(Sha256::digest(&data));
+                out.push(format!("{rel} {:o} {} {sum}", md.mode(), md.uid()));
+            }
+        }
+    }
+    let mut entries = Vec::new();
+    walk(root, root, &mut entries);
+    hex::encode(Sha256::digest(entries.join("\n").as_bytes()))
+}
+
+/// A cluster, its backup `id` and a `cp -a` copy of PGDATA taken in the backup's window
+/// (while pgbench writes), in `work/data`.
+struct Fixture {
+    c: Cluster,
+    tool: Tool,
+    work: TempDir,
+    id: &'static str,
+}
+
+impl Fixture {
+    fn new(major: u32, checksums: bool, before: &str) -> Fixture {
+        let c = Cluster::start(ClusterOptions::new(major).data_checksums(checksums));
+        c.pgbench_init(1);
+        if !before.is_empty() {
+            c.psql(before);
+        }
+        let tool = Tool::new(&c);
+        let work = pgbookend_testkit::temp_dir("drill");
+        let f = Fixture {
+            c,
+            tool,
+            work,
+            id: "drill1",
+        };
+        f.tool.start(f.id, &[]).ok();
+        let bench = f.c.pgbench_background(2, 2);
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(f.c.pgdata())
+            .arg(f.copy())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        bench.wait().expect("pgbench");
+        f.tool.stop(f.id, &[]).ok();
+        f
+    }
+
+    fn copy(&self) -> PathBuf {
+        self.work.path().join("data")
+    }
+
+    fn drill_cmd(&self) -> Command {
+        let copy = self.copy().display().to_string();
+        let store = self.tool.store_path().display().to_string();
+        let bin = pgbookend_testkit::server_bin(self.c.major(), "postgres");
+        let bindir = bin.parent().unwrap().display().to_string();
+        self.tool.cmd(&[
+            "drill", "--pgdata", &copy, "--store", &store, "--pg-bin", &bindir, "--json",
+        ])
+    }
+
+    fn drill(&self) -> Run {
+        self.drill_cmd().output().expect("run drill").into()
+    }
+
+    /// Nothing of a drill is left: no scratch directory beside the copy, no process whose
+    /// command line names one (its server), no socket.
+    fn assert_nothing_left(&self) {
+        let left: Vec<String> = std::fs::read_dir(self.work.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".pgbookend-drill."))
+            .collect();
+        assert!(left.is_empty(), "scratch left behind: {left:?}");
+        let work = self.work.path().display().to_string();
+        assert!(
+            common::wait_until(Duration::from_secs(10), || drill_processes(&work)
+                .is_empty()),
+            "processes left behind: {:?}",
+            drill_processes(&work)
+        );
+    }
+}
+
+/// Live processes whose command line names a drill scratch directory below `work`.
+fn drill_processes(work: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains(work) && cmd.contains(".pgbookend-drill.") && !common::is_zombie(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A good copy: exit 0, every check reported, the record stored and shown, the copy
+/// unchanged, nothing left behind.
+fn drill_good_copy(major: u32) {
+    let f = Fixture::new(major, true, "");
+    let before = tree_digest(&f.copy());
+    let r = f.drill();
+    eprintln!("{}", r.stdout);
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["verdict"], "passed", "{j}");
+    assert!(j["recovery_seconds"].as_f64().unwrap() > 0.0);
+    assert!(j["wal_replayed"]["bytes"].as_u64().unwrap() > 0, "{j}");
+    let c = &j["checks"];
+    assert!(c["btree_indexes"].as_u64().unwrap() >= 3, "{c}");
+    assert!(c["table_counts"].as_u64().unwrap() >= 4, "{c}");
+    assert_eq!(c["heap_checked"], major >= 14);
+    if major >= 14 {
+        assert!(c["heap_relations"].as_u64().unwrap() >= 4, "{c}");
+    }
+    assert_eq!(c["failed"], 0);
+    assert!(c["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d == "postgres"));
+    assert!(f.tool.bundle_dir(f.id).join("drill.json").is_file());
+    let store = f.tool.store_path().display().to_string();
+    let show = f.tool.run(&["show", "--store", &store, "--id", f.id]).ok();
+    assert!(show.stdout.contains("last drill: passed"), "{show:?}");
+    let list = f.tool.run(&["list", "--store", &store, "--json"]).ok();
+    assert_eq!(list.json()["bundles"][0]["last_drill"]["verdict"], "passed");
+    assert_eq!(tree_digest(&f.copy()), before, "drill changed the copy");
+    f.assert_nothing_left();
+}
+per_major!(drill_good_copy_t, drill_good_copy);
+
+/// Makes the B-tree leaf page `block` of `file` out of order: the key of its middle item
+/// becomes the largest int4. The cluster has no data checksums, so only amcheck can see it.
+fn corrupt_index_order(file: &Path, block: u64) {
+    let mut data = std::fs::read(file).unwrap();
+    let page = &mut data[(block * 8192) as usize..((block + 1) * 8192) as usize];
+    let lower = u16::from_le_bytes([page[12], page[13]]) as usize;
+    let items = (lower - 24) / 4;
+    assert!(items > 10, "the leaf page holds {items} items");
+    let k = items / 2;
+    let lp = u32::from_le_bytes(page[24 + 4 * k..28 + 4 * k].try_into().unwrap());
+    let off = (lp & 0x7fff) as usize;
+    page[off + 8..off + 12].copy_from_slice(&i32::MAX.to_le_bytes());
+    std::fs::write(file, &data).unwrap();
+}
+
+/// An index page corrupted in the copy, which the window's WAL does not touch: drill
+/// fails (exit 6) naming the index, and leaves nothing behind.
+fn drill_corrupt_index(major: u32) {
+    let f = Fixture::new(
+        major,
+        false,
+        "CREATE TABLE drill_t (i int); INSERT INTO drill_t SELECT generate_series(1, 200); \
+         CREATE INDEX drill_idx ON drill_t (i); CHECKPOINT",
+    );
+    let rel = f.c.psql("SELECT pg_relation_filepath('drill_idx')");
+    corrupt_index_order(&f.copy().join(rel), 1);
+    let r = f.drill();
+    eprintln!("{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 6, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["verdict"], "failed");
+    let failures = j["checks"]["failures"].as_array().unwrap();
+    assert!(
+        failures
+            .iter()
+            .any(|x| x["object"] == "public.drill_idx" && x["check"] == "btree"),
+        "{j}"
+    );
+    assert!(r.stderr.contains("drill_idx"), "{r:?}");
+    f.assert_nothing_left();
+}
+per_major!(drill_corrupt_index_t, drill_corrupt_index);
+
+/// Kills the drill it holds on drop (a failed test leaves no drill running).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// drill killed with SIGTERM while its server runs: it exits non-zero and leaves nothing.
+fn drill_sigterm(major: u32) {
+    let f = Fixture::new(major, true, "");
+    let mut cmd = f.drill_cmd();
+    cmd.env("PGBOOKEND_TEST_DRILL_HOLD", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut d = Running(cmd.spawn().unwrap());
+    let work = f.work.path().display().to_string();
+    assert!(
+        common::wait_until(Duration::from_secs(60), || !drill_processes(&work)
+            .is_empty()),
+        "the drill server never started"
+    );
+    // SAFETY: a signal to the drill we started.
+    unsafe { libc::kill(d.0.id() as i32, libc::SIGTERM) };
+    let mut code = None;
+    assert!(common::wait_until(Duration::from_secs(60), || {
+        code = d.0.try_wait().unwrap().map(|s| s.code());
+        code.is_some()
+    }));
+    let out = std::mem::replace(&mut d.0, Command::new("true").spawn().unwrap())
+        .wait_with_output()
+        .unwrap();
+    let r: Run = out.into();
+    eprintln!("{r:?}");
+    assert_ne!(code.flatten(), Some(0), "{r:?}");
+    assert!(r.stderr.contains("interrupted"), "{r:?}");
+    f.assert_nothing_left();
+}
+per_major!(drill_sigterm_t, drill_sigterm);
