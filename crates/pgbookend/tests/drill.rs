@@ -110,6 +110,8 @@ impl Fixture {
             "processes left behind: {:?}",
             drill_processes(&work)
         );
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(&work), "a mount left behind:\n{mounts}");
     }
 }
 

@@ -1,6 +1,8 @@
 //! The throwaway clone of a restored copy: every file cloned by reflink (`FICLONE`) where
-//! the filesystem shares blocks (XFS, btrfs), else copied, never following a link of the
-//! copy. The copy itself is only read.
+//! the filesystem shares blocks (XFS, btrfs); else, as root, an overlay mount (the copy is
+//! the read-only lower layer, every change lands in the scratch directory); else a full
+//! copy. A link in the copy is never followed: a copy with one is refused. The copy
+//! itself is only read.
 
 use crate::error::{Error, Result};
 use crate::fsutil::{fstat, kind, set_owner_mode, Dir};
@@ -18,6 +20,8 @@ const FICLONE: libc::c_ulong = 0x4004_9409;
 pub enum Method {
     /// Every file shares its blocks with the copy (nothing was copied).
     Reflink,
+    /// An overlay mount: the copy read-only below, changes in the scratch directory.
+    Overlay,
     /// At least one file was copied byte for byte (the filesystem cannot reflink).
     FullCopy,
 }
@@ -27,6 +31,9 @@ impl Method {
     pub fn describe(self) -> &'static str {
         match self {
             Method::Reflink => "reflink clone",
+            Method::Overlay => {
+                "overlay mount (the copy read-only below, changes in the scratch directory)"
+            }
             Method::FullCopy => "full copy (the filesystem cannot reflink)",
         }
     }
@@ -37,6 +44,138 @@ impl Method {
 struct Tally {
     files: u64,
     copied: u64,
+}
+
+/// The name of the clone (or of the overlay's mount point) in the scratch directory.
+pub const DATA: &str = "data";
+
+/// Makes the clone `scratch/data` of `src` the cheapest way the system allows (see the
+/// module's comment). `scratch_path` is the path `scratch` was opened as.
+pub fn make_clone(
+    src: &Path,
+    scratch: &Dir,
+    scratch_path: &Path,
+    stop: &dyn Fn() -> bool,
+) -> Result<Method> {
+    if can_reflink(src, scratch) {
+        return clone_tree(src, scratch, DATA, stop);
+    }
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let plain = |p: &Path| !p.to_string_lossy().contains([',', ':', '\\']);
+    if root && plain(src) && plain(scratch_path) {
+        let from = Dir::open(src).map_err(|e| io(src, "cannot open the copy", e))?;
+        refuse_links(&from, "", stop)?;
+        if overlay(src, scratch, scratch_path).is_ok() {
+            return Ok(Method::Overlay);
+        }
+        // No overlay support here: fall back to a copy (of what is left of a failed try too).
+        let _ = scratch.remove_tree("upper");
+        let _ = scratch.remove_tree("work");
+        let _ = scratch.remove_tree(DATA);
+    }
+    clone_tree(src, scratch, DATA, stop)
+}
+
+/// True if a file of `src` can be reflinked into `scratch` (same filesystem, and one that
+/// shares blocks).
+fn can_reflink(src: &Path, scratch: &Dir) -> bool {
+    let Ok(from) = Dir::open(src) else {
+        return false;
+    };
+    let Ok(f) = from.open_file("PG_VERSION") else {
+        return false;
+    };
+    let probe = ".reflink-probe";
+    let Ok(t) = scratch.create_file(probe, 0o600) else {
+        return false;
+    };
+    // SAFETY: both descriptors are open for the duration of the call.
+    let ok = unsafe { libc::ioctl(t.as_raw_fd(), FICLONE as _, f.as_raw_fd()) } == 0;
+    let _ = scratch.unlink(probe);
+    ok
+}
+
+/// Refuses a copy holding a link anywhere (an overlay would expose it to the server).
+fn refuse_links(dir: &Dir, rel: &str, stop: &dyn Fn() -> bool) -> Result<()> {
+    for n in dir
+        .entries()
+        .map_err(|e| io(dir.path(), "cannot list", e))?
+    {
+        if stop() {
+            return Err(super::interrupted());
+        }
+        let sub = if rel.is_empty() {
+            n.to_string_lossy().into_owned()
+        } else {
+            format!("{rel}/{}", n.to_string_lossy())
+        };
+        let st = dir
+            .lstat(&n)
+            .map_err(|e| io(&dir.display_path(&n), "cannot stat", e))?;
+        match kind(&st) {
+            libc::S_IFLNK => return Err(link_refused(&sub, &dir.display_path(&n))),
+            libc::S_IFDIR => {
+                let d = dir
+                    .open_dir(&n)
+                    .map_err(|e| io(&dir.display_path(&n), "cannot open", e))?;
+                refuse_links(&d, &sub, stop)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Mounts an overlay at `scratch/data`: lower `src` (read-only), upper and work dirs in
+/// the scratch directory, the upper root with the owner and mode of `src`.
+fn overlay(src: &Path, scratch: &Dir, scratch_path: &Path) -> std::io::Result<()> {
+    let st = Dir::open(src)?.stat()?;
+    for d in ["upper", "work", DATA] {
+        scratch.mkdir(d, 0o700)?;
+    }
+    scratch
+        .open_dir("upper")?
+        .set_owner_mode(st.st_uid, st.st_gid, st.st_mode & 0o7777)?;
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        src.display(),
+        scratch_path.join("upper").display(),
+        scratch_path.join("work").display()
+    );
+    let c = |s: &str| std::ffi::CString::new(s).map_err(std::io::Error::other);
+    let target = c(&scratch_path.join(DATA).display().to_string())?;
+    let (fstype, data) = (c("overlay")?, c(&opts)?);
+    // SAFETY: every argument is a valid NUL-terminated string for the call.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Unmounts an overlay at `data` if there is one (never following a link); a busy mount
+/// is detached.
+pub fn unmount(data: &Path) {
+    let Ok(c) = std::ffi::CString::new(data.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: a valid path string; failures (not a mount point) are ignored.
+    unsafe {
+        if libc::umount2(c.as_ptr(), libc::UMOUNT_NOFOLLOW) != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY)
+        {
+            libc::umount2(c.as_ptr(), libc::UMOUNT_NOFOLLOW | libc::MNT_DETACH);
+        }
+    }
 }
 
 /// Clones the data directory `src` into `dest/name` (created with the owner and mode of

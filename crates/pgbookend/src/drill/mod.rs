@@ -115,6 +115,7 @@ impl Scratch {
     }
 
     fn remove(&self) -> std::io::Result<()> {
+        clone::unmount(&self.path.join(clone::DATA));
         self.parent.remove_tree(&self.name)
     }
 }
@@ -154,7 +155,8 @@ fn remove_leftovers(pgdata: &Path) -> Vec<String> {
             continue;
         }
         let path = parent.display_path(&name);
-        kill_server_in(&path.join("data"));
+        kill_server_in(&path.join(clone::DATA));
+        clone::unmount(&path.join(clone::DATA));
         if parent.remove_tree(&name).is_ok() {
             removed.push(format!(
                 "removed {} (left by an earlier drill that did not finish)",
@@ -236,8 +238,8 @@ pub fn drill(opts: &DrillOptions) -> Result<Record> {
     let warnings = remove_leftovers(&opts.pgdata);
     let scratch = Scratch::create(&opts.pgdata, &owner)?;
     let sdir = scratch.dir()?;
-    let method = clone::clone_tree(&opts.pgdata, &sdir, "data", &stopped)?;
-    let data = scratch.path.join("data");
+    let method = clone::make_clone(&opts.pgdata, &sdir, &scratch.path, &stopped)?;
+    let data = scratch.path.join(clone::DATA);
     let id = prepare_clone(opts, &data)?;
     let mut rec = Record {
         format: record::FORMAT,
