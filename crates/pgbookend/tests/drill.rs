@@ -207,6 +207,24 @@ fn drill_corrupt_index(major: u32) {
     );
     assert!(r.stderr.contains("drill_idx"), "{r:?}");
     f.assert_nothing_left();
+
+    // A copy whose server cannot come up: a failed drill, recorded, nothing left.
+    let conf = f.copy().join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("shared_preload_libraries = 'pgbookend_no_such_library'\n");
+    std::fs::write(&conf, text).unwrap();
+    let r = f.drill();
+    assert_eq!(r.code, 6, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["checks"]["failures"][0]["check"], "recovery", "{j}");
+    assert!(j["checks"]["failures"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("pgbookend_no_such_library"));
+    let store = f.tool.store_path().display().to_string();
+    let show = f.tool.run(&["show", "--store", &store, "--id", f.id]).ok();
+    assert!(show.stdout.contains("last drill: failed"), "{show:?}");
+    f.assert_nothing_left();
 }
 per_major!(drill_corrupt_index_t, drill_corrupt_index);
 
@@ -248,6 +266,27 @@ fn drill_sigterm(major: u32) {
     eprintln!("{r:?}");
     assert_ne!(code.flatten(), Some(0), "{r:?}");
     assert!(r.stderr.contains("interrupted"), "{r:?}");
+    f.assert_nothing_left();
+
+    // Killed with SIGKILL: the server follows (parent-death signal), the scratch directory
+    // stays, and the next drill removes it, says so, and passes.
+    let mut d = Running(cmd.spawn().unwrap());
+    assert!(
+        common::wait_until(Duration::from_secs(60), || !drill_processes(&work)
+            .is_empty()),
+        "the drill server never started"
+    );
+    d.0.kill().unwrap();
+    d.0.wait().unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(30), || drill_processes(&work)
+            .is_empty()),
+        "the server outlived its drill"
+    );
+    let r = f.drill();
+    assert_eq!(r.code, 0, "{r:?}");
+    let warnings = r.json()["warnings"].to_string();
+    assert!(warnings.contains(".pgbookend-drill."), "{r:?}");
     f.assert_nothing_left();
 }
 per_major!(drill_sigterm_t, drill_sigterm);

@@ -39,6 +39,12 @@ pub struct Checks {
 }
 
 impl Checks {
+    /// Records that the server did not recover: the one check that ran, failed.
+    pub fn recovery_failed(&mut self, message: &str) {
+        self.run += 1;
+        self.fail("", "recovery", "server", message);
+    }
+
     fn fail(&mut self, database: &str, check: &str, object: &str, message: &str) {
         self.failed += 1;
         if self.failures.len() < MAX_FAILURES {
