@@ -208,6 +208,15 @@ fn drill_corrupt_index(major: u32) {
     assert!(r.stderr.contains("drill_idx"), "{r:?}");
     f.assert_nothing_left();
 
+    // A link in the copy (here a tablespace) is refused, never followed.
+    let link = f.copy().join("pg_tblspc").join("99999");
+    std::os::unix::fs::symlink("/nonexistent-drill-target", &link).unwrap();
+    let r = f.drill();
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(r.stderr.contains("tablespace"), "{r:?}");
+    f.assert_nothing_left();
+    std::fs::remove_file(&link).unwrap();
+
     // A copy whose server cannot come up: a failed drill, recorded, nothing left.
     let conf = f.copy().join("postgresql.auto.conf");
     let mut text = std::fs::read_to_string(&conf).unwrap();

@@ -141,6 +141,15 @@ impl Server {
     /// Starts `bindir/postgres` on `places` as `owner`, with every network and archiving
     /// feature off given as `-c` options (the clone's configuration files are not edited).
     pub fn start(bindir: &Path, places: &Places, owner: &Owner) -> Result<Server> {
+        // sun_path holds 108 bytes, the socket file's name included.
+        let socket_len = places.sock.as_os_str().len() + "/.s.PGSQL.".len() + PORT.len();
+        if socket_len > 107 {
+            return Err(Error::env(format!(
+                "the drill's socket path {}/.s.PGSQL.{PORT} would be longer than a Unix socket allows (107 bytes)",
+                places.sock.display()
+            ))
+            .hint("restore the copy under a shorter path (the scratch directory is created beside it)"));
+        }
         let log = std::fs::File::create(places.log)
             .map_err(|e| Error::env(format!("cannot create {}: {e}", places.log.display())))?;
         let log2 = log
@@ -166,6 +175,11 @@ impl Server {
             opt("ssl", "off"),
             opt("logging_collector", "off"),
             opt("log_destination", "stderr"),
+            // Nothing of the copy's configuration may run a command or write outside the
+            // clone on the drill's behalf.
+            opt("external_pid_file", ""),
+            opt("recovery_end_command", ""),
+            opt("archive_cleanup_command", ""),
         ];
         for s in &settings {
             cmd.arg("-c").arg(s);
