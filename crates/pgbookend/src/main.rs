@@ -273,6 +273,10 @@ struct DrillArgs {
     /// Do not count a server without the amcheck extension as a failed check.
     #[arg(long)]
     no_amcheck: bool,
+    /// Where the copy of tablespace OID was restored (repeatable; required for every
+    /// tablespace of the copy): it is cloned too, never changed.
+    #[arg(long = "tablespace", value_name = "OID=PATH")]
+    tablespaces: Vec<String>,
 }
 
 impl DrillArgs {
@@ -284,6 +288,17 @@ impl DrillArgs {
                 std::env::current_dir().unwrap_or_default().join(p)
             }
         };
+        let mut tablespaces = Vec::new();
+        for t in &self.tablespaces {
+            let (oid, path) = t
+                .split_once('=')
+                .and_then(|(o, p)| o.parse::<u32>().ok().map(|o| (o, PathBuf::from(p))))
+                .filter(|(_, p)| p.is_absolute())
+                .ok_or_else(|| {
+                    Error::usage(format!("--tablespace {t:?}: expected OID=/absolute/path"))
+                })?;
+            tablespaces.push((oid, path));
+        }
         let opts = pgbookend::drill::DrillOptions {
             pgdata: abs(self.pgdata),
             store: self.store,
@@ -291,6 +306,7 @@ impl DrillArgs {
             id: self.id,
             pg_bin: self.pg_bin.map(abs),
             no_amcheck: self.no_amcheck,
+            tablespaces,
         };
         let r = pgbookend::drill::drill(&opts)?;
         let human = pgbookend::drill::render(&r);

@@ -23,7 +23,10 @@ fn tree_digest(root: &Path) -> String {
         for p in names {
             let md = std::fs::symlink_metadata(&p).unwrap();
             let rel = p.strip_prefix(root).unwrap().display().to_string();
-            if md.is_dir() {
+            if md.file_type().is_symlink() {
+                let to = std::fs::read_link(&p).unwrap();
+                out.push(format!("{rel} -> {}", to.display()));
+            } else if md.is_dir() {
                 out.push(format!("{rel}/ {:o} {}", md.mode(), md.uid()));
                 walk(root, &p, out);
             } else {
@@ -49,7 +52,12 @@ struct Fixture {
 
 impl Fixture {
     fn new(major: u32, checksums: bool, before: &str) -> Fixture {
-        let c = Cluster::start(ClusterOptions::new(major).data_checksums(checksums));
+        Fixture::with(ClusterOptions::new(major).data_checksums(checksums), before)
+    }
+
+    /// A fixture of a cluster made with `opts`; a tablespace is copied to `work/ts`.
+    fn with(opts: ClusterOptions, before: &str) -> Fixture {
+        let c = Cluster::start(opts);
         c.pgbench_init(1);
         if !before.is_empty() {
             c.psql(before);
@@ -71,6 +79,15 @@ impl Fixture {
             .status()
             .unwrap();
         assert!(ok.success());
+        if let Some(ts) = f.c.tablespace_dir() {
+            let ok = Command::new("cp")
+                .arg("-a")
+                .arg(ts)
+                .arg(f.work.path().join("ts"))
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
         bench.wait().expect("pgbench");
         f.tool.stop(f.id, &[]).ok();
         f
@@ -166,6 +183,36 @@ fn drill_good_copy(major: u32) {
     f.assert_nothing_left();
 }
 per_major!(drill_good_copy_t, drill_good_copy);
+
+/// A copy with a tablespace, restored to its own directory: drill clones both (neither
+/// changes), remaps the tablespace to its clone, and reads the table in it.
+fn drill_tablespace(major: u32) {
+    let f = Fixture::with(
+        ClusterOptions::new(major).tablespace(true),
+        "CREATE TABLE in_ts (i int PRIMARY KEY) TABLESPACE ts1; \
+         INSERT INTO in_ts SELECT generate_series(1, 1000)",
+    );
+    let oid =
+        f.c.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+    let ts = f.work.path().join("ts");
+    let (before, ts_before) = (tree_digest(&f.copy()), tree_digest(&ts));
+    let r = f.drill();
+    assert_eq!(r.code, 6, "without --tablespace: {r:?}");
+    assert!(r.stderr.contains("--tablespace"), "{r:?}");
+    let arg = format!("{oid}={}", ts.display());
+    let out = f.drill_cmd().args(["--tablespace", &arg]).output().unwrap();
+    let r: Run = out.into();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.json()["checks"]["table_counts"].as_u64().unwrap() >= 5);
+    assert_eq!(tree_digest(&f.copy()), before, "drill changed the copy");
+    assert_eq!(
+        tree_digest(&ts),
+        ts_before,
+        "drill changed the tablespace copy"
+    );
+    f.assert_nothing_left();
+}
+per_major!(drill_tablespace_t, drill_tablespace);
 
 /// Makes the B-tree leaf page `block` of `file` out of order: the key of its middle item
 /// becomes the largest int4. The cluster has no data checksums, so only amcheck can see it.

@@ -51,30 +51,46 @@ pub const DATA: &str = "data";
 
 /// Makes the clone `scratch/data` of `src` the cheapest way the system allows (see the
 /// module's comment). `scratch_path` is the path `scratch` was opened as.
+/// `allowed` names the links of the copy (relative paths) that are left out of the clone
+/// instead of refused: the tablespace links `prepare` replaces.
 pub fn make_clone(
     src: &Path,
     scratch: &Dir,
     scratch_path: &Path,
+    name: &str,
+    allowed: &[String],
     stop: &dyn Fn() -> bool,
 ) -> Result<Method> {
+    let mut walk = Walk {
+        tally: Tally::default(),
+        stop,
+        allowed,
+    };
     if can_reflink(src, scratch) {
-        return clone_tree(src, scratch, DATA, stop);
+        return clone_tree(src, scratch, name, &mut walk);
     }
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     let plain = |p: &Path| !p.to_string_lossy().contains([',', ':', '\\']);
     if root && plain(src) && plain(scratch_path) {
         let from = Dir::open(src).map_err(|e| io(src, "cannot open the copy", e))?;
-        refuse_links(&from, "", stop)?;
-        if overlay(src, scratch, scratch_path).is_ok() {
+        refuse_links(&from, "", &walk)?;
+        if overlay(src, scratch, scratch_path, name).is_ok() {
             return Ok(Method::Overlay);
         }
         // No overlay support here: fall back to a copy (of what is left of a failed try too).
-        let _ = scratch.remove_tree("upper");
-        let _ = scratch.remove_tree("work");
-        let _ = scratch.remove_tree(DATA);
+        let _ = scratch.remove_tree(format!("{name}.upper"));
+        let _ = scratch.remove_tree(format!("{name}.work"));
+        let _ = scratch.remove_tree(name);
     }
-    clone_tree(src, scratch, DATA, stop)
+    clone_tree(src, scratch, name, &mut walk)
+}
+
+/// The state of one walk over a copy.
+struct Walk<'a> {
+    tally: Tally,
+    stop: &'a dyn Fn() -> bool,
+    allowed: &'a [String],
 }
 
 /// True if a file of `src` can be reflinked into `scratch` (same filesystem, and one that
@@ -97,12 +113,12 @@ fn can_reflink(src: &Path, scratch: &Dir) -> bool {
 }
 
 /// Refuses a copy holding a link anywhere (an overlay would expose it to the server).
-fn refuse_links(dir: &Dir, rel: &str, stop: &dyn Fn() -> bool) -> Result<()> {
+fn refuse_links(dir: &Dir, rel: &str, walk: &Walk) -> Result<()> {
     for n in dir
         .entries()
         .map_err(|e| io(dir.path(), "cannot list", e))?
     {
-        if stop() {
+        if (walk.stop)() {
             return Err(super::interrupted());
         }
         let sub = if rel.is_empty() {
@@ -114,12 +130,13 @@ fn refuse_links(dir: &Dir, rel: &str, stop: &dyn Fn() -> bool) -> Result<()> {
             .lstat(&n)
             .map_err(|e| io(&dir.display_path(&n), "cannot stat", e))?;
         match kind(&st) {
+            libc::S_IFLNK if walk.allowed.contains(&sub) => {}
             libc::S_IFLNK => return Err(link_refused(&sub, &dir.display_path(&n))),
             libc::S_IFDIR => {
                 let d = dir
                     .open_dir(&n)
                     .map_err(|e| io(&dir.display_path(&n), "cannot open", e))?;
-                refuse_links(&d, &sub, stop)?;
+                refuse_links(&d, &sub, walk)?;
             }
             _ => {}
         }
@@ -129,22 +146,23 @@ fn refuse_links(dir: &Dir, rel: &str, stop: &dyn Fn() -> bool) -> Result<()> {
 
 /// Mounts an overlay at `scratch/data`: lower `src` (read-only), upper and work dirs in
 /// the scratch directory, the upper root with the owner and mode of `src`.
-fn overlay(src: &Path, scratch: &Dir, scratch_path: &Path) -> std::io::Result<()> {
+fn overlay(src: &Path, scratch: &Dir, scratch_path: &Path, name: &str) -> std::io::Result<()> {
     let st = Dir::open(src)?.stat()?;
-    for d in ["upper", "work", DATA] {
+    let (upper, work) = (format!("{name}.upper"), format!("{name}.work"));
+    for d in [upper.as_str(), work.as_str(), name] {
         scratch.mkdir(d, 0o700)?;
     }
     scratch
-        .open_dir("upper")?
+        .open_dir(&upper)?
         .set_owner_mode(st.st_uid, st.st_gid, st.st_mode & 0o7777)?;
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         src.display(),
-        scratch_path.join("upper").display(),
-        scratch_path.join("work").display()
+        scratch_path.join(&upper).display(),
+        scratch_path.join(&work).display()
     );
     let c = |s: &str| std::ffi::CString::new(s).map_err(std::io::Error::other);
-    let target = c(&scratch_path.join(DATA).display().to_string())?;
+    let target = c(&scratch_path.join(name).display().to_string())?;
     let (fstype, data) = (c("overlay")?, c(&opts)?);
     // SAFETY: every argument is a valid NUL-terminated string for the call.
     let rc = unsafe {
@@ -178,14 +196,13 @@ pub fn unmount(data: &Path) {
     }
 }
 
-/// Clones the data directory `src` into `dest/name` (created with the owner and mode of
-/// `src`). Refuses links in the copy (tablespaces, a separate pg_wal): they are not
-/// cloned. `stop` is polled between files (a signal asked drill to end).
-pub fn clone_tree(src: &Path, dest: &Dir, name: &str, stop: &dyn Fn() -> bool) -> Result<Method> {
+/// Clones the directory `src` into `dest/name` (created with the owner and mode of
+/// `src`). Refuses links in the copy (tablespaces, a separate pg_wal) except the allowed
+/// ones, which are left out. The stop flag is polled between files.
+fn clone_tree(src: &Path, dest: &Dir, name: &str, walk: &mut Walk) -> Result<Method> {
     let from = Dir::open(src).map_err(|e| io(src, "cannot open the copy", e))?;
-    let mut tally = Tally::default();
-    clone_dir(&from, dest, OsStr::new(name), "", &mut tally, stop)?;
-    Ok(if tally.copied == 0 {
+    clone_dir(&from, dest, OsStr::new(name), "", walk)?;
+    Ok(if walk.tally.copied == 0 {
         Method::Reflink
     } else {
         Method::FullCopy
@@ -197,14 +214,7 @@ fn io(path: &Path, what: &str, e: std::io::Error) -> Error {
 }
 
 /// Creates `name` in `parent` like `from` and clones everything below it.
-fn clone_dir(
-    from: &Dir,
-    parent: &Dir,
-    name: &OsStr,
-    rel: &str,
-    tally: &mut Tally,
-    stop: &dyn Fn() -> bool,
-) -> Result<()> {
+fn clone_dir(from: &Dir, parent: &Dir, name: &OsStr, rel: &str, walk: &mut Walk) -> Result<()> {
     let st = from.stat().map_err(|e| io(from.path(), "cannot stat", e))?;
     parent
         .mkdir(name, 0o700)
@@ -219,7 +229,7 @@ fn clone_dir(
         .map_err(|e| io(from.path(), "cannot list", e))?;
     names.sort();
     for n in names {
-        if stop() {
+        if (walk.stop)() {
             return Err(super::interrupted());
         }
         let sub = if rel.is_empty() {
@@ -235,9 +245,10 @@ fn clone_dir(
                 let d = from
                     .open_dir(&n)
                     .map_err(|e| io(&from.display_path(&n), "cannot open", e))?;
-                clone_dir(&d, &to, &n, &sub, tally, stop)?;
+                clone_dir(&d, &to, &n, &sub, walk)?;
             }
-            libc::S_IFREG => clone_file(from, &to, &n, tally)?,
+            libc::S_IFREG => clone_file(from, &to, &n, &mut walk.tally)?,
+            libc::S_IFLNK if walk.allowed.contains(&sub) => {}
             libc::S_IFLNK => return Err(link_refused(&sub, &from.display_path(&n))),
             _ => {} // sockets, FIFOs: nothing a server needs from a copy
         }
@@ -248,7 +259,7 @@ fn clone_dir(
 /// The refusal for a link inside the copy.
 fn link_refused(rel: &str, path: &Path) -> Error {
     let why = if rel.starts_with("pg_tblspc/") {
-        "the copy has a tablespace; drill does not clone tablespaces yet"
+        "the copy has a tablespace: pass --tablespace OID=PATH, the directory its copy was restored to"
     } else if rel == "pg_wal" {
         "the copy's pg_wal is a link (initdb -X); drill does not clone a separate WAL directory yet"
     } else {

@@ -35,6 +35,9 @@ pub struct DrillOptions {
     pub id: Option<String>,
     pub pg_bin: Option<PathBuf>,
     pub no_amcheck: bool,
+    /// Where the copy of each tablespace was restored (`--tablespace OID=PATH`): each is
+    /// cloned too, and the clone's tablespace links point at those clones.
+    pub tablespaces: Vec<(u32, PathBuf)>,
 }
 
 /// Set by SIGTERM, SIGINT or SIGHUP: drill stops, cleans up and fails.
@@ -115,7 +118,7 @@ impl Scratch {
     }
 
     fn remove(&self) -> std::io::Result<()> {
-        clone::unmount(&self.path.join(clone::DATA));
+        unmount_all(&self.path);
         self.parent.remove_tree(&self.name)
     }
 }
@@ -156,7 +159,7 @@ fn remove_leftovers(pgdata: &Path) -> Vec<String> {
         }
         let path = parent.display_path(&name);
         kill_server_in(&path.join(clone::DATA));
-        clone::unmount(&path.join(clone::DATA));
+        unmount_all(&path);
         if parent.remove_tree(&name).is_ok() {
             removed.push(format!(
                 "removed {} (left by an earlier drill that did not finish)",
@@ -165,6 +168,17 @@ fn remove_leftovers(pgdata: &Path) -> Vec<String> {
         }
     }
     removed
+}
+
+/// Unmounts every overlay a drill mounted in its scratch directory (the clone and the
+/// tablespace clones; entries that are no mount point are left alone).
+fn unmount_all(scratch: &Path) {
+    let Ok(d) = Dir::open(scratch) else {
+        return;
+    };
+    for name in d.entries().unwrap_or_default() {
+        clone::unmount(&scratch.join(name));
+    }
 }
 
 fn is_live_drill(pid: i32) -> bool {
@@ -238,9 +252,9 @@ pub fn drill(opts: &DrillOptions) -> Result<Record> {
     let warnings = remove_leftovers(&opts.pgdata);
     let scratch = Scratch::create(&opts.pgdata, &owner)?;
     let sdir = scratch.dir()?;
-    let method = clone::make_clone(&opts.pgdata, &sdir, &scratch.path, &stopped)?;
+    let method = clone_all(opts, &scratch, &sdir)?;
     let data = scratch.path.join(clone::DATA);
-    let id = prepare_clone(opts, &data)?;
+    let id = prepare_clone(opts, &data, &scratch.path)?;
     let mut rec = Record {
         format: record::FORMAT,
         id,
@@ -279,9 +293,40 @@ pub fn drill(opts: &DrillOptions) -> Result<Record> {
     Ok(rec)
 }
 
+/// The scratch name of the clone of tablespace `oid`.
+fn ts_name(oid: u32) -> String {
+    format!("ts{oid}")
+}
+
+/// Clones the copy and each tablespace copy; the method reported is the copy's, or a
+/// full copy if any tablespace needed one.
+fn clone_all(opts: &DrillOptions, scratch: &Scratch, sdir: &Dir) -> Result<clone::Method> {
+    let links: Vec<String> = opts
+        .tablespaces
+        .iter()
+        .map(|(oid, _)| format!("pg_tblspc/{oid}"))
+        .collect();
+    let mut method = clone::make_clone(
+        &opts.pgdata,
+        sdir,
+        &scratch.path,
+        clone::DATA,
+        &links,
+        &stopped,
+    )?;
+    for (oid, path) in &opts.tablespaces {
+        let m = clone::make_clone(path, sdir, &scratch.path, &ts_name(*oid), &[], &stopped)?;
+        if m == clone::Method::FullCopy {
+            method = m;
+        }
+    }
+    Ok(method)
+}
+
 /// Prepares the clone with the restore engine (recovery to the end of the backup, then
-/// promotion); returns the backup ID. A refusal is a failed check (exit 6).
-fn prepare_clone(opts: &DrillOptions, data: &Path) -> Result<String> {
+/// promotion; each tablespace remapped to its clone); returns the backup ID. A refusal is
+/// a failed check (exit 6).
+fn prepare_clone(opts: &DrillOptions, data: &Path, scratch: &Path) -> Result<String> {
     let popts = PrepareOptions {
         pgdata: data.to_path_buf(),
         store: opts.store.clone(),
@@ -289,6 +334,11 @@ fn prepare_clone(opts: &DrillOptions, data: &Path) -> Result<String> {
         id: opts.id.clone(),
         target: Some("immediate".into()),
         target_action: Some("promote".into()),
+        tablespaces: opts
+            .tablespaces
+            .iter()
+            .map(|(oid, _)| (*oid, scratch.join(ts_name(*oid))))
+            .collect(),
         ..PrepareOptions::default()
     };
     let report = crate::restore::exec::prepare(&popts)?;
