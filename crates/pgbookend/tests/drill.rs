@@ -100,11 +100,16 @@ impl Fixture {
     fn drill_cmd(&self) -> Command {
         let copy = self.copy().display().to_string();
         let store = self.tool.store_path().display().to_string();
-        let bin = pgbookend_testkit::server_bin(self.c.major(), "postgres");
-        let bindir = bin.parent().unwrap().display().to_string();
+        let bindir = self.pg_bin();
         self.tool.cmd(&[
             "drill", "--pgdata", &copy, "--store", &store, "--pg-bin", &bindir, "--json",
         ])
+    }
+
+    /// The directory of the server binaries of the cluster's major.
+    fn pg_bin(&self) -> String {
+        let bin = pgbookend_testkit::server_bin(self.c.major(), "postgres");
+        bin.parent().unwrap().display().to_string()
     }
 
     fn drill(&self) -> Run {
@@ -199,10 +204,24 @@ fn drill_tablespace(major: u32) {
     let r = f.drill();
     assert_eq!(r.code, 6, "without --tablespace: {r:?}");
     assert!(r.stderr.contains("--tablespace"), "{r:?}");
+    // The copy path of the clone (no reflink, no overlay), and a --bundle directory that
+    // receives the record.
+    let bundle = f.tool.bundle_dir(f.id).display().to_string();
+    let (copy, bindir) = (f.copy().display().to_string(), f.pg_bin());
     let arg = format!("{oid}={}", ts.display());
-    let out = f.drill_cmd().args(["--tablespace", &arg]).output().unwrap();
-    let r: Run = out.into();
+    let r: Run = f
+        .tool
+        .cmd(&[
+            "drill", "--pgdata", &copy, "--bundle", &bundle, "--pg-bin", &bindir,
+        ])
+        .args(["--tablespace", &arg, "--json"])
+        .env("PGBOOKEND_TEST_DRILL_COPY", "1")
+        .output()
+        .unwrap()
+        .into();
     assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["clone_method"], "full_copy");
+    assert!(Path::new(&bundle).join("drill.json").is_file());
     assert!(r.json()["checks"]["table_counts"].as_u64().unwrap() >= 5);
     assert_eq!(tree_digest(&f.copy()), before, "drill changed the copy");
     assert_eq!(

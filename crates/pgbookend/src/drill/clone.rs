@@ -66,7 +66,7 @@ pub fn make_clone(
         stop,
         allowed,
     };
-    if can_reflink(src, scratch) {
+    if can_reflink(src, scratch) || forced_copy() {
         return clone_tree(src, scratch, name, &mut walk);
     }
     // SAFETY: geteuid cannot fail.
@@ -91,6 +91,12 @@ struct Walk<'a> {
     tally: Tally,
     stop: &'a dyn Fn() -> bool,
     allowed: &'a [String],
+}
+
+/// Debug builds only: `PGBOOKEND_TEST_DRILL_COPY` makes the tests take the copy path
+/// where they would get an overlay.
+fn forced_copy() -> bool {
+    cfg!(debug_assertions) && std::env::var_os("PGBOOKEND_TEST_DRILL_COPY").is_some()
 }
 
 /// True if a file of `src` can be reflinked into `scratch` (same filesystem, and one that

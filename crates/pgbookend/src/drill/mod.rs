@@ -272,9 +272,15 @@ pub fn drill(opts: &DrillOptions) -> Result<Record> {
         stored_in: Vec::new(),
         warnings,
     };
-    exercise(
-        &scratch, &sdir, &data, &bindir, &owner, major, opts, &mut rec,
-    )?;
+    let ctx = Ctx {
+        opts,
+        scratch: &scratch,
+        sdir: &sdir,
+        bindir: &bindir,
+        owner: &owner,
+        major,
+    };
+    exercise(&ctx, &mut rec)?;
     scratch.remove().map_err(|e| {
         Error::env(format!(
             "cannot remove the drill clone {}: {e}",
@@ -355,18 +361,20 @@ fn prepare_clone(opts: &DrillOptions, data: &Path, scratch: &Path) -> Result<Str
         .ok_or_else(|| Error::internal("prepare reported no backup ID"))
 }
 
-/// Starts the server on the prepared clone, waits for it to open, runs the checks, stops it.
-#[allow(clippy::too_many_arguments)]
-fn exercise(
-    scratch: &Scratch,
-    sdir: &Dir,
-    data: &Path,
-    bindir: &Path,
-    owner: &Owner,
+/// What the server steps of a drill work with.
+struct Ctx<'a> {
+    opts: &'a DrillOptions,
+    scratch: &'a Scratch,
+    sdir: &'a Dir,
+    bindir: &'a Path,
+    owner: &'a Owner,
     major: u32,
-    opts: &DrillOptions,
-    rec: &mut Record,
-) -> Result<()> {
+}
+
+/// Starts the server on the prepared clone, waits for it to open, runs the checks, stops it.
+fn exercise(ctx: &Ctx, rec: &mut Record) -> Result<()> {
+    let (scratch, sdir, owner) = (ctx.scratch, ctx.sdir, ctx.owner);
+    let data = &scratch.path.join(clone::DATA);
     sdir.mkdir("sock", 0o700)
         .and_then(|()| sdir.open_dir("sock"))
         .and_then(|d| d.set_owner_mode(owner.uid, owner.gid, 0o700))
@@ -393,9 +401,9 @@ fn exercise(
         log: &log,
         hba: &hba,
     };
-    let mut srv = Server::start(bindir, &places, owner)?;
+    let mut srv = Server::start(ctx.bindir, &places, owner)?;
     SERVER_PID.store(srv.pid(), Ordering::SeqCst);
-    let result = run_server(&mut srv, label, major, opts, rec);
+    let result = run_server(&mut srv, label, ctx, rec);
     SERVER_PID.store(0, Ordering::SeqCst);
     srv.stop();
     if stopped() {
@@ -408,8 +416,7 @@ fn exercise(
 fn run_server(
     srv: &mut Server,
     label: Option<BackupLabel>,
-    major: u32,
-    opts: &DrillOptions,
+    ctx: &Ctx,
     rec: &mut Record,
 ) -> Result<()> {
     let took = match srv.wait_open(&stopped) {
@@ -437,8 +444,8 @@ fn run_server(
         }
     }
     let settings = checks::Settings {
-        heapam: version::has_verify_heapam(major),
-        no_amcheck: opts.no_amcheck,
+        heapam: version::has_verify_heapam(ctx.major),
+        no_amcheck: ctx.opts.no_amcheck,
     };
     rec.checks = checks::run_all(srv, &settings, &stopped)?;
     Ok(())
