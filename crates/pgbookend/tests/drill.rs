@@ -365,3 +365,62 @@ fn drill_sigterm(major: u32) {
     f.assert_nothing_left();
 }
 per_major!(drill_sigterm_t, drill_sigterm);
+
+/// A backup whose only store is S3: drill fetches the bundle from it, writes drill.json
+/// under the bundle's prefix, and `show` reads it back from there.
+#[test]
+fn drill_s3_store() {
+    let Some(major) = pgbookend_testkit::majors().last().copied() else {
+        return;
+    };
+    let s3 = pgbookend_testkit::S3Server::start();
+    s3.create_bucket("pgbookend-drill");
+    let c = Cluster::start(ClusterOptions::new(major));
+    c.pgbench_init(1);
+    let mut tool = Tool::new(&c);
+    let cfg = pgbookend_testkit::temp_dir("s3cfg");
+    std::fs::create_dir(cfg.path().join("tmp")).unwrap();
+    for (k, v) in [
+        ("TMPDIR", cfg.path().join("tmp").display().to_string()),
+        ("AWS_ACCESS_KEY_ID", "AKIADRILLTEST".into()),
+        ("AWS_SECRET_ACCESS_KEY", "drill-test-secret".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ENDPOINT_URL", s3.endpoint()),
+        (
+            "AWS_CONFIG_FILE",
+            cfg.path().join("c").display().to_string(),
+        ),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            cfg.path().join("k").display().to_string(),
+        ),
+    ] {
+        tool.env.push((k.into(), v));
+    }
+    let url = "s3://pgbookend-drill/p";
+    let work = pgbookend_testkit::temp_dir("drill");
+    let copy = work.path().join("data");
+    tool.run(&["start", "--id", "s3d", "--store", url]).ok();
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(c.pgdata())
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    tool.stop("s3d", &[]).ok();
+    let bin = pgbookend_testkit::server_bin(major, "postgres");
+    let bindir = bin.parent().unwrap().display().to_string();
+    let d = copy.display().to_string();
+    let r = tool.run(&[
+        "drill", "--pgdata", &d, "--store", url, "--pg-bin", &bindir, "--json",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        r.json()["stored_in"][0],
+        "s3://pgbookend-drill/p/s3d/drill.json"
+    );
+    assert!(s3.get("pgbookend-drill", "p/s3d/drill.json").is_some());
+    let show = tool.run(&["show", "--store", url, "--id", "s3d"]).ok();
+    assert!(show.stdout.contains("last drill: passed"), "{show:?}");
+}

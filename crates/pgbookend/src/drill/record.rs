@@ -74,7 +74,8 @@ pub fn store(rec: &Record, store: Option<&str>, bundle_dir: Option<&Path>) -> Re
         Store::S3(u) => {
             let rel = format!("{}/{RECORD}", rec.id);
             crate::store::s3::Client::open(u)?.put_bytes(&rel, bytes)?;
-            Ok(format!("{}/{RECORD}", s.bundle_location(&rec.id)))
+            let at = s.bundle_location(&rec.id);
+            Ok(format!("{}/{RECORD}", at.trim_end_matches('/')))
         }
     }
 }
