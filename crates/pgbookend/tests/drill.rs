@@ -158,8 +158,9 @@ fn drill_processes(work: &str) -> Vec<i32> {
 fn drill_good_copy(major: u32) {
     let f = Fixture::new(major, true, "");
     let before = tree_digest(&f.copy());
+    let t0 = std::time::Instant::now();
     let r = f.drill();
-    eprintln!("{}", r.stdout);
+    eprintln!("{}\ndrill took {:?}", r.stdout, t0.elapsed());
     assert_eq!(r.code, 0, "{r:?}");
     let j = r.json();
     assert_eq!(j["verdict"], "passed", "{j}");

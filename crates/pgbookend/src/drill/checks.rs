@@ -71,7 +71,7 @@ pub fn run_all(server: &Server, s: &Settings, stop: &dyn Fn() -> bool) -> Result
         heap_checked: s.heapam,
         ..Checks::default()
     };
-    let mut c = server.connect("postgres").map_err(|e| {
+    let mut c = server.connect_any().map_err(|e| {
         crate::error::Error::env(format!("cannot connect to the drill server: {e}"))
     })?;
     let dbs = c

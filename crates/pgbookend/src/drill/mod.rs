@@ -430,7 +430,7 @@ fn run_server(
     };
     rec.recovery_seconds = took.as_secs_f64();
     test_hold();
-    if let (Some(l), Ok(mut c)) = (label, srv.connect("postgres")) {
+    if let (Some(l), Ok(mut c)) = (label, srv.connect_any()) {
         let end = c
             .query("SELECT pg_last_wal_replay_lsn()::text", &[])
             .ok()

@@ -249,6 +249,18 @@ impl Server {
         Err(last)
     }
 
+    /// Connects to the `postgres` database, else to `template1` (someone may have dropped
+    /// `postgres`).
+    pub fn connect_any(&self) -> std::result::Result<Conn, String> {
+        self.connect("postgres").or_else(|e| {
+            if e.contains("does not exist") {
+                self.connect("template1")
+            } else {
+                Err(e)
+            }
+        })
+    }
+
     /// Waits until recovery has ended and the server accepts connections as a primary.
     /// Fails if the server exits, or when `stop` says a signal asked drill to end.
     pub fn wait_open(&mut self, stop: &dyn Fn() -> bool) -> Result<Duration> {
@@ -267,12 +279,26 @@ impl Server {
                 )
                 .hint("the copy does not recover: do not rely on this backup; see the log lines above"));
             }
-            if let Ok(mut c) = self.connect("postgres") {
-                if let Ok(r) = c.query("SELECT pg_is_in_recovery()", &[]) {
-                    if r.scalar() == Some("f") {
-                        return Ok(t0.elapsed());
+            match self.connect_any() {
+                Ok(mut c) => {
+                    if let Ok(r) = c.query("SELECT pg_is_in_recovery()", &[]) {
+                        if r.scalar() == Some("f") {
+                            return Ok(t0.elapsed());
+                        }
                     }
                 }
+                // The server is open but will not let drill in: waiting would never end.
+                Err(e)
+                    if ["does not exist", "authentication", "pg_hba.conf"]
+                        .iter()
+                        .any(|w| e.contains(w)) =>
+                {
+                    return Err(Error::env(format!(
+                        "the drill server is up but drill cannot log in: {e}"
+                    ))
+                    .hint("drill logs in as the copy owner's name or postgres (the usual bootstrap superuser) to the postgres or template1 database"));
+                }
+                Err(_) => {} // still starting up or recovering
             }
             std::thread::sleep(Duration::from_millis(50));
         }
