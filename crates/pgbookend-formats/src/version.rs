@@ -116,9 +116,42 @@ pub fn initdb_checksums_by_default(major: u32) -> bool {
     major >= 18
 }
 
+/// The major named by a data directory's `PG_VERSION` file (`"15\n"`), if supported.
+/// The text is hostile: anything but a short decimal number of a supported major is `None`.
+pub fn major_from_pg_version_file(text: &str) -> Option<u32> {
+    let t = text.strip_suffix('\n').unwrap_or(text);
+    if t.is_empty() || t.len() > 4 || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    t.parse().ok().filter(|m| is_supported(*m))
+}
+
+/// Whether `amcheck` of `major` has `verify_heapam` (14 and later), the heap check a
+/// test restore runs besides the B-tree checks.
+pub fn has_verify_heapam(major: u32) -> bool {
+    major >= 14
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pg_version_file() {
+        assert_eq!(major_from_pg_version_file("15\n"), Some(15));
+        assert_eq!(major_from_pg_version_file("13"), Some(13));
+        assert_eq!(major_from_pg_version_file("12\n"), None);
+        assert_eq!(major_from_pg_version_file(" 15\n"), None);
+        assert_eq!(major_from_pg_version_file("9.6\n"), None);
+        assert_eq!(major_from_pg_version_file(""), None);
+    }
+
+    #[test]
+    fn verify_heapam_from_14() {
+        assert!(!has_verify_heapam(13));
+        assert!(has_verify_heapam(14));
+        assert!(has_verify_heapam(18));
+    }
 
     #[test]
     fn tablespace_dirs() {

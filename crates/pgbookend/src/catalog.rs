@@ -304,6 +304,21 @@ fn summary(b: &BundleInfo) -> Value {
     })
 }
 
+/// The verdict and time of the bundle's last drill (`drill.json`, read by the drill room).
+fn last_drill(store: &Store, b: &BundleInfo) -> Option<(String, String)> {
+    let has = b
+        .objects
+        .iter()
+        .any(|o| o.0 == crate::drill::record::RECORD);
+    has.then(|| crate::drill::record::last(store, &b.id))
+        .flatten()
+}
+
+fn drill_json(d: Option<(String, String)>) -> Value {
+    d.map(|(verdict, finished)| json!({"verdict": verdict, "finished": finished}))
+        .unwrap_or(Value::Null)
+}
+
 fn parse_store(url: &str) -> Result<Store> {
     Store::parse(url)
 }
@@ -353,6 +368,10 @@ pub fn list(url: &str) -> Result<Output> {
                     b.problem.clone().unwrap_or_else(|| "no bundle.json".into()),
                 ),
             };
+            let wal = match last_drill(&store, b) {
+                Some((verdict, at)) => format!("{wal}; last drill {verdict} {at}"),
+                None => wal,
+            };
             human.push_str(&format!(
                 "{:<w$}  {state:<9}  {stopped:<20}  {pg:>2}  {sysid:<20}  {:>10}  {wal}\n",
                 b.id,
@@ -365,7 +384,11 @@ pub fn list(url: &str) -> Result<Output> {
     }
     let json = json!({
         "store": store.url(),
-        "bundles": bundles.iter().map(summary).collect::<Vec<_>>(),
+        "bundles": bundles.iter().map(|b| {
+            let mut v = summary(b);
+            v["last_drill"] = drill_json(last_drill(&store, b));
+            v
+        }).collect::<Vec<_>>(),
         "skipped": skipped,
     });
     Ok(Output {
@@ -391,6 +414,7 @@ pub fn show(url: &str, id: &str) -> Result<Output> {
         "problem": b.problem,
         "objects": b.objects.iter().map(|(n, s)| json!({"name": n, "size": s})).collect::<Vec<_>>(),
         "bundle": b.raw,
+        "last_drill": drill_json(last_drill(&store, &b)),
     });
     let mut h = String::new();
     match &b.manifest {
@@ -452,6 +476,9 @@ pub fn show(url: &str, id: &str) -> Result<Output> {
             ));
             h.push_str(&format!("  last written {}\n", rfc3339(b.modified)));
         }
+    }
+    if let Some((verdict, at)) = last_drill(&store, &b) {
+        h.push_str(&format!("  last drill: {verdict} at {at}\n"));
     }
     h.push_str(&format!(
         "  {} in {} file{}\n",

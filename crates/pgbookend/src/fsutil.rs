@@ -4,7 +4,7 @@
 
 mod dir;
 
-pub use dir::{component, Dir};
+pub use dir::{component, fstat, kind, set_owner_mode, Dir};
 
 use crate::error::{io_err, Error, Result};
 use std::ffi::OsStr;

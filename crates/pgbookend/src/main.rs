@@ -86,6 +86,10 @@ enum Cmd {
     /// Check a restored copy against its bundle (every check of prepare, read-only), or
     /// one bundle on its own (--store/--bundle with --id).
     Verify(PrepareArgs),
+    /// A real test restore: clone the restored copy, prepare the clone, recover it with a
+    /// server of its major on a private socket, run amcheck and count every table, remove
+    /// everything, and record the verdict (drill.json) next to the bundle.
+    Drill(DrillArgs),
     /// For ExecStartPre=: refuse to start a server on a copy that was never prepared.
     Guard {
         #[arg(long, value_name = "DIR")]
@@ -240,6 +244,95 @@ fn report_output(r: pgbookend::restore::Report, verb: &str) -> Result<Output, Er
     });
     let json = serde_json::to_value(&r).map_err(|e| Error::internal(e.to_string()))?;
     Ok(Output { json, human, error })
+}
+
+/// Options of `drill`.
+#[derive(Args, Debug)]
+struct DrillArgs {
+    /// The restored copy (only read: drill works on a clone beside it).
+    #[arg(long, value_name = "DIR")]
+    pgdata: PathBuf,
+    /// Where the bundle is; drill.json is written there too.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "bundle",
+        required_unless_present = "bundle"
+    )]
+    store: Option<String>,
+    /// A bundle directory restored from a backup program; drill.json is written into it.
+    #[arg(long, value_name = "DIR")]
+    bundle: Option<PathBuf>,
+    /// The backup ID (default: from the copy's marker).
+    #[arg(long)]
+    id: Option<String>,
+    /// The directory of the server binaries (postgres) of the copy's major (default:
+    /// pg_config --bindir if it is that major, else /usr/lib/postgresql/MAJOR/bin).
+    #[arg(long, value_name = "DIR")]
+    pg_bin: Option<PathBuf>,
+    /// Do not count a server without the amcheck extension as a failed check.
+    #[arg(long)]
+    no_amcheck: bool,
+    /// Where the copy of tablespace OID was restored (repeatable; required for every
+    /// tablespace of the copy): it is cloned too, never changed.
+    #[arg(long = "tablespace", value_name = "OID=PATH")]
+    tablespaces: Vec<String>,
+}
+
+impl DrillArgs {
+    fn run(self) -> Result<Output, Error> {
+        let abs = |p: PathBuf| {
+            if p.is_absolute() {
+                p
+            } else {
+                std::env::current_dir().unwrap_or_default().join(p)
+            }
+        };
+        let mut tablespaces = Vec::new();
+        for t in &self.tablespaces {
+            let (oid, path) = t
+                .split_once('=')
+                .and_then(|(o, p)| o.parse::<u32>().ok().map(|o| (o, PathBuf::from(p))))
+                .filter(|(_, p)| p.is_absolute())
+                .ok_or_else(|| {
+                    Error::usage(format!("--tablespace {t:?}: expected OID=/absolute/path"))
+                })?;
+            tablespaces.push((oid, path));
+        }
+        let opts = pgbookend::drill::DrillOptions {
+            pgdata: abs(self.pgdata),
+            store: self.store,
+            bundle: self.bundle.map(abs),
+            id: self.id,
+            pg_bin: self.pg_bin.map(abs),
+            no_amcheck: self.no_amcheck,
+            tablespaces,
+        };
+        let r = pgbookend::drill::drill(&opts)?;
+        let human = pgbookend::drill::render(&r);
+        let error = (!r.passed()).then(|| {
+            let first = r
+                .checks
+                .failures
+                .first()
+                .map(|f| {
+                    format!(
+                        ": first, the {} check of {} in database {}",
+                        f.check, f.object, f.database
+                    )
+                })
+                .unwrap_or_default();
+            Error::new(
+                Class::Check,
+                format!(
+                    "drill failed: {} of {} checks failed{first}",
+                    r.checks.failed, r.checks.run
+                ),
+            )
+        });
+        let json = serde_json::to_value(&r).map_err(|e| Error::internal(e.to_string()))?;
+        Ok(Output { json, human, error })
+    }
 }
 
 /// Options of `expire`.
@@ -513,6 +606,7 @@ fn main() -> ExitCode {
                 r.and_then(|r| report_output(r, "verify"))
             })
         }
+        Cmd::Drill(a) => a.run(),
         Cmd::Guard { pgdata } => {
             pgbookend::restore::guard::guard(&pgdata).map(|(json, human)| Output {
                 json,

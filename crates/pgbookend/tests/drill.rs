@@ -1,0 +1,427 @@
+//! End-to-end tests of `drill`: a real test restore of a copy taken while pgbench writes,
+//! on every major; a copy whose index the WAL does not touch is corrupted; drill is killed
+//! with SIGTERM. Each time nothing of the clone, its server or its socket is left behind.
+
+mod common;
+
+use common::{run_for, Run, Tool};
+use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+/// A digest of a whole tree: paths, modes, owners, link targets and contents.
+fn tree_digest(root: &Path) -> String {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for p in names {
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if md.file_type().is_symlink() {
+                let to = std::fs::read_link(&p).unwrap();
+                out.push(format!("{rel} -> {}", to.display()));
+            } else if md.is_dir() {
+                out.push(format!("{rel}/ {:o} {}", md.mode(), md.uid()));
+                walk(root, &p, out);
+            } else {
+                let data = std::fs::read(&p).unwrap();
+                let sum = hex::encode(Sha256::digest(&data));
+                out.push(format!("{rel} {:o} {} {sum}", md.mode(), md.uid()));
+            }
+        }
+    }
+    let mut entries = Vec::new();
+    walk(root, root, &mut entries);
+    hex::encode(Sha256::digest(entries.join("\n").as_bytes()))
+}
+
+/// A cluster, its backup `id` and a `cp -a` copy of PGDATA taken in the backup's window
+/// (while pgbench writes), in `work/data`.
+struct Fixture {
+    c: Cluster,
+    tool: Tool,
+    work: TempDir,
+    id: &'static str,
+}
+
+impl Fixture {
+    fn new(major: u32, checksums: bool, before: &str) -> Fixture {
+        Fixture::with(ClusterOptions::new(major).data_checksums(checksums), before)
+    }
+
+    /// A fixture of a cluster made with `opts`; a tablespace is copied to `work/ts`.
+    fn with(opts: ClusterOptions, before: &str) -> Fixture {
+        let c = Cluster::start(opts);
+        c.pgbench_init(1);
+        if !before.is_empty() {
+            c.psql(before);
+        }
+        let tool = Tool::new(&c);
+        let work = pgbookend_testkit::temp_dir("drill");
+        let f = Fixture {
+            c,
+            tool,
+            work,
+            id: "drill1",
+        };
+        f.tool.start(f.id, &[]).ok();
+        let bench = f.c.pgbench_background(2, 2);
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(f.c.pgdata())
+            .arg(f.copy())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        if let Some(ts) = f.c.tablespace_dir() {
+            let ok = Command::new("cp")
+                .arg("-a")
+                .arg(ts)
+                .arg(f.work.path().join("ts"))
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        bench.wait().expect("pgbench");
+        f.tool.stop(f.id, &[]).ok();
+        f
+    }
+
+    fn copy(&self) -> PathBuf {
+        self.work.path().join("data")
+    }
+
+    fn drill_cmd(&self) -> Command {
+        let copy = self.copy().display().to_string();
+        let store = self.tool.store_path().display().to_string();
+        let bindir = self.pg_bin();
+        self.tool.cmd(&[
+            "drill", "--pgdata", &copy, "--store", &store, "--pg-bin", &bindir, "--json",
+        ])
+    }
+
+    /// The directory of the server binaries of the cluster's major.
+    fn pg_bin(&self) -> String {
+        let bin = pgbookend_testkit::server_bin(self.c.major(), "postgres");
+        bin.parent().unwrap().display().to_string()
+    }
+
+    fn drill(&self) -> Run {
+        self.drill_cmd().output().expect("run drill").into()
+    }
+
+    /// Nothing of a drill is left: no scratch directory beside the copy, no process whose
+    /// command line names one (its server), no socket.
+    fn assert_nothing_left(&self) {
+        let left: Vec<String> = std::fs::read_dir(self.work.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".pgbookend-drill."))
+            .collect();
+        assert!(left.is_empty(), "scratch left behind: {left:?}");
+        let work = self.work.path().display().to_string();
+        assert!(
+            common::wait_until(Duration::from_secs(10), || drill_processes(&work)
+                .is_empty()),
+            "processes left behind: {:?}",
+            drill_processes(&work)
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(&work), "a mount left behind:\n{mounts}");
+    }
+}
+
+/// Live processes whose command line names a drill scratch directory below `work`.
+fn drill_processes(work: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains(work) && cmd.contains(".pgbookend-drill.") && !common::is_zombie(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A good copy: exit 0, every check reported, the record stored and shown, the copy
+/// unchanged, nothing left behind.
+fn drill_good_copy(major: u32) {
+    let f = Fixture::new(major, true, "");
+    let before = tree_digest(&f.copy());
+    let t0 = std::time::Instant::now();
+    let r = f.drill();
+    eprintln!("{}\ndrill took {:?}", r.stdout, t0.elapsed());
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["verdict"], "passed", "{j}");
+    assert!(j["recovery_seconds"].as_f64().unwrap() > 0.0);
+    assert!(j["wal_replayed"]["bytes"].as_u64().unwrap() > 0, "{j}");
+    let c = &j["checks"];
+    assert!(c["btree_indexes"].as_u64().unwrap() >= 3, "{c}");
+    assert!(c["table_counts"].as_u64().unwrap() >= 4, "{c}");
+    assert_eq!(c["heap_checked"], major >= 14);
+    if major >= 14 {
+        assert!(c["heap_relations"].as_u64().unwrap() >= 4, "{c}");
+    }
+    assert_eq!(c["failed"], 0);
+    assert!(c["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d == "postgres"));
+    assert!(f.tool.bundle_dir(f.id).join("drill.json").is_file());
+    let store = f.tool.store_path().display().to_string();
+    let show = f.tool.run(&["show", "--store", &store, "--id", f.id]).ok();
+    assert!(show.stdout.contains("last drill: passed"), "{show:?}");
+    let list = f.tool.run(&["list", "--store", &store, "--json"]).ok();
+    assert_eq!(list.json()["bundles"][0]["last_drill"]["verdict"], "passed");
+    assert_eq!(tree_digest(&f.copy()), before, "drill changed the copy");
+    f.assert_nothing_left();
+}
+per_major!(drill_good_copy_t, drill_good_copy);
+
+/// A copy with a tablespace, restored to its own directory: drill clones both (neither
+/// changes), remaps the tablespace to its clone, and reads the table in it.
+fn drill_tablespace(major: u32) {
+    let f = Fixture::with(
+        ClusterOptions::new(major).tablespace(true),
+        "CREATE TABLE in_ts (i int PRIMARY KEY) TABLESPACE ts1; \
+         INSERT INTO in_ts SELECT generate_series(1, 1000)",
+    );
+    let oid =
+        f.c.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+    let ts = f.work.path().join("ts");
+    let (before, ts_before) = (tree_digest(&f.copy()), tree_digest(&ts));
+    let r = f.drill();
+    assert_eq!(r.code, 6, "without --tablespace: {r:?}");
+    assert!(r.stderr.contains("--tablespace"), "{r:?}");
+    // The copy path of the clone (no reflink, no overlay), and a --bundle directory that
+    // receives the record.
+    let bundle = f.tool.bundle_dir(f.id).display().to_string();
+    let (copy, bindir) = (f.copy().display().to_string(), f.pg_bin());
+    let arg = format!("{oid}={}", ts.display());
+    let r: Run = f
+        .tool
+        .cmd(&[
+            "drill", "--pgdata", &copy, "--bundle", &bundle, "--pg-bin", &bindir,
+        ])
+        .args(["--tablespace", &arg, "--json"])
+        .env("PGBOOKEND_TEST_DRILL_COPY", "1")
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["clone_method"], "full_copy");
+    assert!(Path::new(&bundle).join("drill.json").is_file());
+    assert!(r.json()["checks"]["table_counts"].as_u64().unwrap() >= 5);
+    assert_eq!(tree_digest(&f.copy()), before, "drill changed the copy");
+    assert_eq!(
+        tree_digest(&ts),
+        ts_before,
+        "drill changed the tablespace copy"
+    );
+    f.assert_nothing_left();
+}
+per_major!(drill_tablespace_t, drill_tablespace);
+
+/// Makes the B-tree leaf page `block` of `file` out of order: the key of its middle item
+/// becomes the largest int4. The cluster has no data checksums, so only amcheck can see it.
+fn corrupt_index_order(file: &Path, block: u64) {
+    let mut data = std::fs::read(file).unwrap();
+    let page = &mut data[(block * 8192) as usize..((block + 1) * 8192) as usize];
+    let lower = u16::from_le_bytes([page[12], page[13]]) as usize;
+    let items = (lower - 24) / 4;
+    assert!(items > 10, "the leaf page holds {items} items");
+    let k = items / 2;
+    let lp = u32::from_le_bytes(page[24 + 4 * k..28 + 4 * k].try_into().unwrap());
+    let off = (lp & 0x7fff) as usize;
+    page[off + 8..off + 12].copy_from_slice(&i32::MAX.to_le_bytes());
+    std::fs::write(file, &data).unwrap();
+}
+
+/// An index page corrupted in the copy, which the window's WAL does not touch: drill
+/// fails (exit 6) naming the index, and leaves nothing behind.
+fn drill_corrupt_index(major: u32) {
+    let f = Fixture::new(
+        major,
+        false,
+        "CREATE TABLE drill_t (i int); INSERT INTO drill_t SELECT generate_series(1, 200); \
+         CREATE INDEX drill_idx ON drill_t (i); CHECKPOINT",
+    );
+    let rel = f.c.psql("SELECT pg_relation_filepath('drill_idx')");
+    corrupt_index_order(&f.copy().join(rel), 1);
+    let r = f.drill();
+    eprintln!("{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 6, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["verdict"], "failed");
+    let failures = j["checks"]["failures"].as_array().unwrap();
+    assert!(
+        failures
+            .iter()
+            .any(|x| x["object"] == "public.drill_idx" && x["check"] == "btree"),
+        "{j}"
+    );
+    assert!(r.stderr.contains("drill_idx"), "{r:?}");
+    f.assert_nothing_left();
+
+    // A link in the copy (here a tablespace) is refused, never followed.
+    let link = f.copy().join("pg_tblspc").join("99999");
+    std::os::unix::fs::symlink("/nonexistent-drill-target", &link).unwrap();
+    let r = f.drill();
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(r.stderr.contains("tablespace"), "{r:?}");
+    f.assert_nothing_left();
+    std::fs::remove_file(&link).unwrap();
+
+    // A copy whose server cannot come up: a failed drill, recorded, nothing left.
+    let conf = f.copy().join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("shared_preload_libraries = 'pgbookend_no_such_library'\n");
+    std::fs::write(&conf, text).unwrap();
+    let r = f.drill();
+    assert_eq!(r.code, 6, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["checks"]["failures"][0]["check"], "recovery", "{j}");
+    assert!(j["checks"]["failures"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("pgbookend_no_such_library"));
+    let store = f.tool.store_path().display().to_string();
+    let show = f.tool.run(&["show", "--store", &store, "--id", f.id]).ok();
+    assert!(show.stdout.contains("last drill: failed"), "{show:?}");
+    f.assert_nothing_left();
+}
+per_major!(drill_corrupt_index_t, drill_corrupt_index);
+
+/// Kills the drill it holds on drop (a failed test leaves no drill running).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// drill killed with SIGTERM while its server runs: it exits non-zero and leaves nothing.
+fn drill_sigterm(major: u32) {
+    let f = Fixture::new(major, true, "");
+    let mut cmd = f.drill_cmd();
+    cmd.env("PGBOOKEND_TEST_DRILL_HOLD", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut d = Running(cmd.spawn().unwrap());
+    let work = f.work.path().display().to_string();
+    assert!(
+        common::wait_until(Duration::from_secs(60), || !drill_processes(&work)
+            .is_empty()),
+        "the drill server never started"
+    );
+    // SAFETY: a signal to the drill we started.
+    unsafe { libc::kill(d.0.id() as i32, libc::SIGTERM) };
+    let mut code = None;
+    assert!(common::wait_until(Duration::from_secs(60), || {
+        code = d.0.try_wait().unwrap().map(|s| s.code());
+        code.is_some()
+    }));
+    let out = std::mem::replace(&mut d.0, Command::new("true").spawn().unwrap())
+        .wait_with_output()
+        .unwrap();
+    let r: Run = out.into();
+    eprintln!("{r:?}");
+    assert_ne!(code.flatten(), Some(0), "{r:?}");
+    assert!(r.stderr.contains("interrupted"), "{r:?}");
+    f.assert_nothing_left();
+
+    // Killed with SIGKILL: the server follows (parent-death signal), the scratch directory
+    // stays, and the next drill removes it, says so, and passes.
+    let mut d = Running(cmd.spawn().unwrap());
+    assert!(
+        common::wait_until(Duration::from_secs(60), || !drill_processes(&work)
+            .is_empty()),
+        "the drill server never started"
+    );
+    d.0.kill().unwrap();
+    d.0.wait().unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(30), || drill_processes(&work)
+            .is_empty()),
+        "the server outlived its drill"
+    );
+    let r = f.drill();
+    assert_eq!(r.code, 0, "{r:?}");
+    let warnings = r.json()["warnings"].to_string();
+    assert!(warnings.contains(".pgbookend-drill."), "{r:?}");
+    f.assert_nothing_left();
+}
+per_major!(drill_sigterm_t, drill_sigterm);
+
+/// A backup whose only store is S3: drill fetches the bundle from it, writes drill.json
+/// under the bundle's prefix, and `show` reads it back from there.
+#[test]
+fn drill_s3_store() {
+    let Some(major) = pgbookend_testkit::majors().last().copied() else {
+        return;
+    };
+    let s3 = pgbookend_testkit::S3Server::start();
+    s3.create_bucket("pgbookend-drill");
+    let c = Cluster::start(ClusterOptions::new(major));
+    c.pgbench_init(1);
+    let mut tool = Tool::new(&c);
+    let cfg = pgbookend_testkit::temp_dir("s3cfg");
+    std::fs::create_dir(cfg.path().join("tmp")).unwrap();
+    for (k, v) in [
+        ("TMPDIR", cfg.path().join("tmp").display().to_string()),
+        ("AWS_ACCESS_KEY_ID", "AKIADRILLTEST".into()),
+        ("AWS_SECRET_ACCESS_KEY", "drill-test-secret".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ENDPOINT_URL", s3.endpoint()),
+        (
+            "AWS_CONFIG_FILE",
+            cfg.path().join("c").display().to_string(),
+        ),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            cfg.path().join("k").display().to_string(),
+        ),
+    ] {
+        tool.env.push((k.into(), v));
+    }
+    let url = "s3://pgbookend-drill/p";
+    let work = pgbookend_testkit::temp_dir("drill");
+    let copy = work.path().join("data");
+    tool.run(&["start", "--id", "s3d", "--store", url]).ok();
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(c.pgdata())
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    tool.stop("s3d", &[]).ok();
+    let bin = pgbookend_testkit::server_bin(major, "postgres");
+    let bindir = bin.parent().unwrap().display().to_string();
+    let d = copy.display().to_string();
+    let r = tool.run(&[
+        "drill", "--pgdata", &d, "--store", url, "--pg-bin", &bindir, "--json",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        r.json()["stored_in"][0],
+        "s3://pgbookend-drill/p/s3d/drill.json"
+    );
+    assert!(s3.get("pgbookend-drill", "p/s3d/drill.json").is_some());
+    let show = tool.run(&["show", "--store", url, "--id", "s3d"]).ok();
+    assert!(show.stdout.contains("last drill: passed"), "{show:?}");
+}
