@@ -22,6 +22,7 @@ pub mod live;
 pub mod logging;
 pub mod marker;
 pub mod memtrim;
+pub mod metrics;
 pub mod nofollow;
 pub mod output;
 pub mod pq;

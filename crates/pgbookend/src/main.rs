@@ -120,6 +120,16 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         archive: Option<PathBuf>,
     },
+    /// Prometheus metrics (text exposition) of the stores and the running backups, for the
+    /// node_exporter textfile collector (--output FILE) or stdout.
+    Metrics {
+        /// A store to report on (default: the config's `store` list). Repeatable.
+        #[arg(long = "store", value_name = "URL")]
+        stores: Vec<String>,
+        /// Write the metrics to FILE atomically (mode 0644) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     #[command(name = "__agent", hide = true)]
     Agent { id: String },
 }
@@ -443,6 +453,45 @@ fn s3_settings(cli: &Cli, cfg: &Config) -> Result<pgbookend::store::s3::Settings
     }))
 }
 
+/// `metrics`: the exposition on stdout, or written atomically to `--output`; `--json`
+/// prints the gathered facts instead.
+fn metrics_output(
+    urls: &[String],
+    run: &RunDir,
+    output: Option<&std::path::Path>,
+    json: bool,
+) -> pgbookend::error::Result<Output> {
+    use pgbookend::metrics;
+    let snap = metrics::gather(&metrics::stores(urls)?, run);
+    let text = metrics::expo::render(&snap);
+    let down = snap.stores.iter().filter(|s| !s.up).count();
+    let human = match output {
+        Some(path) if !json => {
+            let own = pgbookend::fsutil::Ownership {
+                file_mode: 0o644,
+                ..pgbookend::fsutil::Ownership::private()
+            };
+            pgbookend::fsutil::write_atomic(path, text.as_bytes(), &own)?;
+            format!(
+                "wrote {} metric lines to {}{}\n",
+                text.lines().filter(|l| !l.starts_with('#')).count(),
+                path.display(),
+                if down > 0 {
+                    format!(" ({down} store(s) could not be read)")
+                } else {
+                    String::new()
+                }
+            )
+        }
+        _ => text,
+    };
+    Ok(Output {
+        json: serde_json::to_value(&snap).unwrap_or_default(),
+        human,
+        error: None,
+    })
+}
+
 fn main() -> ExitCode {
     // The agent (`pgbookend __agent ID`, spawned by start) skips clap: building the whole
     // command tree would fault in code and heap it never needs while it holds a backup.
@@ -528,6 +577,14 @@ fn main() -> ExitCode {
             stores,
             archive,
         } => pgbookend::rescue::command(&run, &id, stores, archive),
+        Cmd::Metrics { stores, output } => {
+            let urls = if stores.is_empty() {
+                cfg.store.clone()
+            } else {
+                stores
+            };
+            metrics_output(&urls, &run, output.as_deref(), json)
+        }
         Cmd::Agent { .. } => unreachable!("handled above"),
     };
     match result {
