@@ -130,6 +130,14 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Print a shell completion script (bash, zsh or fish) on stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (pgbookend.1 and pgbookend-COMMAND.1) into DIR (packaging).
+    #[command(name = "__manpages", hide = true)]
+    Manpages { dir: PathBuf },
     #[command(name = "__agent", hide = true)]
     Agent { id: String },
 }
@@ -492,6 +500,33 @@ fn metrics_output(
     })
 }
 
+/// `completions SHELL`: the script on stdout (packages install it; users may source it).
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut cmd = Cli::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "pgbookend", &mut script);
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::stdout().write_all(&script);
+    ExitCode::SUCCESS
+}
+
+/// `__manpages DIR`: one page for pgbookend and one per subcommand, from the CLI definition.
+fn manpages(dir: &std::path::Path) -> ExitCode {
+    use clap::CommandFactory;
+    // No pages for the `help` pseudo-command: `man pgbookend-start` is the help.
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    match clap_mangen::generate_to(cmd, dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(
+            &Error::env(format!("cannot write man pages to {}: {e}", dir.display())),
+            false,
+        ),
+    }
+}
+
 fn main() -> ExitCode {
     // The agent (`pgbookend __agent ID`, spawned by start) skips clap: building the whole
     // command tree would fault in code and heap it never needs while it holds a backup.
@@ -510,6 +545,11 @@ fn main() -> ExitCode {
     }
     pgbookend::logging::init_command();
     let json = cli.json;
+    match &cli.command {
+        Cmd::Completions { shell } => return completions(*shell),
+        Cmd::Manpages { dir } => return manpages(dir),
+        _ => {}
+    }
     let cfg = match Config::load() {
         Ok(c) => c,
         Err(e) => return fail(&e, json),
@@ -585,7 +625,9 @@ fn main() -> ExitCode {
             };
             metrics_output(&urls, &run, output.as_deref(), json)
         }
-        Cmd::Agent { .. } => unreachable!("handled above"),
+        Cmd::Agent { .. } | Cmd::Completions { .. } | Cmd::Manpages { .. } => {
+            unreachable!("handled above")
+        }
     };
     match result {
         Ok(out) => {
