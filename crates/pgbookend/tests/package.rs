@@ -66,7 +66,7 @@ fn debian_package_builds_installs_and_works() {
         .arg(&deb));
     let tags: Vec<String> = text(&lint)
         .lines()
-        .filter(|l| l.starts_with(|c| matches!(c, 'E' | 'W' | 'I')) && l.contains(": pgbookend"))
+        .filter(|l| l.starts_with(['E', 'W', 'I']) && l.contains(": pgbookend"))
         .map(str::to_string)
         .collect();
     assert!(
