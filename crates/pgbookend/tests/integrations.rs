@@ -563,25 +563,30 @@ enum Form {
 /// bundle store deleted, the cluster's data directory and tablespace deleted, the guide's
 /// restore (the program's own restore commands and prepare), then the server started and
 /// checked.
-fn guide_end_to_end(file: &str, form: Form, major: u32) {
-    let c = Cluster::start(
-        ClusterOptions::new(major)
-            .data_checksums(true)
-            .tablespace(true),
-    );
+/// What every guide run starts with: pgbench tables, the canary table in ts1, the guide's
+/// grants, a Tool, a work directory and the settings (the test's values for every setting
+/// the guide's settings block exports, plus `extra`).
+fn guide_setup(
+    file: &str,
+    c: &Cluster,
+    major: u32,
+    extra: &[(&'static str, PathBuf)],
+) -> (Tool, pgbookend_testkit::TempDir, BTreeMap<String, String>) {
     c.pgbench_init(1);
-    canary_table(&c, Some("ts1"));
+    canary_table(c, Some("ts1"));
     let grants = if major >= 15 {
         "grants-15"
     } else {
         "grants-13"
     };
     c.psql(&block(file, Marker::Check(grants.into())));
-    let tool = Tool::new(&c);
+    let tool = Tool::new(c);
     let work = pgbookend_testkit::temp_dir("guide");
-    let env = settings_env(&c, &tool, work.path());
-    let settings = block(file, Marker::Test("settings".into()));
-    for line in settings.lines() {
+    let mut env = settings_env(c, &tool, work.path());
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.display().to_string());
+    }
+    for line in block(file, Marker::Test("settings".into())).lines() {
         if let Some(rest) = line.trim().strip_prefix("export ") {
             let name = rest.split('=').next().unwrap();
             assert!(
@@ -590,6 +595,16 @@ fn guide_end_to_end(file: &str, form: Form, major: u32) {
             );
         }
     }
+    (tool, work, env)
+}
+
+fn guide_end_to_end(file: &str, form: Form, major: u32) {
+    let c = Cluster::start(
+        ClusterOptions::new(major)
+            .data_checksums(true)
+            .tablespace(true),
+    );
+    let (_tool, work, env) = guide_setup(file, &c, major, &[]);
     let has = |name: &str| {
         guide(file)
             .iter()
@@ -791,26 +806,7 @@ fn fs_guide_end_to_end(file: &str, layout: Result<FsLayout, String>, major: u32)
         "CREATE TABLESPACE ts1 LOCATION '{}'",
         layout.tablespace.display()
     ));
-    c.pgbench_init(1);
-    canary_table(&c, Some("ts1"));
-    let grants = if major >= 15 {
-        "grants-15"
-    } else {
-        "grants-13"
-    };
-    c.psql(&block(file, Marker::Check(grants.into())));
-    let tool = Tool::new(&c);
-    let work = pgbookend_testkit::temp_dir("guide");
-    let mut env = settings_env(&c, &tool, work.path());
-    for (k, v) in &layout.extra {
-        env.insert(k.to_string(), v.display().to_string());
-    }
-    for line in block(file, Marker::Test("settings".into())).lines() {
-        if let Some(rest) = line.trim().strip_prefix("export ") {
-            let name = rest.split('=').next().unwrap();
-            assert!(env.contains_key(name), "{file}: no test value for {name}");
-        }
-    }
+    let (_tool, work, env) = guide_setup(file, &c, major, &layout.extra);
     let body = block(file, Marker::Test("backup-hooks".into()));
     let ((), canary) = with_canary(&c, || {
         let bench = c.pgbench_background(2, 3);
