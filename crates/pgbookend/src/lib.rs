@@ -24,6 +24,7 @@ pub mod marker;
 pub mod memtrim;
 pub mod metrics;
 pub mod nofollow;
+pub mod notify;
 pub mod output;
 pub mod pq;
 pub mod problem;
