@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::procfs::{self, alive, alive_same, descendants, signal};
-use crate::tempdir::{keep_dirs, make_dir, remove_tree};
+use crate::tempdir::{keep_dirs, make_dir, make_dir_in, remove_tree};
 use crate::{
     chown_to_server, client_bin, free_port, is_root, run_as_server_user, scrub_pg_env,
     server_account, server_bin, template, tmp_root,
@@ -39,6 +39,9 @@ pub struct ClusterOptions {
     pub tablespace: bool,
     /// Keep the WAL in `<base>/wal` with `pg_wal` a link to it, as `initdb -X` makes it.
     pub separate_waldir: bool,
+    /// Create the cluster's directory (data, socket, log) inside this directory instead of
+    /// the harness's temporary root: e.g. on a loop-mounted btrfs or XFS.
+    pub base_in: Option<PathBuf>,
 }
 
 impl ClusterOptions {
@@ -53,7 +56,14 @@ impl ClusterOptions {
             archive_dir: false,
             tablespace: false,
             separate_waldir: false,
+            base_in: None,
         }
+    }
+
+    /// Sets [`ClusterOptions::base_in`].
+    pub fn base_in(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.base_in = Some(dir.into());
+        self
     }
 
     /// Sets [`ClusterOptions::data_checksums`].
@@ -168,10 +178,11 @@ impl Cluster {
     /// server log when anything fails (the partial cluster is still cleaned up).
     pub fn start(opts: ClusterOptions) -> Cluster {
         let major = opts.major;
-        let base = make_dir(&format!("c{major}")).unwrap_or_else(|e| {
+        let root = opts.base_in.as_deref().unwrap_or(tmp_root());
+        let base = make_dir_in(root, &format!("c{major}")).unwrap_or_else(|e| {
             panic!(
                 "pgbookend-testkit: cannot create a dir in {}: {e}",
-                tmp_root().display()
+                root.display()
             )
         });
         let mut c = Cluster {

@@ -37,6 +37,7 @@
 //! - `PGBOOKEND_TEST_START_TIMEOUT`: seconds to wait for a server to be ready (default 120).
 
 mod cluster;
+mod loopfs;
 mod procfs;
 mod reap;
 mod s3server;
@@ -51,6 +52,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 pub use cluster::{Cluster, ClusterOptions, Pgbench};
+pub use loopfs::LoopFs;
 pub use procfs::PidGuard;
 pub use reap::{reap_leftovers, Reaped};
 pub use s3server::{moto_server_bin, Gate, S3Server};

@@ -12,6 +12,12 @@ use crate::{chown_to_server, tmp_root, DIR_PREFIX};
 /// the server user when root). The pid in the name tells [`crate::reap_leftovers`] whether its
 /// owner still runs.
 pub(crate) fn make_dir(tag: &str) -> io::Result<PathBuf> {
+    make_dir_in(tmp_root(), tag)
+}
+
+/// [`make_dir`] inside `root` instead of the harness's temporary root (e.g. a mounted
+/// test filesystem).
+pub(crate) fn make_dir_in(root: &Path, tag: &str) -> io::Result<PathBuf> {
     let tag: String = tag
         .chars()
         .map(|c| {
@@ -30,7 +36,7 @@ pub(crate) fn make_dir(tag: &str) -> io::Result<PathBuf> {
     };
     let template = format!(
         "{}/{DIR_PREFIX}{}.{tag}.XXXXXX",
-        tmp_root().display(),
+        root.display(),
         std::process::id()
     );
     let ctemplate = CString::new(template).map_err(io::Error::other)?;

@@ -558,7 +558,7 @@ fn describe(st: &AgentState, alive: bool) -> (Value, String) {
 }
 
 /// The current state of one entry: from the live agent, else from its record.
-fn current_state(entry: &Entry) -> Option<(AgentState, bool)> {
+pub(crate) fn current_state(entry: &Entry) -> Option<(AgentState, bool)> {
     if entry.agent_alive() {
         if let Ok(Some(Response::State { state })) = protocol::call(
             &entry.socket(),

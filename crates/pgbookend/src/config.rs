@@ -40,6 +40,12 @@ pub struct Config {
     pub s3_path_style: Option<bool>,
     /// How long a failing S3 request is retried, e.g. "2m".
     pub s3_retry_timeout: Option<String>,
+    /// Command run after a successful stop or run (`--on-success`).
+    pub on_success: Option<String>,
+    /// Command run after a failed stop or run (`--on-failure`).
+    pub on_failure: Option<String>,
+    /// Bound on either command (`--notify-timeout`), e.g. "60s".
+    pub notify_timeout: Option<String>,
 }
 
 impl Config {

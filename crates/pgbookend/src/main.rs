@@ -37,6 +37,17 @@ struct Cli {
     /// S3 stores: path-style addressing (endpoint/bucket/key; the default with an endpoint).
     #[arg(long, global = true)]
     s3_path_style: bool,
+    /// After stop or run succeeds: run CMD (sh -c) with the JSON report on stdin and
+    /// PGBOOKEND_EVENT/STATUS/EXIT_CODE/ID/ERROR in its environment (config on_success).
+    #[arg(long, global = true, value_name = "CMD")]
+    on_success: Option<String>,
+    /// After stop or run fails: run CMD as --on-success does (config on_failure). Neither
+    /// changes pgbookend's exit code.
+    #[arg(long, global = true, value_name = "CMD")]
+    on_failure: Option<String>,
+    /// Kill a notification command (and everything it started) after DUR (default 60s).
+    #[arg(long, global = true, value_name = "DUR")]
+    notify_timeout: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -124,6 +135,24 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         archive: Option<PathBuf>,
     },
+    /// Prometheus metrics (text exposition) of the stores and the running backups, for the
+    /// node_exporter textfile collector (--output FILE) or stdout.
+    Metrics {
+        /// A store to report on (default: the config's `store` list). Repeatable.
+        #[arg(long = "store", value_name = "URL")]
+        stores: Vec<String>,
+        /// Write the metrics to FILE atomically (mode 0644) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Print a shell completion script (bash, zsh or fish) on stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (pgbookend.1 and pgbookend-COMMAND.1) into DIR (packaging).
+    #[command(name = "__manpages", hide = true)]
+    Manpages { dir: PathBuf },
     #[command(name = "__agent", hide = true)]
     Agent { id: String },
 }
@@ -466,7 +495,13 @@ struct RunArgs {
 }
 
 /// `run` exits with its own code: COMMAND's when COMMAND failed.
-fn run_command(run: &RunDir, cfg: &Config, a: RunArgs, json: bool) -> ExitCode {
+fn run_command(
+    run: &RunDir,
+    cfg: &Config,
+    a: RunArgs,
+    json: bool,
+    hooks: &pgbookend::notify::Hooks,
+) -> ExitCode {
     let wait_archive = match (a.wait_archive, a.no_wait_archive) {
         (true, _) => Some(true),
         (_, true) => Some(false),
@@ -483,9 +518,86 @@ fn run_command(run: &RunDir, cfg: &Config, a: RunArgs, json: bool) -> ExitCode {
     match pgbookend::run::run(run, cfg, opts) {
         Ok(r) => {
             print(&r.output, json);
-            ExitCode::from(r.code.clamp(0, 255) as u8)
+            let code = r.code.clamp(0, 255) as u8;
+            let id = r.output.json["id"].as_str();
+            notify(
+                hooks,
+                "run",
+                id,
+                code,
+                &r.output.json,
+                r.output.error.as_ref(),
+            );
+            ExitCode::from(code)
         }
-        Err(e) => fail(&e, json),
+        Err(e) => {
+            let code = fail(&e, json);
+            let report = serde_json::json!({ "error": &e });
+            notify(
+                hooks,
+                "run",
+                None,
+                e.class().exit_code() as u8,
+                &report,
+                Some(&e),
+            );
+            code
+        }
+    }
+}
+
+/// The notification commands: flags, then the config file.
+fn hooks(cli: &Cli, cfg: &Config) -> Result<pgbookend::notify::Hooks, Error> {
+    let timeout = match cli.notify_timeout.as_ref().or(cfg.notify_timeout.as_ref()) {
+        Some(d) => Some(
+            pgbookend::timefmt::parse_duration(d)
+                .map_err(|e| Error::usage(format!("--notify-timeout: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(pgbookend::notify::Hooks {
+        on_success: cli.on_success.clone().or_else(|| cfg.on_success.clone()),
+        on_failure: cli.on_failure.clone().or_else(|| cfg.on_failure.clone()),
+        timeout,
+    })
+}
+
+/// Runs the notification command for a finished stop or run, and says on stderr when it
+/// failed; the exit code stays the backup command's.
+fn notify(
+    hooks: &pgbookend::notify::Hooks,
+    event: &str,
+    id: Option<&str>,
+    code: u8,
+    out: &serde_json::Value,
+    error: Option<&Error>,
+) {
+    use pgbookend::notify::{Event, Outcome};
+    let ev = Event {
+        event,
+        id,
+        exit_code: code as i32,
+        error: error.map(|e| e.to_string()),
+        report: out,
+    };
+    let which = if code == 0 {
+        "--on-success"
+    } else {
+        "--on-failure"
+    };
+    match hooks.fire(&ev) {
+        Outcome::NotConfigured | Outcome::Exited(Some(0)) => {}
+        Outcome::Exited(c) => eprintln!(
+            "pgbookend: warning: the {which} command exited with {}; the backup's result is unchanged",
+            c.map_or("a signal".to_string(), |c| format!("code {c}"))
+        ),
+        Outcome::TimedOut(t) => eprintln!(
+            "pgbookend: warning: the {which} command ran longer than {}s and was killed (--notify-timeout)",
+            t.as_secs_f64()
+        ),
+        Outcome::NotStarted(e) => {
+            eprintln!("pgbookend: warning: the {which} command could not be started: {e}")
+        }
     }
 }
 
@@ -536,36 +648,83 @@ fn s3_settings(cli: &Cli, cfg: &Config) -> Result<pgbookend::store::s3::Settings
     }))
 }
 
-fn main() -> ExitCode {
-    // The agent (`pgbookend __agent ID`, spawned by start) skips clap: building the whole
-    // command tree would fault in code and heap it never needs while it holds a backup.
-    let mut args = std::env::args_os().skip(1);
-    if args
-        .next()
-        .is_some_and(|a| a == pgbookend::agent::SUBCOMMAND)
-        && args.next().is_some()
-        && args.next().is_none()
-    {
-        return ExitCode::from(pgbookend::agent::main() as u8);
-    }
-    let cli = Cli::parse();
-    if let Cmd::Agent { .. } = cli.command {
-        return ExitCode::from(pgbookend::agent::main() as u8);
-    }
-    pgbookend::logging::init_command();
-    let json = cli.json;
-    let cfg = match Config::load() {
-        Ok(c) => c,
-        Err(e) => return fail(&e, json),
+/// `metrics`: the exposition on stdout, or written atomically to `--output`; `--json`
+/// prints the gathered facts instead.
+fn metrics_output(
+    urls: &[String],
+    run: &RunDir,
+    output: Option<&std::path::Path>,
+    json: bool,
+) -> pgbookend::error::Result<Output> {
+    use pgbookend::metrics;
+    let snap = metrics::gather(&metrics::stores(urls)?, run);
+    let text = metrics::expo::render(&snap);
+    let down = snap.stores.iter().filter(|s| !s.up).count();
+    let human = match output {
+        Some(path) if !json => {
+            let own = pgbookend::fsutil::Ownership {
+                file_mode: 0o644,
+                ..pgbookend::fsutil::Ownership::private()
+            };
+            pgbookend::fsutil::write_atomic(path, text.as_bytes(), &own)?;
+            format!(
+                "wrote {} metric lines to {}{}\n",
+                text.lines().filter(|l| !l.starts_with('#')).count(),
+                path.display(),
+                if down > 0 {
+                    format!(" ({down} store(s) could not be read)")
+                } else {
+                    String::new()
+                }
+            )
+        }
+        _ => text,
     };
-    let run = RunDir::resolve(cli.run_dir.as_deref(), cfg.run_dir.as_deref());
-    match s3_settings(&cli, &cfg) {
-        Ok(s) => pgbookend::store::s3::configure(s),
-        Err(e) => return fail(&e, json),
+    Ok(Output {
+        json: serde_json::to_value(&snap).unwrap_or_default(),
+        human,
+        error: None,
+    })
+}
+
+/// `completions SHELL`: the script on stdout (packages install it; users may source it).
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut cmd = Cli::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "pgbookend", &mut script);
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::stdout().write_all(&script);
+    ExitCode::SUCCESS
+}
+
+/// `__manpages DIR`: one page for pgbookend and one per subcommand, from the CLI definition.
+fn manpages(dir: &std::path::Path) -> ExitCode {
+    use clap::CommandFactory;
+    // No pages for the `help` pseudo-command: `man pgbookend-start` is the help.
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    match clap_mangen::generate_to(cmd, dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(
+            &Error::env(format!("cannot write man pages to {}: {e}", dir.display())),
+            false,
+        ),
     }
-    let result = match cli.command {
-        Cmd::Start(a) => commands::start(&run, &cfg, a.options()),
-        Cmd::Run(a) => return run_command(&run, &cfg, a, json),
+}
+
+/// Runs every command whose result is an [`Output`] (all but run, the agent and the
+/// packaging helpers, handled before).
+fn dispatch(
+    command: Cmd,
+    run: &RunDir,
+    cfg: &Config,
+    json: bool,
+) -> pgbookend::error::Result<Output> {
+    match command {
+        Cmd::Start(a) => commands::start(run, cfg, a.options()),
+        Cmd::Run(_) => unreachable!("handled by run_command"),
         Cmd::Stop {
             id,
             no_wait_archive,
@@ -577,11 +736,11 @@ fn main() -> ExitCode {
                 (_, true) => Some(false),
                 _ => None,
             };
-            commands::stop(&run, &cfg, &id, wait, archive_timeout.as_deref())
+            commands::stop(run, cfg, &id, wait, archive_timeout.as_deref())
         }
-        Cmd::Status { id } => commands::status(&run, id.as_deref()),
-        Cmd::Abort { id } => commands::abort(&run, &id),
-        Cmd::Cleanup { pgdata } => commands::cleanup(&run, pgdata.as_deref()),
+        Cmd::Status { id } => commands::status(run, id.as_deref()),
+        Cmd::Abort { id } => commands::abort(run, &id),
+        Cmd::Cleanup { pgdata } => commands::cleanup(run, pgdata.as_deref()),
         Cmd::Prepare(a) => a
             .options("prepare")
             .and_then(|o| pgbookend::restore::exec::prepare(&o))
@@ -621,17 +780,89 @@ fn main() -> ExitCode {
             id,
             stores,
             archive,
-        } => pgbookend::rescue::command(&run, &id, stores, archive),
-        Cmd::Agent { .. } => unreachable!("handled above"),
+        } => pgbookend::rescue::command(run, &id, stores, archive),
+        Cmd::Metrics { stores, output } => {
+            let urls = if stores.is_empty() {
+                cfg.store.clone()
+            } else {
+                stores
+            };
+            metrics_output(&urls, run, output.as_deref(), json)
+        }
+        Cmd::Agent { .. } | Cmd::Completions { .. } | Cmd::Manpages { .. } => {
+            unreachable!("handled above")
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // The agent (`pgbookend __agent ID`, spawned by start) skips clap: building the whole
+    // command tree would fault in code and heap it never needs while it holds a backup.
+    let mut args = std::env::args_os().skip(1);
+    if args
+        .next()
+        .is_some_and(|a| a == pgbookend::agent::SUBCOMMAND)
+        && args.next().is_some()
+        && args.next().is_none()
+    {
+        return ExitCode::from(pgbookend::agent::main() as u8);
+    }
+    let cli = Cli::parse();
+    if let Cmd::Agent { .. } = cli.command {
+        return ExitCode::from(pgbookend::agent::main() as u8);
+    }
+    pgbookend::logging::init_command();
+    let json = cli.json;
+    match &cli.command {
+        Cmd::Completions { shell } => return completions(*shell),
+        Cmd::Manpages { dir } => return manpages(dir),
+        _ => {}
+    }
+    let cfg = match Config::load() {
+        Ok(c) => c,
+        Err(e) => return fail(&e, json),
     };
-    match result {
+    let run = RunDir::resolve(cli.run_dir.as_deref(), cfg.run_dir.as_deref());
+    match s3_settings(&cli, &cfg) {
+        Ok(s) => pgbookend::store::s3::configure(s),
+        Err(e) => return fail(&e, json),
+    }
+    let hooks = match hooks(&cli, &cfg) {
+        Ok(h) => h,
+        Err(e) => return fail(&e, json),
+    };
+    let stop_id = match &cli.command {
+        Cmd::Stop { id, .. } => Some(id.clone()),
+        _ => None,
+    };
+    let result = match cli.command {
+        Cmd::Run(a) => return run_command(&run, &cfg, a, json, &hooks),
+        command => dispatch(command, &run, &cfg, json),
+    };
+    let (code, report, error) = match result {
         Ok(out) => {
             print(&out, json);
-            match &out.error {
-                Some(e) => ExitCode::from(e.class().exit_code() as u8),
-                None => ExitCode::SUCCESS,
-            }
+            let code = out
+                .error
+                .as_ref()
+                .map_or(0, |e| e.class().exit_code() as u8);
+            (code, out.json, out.error)
         }
-        Err(e) => fail(&e, json),
+        Err(e) => {
+            fail(&e, json);
+            let code = e.class().exit_code() as u8;
+            (code, serde_json::json!({ "error": &e }), Some(e))
+        }
+    };
+    if stop_id.is_some() {
+        notify(
+            &hooks,
+            "stop",
+            stop_id.as_deref(),
+            code,
+            &report,
+            error.as_ref(),
+        );
     }
+    ExitCode::from(code)
 }

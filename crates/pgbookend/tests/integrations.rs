@@ -10,7 +10,9 @@
 //! restored cluster is started and checked (pgbench invariant, pg_amcheck, every canary row
 //! committed before the stop LSN). Each program runs on two majors, one per form, so that
 //! the four programs cover all six majors: restic 13 and 16, borg 14 and 17, tar 15 and 18,
-//! rsync 17 and 14.
+//! rsync 17 and 14. The btrfs snapshot guide (13, 16, 18) and the reflink guide (XFS: 13, 16,
+//! 18; btrfs: 18) run on real filesystems on loop devices (testkit `LoopFs`), restored
+//! beside the still running original with the tablespace remapped.
 
 mod common;
 mod runkit;
@@ -561,25 +563,30 @@ enum Form {
 /// bundle store deleted, the cluster's data directory and tablespace deleted, the guide's
 /// restore (the program's own restore commands and prepare), then the server started and
 /// checked.
-fn guide_end_to_end(file: &str, form: Form, major: u32) {
-    let c = Cluster::start(
-        ClusterOptions::new(major)
-            .data_checksums(true)
-            .tablespace(true),
-    );
+/// What every guide run starts with: pgbench tables, the canary table in ts1, the guide's
+/// grants, a Tool, a work directory and the settings (the test's values for every setting
+/// the guide's settings block exports, plus `extra`).
+fn guide_setup(
+    file: &str,
+    c: &Cluster,
+    major: u32,
+    extra: &[(&'static str, PathBuf)],
+) -> (Tool, pgbookend_testkit::TempDir, BTreeMap<String, String>) {
     c.pgbench_init(1);
-    canary_table(&c, Some("ts1"));
+    canary_table(c, Some("ts1"));
     let grants = if major >= 15 {
         "grants-15"
     } else {
         "grants-13"
     };
     c.psql(&block(file, Marker::Check(grants.into())));
-    let tool = Tool::new(&c);
+    let tool = Tool::new(c);
     let work = pgbookend_testkit::temp_dir("guide");
-    let env = settings_env(&c, &tool, work.path());
-    let settings = block(file, Marker::Test("settings".into()));
-    for line in settings.lines() {
+    let mut env = settings_env(c, &tool, work.path());
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.display().to_string());
+    }
+    for line in block(file, Marker::Test("settings".into())).lines() {
         if let Some(rest) = line.trim().strip_prefix("export ") {
             let name = rest.split('=').next().unwrap();
             assert!(
@@ -588,6 +595,16 @@ fn guide_end_to_end(file: &str, form: Form, major: u32) {
             );
         }
     }
+    (tool, work, env)
+}
+
+fn guide_end_to_end(file: &str, form: Form, major: u32) {
+    let c = Cluster::start(
+        ClusterOptions::new(major)
+            .data_checksums(true)
+            .tablespace(true),
+    );
+    let (_tool, work, env) = guide_setup(file, &c, major, &[]);
     let has = |name: &str| {
         guide(file)
             .iter()
@@ -690,3 +707,176 @@ fn markers_parse() {
         Marker::Untested("because it is long enough".into())
     );
 }
+
+/// The filesystem layout a snapshot or reflink guide runs on: its mounts and the settings
+/// the guide names beyond [`settings_env`]'s.
+struct FsLayout {
+    _mounts: Vec<pgbookend_testkit::LoopFs>,
+    /// Where the cluster's directory is created (inside a subvolume for btrfs.md).
+    cluster_in: PathBuf,
+    /// The tablespace directory (in its own subvolume for btrfs.md).
+    tablespace: PathBuf,
+    extra: Vec<(&'static str, PathBuf)>,
+    /// Where the guide's restore puts the data directory, given the original one.
+    restored: fn(&FsLayout, &Path) -> PathBuf,
+}
+
+fn mkdir_owned_by_server(p: &Path) {
+    std::fs::create_dir_all(p).unwrap();
+    let (_, uid, gid) = pgbookend_testkit::server_user().expect("a server user");
+    std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+fn btrfs(args: &[&str]) {
+    let out = Command::new("btrfs").args(args).output().expect("btrfs");
+    assert!(
+        out.status.success(),
+        "btrfs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// btrfs.md: two btrfs filesystems; the data directory and the tablespace in their own
+/// subvolumes of the first; BACKUP and RESTORE on the second.
+fn btrfs_layout() -> Result<FsLayout, String> {
+    let src = pgbookend_testkit::LoopFs::new("btrfs", 1024)?;
+    let dst = pgbookend_testkit::LoopFs::new("btrfs", 1024)?;
+    let (s, d) = (src.path(), dst.path());
+    btrfs(&["subvolume", "create", &s.join("pg").display().to_string()]);
+    btrfs(&["subvolume", "create", &s.join("pgts").display().to_string()]);
+    mkdir_owned_by_server(&s.join("pgts/ts1"));
+    std::fs::create_dir(s.join(".snapshots")).unwrap();
+    std::fs::create_dir(d.join("pg")).unwrap();
+    let subvolumes = format!("{} {}", s.join("pg").display(), s.join("pgts").display());
+    Ok(FsLayout {
+        cluster_in: s.join("pg"),
+        tablespace: s.join("pgts/ts1"),
+        extra: vec![
+            ("SUBVOLUMES", PathBuf::from(subvolumes)),
+            ("SNAPSHOTS", s.join(".snapshots")),
+            ("BACKUP", d.join("pg")),
+            ("RESTORE", d.join("restored")),
+        ],
+        restored: |l, pgdata| {
+            let rel = pgdata.strip_prefix(&l.cluster_in).unwrap();
+            l.extra[3].1.join("pg").join(rel)
+        },
+        _mounts: vec![src, dst],
+    })
+}
+
+/// reflink.md: one XFS or btrfs filesystem holding everything.
+fn reflink_layout(fstype: &str) -> Result<FsLayout, String> {
+    let fs = pgbookend_testkit::LoopFs::new(fstype, 1024)?;
+    let m = fs.path();
+    std::fs::create_dir(m.join("pg")).unwrap();
+    mkdir_owned_by_server(&m.join("pgts/ts1"));
+    std::fs::create_dir(m.join("copies")).unwrap();
+    Ok(FsLayout {
+        cluster_in: m.join("pg"),
+        tablespace: m.join("pgts/ts1"),
+        extra: vec![
+            ("COPIES", m.join("copies")),
+            ("RESTORE", m.join("restored")),
+        ],
+        restored: |l, _| l.extra[1].1.clone(),
+        _mounts: vec![fs],
+    })
+}
+
+/// A snapshot or reflink guide, word for word, on real loop-mounted filesystems: backup
+/// through its hook form under pgbench load, restore beside the running original with the
+/// tablespace remapped, the restored server started and checked.
+fn fs_guide_end_to_end(file: &str, layout: Result<FsLayout, String>, major: u32) {
+    let layout = match layout {
+        Ok(l) => l,
+        Err(why) => {
+            eprintln!("skipped {file} on PostgreSQL {major}: {why}");
+            return;
+        }
+    };
+    let c = Cluster::start(
+        ClusterOptions::new(major)
+            .data_checksums(true)
+            .base_in(&layout.cluster_in),
+    );
+    c.psql(&format!(
+        "CREATE TABLESPACE ts1 LOCATION '{}'",
+        layout.tablespace.display()
+    ));
+    let (_tool, work, env) = guide_setup(file, &c, major, &layout.extra);
+    let body = block(file, Marker::Test("backup-hooks".into()));
+    let ((), canary) = with_canary(&c, || {
+        let bench = c.pgbench_background(2, 3);
+        run_block("backup-hooks", &body, &env, work.path());
+        bench.wait().expect("pgbench");
+    });
+    let bundles = work.path().join("bundles");
+    let id = std::fs::read_dir(&bundles)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .next()
+        .expect("a bundle");
+    let b: Value =
+        serde_json::from_slice(&std::fs::read(bundles.join(&id).join("bundle.json")).unwrap())
+            .unwrap();
+    let start_lsn: Lsn = b["start_lsn"].as_str().unwrap().parse().unwrap();
+    let stop_lsn: Lsn = b["stop_lsn"].as_str().unwrap().parse().unwrap();
+
+    // The original keeps running: the restore happens beside it.
+    run_block(
+        "restore",
+        &block(file, Marker::Test("restore".into())),
+        &env,
+        work.path(),
+    );
+    let pgdata = (layout.restored)(&layout, c.pgdata());
+    let links: Vec<PathBuf> = std::fs::read_dir(pgdata.join("pg_tblspc"))
+        .unwrap()
+        .map(|e| std::fs::read_link(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(links.len(), 1, "{links:?}");
+    assert_ne!(links[0], layout.tablespace, "the tablespace was remapped");
+    let rbase = pgbookend_testkit::temp_dir("restored");
+    let r = Cluster::from_existing(major, pgdata, rbase.path().to_path_buf());
+    r.start_again()
+        .unwrap_or_else(|log| panic!("the restored cluster did not start:\n{log}"));
+    wait_recovered(&r);
+    assert!(r.pgbench_invariant_ok(), "pgbench's invariant must hold");
+    amcheck_clean(&r);
+    let last = canary.check(&r, start_lsn, stop_lsn);
+    r.psql("INSERT INTO canary VALUES (1000000)");
+    assert!(
+        c.pgbench_invariant_ok(),
+        "the original still runs, untouched"
+    );
+    eprintln!(
+        "{file} (PostgreSQL {major}): backup {id}, window {start_lsn}..{stop_lsn}, last canary row before stop: {last}"
+    );
+    drop(r);
+    drop(c);
+}
+
+macro_rules! fs_guide_test {
+    ($name:ident, $file:expr, $layout:expr, $major:expr) => {
+        #[test]
+        fn $name() {
+            run_for($major, |m| fs_guide_end_to_end($file, $layout, m));
+        }
+    };
+}
+
+fs_guide_test!(btrfs_snapshots_pg13, "btrfs.md", btrfs_layout(), 13);
+fs_guide_test!(btrfs_snapshots_pg16, "btrfs.md", btrfs_layout(), 16);
+fs_guide_test!(btrfs_snapshots_pg18, "btrfs.md", btrfs_layout(), 18);
+fs_guide_test!(reflink_xfs_pg13, "reflink.md", reflink_layout("xfs"), 13);
+fs_guide_test!(reflink_xfs_pg16, "reflink.md", reflink_layout("xfs"), 16);
+fs_guide_test!(reflink_xfs_pg18, "reflink.md", reflink_layout("xfs"), 18);
+fs_guide_test!(
+    reflink_btrfs_pg18,
+    "reflink.md",
+    reflink_layout("btrfs"),
+    18
+);

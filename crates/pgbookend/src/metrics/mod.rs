@@ -1,0 +1,154 @@
+//! `pgbookend metrics`: the facts monitoring needs (newest complete bundle per cluster and
+//! store, bundle counts, running backups and their heartbeats), gathered as typed values;
+//! [`expo`] renders them in Prometheus' text exposition format.
+
+pub mod expo;
+
+use crate::catalog::{self, BundleInfo};
+use crate::error::Result;
+use crate::rundir::RunDir;
+use crate::store::Store;
+use crate::timefmt::now_unix;
+use std::collections::BTreeMap;
+
+/// Everything one `metrics` run found, at one instant.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Snapshot {
+    /// Unix seconds when the facts were gathered (ages are relative to it).
+    pub generated: i64,
+    pub stores: Vec<StoreFacts>,
+    pub backups: Vec<RunningBackup>,
+}
+
+/// One store: whether it could be read, and its bundles per cluster.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoreFacts {
+    pub store: String,
+    /// The listing succeeded (a store that cannot be read is a monitoring alert of its own).
+    pub up: bool,
+    pub error: Option<String>,
+    pub clusters: Vec<ClusterFacts>,
+    /// Partial bundles whose cluster is unknown (no readable bundle.json).
+    pub partial_unknown: u64,
+}
+
+/// The bundles of one cluster (system identifier) in one store.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClusterFacts {
+    pub system_identifier: String,
+    pub complete: u64,
+    pub partial: u64,
+    /// The newest complete bundle: its ID, stop time (Unix seconds) and size in bytes.
+    pub newest: Option<Newest>,
+}
+
+/// The newest complete bundle of a cluster in a store.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Newest {
+    pub id: String,
+    pub time: i64,
+    pub bytes: u64,
+}
+
+/// A backup this run directory knows whose agent is still holding it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunningBackup {
+    pub id: String,
+    pub state: String,
+    pub pgdata: String,
+    pub agent_alive: bool,
+    pub elapsed_s: Option<i64>,
+    pub heartbeat_age_s: Option<i64>,
+}
+
+/// Reads every store and the run directory. A store that cannot be read is reported
+/// (`up = false`), not an error: the other stores' metrics still matter.
+pub fn gather(stores: &[Store], run: &RunDir) -> Snapshot {
+    let generated = now_unix();
+    Snapshot {
+        generated,
+        stores: stores.iter().map(store_facts).collect(),
+        backups: running(run, generated),
+    }
+}
+
+fn store_facts(store: &Store) -> StoreFacts {
+    match catalog::scan(store) {
+        Ok(bundles) => {
+            let (clusters, partial_unknown) = by_cluster(&bundles);
+            StoreFacts {
+                store: store.url(),
+                up: true,
+                error: None,
+                clusters,
+                partial_unknown,
+            }
+        }
+        Err(e) => StoreFacts {
+            store: store.url(),
+            up: false,
+            error: Some(e.to_string()),
+            clusters: Vec::new(),
+            partial_unknown: 0,
+        },
+    }
+}
+
+/// Groups bundles by cluster; partial bundles without a manifest are counted apart.
+pub fn by_cluster(bundles: &[BundleInfo]) -> (Vec<ClusterFacts>, u64) {
+    let mut map: BTreeMap<String, ClusterFacts> = BTreeMap::new();
+    let mut unknown = 0;
+    for b in bundles {
+        let Some(m) = &b.manifest else {
+            unknown += 1;
+            continue;
+        };
+        let c = map
+            .entry(m.system_identifier.clone())
+            .or_insert_with(|| ClusterFacts {
+                system_identifier: m.system_identifier.clone(),
+                complete: 0,
+                partial: 0,
+                newest: None,
+            });
+        if !b.complete {
+            c.partial += 1;
+            continue;
+        }
+        c.complete += 1;
+        if c.newest.as_ref().is_none_or(|n| b.time() >= n.time) {
+            c.newest = Some(Newest {
+                id: b.id.clone(),
+                time: b.time(),
+                bytes: b.size(),
+            });
+        }
+    }
+    (map.into_values().collect(), unknown)
+}
+
+fn running(run: &RunDir, now: i64) -> Vec<RunningBackup> {
+    let mut out = Vec::new();
+    for entry in run.entries() {
+        let Some((st, alive)) = crate::commands::current_state(&entry) else {
+            continue;
+        };
+        if st.state.is_final() {
+            continue;
+        }
+        out.push(RunningBackup {
+            id: st.id.clone(),
+            state: st.state.as_str().to_string(),
+            pgdata: st.pgdata.clone().unwrap_or_default(),
+            agent_alive: alive,
+            elapsed_s: st.start_time.map(|t| now - t),
+            heartbeat_age_s: st.last_heartbeat.map(|t| now - t),
+        });
+    }
+    out
+}
+
+/// Parses the store URLs given (flags, else the config's `store` list).
+pub fn stores(urls: &[String]) -> Result<Vec<Store>> {
+    urls.iter().map(|u| Store::parse(u)).collect()
+}

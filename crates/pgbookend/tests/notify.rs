@@ -1,0 +1,124 @@
+//! `--on-success` / `--on-failure` after `stop` and `run`: the report on stdin, the facts in
+//! the environment, a time bound that kills the command's whole process group, and never a
+//! change to pgbookend's exit code.
+
+mod common;
+
+use common::Tool;
+use pgbookend_testkit::{Cluster, ClusterOptions};
+use serde_json::Value;
+use std::path::Path;
+
+fn env_of(p: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| k.starts_with("PGBOOKEND_"))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn has(env: &[(String, String)], k: &str, v: &str) -> bool {
+    env.iter().any(|(a, b)| a == k && b == v)
+}
+
+#[test]
+fn notifications_after_stop_and_run() {
+    let major = *pgbookend_testkit::majors().last().expect("a major");
+    let c = Cluster::start(ClusterOptions::new(major));
+    let tool = Tool::new(&c);
+    let dir = pgbookend_testkit::temp_dir("notify");
+    let d = |n: &str| dir.path().join(n).display().to_string();
+    let hook = |tag: &str| format!("cat > {0}.json; env > {0}.env", d(tag));
+
+    // A successful stop: the success command gets the report; the failure one does not run.
+    tool.start("n-1", &[]).ok();
+    let stop = tool
+        .run(&[
+            "stop",
+            "--id",
+            "n-1",
+            "--json",
+            "--on-success",
+            &hook("ok"),
+            "--on-failure",
+            &hook("bad"),
+        ])
+        .ok();
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(d("ok.json")).unwrap()).unwrap();
+    assert_eq!(
+        report,
+        stop.json(),
+        "the command gets the same report as --json"
+    );
+    let env = env_of(Path::new(&d("ok.env")));
+    for (k, v) in [
+        ("PGBOOKEND_EVENT", "stop"),
+        ("PGBOOKEND_STATUS", "success"),
+        ("PGBOOKEND_EXIT_CODE", "0"),
+        ("PGBOOKEND_ID", "n-1"),
+    ] {
+        assert!(has(&env, k, v), "{k}={v} in {env:?}");
+    }
+    assert!(!Path::new(&d("bad.json")).exists());
+
+    // A failed run (the copy fails): the failure command runs; its own failure (exit 9)
+    // does not change pgbookend's exit code (the copy's, 3).
+    let store = tool.store_path().display().to_string();
+    let failing = format!("{}; exit 9", hook("runfail"));
+    let r = tool.run(&[
+        "run",
+        "--id",
+        "n-2",
+        "--store",
+        &store,
+        "--on-failure",
+        &failing,
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(
+        r.stderr.contains("--on-failure command exited with code 9"),
+        "{r:?}"
+    );
+    let env = env_of(Path::new(&d("runfail.env")));
+    assert!(has(&env, "PGBOOKEND_EVENT", "run"), "{env:?}");
+    assert!(has(&env, "PGBOOKEND_STATUS", "failure"), "{env:?}");
+    assert!(has(&env, "PGBOOKEND_EXIT_CODE", "3"), "{env:?}");
+    assert!(has(&env, "PGBOOKEND_ID", "n-2"), "{env:?}");
+
+    // A command that outlives --notify-timeout is killed with what it started; the stop
+    // itself succeeded and says so.
+    tool.start("n-3", &[]).ok();
+    let slow = format!(
+        "sh -c 'echo $$ > {}; exec sleep 600' & wait",
+        d("sleeper.pid")
+    );
+    let r = tool.run(&[
+        "stop",
+        "--id",
+        "n-3",
+        "--on-success",
+        &slow,
+        "--notify-timeout",
+        "1s",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("was killed (--notify-timeout)"), "{r:?}");
+    let pid: i32 = std::fs::read_to_string(d("sleeper.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Gone, or a zombie left to whoever reaps orphans here: either way it no longer runs.
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists() || common::is_zombie(pid),
+        "the command's child {pid} must be gone"
+    );
+    assert!(tool.bundle_dir("n-3").join("bundle.json").exists());
+}
