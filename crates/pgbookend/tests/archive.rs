@@ -64,9 +64,7 @@ impl Archived {
 
     /// Switches to a new segment and waits until the server has archived the old one.
     fn switch_and_wait(&self) -> String {
-        let seg = self
-            .c
-            .psql("SELECT pg_walfile_name(pg_current_wal_lsn()) FROM pg_switch_wal()");
+        let seg = self.c.psql("SELECT pg_walfile_name(pg_switch_wal())");
         let done = wait_until(Duration::from_secs(60), || {
             self.c
                 .psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
