@@ -123,27 +123,29 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// A writer that counts and hashes what passes through it.
-struct Hashing<W: Write> {
-    inner: W,
-    sha: sha2::Sha256,
-    n: u64,
+/// The size of the pieces compressed in parallel, each into its own zstd frame (a
+/// decoder reads concatenated frames as one stream). With [`workers`] pieces in flight,
+/// memory stays near `2 * workers * CHUNK` whatever the file size.
+const CHUNK: usize = 4 << 20;
+
+/// How many pieces are compressed at once: the CPUs, at most 4.
+fn workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
 }
 
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let k = self.inner.write(buf)?;
-        self.sha.update(&buf[..k]);
-        self.n += k as u64;
-        Ok(k)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
+/// Compresses one piece into a frame with a content checksum.
+fn compress(piece: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    let mut c = zstd::bulk::Compressor::new(level)?;
+    c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+    c.compress(piece)
 }
 
-/// Checks, hashes and compresses the file into a spool. Segments must be exactly one
-/// segment long and start with this cluster's long page header; other files may not
+/// Checks, hashes and compresses the file into a spool: pieces of [`CHUNK`] bytes are
+/// compressed on worker threads while this thread hashes them. Segments must be exactly
+/// one segment long and start with this cluster's long page header; other files may not
 /// be longer than a segment (what is read is bounded whatever the file is).
 fn pack(
     src: &mut dyn Read,
@@ -159,40 +161,59 @@ fn pack(
             std::env::temp_dir().display()
         ))
     })?;
-    let out = Hashing {
-        inner: spool
-            .reopen()
-            .map_err(|e| io_err("cannot open", spool.path(), e))?,
-        sha: sha2::Sha256::new(),
-        n: 0,
-    };
     let werr = |e: std::io::Error| io_err("cannot write", spool.path(), e);
-    let mut enc = zstd::stream::write::Encoder::new(out, level).map_err(werr)?;
-    enc.include_checksum(true).map_err(werr)?;
-    let mut sha = sha2::Sha256::new();
-    let mut total = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
+    let mut out = std::io::BufWriter::new(spool.reopen().map_err(werr)?);
+    let (mut sha, mut zsha) = (sha2::Sha256::new(), sha2::Sha256::new());
+    let (mut total, mut packed) = (0u64, 0u64);
+    let mut pieces: Vec<Vec<u8>> = (0..workers()).map(|_| vec![0u8; CHUNK]).collect();
     loop {
-        let n = read_full(src, &mut buf).map_err(|e| io_err("cannot read", path, e))?;
-        if total == 0 && segment_like {
-            check_header(&buf[..n], path, id)?;
+        let mut lens = Vec::new();
+        for buf in pieces.iter_mut() {
+            let n = read_full(src, buf).map_err(|e| io_err("cannot read", path, e))?;
+            if total == 0 && lens.is_empty() && segment_like {
+                check_header(&buf[..n], path, id)?;
+            }
+            total += n as u64;
+            if total > u64::from(id.seg_size) {
+                return Err(Error::new(Class::Check, format!("{} is larger than a WAL segment ({} bytes): not a WAL file of this cluster", path.display(), id.seg_size)));
+            }
+            if n == 0 {
+                break;
+            }
+            lens.push(n);
+            if n < CHUNK {
+                break;
+            }
         }
-        if n == 0 {
+        if lens.is_empty() {
             break;
         }
-        total += n as u64;
-        if total > u64::from(id.seg_size) {
-            return Err(Error::new(
-                Class::Check,
-                format!(
-                    "{} is larger than a WAL segment ({} bytes): not a WAL file of this cluster",
-                    path.display(),
-                    id.seg_size
-                ),
-            ));
+        let frames = std::thread::scope(|scope| {
+            let jobs: Vec<_> = pieces
+                .iter()
+                .zip(&lens)
+                .map(|(b, &n)| scope.spawn(move || compress(&b[..n], level)))
+                .collect();
+            for (b, &n) in pieces.iter().zip(&lens) {
+                sha.update(&b[..n]);
+            }
+            jobs.into_iter()
+                .map(|j| {
+                    j.join().unwrap_or_else(|_| {
+                        Err(std::io::Error::other("compression thread panicked"))
+                    })
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+        .map_err(werr)?;
+        for f in &frames {
+            zsha.update(f);
+            packed += f.len() as u64;
+            out.write_all(f).map_err(werr)?;
         }
-        sha.update(&buf[..n]);
-        enc.write_all(&buf[..n]).map_err(werr)?;
+        if lens.len() < pieces.len() || lens.last() != Some(&CHUNK) {
+            break;
+        }
     }
     if segment_like && total != u64::from(id.seg_size) {
         return Err(Error::new(
@@ -205,14 +226,14 @@ fn pack(
         )
         .hint("a short segment is damaged or still being written: it is not archived"));
     }
-    let out = enc.finish().map_err(werr)?;
+    out.flush().map_err(werr)?;
     Ok(Packed {
         name,
         sha256: hex::encode(sha.finalize()),
         size: total,
         object: FileEntry {
-            size: out.n,
-            sha256: hex::encode(out.sha.finalize()),
+            size: packed,
+            sha256: hex::encode(zsha.finalize()),
         },
         spool,
     })
@@ -266,4 +287,44 @@ fn push_one(store: &crate::store::Store, id: &ClusterId, p: &Packed) -> Result<b
     let object = layout::object_name(&p.name, &p.sha256);
     h.put_file(&dir, &object, p.spool.path(), &p.object)?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of several pieces becomes several frames that unpack, through the same
+    /// streaming decoder `archive-get` uses, to the original bytes.
+    #[test]
+    fn pieces_unpack_as_one_stream() {
+        let data: Vec<u8> = (0..(2 * CHUNK + 12345) as u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 & 0x0F)
+            .collect();
+        let id = ClusterId {
+            system_identifier: 1,
+            major: 16,
+            seg_size: 16 << 20,
+        };
+        let name = WalName::parse("00000002.history").unwrap();
+        let p = pack(&mut &data[..], Path::new("x"), name, &id, 3).unwrap();
+        assert_eq!(p.size, data.len() as u64);
+        assert_eq!(p.sha256, hex::encode(sha2::Sha256::digest(&data)));
+        let packed = std::fs::read(p.spool.path()).unwrap();
+        assert_eq!(packed.len() as u64, p.object.size);
+        assert_eq!(p.object.sha256, hex::encode(sha2::Sha256::digest(&packed)));
+        let mut dec = zstd::stream::write::Decoder::new(Vec::new()).unwrap();
+        dec.write_all(&packed).unwrap();
+        dec.flush().unwrap();
+        assert!(dec.into_inner() == data);
+        // A file longer than a segment is refused; a short segment too.
+        let small = ClusterId {
+            seg_size: 1 << 20,
+            ..id
+        };
+        let name = WalName::parse("00000002.history").unwrap();
+        assert!(pack(&mut &data[..], Path::new("x"), name, &small, 3).is_err());
+        let seg = WalName::parse("000000010000000000000001").unwrap();
+        let r = pack(&mut &data[..100], Path::new("x"), seg, &id, 3);
+        assert!(matches!(r, Err(e) if e.class() == Class::Check));
+    }
 }
