@@ -192,6 +192,26 @@ fn push_under_load(major: u32) {
     let obj = object_of(a.store.path(), &seg);
     let before = sha(&std::fs::read(&obj).unwrap());
     run_in(pgdata, &["archive-push", &rel, "--store", &store]).ok();
+    // A second store that cannot be used: a failure, unless --min-stores 1 allows it.
+    let broken_dir = pgbookend_testkit::temp_dir("broken");
+    let broken = broken_dir.path().join("file");
+    std::fs::write(&broken, b"not a store").unwrap();
+    let b = broken.display().to_string();
+    let two = ["archive-push", &rel, "--store", &store, "--store", &b];
+    let r = run_in(pgdata, &two);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains(&b), "{r:?}");
+    let r = run_in(
+        pgdata,
+        &[&two[..], &["--min-stores", "1", "--json"]].concat(),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        r.json()["already"][0].as_str(),
+        Some(store.as_str()),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("warning"), "{r:?}");
 
     // Other bytes under the same name: refused, naming both hashes.
     let orig = std::fs::read(pgdata.join(&rel)).unwrap();
