@@ -254,6 +254,25 @@ fn push_under_load(major: u32) {
         1
     );
 
+    // A history file pushed by hand as root: its new directory and object belong to the
+    // store's owner (the server's archiver must still be able to write there).
+    let hist = fake.path().join("pg_wal/0000000A.history");
+    std::fs::write(&hist, b"1\t0/3000000\tno recovery target specified\n").unwrap();
+    let h = hist.display().to_string();
+    run_in(
+        pgdata,
+        &["archive-push", &h, "--store", &store, "--pgdata", &pd],
+    )
+    .ok();
+    let obj_h = object_of(a.store.path(), "0000000A.history");
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(a.store.path()).unwrap().uid();
+    assert_eq!(std::fs::metadata(&obj_h).unwrap().uid(), owner);
+    assert_eq!(
+        std::fs::metadata(obj_h.parent().unwrap()).unwrap().uid(),
+        owner
+    );
+
     // Hostile names and destinations.
     let scratch = scratch_pgdata(&a.c);
     let sp = scratch.path();
@@ -271,6 +290,23 @@ fn push_under_load(major: u32) {
     }
     assert!(!Path::new("/tmp/pgbookend-outside").exists());
     assert!(!sp.parent().unwrap().join("outside").exists());
+
+    let r = run_in(
+        sp,
+        &[
+            "archive-get",
+            "0000000A.history",
+            "pg_wal/RECOVERYHISTORY",
+            "--store",
+            &store,
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        std::fs::read(sp.join("pg_wal/RECOVERYHISTORY")).unwrap(),
+        std::fs::read(&hist).unwrap()
+    );
+    std::fs::remove_file(sp.join("pg_wal/RECOVERYHISTORY")).unwrap();
 
     // Missing: exit 1, one line, nothing at %p.
     let r = run_in(

@@ -93,12 +93,12 @@ impl Handle {
         match self {
             Handle::Local(p) => {
                 let root = Self::root(p)?;
-                let own = Ownership::private();
+                let own = owner_for(&root, p)?;
                 let mut d = root;
                 for c in dir.split('/') {
                     d = fsutil::ensure_dir_at(&d, c.as_ref(), &own)?;
                 }
-                put_local(&d, name, src, expect)?;
+                put_local(&d, name, src, expect, &own)?;
                 verify_local(&d, name, expect)
             }
             Handle::S3(c) => c.upload_file(&format!("{dir}/{name}"), src, expect),
@@ -135,6 +135,22 @@ impl Handle {
     }
 }
 
+/// Who owns what is written into a local store: the current user's own, except as root,
+/// where new directories and objects take the owner of the store directory, so that an
+/// `archive-push` run by hand as root leaves nothing the server's archiver cannot use.
+fn owner_for(root: &Dir, p: &Path) -> Result<Ownership> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(Ownership::private());
+    }
+    let st = root.stat().map_err(|e| io_err("cannot stat", p, e))?;
+    Ok(Ownership {
+        uid: st.st_uid,
+        gid: st.st_gid,
+        ..Ownership::private()
+    })
+}
+
 /// A failed stream copy: reading the source or writing the sink (whose error is already
 /// an [`Error`], e.g. a corrupt compressed stream).
 enum CopyError {
@@ -159,7 +175,7 @@ fn copy_stream(r: &mut dyn Read, w: &mut dyn Write) -> std::result::Result<(), C
 }
 
 /// Writes `src` as `name` in `d` through a temporary file, never replacing `name`.
-fn put_local(d: &Dir, name: &str, src: &Path, expect: &FileEntry) -> Result<()> {
+fn put_local(d: &Dir, name: &str, src: &Path, expect: &FileEntry, own: &Ownership) -> Result<()> {
     let tmp = fsutil::temp_name(name.as_ref());
     let tmp_path = d.display_path(&tmp);
     let mut out = d
@@ -176,6 +192,8 @@ fn put_local(d: &Dir, name: &str, src: &Path, expect: &FileEntry) -> Result<()> 
                 expect.size
             )));
         }
+        own.apply_fd(&out, false)
+            .map_err(|e| io_err("cannot change the owner or mode of", &tmp_path, e))?;
         out.sync_all()
             .map_err(|e| io_err("cannot fsync", &tmp_path, e))?;
         match d.rename_noreplace(&tmp, name) {
