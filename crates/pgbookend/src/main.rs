@@ -197,7 +197,8 @@ fn archive_push(cfg: &Config, a: ArchivePushArgs, json: bool) -> ExitCode {
 /// recovery ends cleanly at the end of the archive.
 fn archive_get(cfg: &Config, a: ArchiveGetArgs, json: bool) -> ExitCode {
     use pgbookend::archive::{get, Settings};
-    let r = Settings::resolve(cfg, &a.stores, None, None, a.pgdata.as_deref())
+    // One store with the file is enough to read it: archive_min_stores is for writing.
+    let r = Settings::resolve(cfg, &a.stores, None, Some(1), a.pgdata.as_deref())
         .and_then(|s| get::get(&s, &a.name, &a.dest));
     match r {
         Ok(get::Fetched::Restored(r)) => {
