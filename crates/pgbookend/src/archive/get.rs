@@ -252,3 +252,38 @@ fn unpack(
         .map_err(|e| Error::env(format!("cannot fsync the restored {name}: {e}")))?;
     Ok(Some(sink.n))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_must_stay_in_the_data_directory() {
+        let pg = Path::new("/srv/pg/data");
+        let ok = |d: &str| dest_in(pg, d).unwrap();
+        assert_eq!(
+            ok("pg_wal/RECOVERYXLOG"),
+            (PathBuf::from("pg_wal"), "RECOVERYXLOG".into())
+        );
+        assert_eq!(
+            ok("/srv/pg/data/pg_wal/x"),
+            (PathBuf::from("pg_wal"), "x".into())
+        );
+        assert_eq!(
+            ok("./RECOVERYXLOG"),
+            (PathBuf::new(), "RECOVERYXLOG".into())
+        );
+        for bad in [
+            "../x",
+            "pg_wal/../../x",
+            "/tmp/x",
+            "/srv/pg/data2/x",
+            "/srv/pg/data",
+            "",
+            "pg_wal/..",
+        ] {
+            let e = dest_in(pg, bad).unwrap_err();
+            assert_eq!(e.class(), Class::Usage, "{bad:?}");
+        }
+    }
+}
