@@ -8,6 +8,7 @@
 //!
 //! - [`lsn`]: WAL locations (`Lsn`), parsed from and printed as `X/Y`.
 //! - [`wal`]: WAL segment numbers and file names (`000000010000000000000002`).
+//! - [`walheader`]: the long page header at the start of a WAL segment (cluster, size).
 //! - [`walname`]: checked WAL file names from outside the process, bounded segment ranges.
 //! - [`walreader`]: WAL records and their block references, read from segment bytes.
 //! - [`page`]: data pages of relation files: header checks, data checksum, a verdict per page.
@@ -32,6 +33,7 @@ pub mod page;
 pub mod tablespace_map;
 pub mod version;
 pub mod wal;
+pub mod walheader;
 pub mod walname;
 pub mod walreader;
 

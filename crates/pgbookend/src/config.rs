@@ -46,6 +46,14 @@ pub struct Config {
     pub on_failure: Option<String>,
     /// Bound on either command (`--notify-timeout`), e.g. "60s".
     pub notify_timeout: Option<String>,
+    /// Stores of the WAL archive (`archive-push`/`archive-get` `--store`); default: `store`.
+    #[serde(default)]
+    pub archive_store: Vec<String>,
+    /// zstd level of archived WAL (`--compress-level`), 1 to 19; default 3.
+    pub archive_compress_level: Option<i32>,
+    /// How many archive stores must hold a WAL file before `archive-push` succeeds
+    /// (`--min-stores`); default all.
+    pub archive_min_stores: Option<usize>,
 }
 
 impl Config {
@@ -77,7 +85,7 @@ impl Config {
                 path.display(),
                 e.message()
             ))
-            .hint("keys: store, run_dir, pgdata, conninfo, heartbeat, timeout, archive_timeout, wal, archive, min_stores, s3_endpoint, s3_region, s3_path_style, s3_retry_timeout")
+            .hint("keys: store, run_dir, pgdata, conninfo, heartbeat, timeout, archive_timeout, wal, archive, min_stores, s3_endpoint, s3_region, s3_path_style, s3_retry_timeout, archive_store, archive_compress_level, archive_min_stores")
         })
     }
 }

@@ -6,6 +6,7 @@
 //! `main.rs` only parses the command line.
 
 pub mod agent;
+pub mod archive;
 pub mod bundle;
 pub mod bundle_check;
 pub mod bundle_read;

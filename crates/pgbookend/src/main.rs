@@ -153,8 +153,105 @@ enum Cmd {
     /// Write the man pages (pgbookend.1 and pgbookend-COMMAND.1) into DIR (packaging).
     #[command(name = "__manpages", hide = true)]
     Manpages { dir: PathBuf },
+    /// archive_command: archive one WAL file into every archive store, durably and
+    /// verified (`archive_command = 'pgbookend archive-push %p'`). Silent on success.
+    ArchivePush(ArchivePushArgs),
+    /// restore_command: restore one archived WAL file, checked, into %p
+    /// (`restore_command = 'pgbookend archive-get %f %p'`). Exit 1 when no store has it.
+    ArchiveGet(ArchiveGetArgs),
     #[command(name = "__agent", hide = true)]
     Agent { id: String },
+}
+
+/// Options of `archive-push`.
+#[derive(Args, Debug)]
+struct ArchivePushArgs {
+    /// The WAL file (PostgreSQL's %p, relative to the data directory).
+    #[arg(value_name = "PATH")]
+    path: PathBuf,
+    /// An archive store (repeatable; default: archive_store, else store, from the config).
+    #[arg(long = "store", value_name = "URL")]
+    stores: Vec<String>,
+    /// The data directory (default: the working directory, where PostgreSQL runs it).
+    #[arg(long, value_name = "DIR")]
+    pgdata: Option<PathBuf>,
+    /// How many stores must hold the file (default: config archive_min_stores, else all).
+    #[arg(long, value_name = "N")]
+    min_stores: Option<usize>,
+    /// zstd level, 1 to 19 (default: config archive_compress_level, else 3).
+    #[arg(long, value_name = "N")]
+    compress_level: Option<i32>,
+}
+
+/// Options of `archive-get`.
+#[derive(Args, Debug)]
+struct ArchiveGetArgs {
+    /// The WAL file name (PostgreSQL's %f).
+    #[arg(value_name = "NAME")]
+    name: String,
+    /// Where to put it (PostgreSQL's %p), inside the data directory.
+    #[arg(value_name = "PATH")]
+    dest: String,
+    /// An archive store (repeatable; default: archive_store, else store, from the config).
+    #[arg(long = "store", value_name = "URL")]
+    stores: Vec<String>,
+    /// The data directory (default: the working directory, where PostgreSQL runs it).
+    #[arg(long, value_name = "DIR")]
+    pgdata: Option<PathBuf>,
+}
+
+/// `archive-push`: silent on success (its stdout lands in the server log for every
+/// segment); a store that failed while enough others took the file is a warning.
+fn archive_push(cfg: &Config, a: ArchivePushArgs, json: bool) -> ExitCode {
+    use pgbookend::archive::{push, Settings};
+    let r = Settings::resolve(
+        cfg,
+        &a.stores,
+        a.compress_level,
+        a.min_stores,
+        a.pgdata.as_deref(),
+    )
+    .and_then(|s| push::push(&s, &a.path));
+    match r {
+        Ok(r) => {
+            for (url, e) in &r.failed {
+                eprintln!("pgbookend: warning: {} not archived in {url}: {e}", r.name);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e, json),
+    }
+}
+
+/// `archive-get`: exit 1 with one short line when no store has the file, so that
+/// recovery ends cleanly at the end of the archive.
+fn archive_get(cfg: &Config, a: ArchiveGetArgs, json: bool) -> ExitCode {
+    use pgbookend::archive::{get, Settings};
+    // One store with the file is enough to read it: archive_min_stores is for writing.
+    let r = Settings::resolve(cfg, &a.stores, None, Some(1), a.pgdata.as_deref())
+        .and_then(|s| get::get(&s, &a.name, &a.dest));
+    match r {
+        Ok(get::Fetched::Restored(r)) => {
+            for e in &r.skipped {
+                eprintln!("pgbookend: warning: {e}");
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(get::Fetched::Missing) => {
+            if json {
+                println!("{}", serde_json::json!({ "name": a.name, "found": false }));
+            }
+            eprintln!("pgbookend: {} is not in the archive", a.name);
+            ExitCode::from(1)
+        }
+        Err(e) => fail(&e, json),
+    }
 }
 
 /// Options of `prepare` and `verify`.
@@ -724,7 +821,9 @@ fn dispatch(
 ) -> pgbookend::error::Result<Output> {
     match command {
         Cmd::Start(a) => commands::start(run, cfg, a.options()),
-        Cmd::Run(_) => unreachable!("handled by run_command"),
+        Cmd::Run(_) | Cmd::ArchivePush(_) | Cmd::ArchiveGet(_) => {
+            unreachable!("handled in main")
+        }
         Cmd::Stop {
             id,
             no_wait_archive,
@@ -837,6 +936,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Cmd::Run(a) => return run_command(&run, &cfg, a, json, &hooks),
+        Cmd::ArchivePush(a) => return archive_push(&cfg, a, json),
+        Cmd::ArchiveGet(a) => return archive_get(&cfg, a, json),
         command => dispatch(command, &run, &cfg, json),
     };
     let (code, report, error) = match result {

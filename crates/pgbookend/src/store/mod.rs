@@ -3,8 +3,10 @@
 //! bundle under `<store>/<id>/`, `bundle.json` last.
 //!
 //! The room of the store backends: this file (the `Store` kinds and the local
-//! directory) and `s3` (the S3 client, URLs, settings and credentials).
+//! directory), `s3` (the S3 client, URLs, settings and credentials) and `objects` (single
+//! objects of either kind, for the WAL archive).
 
+pub mod objects;
 pub mod s3;
 
 use crate::error::{Error, Result};

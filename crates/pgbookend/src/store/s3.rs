@@ -864,6 +864,30 @@ impl Client {
         })
     }
 
+    /// Streams the object `rel` into `w` (the WAL archive's reads: `w` decompresses and
+    /// checks); `Ok(false)` when it does not exist. Nothing is held but one chunk.
+    pub fn get_into(&self, rel: &str, w: &mut dyn Write) -> Result<bool> {
+        let p = self.path(rel)?;
+        self.rt.block_on(async {
+            let g = match self.store.get(&p).await {
+                Ok(g) => g,
+                Err(object_store::Error::NotFound { .. }) => return Ok(false),
+                Err(e) => return Err(self.fail(&format!("cannot read {rel}"), &e)),
+            };
+            let mut s = g.into_stream();
+            while let Some(chunk) = s.next().await {
+                let chunk = chunk.map_err(|e| self.fail(&format!("cannot read {rel}"), &e))?;
+                w.write_all(&chunk).map_err(|e| {
+                    Error::new(
+                        Class::Check,
+                        format!("{}: cannot unpack: {e}", self.url.key(rel)),
+                    )
+                })?;
+            }
+            Ok(true)
+        })
+    }
+
     /// Downloads `rel` into `dest` (temporary name, fsync, rename) and checks it against
     /// `expect`.
     pub fn download(&self, rel: &str, dest: &Path, expect: &FileEntry) -> Result<()> {

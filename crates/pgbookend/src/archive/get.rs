@@ -1,0 +1,289 @@
+//! `archive-get %f %p`: find `%f` in the stores (the first that has it), unpack it into a
+//! temporary file beside `%p`, check its SHA-256 (and a segment's size) against what was
+//! archived, fsync and rename it into place. `%p` must lie inside the data directory.
+//! A file in no store is [`Fetched::Missing`] (exit 1, as PostgreSQL expects at the end
+//! of the archive); a damaged object is a check error naming it, never a short file.
+
+use super::{cluster_id, layout, ClusterId, Settings};
+use crate::error::{io_err, Class, Error, Result};
+use crate::fsutil::{self, Dir};
+use crate::store::objects::Handle;
+use pgbookend_formats::walname::{WalKind, WalName};
+use serde::Serialize;
+use sha2::Digest;
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+/// The largest zstd window accepted when unpacking (16 MiB): what a frame may make the
+/// decoder allocate, whatever its header claims. pgbookend writes at most 8 MiB windows.
+const WINDOW_LOG_MAX: u32 = 24;
+
+/// What `archive-get` restored.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub name: String,
+    /// The object it came from.
+    pub object: String,
+    pub sha256: String,
+    pub size: u64,
+    /// Damaged copies met (and skipped) in earlier stores.
+    pub skipped: Vec<Error>,
+}
+
+/// The result of a fetch.
+#[derive(Debug)]
+pub enum Fetched {
+    Restored(Report),
+    /// No store has the file.
+    Missing,
+}
+
+/// Restores the WAL file `name` to `dest` (`%f` and `%p`).
+pub fn get(s: &Settings, name: &str, dest: &str) -> Result<Fetched> {
+    let name = WalName::parse(name).map_err(|e| {
+        Error::usage(format!("archive-get: {e}"))
+            .hint("restore_command = 'pgbookend archive-get %f %p'")
+    })?;
+    let (parent, file) = dest_in(&s.pgdata, dest)?;
+    let id = cluster_id(&s.pgdata)?;
+    let dir = Dir::open_follow(&s.pgdata.join(&parent))
+        .map_err(|e| io_err("cannot open", &s.pgdata.join(&parent), e))?;
+    let mut damaged = Vec::new();
+    let mut failed = Vec::new();
+    for store in &s.stores {
+        match fetch_from(store, &id, &name, &dir, &file) {
+            Ok(Some(mut r)) => {
+                r.skipped = damaged;
+                return Ok(Fetched::Restored(r));
+            }
+            Ok(None) => {}
+            Err(e) if e.class() == Class::Check => damaged.push(e),
+            Err(e) => failed.push(e),
+        }
+    }
+    if let Some(first) = damaged.first() {
+        let mut e = first.clone();
+        for other in damaged.iter().skip(1).chain(failed.iter()) {
+            e = e.hint(other.to_string());
+        }
+        return Err(e);
+    }
+    if let Some(first) = failed.first() {
+        let mut e = first.clone();
+        for other in failed.iter().skip(1) {
+            e = e.hint(other.to_string());
+        }
+        return Err(e.hint(format!(
+            "{name} may be in a store that could not be read: recovery must not end here"
+        )));
+    }
+    Ok(Fetched::Missing)
+}
+
+/// Checks `%p`: a relative path inside the data directory, or an absolute one below it,
+/// without `..`; returns its directory (relative to the data directory) and file name.
+fn dest_in(pgdata: &Path, dest: &str) -> Result<(PathBuf, String)> {
+    let refuse = |why: &str| {
+        Error::usage(format!("archive-get: destination {dest:?} {why}"))
+            .hint("PostgreSQL passes %p as pg_wal/RECOVERYXLOG, relative to the data directory")
+    };
+    let p = Path::new(dest);
+    let rel = if p.is_absolute() {
+        p.strip_prefix(pgdata).map_err(|_| {
+            refuse(&format!(
+                "is outside the data directory {}",
+                pgdata.display()
+            ))
+        })?
+    } else {
+        p
+    };
+    let mut parts = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => parts.push(n),
+            Component::CurDir => {}
+            _ => return Err(refuse("leaves the data directory")),
+        }
+    }
+    let file = parts
+        .pop()
+        .and_then(|f| f.to_str())
+        .filter(|f| fsutil::component(f.as_ref()).is_ok())
+        .ok_or_else(|| refuse("names no file"))?
+        .to_string();
+    Ok((parts.iter().collect(), file))
+}
+
+/// The bytes unpacked so far: counted, hashed, bounded, written to the temporary file.
+struct Unpacked {
+    file: std::fs::File,
+    sha: sha2::Sha256,
+    n: u64,
+    cap: u64,
+}
+
+impl Write for Unpacked {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.n + buf.len() as u64 > self.cap {
+            return Err(std::io::Error::other(format!(
+                "it unpacks to more than {} bytes",
+                self.cap
+            )));
+        }
+        self.file.write_all(buf)?;
+        self.sha.update(buf);
+        self.n += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Looks for `name` in one store and, when there, restores it as `file` in `dir`.
+fn fetch_from(
+    store: &crate::store::Store,
+    id: &ClusterId,
+    name: &WalName,
+    dir: &Dir,
+    file: &str,
+) -> Result<Option<Report>> {
+    let h = Handle::open(store)?;
+    let sub = layout::dir_of(id.system_identifier, name);
+    let objects = h.list(&sub)?;
+    let versions = layout::versions_of(name, objects.iter().map(|o| o.name.as_str()));
+    let sha = match versions.as_slice() {
+        [] => return Ok(None),
+        [one] => one.clone(),
+        many => {
+            return Err(Error::new(
+                Class::Check,
+                format!(
+                    "{} holds {} different versions of {name} (SHA-256 {})",
+                    store.url(),
+                    many.len(),
+                    many.join(", ")
+                ),
+            )
+            .hint("the archive was written by two clusters with one system identifier: remove the wrong version"))
+        }
+    };
+    let object = layout::object_name(name, &sha);
+    let location = h.location(&sub, &object);
+    let tmp = fsutil::temp_name(file.as_ref());
+    let tmp_path = dir.display_path(&tmp);
+    let out = dir
+        .create_file(&tmp, 0o600)
+        .map_err(|e| io_err("cannot create", &tmp_path, e))?;
+    let res = unpack(&h, &sub, &object, &location, out, id, name, &sha).and_then(|r| {
+        let Some(n) = r else { return Ok(None) };
+        dir.rename(&tmp, dir, file)
+            .map_err(|e| io_err("cannot rename into place", &dir.display_path(file), e))?;
+        dir.sync()
+            .map_err(|e| io_err("cannot fsync directory", dir.path(), e))?;
+        Ok(Some(n))
+    });
+    if !matches!(res, Ok(Some(_))) {
+        let _ = dir.unlink(&tmp);
+    }
+    Ok(res?.map(|size| Report {
+        name: name.to_string(),
+        object: location,
+        sha256: sha,
+        size,
+        skipped: Vec::new(),
+    }))
+}
+
+/// Streams the object through the decoder into `out`, then checks size and hash and
+/// fsyncs. `Ok(None)` when the object vanished between listing and reading.
+#[allow(clippy::too_many_arguments)]
+fn unpack(
+    h: &Handle,
+    sub: &str,
+    object: &str,
+    location: &str,
+    out: std::fs::File,
+    id: &ClusterId,
+    name: &WalName,
+    sha: &str,
+) -> Result<Option<u64>> {
+    let damaged = |why: String| {
+        Error::new(Class::Check, format!("archived {name} at {location} is damaged: {why}"))
+            .hint("remove or replace that object (another store may hold a good copy); recovery cannot use it")
+    };
+    let sink = Unpacked {
+        file: out,
+        sha: sha2::Sha256::new(),
+        n: 0,
+        cap: u64::from(id.seg_size),
+    };
+    let mut dec = zstd::stream::write::Decoder::new(sink)
+        .map_err(|e| Error::internal(format!("cannot start unpacking: {e}")))?;
+    dec.window_log_max(WINDOW_LOG_MAX)
+        .map_err(|e| Error::internal(format!("cannot start unpacking: {e}")))?;
+    let found = match h.get_into(sub, object, &mut dec) {
+        Ok(f) => f,
+        Err(e) if e.class() == Class::Check => return Err(damaged(e.message)),
+        Err(e) => return Err(e),
+    };
+    if !found {
+        return Ok(None);
+    }
+    dec.flush().map_err(|e| damaged(e.to_string()))?;
+    let sink = dec.into_inner();
+    let got = hex::encode(sink.sha.finalize());
+    if got != sha {
+        return Err(damaged(format!(
+            "it unpacks to {} bytes with SHA-256 {got}, its name says {sha}",
+            sink.n
+        )));
+    }
+    let segment_like = matches!(name.kind(), WalKind::Segment | WalKind::Partial);
+    if segment_like && sink.n != u64::from(id.seg_size) {
+        return Err(damaged(format!(
+            "it unpacks to {} bytes, a segment has {}",
+            sink.n, id.seg_size
+        )));
+    }
+    sink.file
+        .sync_all()
+        .map_err(|e| Error::env(format!("cannot fsync the restored {name}: {e}")))?;
+    Ok(Some(sink.n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_must_stay_in_the_data_directory() {
+        let pg = Path::new("/srv/pg/data");
+        let ok = |d: &str| dest_in(pg, d).unwrap();
+        assert_eq!(
+            ok("pg_wal/RECOVERYXLOG"),
+            (PathBuf::from("pg_wal"), "RECOVERYXLOG".into())
+        );
+        assert_eq!(
+            ok("/srv/pg/data/pg_wal/x"),
+            (PathBuf::from("pg_wal"), "x".into())
+        );
+        assert_eq!(
+            ok("./RECOVERYXLOG"),
+            (PathBuf::new(), "RECOVERYXLOG".into())
+        );
+        for bad in [
+            "../x",
+            "pg_wal/../../x",
+            "/tmp/x",
+            "/srv/pg/data2/x",
+            "/srv/pg/data",
+            "",
+            "pg_wal/..",
+        ] {
+            let e = dest_in(pg, bad).unwrap_err();
+            assert_eq!(e.class(), Class::Usage, "{bad:?}");
+        }
+    }
+}

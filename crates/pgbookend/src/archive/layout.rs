@@ -1,0 +1,78 @@
+//! Where archived WAL lives in a store:
+//! `archive/<system identifier>/<dir>/<WAL name>-<SHA-256 of the original>.zst`, where
+//! `<dir>` is the first 16 hex digits of a segment-like name (timeline and log number:
+//! at most 256 segments of 16 MiB per directory) and `history` for timeline history files.
+//!
+//! The hash of the original bytes is in the name, so one listing of a directory tells
+//! whether a file is archived and with which content, and an object is never rewritten:
+//! different bytes would have a different name.
+
+use pgbookend_formats::walname::{WalKind, WalName};
+
+/// The top directory of the archive in every store.
+pub const ROOT: &str = "archive";
+/// The directory of timeline history files.
+pub const HISTORY_DIR: &str = "history";
+/// The suffix of every archived object (a zstd frame).
+pub const SUFFIX: &str = ".zst";
+
+/// The directory of the WAL file `name` of cluster `sysid`.
+pub fn dir_of(sysid: u64, name: &WalName) -> String {
+    let sub = match name.kind() {
+        WalKind::History => HISTORY_DIR,
+        _ => &name.as_str()[..16],
+    };
+    format!("{ROOT}/{sysid}/{sub}")
+}
+
+/// The object name of `name` with the SHA-256 (lowercase hex) of its original bytes.
+pub fn object_name(name: &WalName, sha256: &str) -> String {
+    format!("{name}-{sha256}{SUFFIX}")
+}
+
+/// The WAL name and hash of an object name from a listing; `None` for anything else
+/// (temporary files, foreign objects), which is ignored.
+pub fn parse_object(object: &str) -> Option<(WalName, String)> {
+    let stem = object.strip_suffix(SUFFIX)?;
+    let (name, sha) = stem.rsplit_once('-')?;
+    let hex_ok = sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !hex_ok {
+        return None;
+    }
+    Some((WalName::parse(name).ok()?, sha.to_string()))
+}
+
+/// The hashes of every stored version of `name` among a directory's object names.
+pub fn versions_of<'a>(name: &WalName, objects: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut v: Vec<String> = objects
+        .filter_map(parse_object)
+        .filter(|(n, _)| n == name)
+        .map(|(_, h)| h)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let h = "ab".repeat(32);
+        let seg = WalName::parse("00000002000000A90000002F").unwrap();
+        assert_eq!(dir_of(42, &seg), "archive/42/00000002000000A9");
+        let o = object_name(&seg, &h);
+        assert_eq!(parse_object(&o), Some((seg.clone(), h.clone())));
+        let hist = WalName::parse("00000002.history").unwrap();
+        assert_eq!(dir_of(42, &hist), "archive/42/history");
+        let b = WalName::parse("000000010000000000000002.00000028.backup").unwrap();
+        assert_eq!(parse_object(&object_name(&b, &h)).unwrap().0, b);
+        assert_eq!(parse_object("x-y.zst"), None);
+        assert_eq!(parse_object(&format!(".{o}.tmp-00")), None);
+        assert_eq!(parse_object(&format!("../{o}")), None);
+        let names = [o.clone(), object_name(&hist, &h), "junk".into()];
+        assert_eq!(versions_of(&seg, names.iter().map(|s| s.as_str())), vec![h]);
+    }
+}

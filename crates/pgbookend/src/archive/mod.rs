@@ -1,0 +1,144 @@
+//! The WAL archive in the bundle stores: `archive-push` (PostgreSQL's `archive_command`)
+//! and `archive-get` (its `restore_command`).
+//!
+//! One room, one step per file: [`layout`] names objects (cluster, timeline, content
+//! hash), [`push`] checks, compresses and stores a file in every store, [`get`] finds,
+//! unpacks and checks one. Both run with the data directory as their working directory
+//! and learn the cluster (system identifier, segment size) from its `global/pg_control`.
+//! Later steps of issue 11 (asynchronous pushing, point-in-time selection, retention,
+//! `check`) build on [`layout`] and [`Settings`].
+
+pub mod get;
+pub mod layout;
+pub mod push;
+
+use crate::config::Config;
+use crate::error::{Class, Error, Result};
+use crate::store::Store;
+use pgbookend_formats::control::{self, ControlFile};
+use std::path::{Path, PathBuf};
+
+/// The zstd level used unless `archive_compress_level` or `--compress-level` says otherwise.
+pub const DEFAULT_LEVEL: i32 = 3;
+
+/// Archive settings resolved once at the edge: flags win over the config file.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the archive lives: every one gets every file.
+    pub stores: Vec<Store>,
+    /// zstd level (1 to 19).
+    pub level: i32,
+    /// How many stores must hold a file before `archive-push` succeeds.
+    pub min_stores: usize,
+    /// The data directory (`--pgdata`, else the working directory PostgreSQL gives).
+    pub pgdata: PathBuf,
+}
+
+impl Settings {
+    /// Stores: `--store` flags, else the config's `archive_store`, else its `store`; none
+    /// at all is a usage error (an archive must be chosen, never guessed).
+    pub fn resolve(
+        cfg: &Config,
+        stores: &[String],
+        level: Option<i32>,
+        min_stores: Option<usize>,
+        pgdata: Option<&Path>,
+    ) -> Result<Settings> {
+        let urls: &[String] = if !stores.is_empty() {
+            stores
+        } else if !cfg.archive_store.is_empty() {
+            &cfg.archive_store
+        } else {
+            &cfg.store
+        };
+        if urls.is_empty() {
+            return Err(Error::usage("no archive store: give --store URL, or set archive_store (or store) in the config file")
+                .hint("e.g. archive_store = [\"/var/lib/pgbookend/archive\"] in /etc/pgbookend.toml (or $PGBOOKEND_CONFIG)"));
+        }
+        let stores = urls
+            .iter()
+            .map(|u| Store::parse(u))
+            .collect::<Result<Vec<_>>>()?;
+        let level = level
+            .or(cfg.archive_compress_level)
+            .unwrap_or(DEFAULT_LEVEL);
+        if !(1..=19).contains(&level) {
+            return Err(Error::usage(format!(
+                "compression level {level}: expected 1 to 19"
+            )));
+        }
+        let min_stores = min_stores
+            .or(cfg.archive_min_stores)
+            .unwrap_or(stores.len());
+        if min_stores == 0 || min_stores > stores.len() {
+            return Err(Error::usage(format!(
+                "min stores {min_stores}: expected 1 to {} (the number of stores)",
+                stores.len()
+            )));
+        }
+        let pgdata = match pgdata {
+            Some(p) => p.to_path_buf(),
+            None => std::env::current_dir()
+                .map_err(|e| Error::env(format!("cannot read the working directory: {e}")))?,
+        };
+        Ok(Settings {
+            stores,
+            level,
+            min_stores,
+            pgdata,
+        })
+    }
+}
+
+/// The identity of the cluster whose WAL is archived or restored, from `pg_control`.
+#[derive(Debug, Clone)]
+pub struct ClusterId {
+    pub system_identifier: u64,
+    pub major: u32,
+    pub seg_size: u32,
+}
+
+/// Reads `global/pg_control` of `pgdata` (torn reads retried, as the server may be
+/// rewriting it) into the cluster's identity.
+pub fn cluster_id(pgdata: &Path) -> Result<ClusterId> {
+    let path = pgdata.join("global/pg_control");
+    let mut first = true;
+    let (cf, _): (ControlFile, _) = control::read_stable(
+        || {
+            if !first {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            first = false;
+            read_capped(&path, control::FILE_SIZE as u64 * 2)
+        },
+        50,
+    )
+    .map_err(|e| {
+        Error::env(format!("cannot read {}: {e}", path.display())).hint(
+            "run from the data directory (PostgreSQL does for archive_command and restore_command) or give --pgdata DIR",
+        )
+    })?;
+    if !pgbookend_formats::wal::is_valid_seg_size(cf.xlog_seg_size) {
+        return Err(Error::new(
+            Class::Check,
+            format!(
+                "{}: WAL segment size {} is not valid",
+                path.display(),
+                cf.xlog_seg_size
+            ),
+        ));
+    }
+    Ok(ClusterId {
+        system_identifier: cf.system_identifier,
+        major: cf.major,
+        seg_size: cf.xlog_seg_size,
+    })
+}
+
+/// Reads at most `cap` bytes of a file.
+fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    std::fs::File::open(path)?.take(cap).read_to_end(&mut buf)?;
+    Ok(buf)
+}

@@ -1,0 +1,518 @@
+//! End-to-end tests of the WAL archive: `archive-push` as a real server's
+//! `archive_command` under pgbench (local stores, and S3 on the test server), refusals
+//! (same name with other bytes, another cluster's segment, hostile names and paths),
+//! a store that vanishes under load, `archive-get` of missing and damaged objects, and a
+//! restored backup recovering through `archive-get` as its `restore_command`.
+
+mod common;
+
+use common::{run_for, wait_until, Run, Tool};
+use pgbookend_testkit::{Cluster, ClusterOptions, S3Server, TempDir};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// A cluster whose archive_command is `pgbookend archive-push %p`, with the archive
+/// settings in a config file given through PGBOOKEND_CONFIG (set on the command line,
+/// since the server's environment is the harness's).
+struct Archived {
+    c: Cluster,
+    store: TempDir,
+    _cfg: TempDir,
+    /// Extra environment for the archive_command (S3 credentials).
+    prefix: String,
+}
+
+impl Archived {
+    fn start(major: u32, config: impl FnOnce(&Path) -> String, env: &str) -> Archived {
+        let store = pgbookend_testkit::temp_dir("arch");
+        let cfg = pgbookend_testkit::temp_dir("archcfg");
+        let file = cfg.path().join("pgbookend.toml");
+        std::fs::write(&file, config(store.path())).unwrap();
+        let prefix = format!("{env} PGBOOKEND_CONFIG={}", file.display());
+        let c = Cluster::start(
+            ClusterOptions::new(major)
+                .conf("archive_mode = on")
+                .conf(format!(
+                    "archive_command = '{prefix} {} archive-push %p'",
+                    common::bin().display()
+                ))
+                // No checkpoint during the test: the segments marked .done stay in pg_wal.
+                .conf("max_wal_size = 4GB")
+                .conf("checkpoint_timeout = 1h"),
+        );
+        Archived {
+            c,
+            store,
+            _cfg: cfg,
+            prefix,
+        }
+    }
+
+    fn local(major: u32) -> Archived {
+        Self::start(
+            major,
+            |s| format!("archive_store = [\"{}\"]\n", s.display()),
+            "",
+        )
+    }
+
+    fn store(&self) -> String {
+        self.store.path().display().to_string()
+    }
+
+    /// Switches to a new segment and waits until the server has archived the old one.
+    fn switch_and_wait(&self) -> String {
+        let seg = self.c.psql("SELECT pg_walfile_name(pg_switch_wal())");
+        let done = wait_until(Duration::from_secs(60), || {
+            self.c
+                .psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+                .as_str()
+                >= seg.as_str()
+        });
+        assert!(done, "{seg} not archived:\n{}", self.c.server_log());
+        seg
+    }
+
+    fn failed_count(&self) -> u64 {
+        self.c
+            .psql("SELECT failed_count FROM pg_stat_archiver")
+            .parse()
+            .unwrap()
+    }
+
+    /// The segments PostgreSQL marked archived (`.done`), sorted.
+    fn done(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.c.pgdata().join("pg_wal/archive_status"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|n| n.strip_suffix(".done").map(String::from))
+            .filter(|n| n.len() == 24)
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// A scratch "data directory" for archive-get: a copy of the cluster's pg_control, so
+/// that the fetch knows the cluster, and a pg_wal to fetch into.
+fn scratch_pgdata(c: &Cluster) -> TempDir {
+    let d = pgbookend_testkit::temp_dir("get");
+    std::fs::create_dir_all(d.path().join("global")).unwrap();
+    std::fs::create_dir_all(d.path().join("pg_wal")).unwrap();
+    std::fs::copy(
+        c.pgdata().join("global/pg_control"),
+        d.path().join("global/pg_control"),
+    )
+    .unwrap();
+    d
+}
+
+/// Runs pgbookend with `cwd` as its working directory (as the server does).
+fn run_in(cwd: &Path, args: &[&str]) -> Run {
+    Command::new(common::bin())
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("PGBOOKEND_CONFIG")
+        .output()
+        .unwrap()
+        .into()
+}
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Every archived object of the store, by file name.
+fn objects(store: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![store.join("archive")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn object_of(store: &Path, name: &str) -> PathBuf {
+    let prefix = format!("{name}-");
+    objects(store)
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&prefix)
+        })
+        .unwrap_or_else(|| panic!("{name} is not in the store"))
+}
+
+/// Fetches every `.done` segment back and compares it with pg_wal.
+fn all_done_restore_identically(a: &Archived, store: &str) {
+    let scratch = scratch_pgdata(&a.c);
+    let done = a.done();
+    assert!(done.len() >= 2, "too few archived segments: {done:?}");
+    for seg in &done {
+        let r = run_in(
+            scratch.path(),
+            &["archive-get", seg, "pg_wal/RECOVERYXLOG", "--store", store],
+        );
+        assert_eq!(r.code, 0, "{seg}: {r:?}");
+        let got = std::fs::read(scratch.path().join("pg_wal/RECOVERYXLOG")).unwrap();
+        let orig = std::fs::read(a.c.pgdata().join("pg_wal").join(seg)).unwrap();
+        assert!(got == orig, "{seg} differs after archive-get");
+    }
+}
+
+/// pgbench with archive-push as archive_command: every `.done` segment is in the store
+/// and byte-identical after archive-get; no failed attempt. Then the refusals on the
+/// same cluster: the same segment again (success), other bytes under its name and
+/// another cluster's segment (exit 6, store unchanged), hostile names and paths (exit
+/// 2), a missing name (exit 1, no file) and a damaged object (exit 6, named).
+fn push_under_load(major: u32) {
+    let a = Archived::local(major);
+    a.c.pgbench_init(1);
+    a.c.pgbench_background(2, 10).wait().expect("pgbench");
+    a.switch_and_wait();
+    assert_eq!(a.failed_count(), 0, "{}", a.c.server_log());
+    let store = a.store();
+    all_done_restore_identically(&a, &store);
+
+    let pgdata = a.c.pgdata();
+    let seg = a.done()[0].clone();
+    let rel = format!("pg_wal/{seg}");
+    let obj = object_of(a.store.path(), &seg);
+    let before = sha(&std::fs::read(&obj).unwrap());
+    run_in(pgdata, &["archive-push", &rel, "--store", &store]).ok();
+    // A second store that cannot be used: a failure, unless --min-stores 1 allows it.
+    let broken_dir = pgbookend_testkit::temp_dir("broken");
+    let broken = broken_dir.path().join("file");
+    std::fs::write(&broken, b"not a store").unwrap();
+    let b = broken.display().to_string();
+    let two = ["archive-push", &rel, "--store", &store, "--store", &b];
+    let r = run_in(pgdata, &two);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains(&b), "{r:?}");
+    let r = run_in(
+        pgdata,
+        &[&two[..], &["--min-stores", "1", "--json"]].concat(),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        r.json()["already"][0].as_str(),
+        Some(store.as_str()),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("warning"), "{r:?}");
+
+    // Other bytes under the same name: refused, naming both hashes.
+    let orig = std::fs::read(pgdata.join(&rel)).unwrap();
+    let fake = pgbookend_testkit::temp_dir("fake");
+    std::fs::create_dir(fake.path().join("pg_wal")).unwrap();
+    let mut other = orig.clone();
+    other[20000] ^= 0xFF;
+    std::fs::write(fake.path().join(&rel), &other).unwrap();
+    let p = fake.path().join(&rel).display().to_string();
+    let pd = pgdata.display().to_string();
+    let r = run_in(
+        pgdata,
+        &["archive-push", &p, "--store", &store, "--pgdata", &pd],
+    );
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(
+        r.stderr.contains(&sha(&orig)) && r.stderr.contains(&sha(&other)),
+        "{r:?}"
+    );
+    // Another cluster's segment (its header names another system identifier).
+    let mut foreign = orig.clone();
+    foreign[24] ^= 0x01;
+    std::fs::write(fake.path().join(&rel), &foreign).unwrap();
+    let r = run_in(
+        pgdata,
+        &["archive-push", &p, "--store", &store, "--pgdata", &pd],
+    );
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(r.stderr.contains("system identifier"), "{r:?}");
+    assert_eq!(
+        sha(&std::fs::read(&obj).unwrap()),
+        before,
+        "the object must not change"
+    );
+    assert_eq!(
+        objects(a.store.path())
+            .iter()
+            .filter(|o| o.to_string_lossy().contains(&seg))
+            .count(),
+        1
+    );
+
+    // A history file pushed by hand as root: its new directory and object belong to the
+    // store's owner (the server's archiver must still be able to write there).
+    let hist = fake.path().join("pg_wal/0000000A.history");
+    std::fs::write(&hist, b"1\t0/3000000\tno recovery target specified\n").unwrap();
+    let h = hist.display().to_string();
+    run_in(
+        pgdata,
+        &["archive-push", &h, "--store", &store, "--pgdata", &pd],
+    )
+    .ok();
+    let obj_h = object_of(a.store.path(), "0000000A.history");
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(a.store.path()).unwrap().uid();
+    assert_eq!(std::fs::metadata(&obj_h).unwrap().uid(), owner);
+    assert_eq!(
+        std::fs::metadata(obj_h.parent().unwrap()).unwrap().uid(),
+        owner
+    );
+
+    // Hostile names and destinations.
+    let scratch = scratch_pgdata(&a.c);
+    let sp = scratch.path();
+    for args in [
+        vec!["archive-push", "../../etc/passwd"],
+        vec!["archive-get", "../x", "pg_wal/RECOVERYXLOG"],
+        vec!["archive-get", &seg, "../outside"],
+        vec!["archive-get", &seg, "pg_wal/../../outside"],
+        vec!["archive-get", &seg, "/tmp/pgbookend-outside"],
+    ] {
+        let mut args = args.clone();
+        args.extend(["--store", &store]);
+        let r = run_in(sp, &args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+    }
+    assert!(!Path::new("/tmp/pgbookend-outside").exists());
+    assert!(!sp.parent().unwrap().join("outside").exists());
+
+    let r = run_in(
+        sp,
+        &[
+            "archive-get",
+            "0000000A.history",
+            "pg_wal/RECOVERYHISTORY",
+            "--store",
+            &store,
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        std::fs::read(sp.join("pg_wal/RECOVERYHISTORY")).unwrap(),
+        std::fs::read(&hist).unwrap()
+    );
+    std::fs::remove_file(sp.join("pg_wal/RECOVERYHISTORY")).unwrap();
+
+    // Missing: exit 1, one line, nothing at %p.
+    let r = run_in(
+        sp,
+        &[
+            "archive-get",
+            "0000000100000000000000FF",
+            "pg_wal/RECOVERYXLOG",
+            "--store",
+            &store,
+        ],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.lines().count() <= 1, "{r:?}");
+    assert!(!sp.join("pg_wal/RECOVERYXLOG").exists());
+
+    // Damaged object: exit 6 naming it, nothing at %p.
+    let mut bytes = std::fs::read(&obj).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xFF;
+    std::fs::write(&obj, &bytes).unwrap();
+    let r = run_in(
+        sp,
+        &[
+            "archive-get",
+            &seg,
+            "pg_wal/RECOVERYXLOG",
+            "--store",
+            &store,
+        ],
+    );
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(r.stderr.contains(&obj.display().to_string()), "{r:?}");
+    assert!(!sp.join("pg_wal/RECOVERYXLOG").exists());
+    assert_eq!(
+        std::fs::read_dir(sp.join("pg_wal")).unwrap().count(),
+        0,
+        "no temporary file left"
+    );
+}
+per_major!(push_under_load_t, push_under_load);
+
+/// Puts the store directory back on Drop (the test replaced it by a file).
+struct Restore {
+    dir: PathBuf,
+    away: PathBuf,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if self.away.exists() {
+            let _ = std::fs::remove_file(&self.dir);
+            let _ = std::fs::rename(&self.away, &self.dir);
+        }
+    }
+}
+
+/// The store vanishes under load (its directory replaced by a file): archiving fails and
+/// PostgreSQL retries; once it is back, the backlog drains and nothing is lost.
+fn store_outage(major: u32) {
+    let a = Archived::local(major);
+    a.c.pgbench_init(1);
+    a.switch_and_wait();
+    let dir = a.store.path().to_path_buf();
+    let away = PathBuf::from(format!("{}.away", dir.display()));
+    let guard = Restore {
+        dir: dir.clone(),
+        away: away.clone(),
+    };
+    std::fs::rename(&dir, &away).unwrap();
+    std::fs::write(&dir, b"not a directory").unwrap();
+    let bench = a.c.pgbench_background(2, 5);
+    a.c.psql("CREATE TABLE outage AS SELECT 1 AS i; SELECT pg_switch_wal()");
+    assert!(
+        wait_until(Duration::from_secs(60), || a.failed_count() > 0),
+        "archiving must fail while the store is gone"
+    );
+    bench.wait().expect("pgbench");
+    drop(guard);
+    assert!(dir.is_dir());
+    let last = a.switch_and_wait();
+    assert!(a.failed_count() > 0);
+    let done = a.done();
+    assert!(done.contains(&last), "{last} not marked archived: {done:?}");
+    for seg in &done {
+        object_of(&dir, seg);
+    }
+    assert!(a.c.server_log().contains("archive command failed"));
+}
+per_major!(store_outage_t, store_outage);
+
+/// A backup restored with prepare and `restore_command = pgbookend archive-get %f %p`
+/// replays the archive to its end: rows written after the backup come back.
+fn recovery_through_archive_get(major: u32) {
+    let a = Archived::local(major);
+    a.c.psql("CREATE TABLE rows (t text)");
+    let tool = Tool::new(&a.c);
+    tool.start("arch", &[]).ok();
+    let work = pgbookend_testkit::temp_dir("copy");
+    let data = work.path().join("data");
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(a.c.pgdata())
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    a.c.psql("INSERT INTO rows VALUES ('during')");
+    tool.stop("arch", &[]).ok();
+    a.c.psql("INSERT INTO rows VALUES ('after')");
+    a.c.pgbench_init(1);
+    a.switch_and_wait();
+    let cmd = format!("{} {} archive-get %f %p", a.prefix, common::bin().display());
+    let d = data.display().to_string();
+    let s = tool.store_path().display().to_string();
+    tool.run(&[
+        "prepare",
+        "--pgdata",
+        &d,
+        "--store",
+        &s,
+        "--restore-command",
+        &cmd,
+        "--target",
+        "latest",
+    ])
+    .ok();
+    let r = Cluster::from_existing(major, data.clone(), work.path().to_path_buf());
+    r.start_again()
+        .unwrap_or_else(|log| panic!("the prepared copy did not start:\n{log}"));
+    assert!(
+        wait_until(Duration::from_secs(60), || r
+            .try_psql("SELECT pg_is_in_recovery()")
+            .as_deref()
+            == Ok("f")),
+        "recovery did not finish:\n{}",
+        r.server_log()
+    );
+    assert_eq!(
+        r.psql("SELECT string_agg(t, ',' ORDER BY t) FROM rows"),
+        "after,during"
+    );
+    assert!(r.pgbench_invariant_ok());
+    assert!(
+        r.server_log().contains("restored log file"),
+        "{}",
+        r.server_log()
+    );
+}
+per_major!(recovery_through_archive_get_t, recovery_through_archive_get);
+
+const KEY_ID: &str = "AKIAPGBOOKENDARCHIVE1";
+const SECRET: &str = "pgbookend/Archive+Secret/0123456789";
+const BUCKET: &str = "pgbookend-archive";
+
+/// archive_command with a local and an S3 store: every `.done` segment comes back
+/// byte-identical from the S3 store alone. One major (the S3 path does not depend on it).
+#[test]
+fn push_to_s3() {
+    let Some(major) = pgbookend_testkit::majors().last().copied() else {
+        return;
+    };
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let env = format!(
+        "AWS_ACCESS_KEY_ID={KEY_ID} AWS_SECRET_ACCESS_KEY={SECRET} AWS_REGION=us-east-1 AWS_ENDPOINT_URL={} AWS_CONFIG_FILE=/nonexistent AWS_SHARED_CREDENTIALS_FILE=/nonexistent",
+        s3.endpoint()
+    );
+    let url = format!("s3://{BUCKET}/wal");
+    let a = Archived::start(
+        major,
+        |s| format!("archive_store = [\"{}\", \"{url}\"]\n", s.display()),
+        &env,
+    );
+    a.c.pgbench_init(1);
+    a.c.pgbench_background(2, 5).wait().expect("pgbench");
+    a.switch_and_wait();
+    assert_eq!(a.failed_count(), 0, "{}", a.c.server_log());
+    let keys = s3.keys(BUCKET, "wal/archive/");
+    for seg in a.done() {
+        assert!(
+            keys.iter().any(|k| k.contains(&format!("{seg}-"))),
+            "{seg} not in S3: {keys:?}"
+        );
+    }
+    // archive-get from S3 only, with the credentials in the environment.
+    let scratch = scratch_pgdata(&a.c);
+    let done = a.done();
+    for seg in done.iter().take(3) {
+        let r: Run = Command::new(common::bin())
+            .args(["archive-get", seg, "pg_wal/RECOVERYXLOG", "--store", &url])
+            .current_dir(scratch.path())
+            .env_remove("PGBOOKEND_CONFIG")
+            .env("AWS_ACCESS_KEY_ID", KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", s3.endpoint())
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .output()
+            .unwrap()
+            .into();
+        assert_eq!(r.code, 0, "{r:?}");
+        let got = std::fs::read(scratch.path().join("pg_wal/RECOVERYXLOG")).unwrap();
+        let orig = std::fs::read(a.c.pgdata().join("pg_wal").join(seg)).unwrap();
+        assert!(got == orig, "{seg} differs after archive-get from S3");
+        assert!(!r.all().contains(SECRET));
+    }
+}
