@@ -136,6 +136,7 @@ pub fn check_copy(
         percent: copy.mode.percent(),
     };
     let list_path = copy.bundle_dir.join(&list.name);
+    let t1 = Instant::now();
     let outcome = match scan::scan(&input, &list_path, &window) {
         Ok(o) => o,
         Err(e) => {
@@ -147,7 +148,7 @@ pub fn check_copy(
             return None;
         }
     };
-    let report = PageReport::build(outcome, &window, &input, t0.elapsed());
+    let report = PageReport::build(outcome, &window, &input, t0.elapsed(), t1.elapsed());
     warnings.extend(report.skipped.iter().cloned());
     problems.extend(report.problems(pgdata_label(copy.pgdata)));
     Some(report)

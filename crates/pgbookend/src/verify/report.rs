@@ -45,6 +45,8 @@ pub struct PageReport {
     pub threads: usize,
     /// Wall time of the whole check (WAL and pages).
     pub seconds: f64,
+    /// Wall time of reading and judging the pages (without the WAL).
+    pub scan_seconds: f64,
     /// Page reading rate, MB/s (10^6 bytes).
     pub mb_per_s: f64,
     /// What was not read, and why (also in the report's warnings).
@@ -55,8 +57,15 @@ pub struct PageReport {
 
 impl PageReport {
     /// Assembles the report of a scan.
-    pub fn build(o: Outcome, w: &Window, input: &ScanInput, took: Duration) -> PageReport {
+    pub fn build(
+        o: Outcome,
+        w: &Window,
+        input: &ScanInput,
+        took: Duration,
+        scan: Duration,
+    ) -> PageReport {
         let seconds = took.as_secs_f64();
+        let scan_seconds = scan.as_secs_f64();
         PageReport {
             mode: if input.percent >= 100 {
                 "full".into()
@@ -80,8 +89,9 @@ impl PageReport {
             block_set_bytes: w.approx_bytes(),
             threads: o.threads,
             seconds,
-            mb_per_s: if seconds > 0.0 {
-                o.bytes as f64 / 1e6 / seconds
+            scan_seconds,
+            mb_per_s: if scan_seconds > 0.0 {
+                o.bytes as f64 / 1e6 / scan_seconds
             } else {
                 0.0
             },
