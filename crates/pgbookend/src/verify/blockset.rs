@@ -260,3 +260,83 @@ impl Write for CappedWriter<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgbookend_formats::walreader::{BlockRef, RelationFork};
+
+    fn rel(r: u32) -> RelFileLocator {
+        RelFileLocator {
+            spc: 1663,
+            db: 5,
+            rel: r,
+        }
+    }
+
+    fn record(lsn: u64, blocks: Vec<BlockRef>, detail: Detail) -> Record {
+        Record {
+            lsn: Lsn(lsn),
+            end: Lsn(lsn + 50),
+            prev: Lsn(0),
+            xid: 0,
+            rmid: 0,
+            info: 0,
+            total_len: 50,
+            blocks,
+            main_data_len: 0,
+            origin: None,
+            toplevel_xid: None,
+            detail,
+        }
+    }
+
+    #[test]
+    fn blocks_relations_and_databases_before_stop() {
+        let mut w = Window::new(Lsn(100), Lsn(1000));
+        let b = BlockRef {
+            id: 0,
+            rel: rel(10),
+            fork: 0,
+            block: 7,
+            will_init: false,
+            data_len: 0,
+            image: None,
+        };
+        w.add(&record(200, vec![b], Detail::Other));
+        w.add(&record(
+            300,
+            vec![],
+            Detail::SmgrCreate(RelationFork {
+                rel: rel(11),
+                fork: 0,
+            }),
+        ));
+        w.add(&record(
+            400,
+            vec![],
+            Detail::DbaseCreate {
+                db: 9,
+                spc: 1663,
+                source: None,
+            },
+        ));
+        // From stop on, nothing counts.
+        w.add(&record(
+            1000,
+            vec![BlockRef { block: 8, ..b }],
+            Detail::Other,
+        ));
+        assert!(w.touches(&rel(10), 0, 7));
+        assert!(!w.touches(&rel(10), 0, 8));
+        assert!(!w.touches(&rel(10), 1, 7));
+        assert!(w.touches(&rel(11), 2, 12345));
+        let in_new_db = RelFileLocator {
+            spc: 1663,
+            db: 9,
+            rel: 1,
+        };
+        assert!(w.touches(&in_new_db, 0, 3));
+        assert_eq!((w.records, w.block_count(), w.whole_count()), (3, 1, 2));
+    }
+}
