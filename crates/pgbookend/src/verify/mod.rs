@@ -148,10 +148,23 @@ pub fn check_copy(
             return None;
         }
     };
-    let report = PageReport::build(outcome, &window, &input, t0.elapsed(), t1.elapsed());
+    let mut report = PageReport::build(outcome, &window, &input, t0.elapsed(), t1.elapsed());
+    report.control_after_stop = control_after_stop(copy.pgdata, window.stop);
     warnings.extend(report.skipped.iter().cloned());
     problems.extend(report.problems(pgdata_label(copy.pgdata)));
     Some(report)
+}
+
+/// The checkpoint of the copy's own `pg_control` when it is past the backup's stop LSN
+/// (the file was copied after stop); read without following a link, at most 64 KiB.
+fn control_after_stop(pgdata: &Path, stop: Lsn) -> Option<String> {
+    use std::io::Read;
+    let dir = crate::fsutil::Dir::open_follow(pgdata).ok()?;
+    let f = dir.open_file_beneath(Path::new("global/pg_control")).ok()?;
+    let mut bytes = Vec::new();
+    f.take(64 << 10).read_to_end(&mut bytes).ok()?;
+    let c = pgbookend_formats::control::parse(&bytes).ok()?;
+    (!c.is_checkpoint_invalidated() && c.checkpoint > stop).then(|| c.checkpoint.to_string())
 }
 
 /// The copy's directory as shown in messages.

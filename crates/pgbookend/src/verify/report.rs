@@ -31,6 +31,8 @@ pub struct PageReport {
     pub late_count: u64,
     /// The first such page.
     pub late_first: Option<Late>,
+    /// The checkpoint LSN of the copy's own `pg_control` when it is past stop.
+    pub control_after_stop: Option<String>,
     /// Files of unlogged relations (recovery resets them from their init fork): not read.
     pub unlogged_files: u64,
     /// WAL records of the window (start to stop).
@@ -82,6 +84,7 @@ impl PageReport {
             corrupt: o.corrupt.into_iter().map(|(_, c)| c).collect(),
             late_count: o.late_count,
             late_first: o.late_first.map(|(_, l)| l),
+            control_after_stop: None,
             unlogged_files: o.unlogged_files,
             wal_records: w.records,
             wal_blocks: w.block_count(),
@@ -133,6 +136,16 @@ impl PageReport {
                     self.late_count, self.stop, l.file, l.block, l.lsn
                 ),
                 "the copier ran past the post-backup hook, or the snapshot was taken late: make the backup program run pgbookend stop only after its copy finished, and take a new backup",
+            ));
+        }
+        if let Some(c) = &self.control_after_stop {
+            out.push(problem(
+                "copy_after_stop",
+                format!(
+                    "the copy was read after stop: its global/pg_control names checkpoint {c}, past the backup's stop LSN {}",
+                    self.stop
+                ),
+                "the copier ran past the post-backup hook, or the snapshot was taken late: take a new backup whose copy ends before pgbookend stop",
             ));
         }
         out

@@ -194,13 +194,15 @@ pub fn scan(input: &ScanInput, list: &Path, window: &Window) -> Result<Outcome> 
         jobs: &jobs,
         next: &next,
     };
-    let results: Vec<Outcome> = std::thread::scope(|s| {
+    let results: Vec<Option<Outcome>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads).map(|_| s.spawn(|| work.run())).collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect()
+        handles.into_iter().map(|h| h.join().ok()).collect()
     });
+    // A reader that died took its findings with it: no verdict rather than a false "ok".
+    let results: Vec<Outcome> = results
+        .into_iter()
+        .collect::<Option<_>>()
+        .ok_or_else(|| Error::internal("a page reader thread failed"))?;
     for r in results {
         out.merge(r);
     }
