@@ -97,6 +97,33 @@ pub fn checksum(page: &[u8; BLCKSZ], block: u32) -> u16 {
 /// number and the reduction to 16 bits, for callers (and tests) that want to know why two
 /// pages share a checksum.
 pub fn checksum_unfolded(page: &[u8; BLCKSZ]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { checksum_unfolded_avx2(page) };
+        }
+    }
+    checksum_unfolded_portable(page)
+}
+
+/// [`checksum_unfolded`] compiled for AVX2 (eight 32-bit multiplies at once): the same
+/// arithmetic, about twice as fast as the baseline x86-64 build, which lacks a vector
+/// 32-bit multiply.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn checksum_unfolded_avx2(page: &[u8; BLCKSZ]) -> u32 {
+    checksum_body(page)
+}
+
+/// [`checksum_unfolded`] for any CPU.
+fn checksum_unfolded_portable(page: &[u8; BLCKSZ]) -> u32 {
+    checksum_body(page)
+}
+
+/// The checksum arithmetic (`pg_checksum_block`), inlined into each CPU variant.
+#[inline(always)]
+fn checksum_body(page: &[u8; BLCKSZ]) -> u32 {
     let mut sums = BASE_OFFSETS;
     for (row_no, row) in page.chunks_exact(4 * N_SUMS).enumerate() {
         let mut words = [0u32; N_SUMS];
@@ -449,6 +476,19 @@ mod tests {
         assert_eq!(checksum(&p, 7), c);
         assert_ne!(checksum(&p, 8), c);
         assert_eq!(check_page(&p, 7, true).verdict, Verdict::Ok);
+    }
+
+    #[test]
+    fn cpu_variants_agree() {
+        let mut p = Box::new([0u8; BLCKSZ]);
+        let mut x: u32 = 12345;
+        for _ in 0..50 {
+            for b in p.iter_mut() {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                *b = (x >> 16) as u8;
+            }
+            assert_eq!(checksum_unfolded(&p), checksum_unfolded_portable(&p));
+        }
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub mod shellword;
 pub mod state;
 pub mod store;
 pub mod timefmt;
+pub mod verify;
 pub mod walcollect;
 
 /// The tool's name, as recorded in markers and bundles.

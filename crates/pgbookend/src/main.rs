@@ -7,6 +7,7 @@ use pgbookend::error::{Class, Error};
 use pgbookend::output::Output;
 use pgbookend::restore::PrepareOptions;
 use pgbookend::rundir::RunDir;
+use pgbookend::verify::PageCheckMode;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -299,6 +300,12 @@ struct PrepareArgs {
     /// Show every check and action; change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Skip the page check of the copy (checksums and headers judged by the window's WAL).
+    #[arg(long, conflicts_with = "check_pages")]
+    no_check_pages: bool,
+    /// How much of the copy's pages to check: full (default) or sample:N% (a quick look).
+    #[arg(long, value_name = "full|sample:N%")]
+    check_pages: Option<String>,
 }
 
 impl PrepareArgs {
@@ -350,6 +357,11 @@ impl PrepareArgs {
             },
             resuming: false,
             dry_run: self.dry_run,
+            check_pages: match (self.no_check_pages, self.check_pages.as_deref()) {
+                (true, _) => PageCheckMode::Off,
+                (false, Some(v)) => PageCheckMode::parse(v)?,
+                (false, None) => PageCheckMode::Full,
+            },
         })
     }
 }

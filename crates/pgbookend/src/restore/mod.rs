@@ -54,6 +54,9 @@ pub struct PrepareOptions {
     /// tablespace files, so a remap target may already hold some of them.
     pub resuming: bool,
     pub dry_run: bool,
+    /// How much of the copy's pages to judge before anything changes (`--no-check-pages`,
+    /// `--check-pages=sample:N%`; default: every page).
+    pub check_pages: crate::verify::PageCheckMode,
 }
 
 /// A bundle read from disk, checked against its own manifest.
@@ -596,6 +599,8 @@ pub struct Report {
     pub recovery: Option<String>,
     pub dry_run: bool,
     pub done: bool,
+    /// The page check of the copy (`None`: not run).
+    pub pages: Option<crate::verify::report::PageReport>,
 }
 
 impl Report {
@@ -611,6 +616,7 @@ impl Report {
             recovery: None,
             dry_run,
             done: false,
+            pages: None,
         }
     }
 }
@@ -887,6 +893,9 @@ pub fn examine(
                 resuming: opts.resuming,
             },
         ));
+    if report.problems.is_empty() && !opts.resuming {
+        check_pages(opts, &loaded, archive.as_deref(), &mut report);
+    }
     if !report.problems.is_empty() {
         return (report, None);
     }
@@ -994,6 +1003,30 @@ pub fn examine(
     report.recovery = Some(describe_recovery(m, &label, &target, opts.standby));
     report.start_command = Some(start_command(pgdata));
     (report, Some((loaded, PlanExtra { new_map })))
+}
+
+/// The pages of the copy, judged by the WAL of the window, before anything changes (a
+/// resumed prepare checked them in its first run).
+fn check_pages(
+    opts: &PrepareOptions,
+    loaded: &Loaded,
+    archive: Option<&Path>,
+    report: &mut Report,
+) {
+    report.pages = crate::verify::check_copy(
+        &crate::verify::CopyToCheck {
+            pgdata: &opts.pgdata,
+            remap: &opts.tablespaces,
+            archive,
+            mode: opts.check_pages,
+            bundle_dir: &loaded.dir,
+            manifest: &loaded.manifest,
+            start: loaded.label.as_ref().map(|l| l.start_wal_location),
+            control: loaded.control.as_ref(),
+        },
+        &mut report.problems,
+        &mut report.warnings,
+    );
 }
 
 /// What the plan needs beyond the report: the tablespace map with the remaps applied.
@@ -1248,6 +1281,9 @@ pub fn render(report: &Report, verb: &str) -> String {
     }
     if let Some(b) = &report.bundle {
         out.push_str(&format!("bundle: {b}\n"));
+    }
+    if let Some(p) = &report.pages {
+        out.push_str(&crate::verify::report::human(p));
     }
     if !report.problems.is_empty() {
         out.push_str(&format!("{verb}: {} problem(s):\n", report.problems.len()));
