@@ -166,6 +166,8 @@ fn drill_good_copy(major: u32) {
     assert_eq!(j["verdict"], "passed", "{j}");
     assert!(j["recovery_seconds"].as_f64().unwrap() > 0.0);
     assert!(j["wal_replayed"]["bytes"].as_u64().unwrap() > 0, "{j}");
+    // prepare's page check ran on the clone: every page of pgbench's tables at least.
+    assert!(j["pages_verified"].as_u64().unwrap() > 100, "{j}");
     let c = &j["checks"];
     assert!(c["btree_indexes"].as_u64().unwrap() >= 3, "{c}");
     assert!(c["table_counts"].as_u64().unwrap() >= 4, "{c}");

@@ -254,7 +254,7 @@ pub fn drill(opts: &DrillOptions) -> Result<Record> {
     let sdir = scratch.dir()?;
     let method = clone_all(opts, &scratch, &sdir)?;
     let data = scratch.path.join(clone::DATA);
-    let id = prepare_clone(opts, &data, &scratch.path)?;
+    let (id, pages_verified) = prepare_clone(opts, &data, &scratch.path)?;
     let mut rec = Record {
         format: record::FORMAT,
         id,
@@ -267,7 +267,7 @@ pub fn drill(opts: &DrillOptions) -> Result<Record> {
         server: bindir.join("postgres").display().to_string(),
         recovery_seconds: 0.0,
         wal_replayed: None,
-        pages_verified: None,
+        pages_verified,
         checks: checks::Checks::default(),
         stored_in: Vec::new(),
         warnings,
@@ -332,7 +332,13 @@ fn clone_all(opts: &DrillOptions, scratch: &Scratch, sdir: &Dir) -> Result<clone
 /// Prepares the clone with the restore engine (recovery to the end of the backup, then
 /// promotion; each tablespace remapped to its clone); returns the backup ID. A refusal is
 /// a failed check (exit 6).
-fn prepare_clone(opts: &DrillOptions, data: &Path, scratch: &Path) -> Result<String> {
+/// Prepares the clone (prepare's page check included); returns the backup ID and the
+/// number of pages the page check judged.
+fn prepare_clone(
+    opts: &DrillOptions,
+    data: &Path,
+    scratch: &Path,
+) -> Result<(String, Option<u64>)> {
     let popts = PrepareOptions {
         pgdata: data.to_path_buf(),
         store: opts.store.clone(),
@@ -356,9 +362,11 @@ fn prepare_clone(opts: &DrillOptions, data: &Path, scratch: &Path) -> Result<Str
         )
         .hint("run `pgbookend verify --pgdata COPY` for the details; the copy was not changed"));
     }
-    report
+    let pages = report.pages.as_ref().map(|p| p.pages);
+    let id = report
         .id
-        .ok_or_else(|| Error::internal("prepare reported no backup ID"))
+        .ok_or_else(|| Error::internal("prepare reported no backup ID"))?;
+    Ok((id, pages))
 }
 
 /// What the server steps of a drill work with.
