@@ -4,7 +4,7 @@
 
 mod dir;
 
-pub use dir::{component, Dir};
+pub use dir::{component, kind as file_type, Dir};
 
 use crate::error::{io_err, Error, Result};
 use std::ffi::OsStr;
