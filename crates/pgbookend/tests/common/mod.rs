@@ -2,6 +2,8 @@
 //! clusters the way a backup program's hooks would, and clean up every agent started.
 #![allow(dead_code)]
 
+pub mod tree;
+
 use pgbookend_testkit::{Cluster, TempDir};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -256,4 +258,20 @@ pub fn run_for(major: u32, body: fn(u32)) {
         return;
     }
     body(major)
+}
+
+/// Starts a prepared (or rescued) copy and waits until its recovery has finished.
+pub fn start_restored(major: u32, data: &Path, work: &Path) -> Cluster {
+    let r = Cluster::from_existing(major, data.to_path_buf(), work.to_path_buf());
+    r.start_again()
+        .unwrap_or_else(|log| panic!("the prepared copy did not start:\n{log}"));
+    assert!(
+        wait_until(Duration::from_secs(60), || r
+            .try_psql("SELECT pg_is_in_recovery()")
+            .as_deref()
+            == Ok("f")),
+        "recovery did not finish:\n{}",
+        r.server_log()
+    );
+    r
 }
