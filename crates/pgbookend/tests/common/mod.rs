@@ -218,35 +218,26 @@ pub fn history_file(cluster: &Cluster, start_wal_file: &str) -> Option<String> {
     None
 }
 
-/// Generates one `#[test]` per supported major that calls `$body(major)`.
+/// Generates one `#[test]` per supported major (the list of
+/// `pgbookend_formats::for_each_supported_major!`) that calls `$body(major)`.
 #[macro_export]
 macro_rules! per_major {
     ($name:ident, $body:ident) => {
+        pgbookend_formats::for_each_supported_major!(per_major_tests, $name, $body);
+    };
+}
+
+/// The body of [`per_major!`]: a module `$name` with a test `pgNN` per major.
+#[macro_export]
+macro_rules! per_major_tests {
+    ($name:ident, $body:ident ; $(($n:literal $pg:ident))*) => {
         mod $name {
-            #[test]
-            fn pg13() {
-                super::run_for(13, super::$body)
-            }
-            #[test]
-            fn pg14() {
-                super::run_for(14, super::$body)
-            }
-            #[test]
-            fn pg15() {
-                super::run_for(15, super::$body)
-            }
-            #[test]
-            fn pg16() {
-                super::run_for(16, super::$body)
-            }
-            #[test]
-            fn pg17() {
-                super::run_for(17, super::$body)
-            }
-            #[test]
-            fn pg18() {
-                super::run_for(18, super::$body)
-            }
+            $(
+                #[test]
+                fn $pg() {
+                    super::run_for($n, super::$body)
+                }
+            )*
         }
     };
 }
