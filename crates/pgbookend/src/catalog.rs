@@ -774,16 +774,7 @@ mod tests {
         std::fs::write(d.join("backup_label"), b"label").unwrap();
         std::fs::write(d.join("wal/x.zst"), b"wal").unwrap();
         if complete {
-            let m = json!({
-                "format": 1, "id": id, "system_identifier": sysid, "pg_version_num": 160000,
-                "pg_major": 16, "timeline": 1, "start_lsn": "0/1", "stop_lsn": "0/2",
-                "checkpoint_lsn": "0/1", "start_wal_file": "000000010000000000000001",
-                "stop_wal_file": "000000010000000000000001", "wal_segment_size": 16777216,
-                "backup_from": "primary", "start_time": rfc3339(stop - 10),
-                "stop_time": rfc3339(stop), "host": "h", "pgdata": "/d", "tablespaces": [],
-                "data_checksums": false, "tool": "pgbookend", "tool_version": "0",
-                "wal_mode": "collect", "wal_archive": "not_waited", "wal": [], "files": {}
-            });
+            let m = manifest(id, sysid, stop);
             std::fs::write(d.join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
         }
     }

@@ -499,6 +499,11 @@ fn void_outcome(rd: &RunDir, entry: &Entry, id: &str, mut report: Value) -> RunO
         "backup {id} became void while COMMAND ran ({why}); COMMAND was terminated and no bundle was written"
     ))
     .hint("the copy is not restorable; take a new backup");
+    failed(report, e, Class::Void.exit_code())
+}
+
+/// The outcome of a backup that produced no bundle: the report with its error.
+fn failed(mut report: Value, e: Error, code: i32) -> RunOutcome {
     report["error"] = serde_json::to_value(&e).unwrap_or(Value::Null);
     RunOutcome {
         output: Output {
@@ -506,7 +511,7 @@ fn void_outcome(rd: &RunDir, entry: &Entry, id: &str, mut report: Value) -> RunO
             human: String::new(),
             error: Some(e),
         },
-        code: Class::Void.exit_code(),
+        code,
     }
 }
 
@@ -642,15 +647,7 @@ fn aborted(
     if !done {
         e = e.hint(format!("run `pgbookend abort --id {id}`"));
     }
-    report["error"] = serde_json::to_value(&e).unwrap_or(Value::Null);
-    RunOutcome {
-        output: Output {
-            json: report,
-            human: String::new(),
-            error: Some(e),
-        },
-        code,
-    }
+    failed(report, e, code)
 }
 
 /// A duplicate of our stderr, for a child's stdout under `--json`.

@@ -256,6 +256,13 @@ pub fn start_restored(major: u32, data: &Path, work: &Path) -> Cluster {
     let r = Cluster::from_existing(major, data.to_path_buf(), work.to_path_buf());
     r.start_again()
         .unwrap_or_else(|log| panic!("the prepared copy did not start:\n{log}"));
+    wait_recovered(&r);
+    r
+}
+
+/// Waits until a started restore has finished recovery (or failed to).
+#[track_caller]
+pub fn wait_recovered(r: &Cluster) {
     assert!(
         wait_until(Duration::from_secs(60), || r
             .try_psql("SELECT pg_is_in_recovery()")
@@ -264,5 +271,4 @@ pub fn start_restored(major: u32, data: &Path, work: &Path) -> Cluster {
         "recovery did not finish:\n{}",
         r.server_log()
     );
-    r
 }
