@@ -39,98 +39,30 @@ while [ $# -gt 0 ]; do
     *) echo "hardening.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+NAME=hardening.sh
 PGBIN=/usr/lib/postgresql/15/bin
-die() { echo "hardening.sh: $*" >&2; exit 1; }
-note() { echo "# $*" >&2; }
-now_us() { echo "${EPOCHREALTIME/./}"; }
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 [ -n "$BEFORE" ] || die "--before BIN is required (the binary of the commit before the change)"
 [ -x "$BEFORE" ] || die "--before $BEFORE is not an executable"
 [ -x "$PGBIN/postgres" ] || die "PostgreSQL 15 missing in $PGBIN"
 [ -n "${EPOCHREALTIME:-}" ] || die "needs bash >= 5"
-if [ ! -x /usr/bin/time ]; then
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -q time >/dev/null 2>&1 || true; fi
-  [ -x /usr/bin/time ] || die "needs /usr/bin/time (apt-get install time)"
-fi
-NEED_KB=$((SCALE * 15 * 1024 * 4))
-AVAIL_KB=$(df -Pk "$TMPBASE" | awk 'NR == 2 { print $4 }')
-[ "$AVAIL_KB" -gt "$NEED_KB" ] || die "not enough room on $TMPBASE (need about $((NEED_KB / 1048576)) GiB)"
-
-WORK=
-PM_PID=
-PM2_PID=
-AGENT_PIDS=()
-as_owner() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
-is_agent() { alive "$1" && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q "__agent "; }
-stop_pm() { # stop_pm DATADIR PID
-  if alive "$2"; then
-    as_owner "$PGBIN/pg_ctl" -D "$1" -m fast -w -t 60 stop >/dev/null 2>&1
-    alive "$2" && kill -KILL "$2" 2>/dev/null
-  fi
-  return 0
-}
-cleanup() {
-  local rc=$? p
-  trap - EXIT INT TERM
-  set +e
-  for p in "${AGENT_PIDS[@]}"; do is_agent "$p" && kill -TERM "$p" 2>/dev/null; done
-  for p in "${AGENT_PIDS[@]}"; do
-    for _ in $(seq 50); do is_agent "$p" || break; sleep 0.1; done
-    is_agent "$p" && kill -KILL "$p" 2>/dev/null
-  done
-  stop_pm "$WORK/copy" "$PM2_PID"
-  stop_pm "$WORK/data" "$PM_PID"
-  if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-    if [ "$KEEP" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_need_time
+bench_room $((SCALE * 15 * 1024 * 4))
 
 if [ -z "$AFTER" ]; then
-  note "building: cargo build --release -p pgbookend"
-  (cd "$ROOT" && cargo build --release --quiet -p pgbookend) || die "build failed"
+  bench_build
   AFTER=$ROOT/target/release/pgbookend
 fi
-WORK=$(mktemp -d "$TMPBASE/pgbookend-hardbench.XXXXXX")
-chmod 755 "$WORK"
+bench_workdir hardbench
 cp "$BEFORE" "$WORK/before"; cp "$AFTER" "$WORK/after"
 SHA_B=$(sha256sum "$WORK/before" | cut -c1-12); SHA_A=$(sha256sum "$WORK/after" | cut -c1-12)
 RUNDIR=$WORK/run
 STORE=$WORK/store
-mkdir -p "$WORK/sock" "$STORE"
-mkdir -m 700 "$WORK/data"
-touch "$WORK/server.log" "$WORK/server2.log"
-if [ "$(id -u)" = 0 ]; then chown postgres: "$WORK/sock" "$WORK/data" "$WORK/server.log" "$WORK/server2.log"; fi
-as_owner "$PGBIN/initdb" -D "$WORK/data" -U postgres --auth=trust -E UTF8 --locale=C -k \
-  >"$WORK/initdb.log" 2>&1 || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
-as_owner "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -t 60 start -o \
-  "-c listen_addresses='' -c unix_socket_directories='$WORK/sock' -c port=5432 -c wal_level=replica -c archive_mode=off -c max_wal_size=4GB" \
-  >/dev/null || { cat "$WORK/server.log" >&2; die "server did not start"; }
-PM_PID=$(head -1 "$WORK/data/postmaster.pid")
-for v in $(env | sed -n 's/^\(PG[A-Z_]*\)=.*/\1/p'); do unset "$v"; done
-export PGHOST=$WORK/sock PGPORT=5432 PGUSER=postgres PGDATABASE=postgres
-: >"$WORK/empty.toml"
-export PGBOOKEND_CONFIG=$WORK/empty.toml PGBOOKEND_STATE_DIR=$WORK/state
-q() { "$PGBIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
-PGV=$(q -c 'SHOW server_version' | awk '{ print $1 }')
-
-# timed CMD... -> US (wall), HWM (peak RSS kB), RC
-timed() {
-  local a b
-  a=$(now_us)
-  RC=0
-  /usr/bin/time -v -o "$WORK/time.txt" "$@" >"$WORK/out.txt" 2>"$WORK/err.txt" || RC=$?
-  b=$(now_us)
-  US=$((b - a))
-  HWM=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$WORK/time.txt")
-}
-median() { sort -g | awk '{ v[NR] = $1 } END { n = NR; if (n % 2) m = v[(n + 1) / 2]; else m = (v[n / 2] + v[n / 2 + 1]) / 2; printf "%.0f\n", m }'; }
+mkdir -p "$STORE"
+bench_start_cluster -k -- -c max_wal_size=4GB
+export PGBOOKEND_STATE_DIR=$WORK/state
 maxv() { sort -g | tail -1; }
-sec() { awk -v u="$1" 'BEGIN { printf "%.3f s", u / 1e6 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f MB", k / 1024 }'; }
 

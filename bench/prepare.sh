@@ -38,98 +38,27 @@ while [ $# -gt 0 ]; do
     *) echo "prepare.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+NAME=prepare.sh
 PGBIN=/usr/lib/postgresql/15/bin
-die() { echo "prepare.sh: $*" >&2; exit 1; }
-note() { echo "# $*" >&2; }
-now_us() { echo "${EPOCHREALTIME/./}"; }
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 [ -x "$PGBIN/postgres" ] || die "PostgreSQL 15 missing in $PGBIN"
 [ -n "${EPOCHREALTIME:-}" ] || die "needs bash >= 5"
-if [ ! -x /usr/bin/time ]; then
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -q time >/dev/null 2>&1 || true; fi
-  [ -x /usr/bin/time ] || die "needs /usr/bin/time (apt-get install time)"
-fi
+bench_need_time
 
 # Room: the largest scale takes about 15 MB per scale unit, three times over (data, WAL, copy).
 MAXS=$(echo "$SCALES" | tr ' ' '\n' | sort -n | tail -1)
-NEED_KB=$((MAXS * 15 * 1024 * 5))
-AVAIL_KB=$(df -Pk "$TMPBASE" | awk 'NR == 2 { print $4 }')
-note "df $TMPBASE: $((AVAIL_KB / 1048576)) GiB free, need about $((NEED_KB / 1048576)) GiB"
-[ "$AVAIL_KB" -gt "$NEED_KB" ] || die "not enough room on $TMPBASE"
+bench_room $((MAXS * 15 * 1024 * 5))
 
-WORK=
-PM_PID=
-PM2_PID=
-AGENT_PIDS=()
-BIN=
-as_owner() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
-is_our_agent() { alive "$1" && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q "^$BIN __agent "; }
-stop_pm() { # stop_pm DATADIR PID
-  if alive "$2"; then
-    as_owner "$PGBIN/pg_ctl" -D "$1" -m fast -w -t 60 stop >/dev/null 2>&1
-    alive "$2" && kill -KILL "$2" 2>/dev/null
-  fi
-  return 0
-}
-cleanup() {
-  local rc=$? p
-  trap - EXIT INT TERM
-  set +e
-  for p in "${AGENT_PIDS[@]}"; do is_our_agent "$p" && kill -TERM "$p" 2>/dev/null; done
-  for p in "${AGENT_PIDS[@]}"; do
-    for _ in $(seq 50); do is_our_agent "$p" || break; sleep 0.1; done
-    is_our_agent "$p" && kill -KILL "$p" 2>/dev/null
-  done
-  stop_pm "$WORK/copy" "$PM2_PID"
-  stop_pm "$WORK/data" "$PM_PID"
-  if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-    if [ "$KEEP" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-note "building: cargo build --release -p pgbookend"
-(cd "$ROOT" && cargo build --release --quiet -p pgbookend) || die "build failed"
-WORK=$(mktemp -d "$TMPBASE/pgbookend-prepbench.XXXXXX")
-chmod 755 "$WORK"
+bench_build
+bench_workdir prepbench
 BIN=$WORK/pgbookend
 cp "$ROOT/target/release/pgbookend" "$BIN"
 BIN_SHA=$(sha256sum "$BIN" | cut -c1-12)
 RUNDIR=$WORK/run
 STORE=$WORK/store
-mkdir -p "$WORK/sock" "$STORE"
-mkdir -m 700 "$WORK/data"
-touch "$WORK/server.log" "$WORK/server2.log"
-if [ "$(id -u)" = 0 ]; then chown postgres: "$WORK/sock" "$WORK/data" "$WORK/server.log" "$WORK/server2.log"; fi
-as_owner "$PGBIN/initdb" -D "$WORK/data" -U postgres --auth=trust -E UTF8 --locale=C \
-  >"$WORK/initdb.log" 2>&1 || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
-as_owner "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -t 60 start -o \
-  "-c listen_addresses='' -c unix_socket_directories='$WORK/sock' -c port=5432 -c wal_level=replica -c archive_mode=off" \
-  >/dev/null || { cat "$WORK/server.log" >&2; die "server did not start"; }
-PM_PID=$(head -1 "$WORK/data/postmaster.pid")
-for v in $(env | sed -n 's/^\(PG[A-Z_]*\)=.*/\1/p'); do unset "$v"; done
-export PGHOST=$WORK/sock PGPORT=5432 PGUSER=postgres PGDATABASE=postgres
-: >"$WORK/empty.toml"
-export PGBOOKEND_CONFIG=$WORK/empty.toml
-q() { "$PGBIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
-PGV=$(q -c 'SHOW server_version' | awk '{ print $1 }')
-
-# timed CMD... -> US (wall), HWM (peak RSS kB), RC
-timed() {
-  local a b
-  a=$(now_us)
-  RC=0
-  /usr/bin/time -v -o "$WORK/time.txt" "$@" >"$WORK/out.txt" 2>"$WORK/err.txt" || RC=$?
-  b=$(now_us)
-  US=$((b - a))
-  HWM=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$WORK/time.txt")
-}
-median() { sort -g | awk '{ v[NR] = $1 } END { n = NR; if (n % 2) m = v[(n + 1) / 2]; else m = (v[n / 2] + v[n / 2 + 1]) / 2; printf "%.0f\n", m }'; }
-sec() { awk -v u="$1" 'BEGIN { printf "%.3f s", u / 1e6 }'; }
+mkdir -p "$STORE"
+bench_start_cluster
 kb_h() { awk -v k="$1" 'BEGIN { if (k >= 1048576) printf "%.2f GiB", k / 1048576; else printf "%.0f MiB", k / 1024 }'; }
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)

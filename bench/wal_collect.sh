@@ -48,77 +48,35 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+NAME=wal_collect.sh
 PGBIN=/usr/lib/postgresql/15/bin
 PSQL=$PGBIN/psql
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 [ -x "$PGBIN/postgres" ] || { echo "wal_collect.sh: PostgreSQL 15 missing in $PGBIN" >&2; exit 4; }
 command -v zstd >/dev/null || { echo "wal_collect.sh: needs zstd" >&2; exit 4; }
 [ -n "${EPOCHREALTIME:-}" ] || { echo "wal_collect.sh: needs bash >= 5" >&2; exit 4; }
 
-WORK=
-PM_PID=
 PERF_PID=
-AGENT_PIDS=()
-BIN=
-as_owner() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
-is_our_agent() { alive "$1" && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q "^$BIN __agent "; }
-cleanup() {
-  local rc=$? p
-  trap - EXIT INT TERM
-  set +e
+PM_STOP_MODE=immediate
+bench_cleanup_first() {
   alive "$PERF_PID" && kill -INT "$PERF_PID" 2>/dev/null && sleep 1
   alive "$PERF_PID" && kill -KILL "$PERF_PID" 2>/dev/null
-  for p in "${AGENT_PIDS[@]}"; do is_our_agent "$p" && kill -TERM "$p" 2>/dev/null; done
-  for p in "${AGENT_PIDS[@]}"; do
-    for _ in $(seq 50); do is_our_agent "$p" || break; sleep 0.1; done
-    is_our_agent "$p" && kill -KILL "$p" 2>/dev/null
-  done
-  if alive "$PM_PID"; then
-    as_owner "$PGBIN/pg_ctl" -D "$WORK/data" -m immediate -w -t 60 stop >/dev/null 2>&1
-    alive "$PM_PID" && kill -KILL "$PM_PID" 2>/dev/null
-  fi
-  if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-    if [ "$KEEP" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
-  fi
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-die() { echo "wal_collect.sh: $*" >&2; exit 1; }
-note() { echo "# $*" >&2; }
-now_us() { echo "${EPOCHREALTIME/./}"; }
 
-note "building: cargo build --release -p pgbookend --examples"
-(cd "$ROOT" && cargo build --release --quiet -p pgbookend --examples) || die "build failed"
-
-WORK=$(mktemp -d "$TMPBASE/pgbookend-walbench.XXXXXX")
-chmod 755 "$WORK"
+bench_build --examples
+bench_workdir walbench
 BIN=$WORK/pgbookend   # private copy: a concurrent rebuild cannot swap it under the agent
 cp "$ROOT/target/release/pgbookend" "$BIN"
 BIN_SHA=$(sha256sum "$BIN" | cut -c1-12)
 RUNDIR=$WORK/run
 STORE=$WORK/store
 SCRATCH=$WORK/scratch
-mkdir -p "$WORK/sock" "$STORE" "$SCRATCH" "$WORK/samples"
-mkdir -m 700 "$WORK/data"
-touch "$WORK/server.log"
-if [ "$(id -u)" = 0 ]; then chown postgres: "$WORK/sock" "$WORK/data" "$WORK/server.log"; fi
+mkdir -p "$STORE" "$SCRATCH" "$WORK/samples"
 
 note "initdb in $WORK/data"
-as_owner "$PGBIN/initdb" -D "$WORK/data" -U postgres --auth=trust -E UTF8 --locale=C \
-  >"$WORK/initdb.log" 2>&1 || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
-as_owner "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -t 60 start -o \
-  "-c listen_addresses='' -c unix_socket_directories='$WORK/sock' -c port=5432 -c wal_level=replica -c archive_mode=off -c max_wal_size=32GB -c checkpoint_timeout=1d -c shared_buffers=512MB" \
-  >/dev/null || { cat "$WORK/server.log" >&2; die "server did not start"; }
-PM_PID=$(head -1 "$WORK/data/postmaster.pid")
-for v in $(env | sed -n 's/^\(PG[A-Z_]*\)=.*/\1/p'); do unset "$v"; done
-export PGHOST=$WORK/sock PGPORT=5432 PGUSER=postgres PGDATABASE=postgres
-: >"$WORK/empty.toml"
-export PGBOOKEND_CONFIG=$WORK/empty.toml
+bench_start_cluster -- -c max_wal_size=32GB -c checkpoint_timeout=1d -c shared_buffers=512MB
 q() { "$PSQL" -X -q -A -t -v ON_ERROR_STOP=1 -c "$1"; }
-PGV=$(q 'SHOW server_version' | awk '{ print $1 }')
 q "CREATE TABLE w (i bigint, t text, ts timestamptz); CREATE INDEX ON w (i);"
 SEG_BYTES=$((16 * 1024 * 1024))
 TARGET=$((SEGS * SEG_BYTES))

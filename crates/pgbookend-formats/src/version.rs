@@ -15,8 +15,24 @@
 //! against `pg_control` files written by 13.23, 14.23, 15.18, 16.14, 17.10
 //! and 18.4). 12's value bounds 13 from below.
 
-/// The PostgreSQL majors this crate can read and write formats for.
-pub const SUPPORTED_MAJORS: [u32; 6] = [13, 14, 15, 16, 17, 18];
+/// Calls the macro `$m` with the supported majors, the one list every other list of
+/// majors is built from (`SUPPORTED_MAJORS`, the tests' `per_major!`): `$m! { ARGS ;
+/// (13 pg13) (14 pg14) ... }`, each a number and a name for generated items. Adding a
+/// major starts here.
+#[macro_export]
+macro_rules! for_each_supported_major {
+    ($m:ident $(, $arg:tt)*) => {
+        $m! { $($arg),* ; (13 pg13) (14 pg14) (15 pg15) (16 pg16) (17 pg17) (18 pg18) }
+    };
+}
+
+macro_rules! supported_majors_const {
+    (; $(($n:literal $pg:ident))*) => {
+        /// The PostgreSQL majors this crate can read and write formats for.
+        pub const SUPPORTED_MAJORS: [u32; [$($n),*].len()] = [$($n),*];
+    };
+}
+for_each_supported_major!(supported_majors_const);
 
 /// The oldest supported major, for messages ("supports 13 to 18").
 pub const OLDEST_MAJOR: u32 = SUPPORTED_MAJORS[0];

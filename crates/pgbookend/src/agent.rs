@@ -426,31 +426,7 @@ impl Agent {
         self.state.server = Some(s.describe());
         self.state.pg_version_num = Some(s.version_num);
         let sysid = s.system_identifier()?;
-        let pgdata = match &self.cfg.pgdata {
-            Some(p) => p.clone(),
-            None => s.data_directory()?.ok_or_else(|| {
-                Error::env("this role may not read data_directory, so pgbookend cannot find PGDATA")
-                    .hint("pass --pgdata DIR (or set pgdata in the config file)")
-            })?,
-        };
-        let (ctl, _) = read_control(&pgdata).map_err(|e| {
-            Error::env(format!(
-                "pgbookend must run beside the server it backs up, with read access to its data directory: {}",
-                e.message
-            ))
-            .hint("run pgbookend on the database host as root or as the cluster's owner, and check --pgdata")
-        })?;
-        if ctl.system_identifier != sysid {
-            return Err(Error::env(format!(
-                "{} belongs to another cluster: its system identifier is {}, the server's is {sysid}",
-                pgdata.display(),
-                ctl.system_identifier
-            ))
-            .hint("pass the --pgdata of the server you connect to, or connect to the server of this data directory"));
-        }
-        self.pgdata = Some(pgdata.clone());
-        self.state.pgdata = Some(pgdata.display().to_string());
-        self.state.system_identifier = Some(sysid.to_string());
+        let pgdata = self.locate_pgdata(&mut s, sysid)?;
         let standby = s.in_recovery()?;
         let removed = marker::remove_stale(&pgdata, Some(&self.cfg.id))?;
         if !removed.is_empty() {
@@ -494,46 +470,18 @@ impl Agent {
             ctl.xlog_seg_size,
         );
         let start_time = now_unix();
-        let m = Marker {
-            format: 1,
-            id: self.cfg.id.clone(),
-            system_identifier: sysid.to_string(),
-            pg_version_num: self.state.pg_version_num.unwrap_or(0),
-            start_lsn: start_lsn.to_string(),
-            start_wal_file: start_wal_file.clone(),
+        self.write_marker(
+            &pgdata,
+            sysid,
+            start_lsn,
+            &start_wal_file,
             timeline,
-            start_time: rfc3339(start_time),
-            host: host_name(),
-            pgdata: pgdata.display().to_string(),
-            tool: TOOL.into(),
-            tool_version: VERSION.into(),
-            stores: self.cfg.stores.clone(),
-            run_dir: self.cfg.run_dir.display().to_string(),
-            agent_pid: std::process::id(),
-            token: self.token.clone(),
-        };
-        self.marker_written = true;
-        marker::write(&pgdata, &m)?;
-        crate::live::write(&crate::live::Live {
-            id: self.cfg.id.clone(),
-            token: self.token.clone(),
-            pgdata: pgdata.display().to_string(),
-            system_identifier: sysid.to_string(),
-            agent_pid: std::process::id(),
-        })?;
+            start_time,
+        )?;
         let files = filelist::walk_to(&pgdata, &self.entry.dir.join(START_LIST))?;
         tracing::info!("start walk: {files} files");
 
-        let sock = self.entry.socket();
-        let _ = std::fs::remove_file(&sock);
-        let listener =
-            UnixListener::bind(&sock).map_err(|e| io_err("cannot listen on", &sock, e))?;
-        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| io_err("cannot chmod", &sock, e))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| io_err("cannot configure", &sock, e))?;
-        self.listener = Some(listener);
+        self.listen()?;
 
         let backup_from = if standby { "standby" } else { "primary" }.to_string();
         self.state.state = Phase::Running;
@@ -559,6 +507,92 @@ impl Agent {
             removed_stale_markers: removed,
             log: self.entry.log_path().display().to_string(),
         })
+    }
+
+    /// The data directory of the server `s` is connected to (`--pgdata`, else the
+    /// server's `data_directory`), checked to be readable here and of the same cluster.
+    fn locate_pgdata(&mut self, s: &mut Session, sysid: u64) -> Result<PathBuf> {
+        let pgdata = match &self.cfg.pgdata {
+            Some(p) => p.clone(),
+            None => s.data_directory()?.ok_or_else(|| {
+                Error::env("this role may not read data_directory, so pgbookend cannot find PGDATA")
+                    .hint("pass --pgdata DIR (or set pgdata in the config file)")
+            })?,
+        };
+        let (ctl, _) = read_control(&pgdata).map_err(|e| {
+            Error::env(format!(
+                "pgbookend must run beside the server it backs up, with read access to its data directory: {}",
+                e.message
+            ))
+            .hint("run pgbookend on the database host as root or as the cluster's owner, and check --pgdata")
+        })?;
+        if ctl.system_identifier != sysid {
+            return Err(Error::env(format!(
+                "{} belongs to another cluster: its system identifier is {}, the server's is {sysid}",
+                pgdata.display(),
+                ctl.system_identifier
+            ))
+            .hint("pass the --pgdata of the server you connect to, or connect to the server of this data directory"));
+        }
+        self.pgdata = Some(pgdata.clone());
+        self.state.pgdata = Some(pgdata.display().to_string());
+        self.state.system_identifier = Some(sysid.to_string());
+        Ok(pgdata)
+    }
+
+    /// Writes the backup's marker into the data directory and its live record.
+    fn write_marker(
+        &mut self,
+        pgdata: &Path,
+        sysid: u64,
+        start_lsn: Lsn,
+        start_wal_file: &str,
+        timeline: u32,
+        start_time: i64,
+    ) -> Result<()> {
+        let m = Marker {
+            format: 1,
+            id: self.cfg.id.clone(),
+            system_identifier: sysid.to_string(),
+            pg_version_num: self.state.pg_version_num.unwrap_or(0),
+            start_lsn: start_lsn.to_string(),
+            start_wal_file: start_wal_file.to_string(),
+            timeline,
+            start_time: rfc3339(start_time),
+            host: host_name(),
+            pgdata: pgdata.display().to_string(),
+            tool: TOOL.into(),
+            tool_version: VERSION.into(),
+            stores: self.cfg.stores.clone(),
+            run_dir: self.cfg.run_dir.display().to_string(),
+            agent_pid: std::process::id(),
+            token: self.token.clone(),
+        };
+        self.marker_written = true;
+        marker::write(pgdata, &m)?;
+        crate::live::write(&crate::live::Live {
+            id: self.cfg.id.clone(),
+            token: self.token.clone(),
+            pgdata: pgdata.display().to_string(),
+            system_identifier: sysid.to_string(),
+            agent_pid: std::process::id(),
+        })?;
+        Ok(())
+    }
+
+    /// Opens the agent's socket (0600) for `stop`, `status` and `abort`.
+    fn listen(&mut self) -> Result<()> {
+        let sock = self.entry.socket();
+        let _ = std::fs::remove_file(&sock);
+        let listener =
+            UnixListener::bind(&sock).map_err(|e| io_err("cannot listen on", &sock, e))?;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| io_err("cannot chmod", &sock, e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| io_err("cannot configure", &sock, e))?;
+        self.listener = Some(listener);
+        Ok(())
     }
 
     /// Ends the backup as void: closes the session (the server aborts the backup),

@@ -79,43 +79,12 @@ pub fn start_backup(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<St
     if heartbeat < Duration::from_millis(100) {
         return Err(Error::usage("--heartbeat must be at least 100ms"));
     }
-    let store_urls = if !opts.stores.is_empty() {
-        opts.stores
-    } else if !cfg.store.is_empty() {
-        cfg.store.clone()
-    } else {
-        vec![default_store().display().to_string()]
-    };
-    let mut stores: Vec<String> = Vec::new();
-    let mut unreachable: Vec<Error> = Vec::new();
-    for u in &store_urls {
-        let s = Store::parse(u)?;
-        if stores.contains(&s.url()) {
-            return Err(Error::usage(format!("store {} is given twice", s.url())));
-        }
-        match s.preflight(&id) {
-            Ok(()) => {}
-            Err(e) if e.class() == Class::Environment => unreachable.push(e),
-            Err(e) => return Err(e),
-        }
-        stores.push(s.url());
-    }
-    let min_stores = match opts.min_stores.or(cfg.min_stores) {
-        Some(n) if n == 0 || n > stores.len() => {
-            return Err(Error::usage(format!(
-                "--min-stores {n}: must be between 1 and the number of stores ({})",
-                stores.len()
-            )))
-        }
-        other => other,
-    };
-    crate::rescue::refuse_leftovers(&id, &stores)?;
+    let StoreCheck {
+        stores,
+        unreachable,
+        min_stores,
+    } = check_stores(&id, opts.stores, opts.min_stores, cfg)?;
     let n_stores = stores.len();
-    if n_stores - unreachable.len() < min_stores.unwrap_or(n_stores) {
-        let mut e = unreachable.remove(0);
-        e.message = format!("cannot start the backup: {}", e.message);
-        return Err(e.hint("nothing was changed; fix the store, or lower --min-stores"));
-    }
     let pgdata = match opts.pgdata.or_else(|| cfg.pgdata.clone()) {
         Some(p) if p.is_relative() => Some(
             std::env::current_dir()
@@ -124,21 +93,7 @@ pub fn start_backup(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<St
         ),
         other => other,
     };
-    let wal_mode = WalMode::parse(
-        opts.wal
-            .as_deref()
-            .or(cfg.wal.as_deref())
-            .unwrap_or("collect"),
-    )?;
-    let archive_dir =
-        match (wal_mode, opts.archive.or_else(|| cfg.archive.clone())) {
-            (WalMode::Archive, Some(d)) => Some(crate::walcollect::archive_dir_arg(&d)?),
-            (WalMode::Archive, None) => return Err(Error::usage(
-                "--wal archive needs --archive DIR: the directory your archive_command writes to",
-            )),
-            (_, Some(d)) => Some(crate::walcollect::archive_dir_arg(&d)?),
-            (_, None) => None,
-        };
+    let (wal_mode, archive_dir) = wal_settings(opts.wal.as_deref(), opts.archive, cfg)?;
     run.ensure()?;
     let entry = run.entry(&id);
     let lock = claim_entry(&entry, &id)?;
@@ -157,6 +112,104 @@ pub fn start_backup(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<St
         s3: crate::store::s3::settings(),
     };
     let ready = agent::spawn(&acfg, &entry, lock)?;
+    let output = started_output(
+        &ready,
+        &unreachable,
+        min_stores.unwrap_or(n_stores),
+        n_stores,
+    )?;
+    Ok(Started { ready, output })
+}
+
+/// The stores `start` will write to, checked before anything changes: each parsed once,
+/// preflighted, the `--min-stores` bound valid, no leftovers of an earlier backup of the
+/// same ID, and enough of them reachable.
+struct StoreCheck {
+    stores: Vec<String>,
+    /// Stores that cannot be reached now (fewer than `--min-stores` allows).
+    unreachable: Vec<Error>,
+    min_stores: Option<usize>,
+}
+
+/// The stores of `--store` (else the config, else the default store), checked (see
+/// [`StoreCheck`]).
+fn check_stores(
+    id: &str,
+    flag_stores: Vec<String>,
+    flag_min: Option<usize>,
+    cfg: &Config,
+) -> Result<StoreCheck> {
+    let store_urls = if !flag_stores.is_empty() {
+        flag_stores
+    } else if !cfg.store.is_empty() {
+        cfg.store.clone()
+    } else {
+        vec![default_store().display().to_string()]
+    };
+    let mut stores: Vec<String> = Vec::new();
+    let mut unreachable: Vec<Error> = Vec::new();
+    for u in &store_urls {
+        let s = Store::parse(u)?;
+        if stores.contains(&s.url()) {
+            return Err(Error::usage(format!("store {} is given twice", s.url())));
+        }
+        match s.preflight(id) {
+            Ok(()) => {}
+            Err(e) if e.class() == Class::Environment => unreachable.push(e),
+            Err(e) => return Err(e),
+        }
+        stores.push(s.url());
+    }
+    let min_stores = match flag_min.or(cfg.min_stores) {
+        Some(n) if n == 0 || n > stores.len() => {
+            return Err(Error::usage(format!(
+                "--min-stores {n}: must be between 1 and the number of stores ({})",
+                stores.len()
+            )))
+        }
+        other => other,
+    };
+    crate::rescue::refuse_leftovers(id, &stores)?;
+    let n_stores = stores.len();
+    if n_stores - unreachable.len() < min_stores.unwrap_or(n_stores) {
+        let mut e = unreachable.remove(0);
+        e.message = format!("cannot start the backup: {}", e.message);
+        return Err(e.hint("nothing was changed; fix the store, or lower --min-stores"));
+    }
+    Ok(StoreCheck {
+        stores,
+        unreachable,
+        min_stores,
+    })
+}
+
+/// `--wal` (default `collect`) and the archive directory it needs or allows.
+fn wal_settings(
+    flag_wal: Option<&str>,
+    flag_archive: Option<PathBuf>,
+    cfg: &Config,
+) -> Result<(WalMode, Option<PathBuf>)> {
+    let wal_mode = WalMode::parse(flag_wal.or(cfg.wal.as_deref()).unwrap_or("collect"))?;
+    let archive_dir =
+        match (wal_mode, flag_archive.or_else(|| cfg.archive.clone())) {
+            (WalMode::Archive, Some(d)) => Some(crate::walcollect::archive_dir_arg(&d)?),
+            (WalMode::Archive, None) => return Err(Error::usage(
+                "--wal archive needs --archive DIR: the directory your archive_command writes to",
+            )),
+            (_, Some(d)) => Some(crate::walcollect::archive_dir_arg(&d)?),
+            (_, None) => None,
+        };
+    Ok((wal_mode, archive_dir))
+}
+
+/// The report of `start`: the agent's answer, what must be copied, warnings about stale or
+/// foreign markers and unreachable stores.
+fn started_output(
+    ready: &agent::Ready,
+    unreachable: &[Error],
+    min_stores: usize,
+    n_stores: usize,
+) -> Result<Output> {
     let mut human = format!(
         "backup {} started at {} (WAL {}, timeline {}) on PostgreSQL {} ({})\n\
          copy the data directory {} now, then run: pgbookend stop --id {}\n",
@@ -188,14 +241,13 @@ pub fn start_backup(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<St
             marker::DIR
         ));
     }
-    for e in &unreachable {
+    for e in unreachable {
         human.push_str(&format!(
             "warning: {} (continuing: --min-stores {} of {n_stores} stores)\n",
-            e.message,
-            min_stores.unwrap_or(n_stores),
+            e.message, min_stores,
         ));
     }
-    let mut json = serde_json::to_value(&ready).map_err(|e| Error::internal(e.to_string()))?;
+    let mut json = serde_json::to_value(ready).map_err(|e| Error::internal(e.to_string()))?;
     if let Value::Object(m) = &mut json {
         m.insert(
             "store_warnings".into(),
@@ -209,13 +261,10 @@ pub fn start_backup(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<St
                 .collect::<Vec<_>>()),
         );
     }
-    Ok(Started {
-        ready,
-        output: Output {
-            json,
-            human,
-            error: None,
-        },
+    Ok(Output {
+        json,
+        human,
+        error: None,
     })
 }
 

@@ -4,7 +4,7 @@
 
 mod dir;
 
-pub use dir::{component, fstat, kind, set_owner_mode, Dir};
+pub use dir::{component, fstat, kind, kind as file_type, set_owner_mode, Dir};
 
 use crate::error::{io_err, Error, Result};
 use std::ffi::OsStr;
@@ -126,6 +126,45 @@ pub fn ensure_dir_at(parent: &Dir, name: &OsStr, own: &Ownership) -> Result<Dir>
             .map_err(|e| io_err("cannot fsync directory", parent.path(), e))?;
     }
     Ok(d)
+}
+
+/// Why a directory that decides what pgbookend believes (the run directory, the live
+/// records) cannot be trusted: only we may own and write it.
+#[derive(Debug)]
+pub enum NotPrivate {
+    /// Its last component is a symbolic link (never followed).
+    Link,
+    /// It is something other than a directory.
+    NotDir,
+    /// It belongs to someone else or group/others may write it.
+    Shared { want_uid: u32, uid: u32, mode: u32 },
+    /// It could not be opened (`"open"`), given its mode (`"chmod"`) or read (`"read"`).
+    Io(&'static str, std::io::Error),
+}
+
+/// Opens the directory `path` without following its last component and checks, on the
+/// descriptor, that it belongs to our effective uid and is not writable by group or
+/// others. `created` (this process just made it): it is first given our owner and 0700.
+pub fn open_private(path: &Path, created: bool) -> std::result::Result<Dir, NotPrivate> {
+    let dir = Dir::open(path).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => NotPrivate::Link,
+        Some(libc::ENOTDIR) => NotPrivate::NotDir,
+        _ => NotPrivate::Io("open", e),
+    })?;
+    let own = Ownership::private();
+    if created {
+        own.apply_fd(&dir, true)
+            .map_err(|e| NotPrivate::Io("chmod", e))?;
+    }
+    let st = dir.stat().map_err(|e| NotPrivate::Io("read", e))?;
+    if st.st_uid != own.uid || st.st_mode & 0o022 != 0 {
+        return Err(NotPrivate::Shared {
+            want_uid: own.uid,
+            uid: st.st_uid,
+            mode: st.st_mode & 0o7777,
+        });
+    }
+    Ok(dir)
 }
 
 /// The parent directory of `path`, opened (following links: the caller chose it), and

@@ -76,18 +76,19 @@ pub fn write(l: &Live) -> Result<()> {
 /// Refuses a live-record directory that is a link, or that someone else owns or may write
 /// to: records in it decide what `guard` and `start` believe about backups in progress.
 fn check_private(d: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let md = fs::symlink_metadata(d).map_err(|e| crate::error::io_err("cannot read", d, e))?;
-    // SAFETY: geteuid cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    if !md.is_dir() || md.uid() != uid || md.mode() & 0o022 != 0 {
-        return Err(crate::error::Error::env(format!(
-            "refusing the state directory {}: it must be a real directory owned by uid {uid} and writable by nobody else",
-            d.display()
-        ))
-        .hint("fix its owner and mode, or choose another with PGBOOKEND_STATE_DIR"));
+    match fsutil::open_private(d, false) {
+        Ok(_) => Ok(()),
+        Err(fsutil::NotPrivate::Io(_, e)) => Err(crate::error::io_err("cannot read", d, e)),
+        Err(_) => {
+            // SAFETY: geteuid cannot fail.
+            let uid = unsafe { libc::geteuid() };
+            Err(crate::error::Error::env(format!(
+                "refusing the state directory {}: it must be a real directory owned by uid {uid} and writable by nobody else",
+                d.display()
+            ))
+            .hint("fix its owner and mode, or choose another with PGBOOKEND_STATE_DIR"))
+        }
     }
-    Ok(())
 }
 
 fn path_of(token: &str) -> PathBuf {

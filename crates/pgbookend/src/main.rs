@@ -309,7 +309,7 @@ struct PrepareArgs {
 }
 
 impl PrepareArgs {
-    fn options(self, verb: &str) -> Result<PrepareOptions, Error> {
+    fn options(self, verb: &str, cfg: &Config) -> Result<PrepareOptions, Error> {
         let mut ts = Vec::new();
         for t in &self.tablespaces {
             let (oid, path) = t
@@ -336,6 +336,7 @@ impl PrepareArgs {
         Ok(PrepareOptions {
             pgdata: self.pgdata.map(abs).unwrap_or_default(),
             store: self.store,
+            configured_stores: cfg.store.clone(),
             bundle: self.bundle.map(abs),
             id: self.id,
             target: self.target,
@@ -853,12 +854,12 @@ fn dispatch(
         Cmd::Abort { id } => commands::abort(run, &id),
         Cmd::Cleanup { pgdata } => commands::cleanup(run, pgdata.as_deref()),
         Cmd::Prepare(a) => a
-            .options("prepare")
+            .options("prepare", cfg)
             .and_then(|o| pgbookend::restore::exec::prepare(&o))
             .and_then(|r| report_output(r, "prepare")),
         Cmd::Verify(a) => {
             let copy = a.pgdata.is_some();
-            a.options("verify").and_then(|o| {
+            a.options("verify", cfg).and_then(|o| {
                 let r = if copy {
                     pgbookend::restore::verify_copy(&o)
                 } else {

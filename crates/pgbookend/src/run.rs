@@ -332,29 +332,104 @@ pub fn run(rd: &RunDir, cfg: &Config, opts: RunOptions) -> Result<RunOutcome> {
         output: started,
     } = commands::start_backup(rd, cfg, opts.start.clone())?;
     let id = ready.id.clone();
-    let entry = rd.entry(&id);
-    let shown = show_command(&opts.command);
     eprintln!(
-        "pgbookend: backup {id} started at {} (WAL {}) for {}; running: {shown}",
-        ready.start_lsn, ready.start_wal_file, ready.pgdata
+        "pgbookend: backup {id} started at {} (WAL {}) for {}; running: {}",
+        ready.start_lsn,
+        ready.start_wal_file,
+        ready.pgdata,
+        show_command(&opts.command)
     );
     let mut report = json!({
         "id": id,
         "start": started.json,
         "command": { "argv": opts.command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>() },
     });
+    let ended = match run_command(rd, &opts, &ready, cmd_stdout, &mut report)? {
+        Ok(ended) => ended,
+        Err(outcome) => return Ok(outcome),
+    };
+    eprintln!(
+        "pgbookend: COMMAND exited with 0 after {:.1}s; stopping backup {id}",
+        ended.seconds
+    );
+    let commands::Stopped {
+        report: report_stop,
+        output: stopped,
+    } = commands::stop_backup(
+        rd,
+        cfg,
+        &id,
+        opts.wait_archive,
+        opts.archive_timeout.as_deref(),
+    )?;
+    report["stop"] = stopped.json.clone();
+    report["result"] = json!("stopped");
+    let stop_error = stopped.error.clone();
+    // The bundle is in every store when stop succeeded, or only the WAL is unconfirmed.
+    let bundle_complete = match &stop_error {
+        None => true,
+        Some(e) => e.class() == Class::WalNotSafe,
+    };
+    let mut fin = Finish {
+        human: stopped.human.clone(),
+        code: stop_error
+            .as_ref()
+            .map(|e| e.class().exit_code())
+            .unwrap_or(0),
+        error: stop_error,
+    };
+    if let Some(then) = &opts.then {
+        let late = RECEIVED.load(Ordering::SeqCst);
+        if !bundle_complete {
+            fin.human
+                .push_str("--then not run: the bundle is not in every store\n");
+        } else if late != 0 {
+            fin.not_run_after_signal(late);
+        } else {
+            let job = Then {
+                command: then,
+                ready: &ready,
+                rd,
+                stop: report_stop.as_ref(),
+            };
+            run_then(&job, then_stdout, &mut report, &mut fin)?;
+        }
+    }
+    if let Some(e) = &fin.error {
+        report["error"] = serde_json::to_value(e).unwrap_or(Value::Null);
+    }
+    Ok(RunOutcome {
+        output: Output {
+            json: report,
+            human: fin.human,
+            error: fin.error,
+        },
+        code: fin.code,
+    })
+}
 
+/// Runs COMMAND during the backup: `Ok(ended)` when it exited with 0 and the backup is
+/// to be stopped, or the finished outcome when the backup was aborted or became void.
+fn run_command(
+    rd: &RunDir,
+    opts: &RunOptions,
+    ready: &Ready,
+    cmd_stdout: Option<Stdio>,
+    report: &mut Value,
+) -> Result<std::result::Result<Ended, RunOutcome>> {
+    let id = &ready.id;
+    let entry = rd.entry(id);
+    let shown = show_command(&opts.command);
     // Interrupted while starting: nothing was copied; abort at once.
     let early = RECEIVED.load(Ordering::SeqCst);
     if early != 0 {
         let why = format!("run received {} before COMMAND started", signal_name(early));
-        return Ok(aborted(rd, &id, report, why, 128 + early, None));
+        return Ok(Err(aborted(rd, id, report.take(), why, 128 + early, None)));
     }
-
     let tty = Terminal::foreground();
     let mut cmd = Command::new(&opts.command[0]);
     cmd.args(&opts.command[1..]);
-    backup_env(&mut cmd, &ready, rd);
+    backup_env(&mut cmd, ready, rd);
     if let Some(out) = cmd_stdout {
         cmd.stdout(out);
     }
@@ -372,13 +447,13 @@ pub fn run(rd: &RunDir, cfg: &Config, opts: RunOptions) -> Result<RunOutcome> {
             };
             report["command"]["error"] = json!(e.to_string());
             let why = format!("COMMAND could not be started ({shown}: {e})");
-            return Ok(aborted(rd, &id, report, why, code, None));
+            return Ok(Err(aborted(rd, id, report.take(), why, code, None)));
         }
     };
     let ended = match wait_child(child, tty.as_ref(), Some(&entry), t0) {
         Ok(e) => e,
         Err(e) => {
-            let _ = commands::abort(rd, &id);
+            let _ = commands::abort(rd, id);
             return Err(e);
         }
     };
@@ -387,28 +462,8 @@ pub fn run(rd: &RunDir, cfg: &Config, opts: RunOptions) -> Result<RunOutcome> {
             m.extend(e);
         }
     }
-
     if ended.void {
-        let st = entry.read_state();
-        let why = st
-            .as_ref()
-            .and_then(|s| s.failure.clone())
-            .unwrap_or_else(|| "its agent is gone".into());
-        let _ = commands::abort(rd, &id);
-        report["result"] = json!("void");
-        let e = Error::void(format!(
-            "backup {id} became void while COMMAND ran ({why}); COMMAND was terminated and no bundle was written"
-        ))
-        .hint("the copy is not restorable; take a new backup");
-        report["error"] = serde_json::to_value(&e).unwrap_or(Value::Null);
-        return Ok(RunOutcome {
-            output: Output {
-                json: report,
-                human: String::new(),
-                error: Some(e),
-            },
-            code: Class::Void.exit_code(),
-        });
+        return Ok(Err(void_outcome(rd, &entry, id, report.take())));
     }
     if let Some(sig) = ended.interrupted {
         let code = if ended.code() != 0 {
@@ -421,126 +476,139 @@ pub fn run(rd: &RunDir, cfg: &Config, opts: RunOptions) -> Result<RunOutcome> {
             signal_name(sig),
             ended.describe()
         );
-        return Ok(aborted(rd, &id, report, why, code, Some(&ended)));
+        return Ok(Err(aborted(rd, id, report.take(), why, code, Some(&ended))));
     }
     if !ended.status.success() {
         let why = format!("COMMAND {} ({shown})", ended.describe());
-        return Ok(aborted(rd, &id, report, why, ended.code(), Some(&ended)));
+        let code = ended.code();
+        return Ok(Err(aborted(rd, id, report.take(), why, code, Some(&ended))));
     }
+    Ok(Ok(ended))
+}
 
-    eprintln!(
-        "pgbookend: COMMAND exited with 0 after {:.1}s; stopping backup {id}",
-        ended.seconds
-    );
-    let commands::Stopped {
-        report: report_stop,
-        output: stopped,
-    } = commands::stop_backup(
-        rd,
-        cfg,
-        &id,
-        opts.wait_archive,
-        opts.archive_timeout.as_deref(),
-    )?;
-    report["stop"] = stopped.json.clone();
-    report["result"] = json!("stopped");
-    let mut human = stopped.human.clone();
-    let stop_error = stopped.error.clone();
-    // The bundle is in every store when stop succeeded, or only the WAL is unconfirmed.
-    let bundle_complete = match &stop_error {
-        None => true,
-        Some(e) => e.class() == Class::WalNotSafe,
-    };
-    let mut code = stop_error
+/// The outcome when the backup became void while COMMAND ran (COMMAND was terminated).
+fn void_outcome(rd: &RunDir, entry: &Entry, id: &str, mut report: Value) -> RunOutcome {
+    let st = entry.read_state();
+    let why = st
         .as_ref()
-        .map(|e| e.class().exit_code())
-        .unwrap_or(0);
-    let mut error = stop_error;
+        .and_then(|s| s.failure.clone())
+        .unwrap_or_else(|| "its agent is gone".into());
+    let _ = commands::abort(rd, id);
+    report["result"] = json!("void");
+    let e = Error::void(format!(
+        "backup {id} became void while COMMAND ran ({why}); COMMAND was terminated and no bundle was written"
+    ))
+    .hint("the copy is not restorable; take a new backup");
+    failed(report, e, Class::Void.exit_code())
+}
 
-    if let Some(then) = &opts.then {
-        let late = RECEIVED.load(Ordering::SeqCst);
-        if !bundle_complete {
-            human.push_str("--then not run: the bundle is not in every store\n");
-        } else if late != 0 {
-            human.push_str(&format!(
-                "--then not run: run received {} during stop\n",
-                signal_name(late)
-            ));
-            code = 128 + late;
-            error.get_or_insert_with(|| {
-                Error::internal(format!(
-                    "interrupted by {} after the backup was stopped; --then was not run",
-                    signal_name(late)
-                ))
-                .hint("the bundle is complete; back it up yourself")
-            });
-        } else {
-            let bundle = report_stop.as_ref().and_then(local_bundle);
-            eprintln!("pgbookend: running --then: {then}");
-            let mut cmd = Command::new("/bin/sh");
-            cmd.arg("-c").arg(then);
-            backup_env(&mut cmd, &ready, rd);
-            if let Some(b) = &bundle {
-                cmd.env("PGBOOKEND_BUNDLE", b);
-            }
-            if let Some(r) = &report_stop {
-                cmd.env("PGBOOKEND_STOP_LSN", &r.stop_lsn);
-            }
-            if let Some(out) = then_stdout {
-                cmd.stdout(out);
-            }
-            let tty = Terminal::foreground();
-            let t1 = Instant::now();
-            let then_ended = match spawn_group(&mut cmd, tty.as_ref()) {
-                Ok(child) => Some(wait_child(child, tty.as_ref(), None, t1)?),
-                Err(e) => {
-                    if let Some(t) = &tty {
-                        t.take_back();
-                    }
-                    report["then"] = json!({ "command": then, "error": e.to_string() });
-                    code = 126;
-                    error = Some(Error::env(format!("--then could not be started: {e}")));
-                    None
-                }
-            };
-            if let Some(te) = then_ended {
-                let mut j = te.json();
-                j["command"] = json!(then);
-                report["then"] = j;
-                if !te.status.success() || te.interrupted.is_some() {
-                    code = if te.code() != 0 {
-                        te.code()
-                    } else {
-                        128 + te.interrupted.unwrap_or(0)
-                    };
-                    error = Some(
-                        Error::env(format!(
-                            "the backup is stopped and its bundle written{}, but --then {}",
-                            bundle
-                                .as_deref()
-                                .map(|b| format!(" ({b})"))
-                                .unwrap_or_default(),
-                            te.describe()
-                        ))
-                        .hint("the backup is restorable only with its bundle: back the bundle up yourself, then fix --then"),
-                    );
-                } else {
-                    human.push_str(&format!("--then exited with 0 after {:.1}s\n", te.seconds));
-                }
-            }
-        }
-    }
-    if let Some(e) = &error {
-        report["error"] = serde_json::to_value(e).unwrap_or(Value::Null);
-    }
-    Ok(RunOutcome {
+/// The outcome of a backup that produced no bundle: the report with its error.
+fn failed(mut report: Value, e: Error, code: i32) -> RunOutcome {
+    report["error"] = serde_json::to_value(&e).unwrap_or(Value::Null);
+    RunOutcome {
         output: Output {
             json: report,
-            human,
-            error,
+            human: String::new(),
+            error: Some(e),
         },
         code,
-    })
+    }
+}
+
+/// What `run` reports after stop: the human lines, the exit code and the error.
+struct Finish {
+    human: String,
+    code: i32,
+    error: Option<Error>,
+}
+
+impl Finish {
+    /// A signal arrived during stop: `--then` is not run.
+    fn not_run_after_signal(&mut self, late: i32) {
+        self.human.push_str(&format!(
+            "--then not run: run received {} during stop\n",
+            signal_name(late)
+        ));
+        self.code = 128 + late;
+        self.error.get_or_insert_with(|| {
+            Error::internal(format!(
+                "interrupted by {} after the backup was stopped; --then was not run",
+                signal_name(late)
+            ))
+            .hint("the bundle is complete; back it up yourself")
+        });
+    }
+}
+
+/// The `--then` command and what its environment is made of.
+struct Then<'a> {
+    command: &'a str,
+    ready: &'a Ready,
+    rd: &'a RunDir,
+    stop: Option<&'a StopReport>,
+}
+
+/// Runs `--then` after a complete stop, recording its result in `report` and `fin`.
+fn run_then(
+    job: &Then,
+    then_stdout: Option<Stdio>,
+    report: &mut Value,
+    fin: &mut Finish,
+) -> Result<()> {
+    let then = job.command;
+    let bundle = job.stop.and_then(local_bundle);
+    eprintln!("pgbookend: running --then: {then}");
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c").arg(then);
+    backup_env(&mut cmd, job.ready, job.rd);
+    if let Some(b) = &bundle {
+        cmd.env("PGBOOKEND_BUNDLE", b);
+    }
+    if let Some(r) = job.stop {
+        cmd.env("PGBOOKEND_STOP_LSN", &r.stop_lsn);
+    }
+    if let Some(out) = then_stdout {
+        cmd.stdout(out);
+    }
+    let tty = Terminal::foreground();
+    let t1 = Instant::now();
+    let te = match spawn_group(&mut cmd, tty.as_ref()) {
+        Ok(child) => wait_child(child, tty.as_ref(), None, t1)?,
+        Err(e) => {
+            if let Some(t) = &tty {
+                t.take_back();
+            }
+            report["then"] = json!({ "command": then, "error": e.to_string() });
+            fin.code = 126;
+            fin.error = Some(Error::env(format!("--then could not be started: {e}")));
+            return Ok(());
+        }
+    };
+    let mut j = te.json();
+    j["command"] = json!(then);
+    report["then"] = j;
+    if !te.status.success() || te.interrupted.is_some() {
+        fin.code = if te.code() != 0 {
+            te.code()
+        } else {
+            128 + te.interrupted.unwrap_or(0)
+        };
+        fin.error = Some(
+            Error::env(format!(
+                "the backup is stopped and its bundle written{}, but --then {}",
+                bundle
+                    .as_deref()
+                    .map(|b| format!(" ({b})"))
+                    .unwrap_or_default(),
+                te.describe()
+            ))
+            .hint("the backup is restorable only with its bundle: back the bundle up yourself, then fix --then"),
+        );
+    } else {
+        fin.human
+            .push_str(&format!("--then exited with 0 after {:.1}s\n", te.seconds));
+    }
+    Ok(())
 }
 
 /// The bundle directory in the first local store the bundle was written to.
@@ -579,15 +647,7 @@ fn aborted(
     if !done {
         e = e.hint(format!("run `pgbookend abort --id {id}`"));
     }
-    report["error"] = serde_json::to_value(&e).unwrap_or(Value::Null);
-    RunOutcome {
-        output: Output {
-            json: report,
-            human: String::new(),
-            error: Some(e),
-        },
-        code,
-    }
+    failed(report, e, code)
 }
 
 /// A duplicate of our stderr, for a child's stdout under `--json`.

@@ -5,7 +5,7 @@
 //! survives PID reuse and needs no cooperation from a dead process.
 
 use crate::error::{io_err, Error, Result};
-use crate::fsutil::{self, Dir, Ownership};
+use crate::fsutil::{self, Dir, NotPrivate, Ownership};
 use crate::state::AgentState;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -98,30 +98,18 @@ impl RunDir {
             ))
             .hint("remove it or fix its owner and mode, or choose another with --run-dir")
         };
-        let dir = Dir::open(root).map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => {
-                refuse("it is a symbolic link (someone may have planted it)".into())
+        match fsutil::open_private(root, created) {
+            Ok(_) => Ok(()),
+            Err(NotPrivate::Link) => {
+                Err(refuse("it is a symbolic link (someone may have planted it)".into()))
             }
-            Some(libc::ENOTDIR) => refuse("it is not a directory".into()),
-            _ => io_err("cannot open the run directory", root, e),
-        })?;
-        // SAFETY: geteuid cannot fail.
-        let uid = unsafe { libc::geteuid() };
-        if created {
-            // SAFETY: getegid cannot fail.
-            let gid = unsafe { libc::getegid() };
-            dir.set_owner_mode(uid, gid, 0o700)
-                .map_err(|e| io_err("cannot chmod", root, e))?;
+            Err(NotPrivate::NotDir) => Err(refuse("it is not a directory".into())),
+            Err(NotPrivate::Shared { want_uid, uid, mode }) => Err(refuse(format!(
+                "it must belong to uid {want_uid} and not be writable by group or others (it is uid {uid}, mode {mode:o})"
+            ))),
+            Err(NotPrivate::Io("open", e)) => Err(io_err("cannot open the run directory", root, e)),
+            Err(NotPrivate::Io(what, e)) => Err(io_err(&format!("cannot {what}"), root, e)),
         }
-        let st = dir.stat().map_err(|e| io_err("cannot read", root, e))?;
-        if st.st_uid != uid || st.st_mode & 0o022 != 0 {
-            return Err(refuse(format!(
-                "it must belong to uid {uid} and not be writable by group or others (it is uid {}, mode {:o})",
-                st.st_uid,
-                st.st_mode & 0o7777
-            )));
-        }
-        Ok(())
     }
 
     /// The entry of one backup (which may not exist).

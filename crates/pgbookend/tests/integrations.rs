@@ -17,10 +17,11 @@
 mod common;
 mod runkit;
 
+use common::wait_recovered;
 use common::{bin, run_for, Tool};
 use pgbookend_formats::lsn::Lsn;
 use pgbookend_testkit::{Cluster, ClusterOptions};
-use runkit::{amcheck_clean, canary_table, wait_recovered, with_canary};
+use runkit::{amcheck_clean, canary_table, with_canary};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

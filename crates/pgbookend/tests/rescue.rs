@@ -47,17 +47,7 @@ fn restores(major: u32, tool: &Tool, store: &str, copy: &Path) {
     let d = copy.display().to_string();
     tool.run(&["prepare", "--pgdata", &d, "--store", store])
         .ok();
-    let r = Cluster::from_existing(major, copy.to_path_buf(), copy.parent().unwrap().into());
-    r.start_again()
-        .unwrap_or_else(|log| panic!("the rescued backup did not start:\n{log}"));
-    assert!(
-        common::wait_until(Duration::from_secs(60), || r
-            .try_psql("SELECT pg_is_in_recovery()")
-            .as_deref()
-            == Ok("f")),
-        "recovery did not finish:\n{}",
-        r.server_log()
-    );
+    let r = common::start_restored(major, copy, copy.parent().unwrap());
     assert!(r.pgbench_invariant_ok(), "pgbench's invariant must hold");
     assert_eq!(r.psql("SELECT t FROM rows"), "committed before stop");
 }

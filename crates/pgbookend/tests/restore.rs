@@ -4,48 +4,12 @@
 
 mod common;
 
-use common::{run_for, Run, Tool};
+use common::tree::digest;
+use common::{run_for, start_restored, Run, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
-use sha2::{Digest, Sha256};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-
-/// A digest of a whole tree: paths, modes, owners, link targets and contents.
-fn tree_digest(root: &Path) -> String {
-    let mut entries = Vec::new();
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        let mut names: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        names.sort();
-        for p in names {
-            let md = std::fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(root).unwrap().display().to_string();
-            if md.file_type().is_symlink() {
-                out.push(format!(
-                    "{rel} -> {}",
-                    std::fs::read_link(&p).unwrap().display()
-                ));
-            } else if md.is_dir() {
-                out.push(format!("{rel}/ {:o} {}", md.mode(), md.uid()));
-                walk(root, &p, out);
-            } else {
-                let data = std::fs::read(&p).unwrap();
-                out.push(format!(
-                    "{rel} {:o} {} {}",
-                    md.mode(),
-                    md.uid(),
-                    hex::encode(Sha256::digest(&data))
-                ));
-            }
-        }
-    }
-    walk(root, root, &mut entries);
-    hex::encode(Sha256::digest(entries.join("\n").as_bytes()))
-}
 
 /// A backup of a loaded cluster with a tablespace, and copies of PGDATA and the
 /// tablespace taken during its window.
@@ -154,22 +118,6 @@ fn rsync_copy(flags: &str, src: &Path, dest: &Path) {
     );
 }
 
-/// Starts a prepared directory and waits for recovery to finish.
-fn start_restored(major: u32, data: &Path, work: &Path) -> Cluster {
-    let r = Cluster::from_existing(major, data.to_path_buf(), work.to_path_buf());
-    r.start_again()
-        .unwrap_or_else(|log| panic!("the prepared copy did not start:\n{log}"));
-    assert!(
-        common::wait_until(Duration::from_secs(60), || r
-            .try_psql("SELECT pg_is_in_recovery()")
-            .as_deref()
-            == Ok("f")),
-        "recovery did not finish:\n{}",
-        r.server_log()
-    );
-    r
-}
-
 /// amcheck on every btree index (with heapallindexed) and, from 14, the heap itself.
 fn amcheck_clean(r: &Cluster) {
     r.psql("CREATE EXTENSION IF NOT EXISTS amcheck");
@@ -267,13 +215,13 @@ per_major!(tar_and_rsync_restore_t, tar_and_rsync_restore);
 
 /// Runs prepare on a copy expecting a refusal, and checks nothing changed.
 fn refused(f: &Fixture, data: &Path, extra: &[&str], needle: &str) -> Run {
-    let before = tree_digest(data);
+    let before = digest(data);
     let r = f.prepare(data, extra);
     assert_eq!(r.code, 6, "{r:?}");
     assert!(r.all().contains(needle), "expected {needle:?} in {r:?}");
     assert!(r.all().contains("nothing was changed"), "{r:?}");
     assert_eq!(
-        tree_digest(data),
+        digest(data),
         before,
         "prepare must not change a refused directory"
     );
@@ -287,7 +235,7 @@ fn refuse_other_cluster(major: u32) {
     let otool = Tool::new(&other);
     otool.start("same-id", &[]).ok();
     otool.stop("same-id", &[]).ok();
-    let before = tree_digest(&data);
+    let before = digest(&data);
     let d = data.display().to_string();
     let b = otool.bundle_dir("same-id").display().to_string();
     let ts_arg = f.ts_arg(&ts);
@@ -302,7 +250,7 @@ fn refuse_other_cluster(major: u32) {
     ]);
     assert_eq!(r.code, 6, "{r:?}");
     assert!(r.all().contains("cluster"), "{r:?}");
-    assert_eq!(tree_digest(&data), before);
+    assert_eq!(digest(&data), before);
 }
 per_major!(refuse_other_cluster_t, refuse_other_cluster);
 
@@ -574,14 +522,14 @@ per_major!(standby_restore_t, standby_restore);
 /// --dry-run changes nothing and prints every action; verify reports the same copy clean.
 fn dry_run_and_verify(major: u32) {
     let (f, data, ts) = Fixture::with_copy(major, "dry", &[]);
-    let before = tree_digest(&data);
+    let before = digest(&data);
     let r = f
         .prepare(
             &data,
             &["--tablespace", &f.ts_arg(&ts), "--dry-run", "--json"],
         )
         .ok();
-    assert_eq!(tree_digest(&data), before);
+    assert_eq!(digest(&data), before);
     let j = r.json();
     let kinds: Vec<&str> = j["actions"]
         .as_array()

@@ -7,44 +7,12 @@
 
 mod common;
 
-use common::{run_for, Run, Tool};
+use common::tree::digest;
+use common::{run_for, start_restored, Run, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
-use sha2::{Digest, Sha256};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
-
-/// A digest of a whole tree: paths, modes, owners, link targets and contents.
-fn digest(root: &Path) -> String {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        names.sort();
-        for p in names {
-            let md = std::fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(root).unwrap().display().to_string();
-            if md.file_type().is_symlink() {
-                out.push(format!(
-                    "{rel} -> {}",
-                    std::fs::read_link(&p).unwrap().display()
-                ));
-            } else if md.is_dir() {
-                out.push(format!("{rel}/ {:o} {}", md.mode(), md.uid()));
-                walk(root, &p, out);
-            } else {
-                let data = std::fs::read(&p).unwrap();
-                let sum = hex::encode(Sha256::digest(&data));
-                out.push(format!("{rel} {:o} {} {sum}", md.mode(), md.uid()));
-            }
-        }
-    }
-    let mut entries = Vec::new();
-    walk(root, root, &mut entries);
-    hex::encode(Sha256::digest(entries.join("\n").as_bytes()))
-}
 
 /// `cp -a src dest` (links copied as links, owners kept).
 fn cp_a(src: &Path, dest: &Path) {
@@ -76,22 +44,6 @@ fn refused(tool: &Tool, data: &Path, extra: &[&str], needle: &str) -> Run {
     assert!(r.all().contains(needle), "expected {needle:?} in {r:?}");
     assert!(r.all().contains("nothing was changed"), "{r:?}");
     assert_eq!(digest(data), before, "a refused copy must stay as it was");
-    r
-}
-
-/// Starts a prepared copy and waits for recovery to finish.
-fn start_restored(major: u32, data: &Path, base: &Path) -> Cluster {
-    let r = Cluster::from_existing(major, data.to_path_buf(), base.to_path_buf());
-    r.start_again()
-        .unwrap_or_else(|log| panic!("the prepared copy did not start:\n{log}"));
-    assert!(
-        common::wait_until(Duration::from_secs(60), || r
-            .try_psql("SELECT pg_is_in_recovery()")
-            .as_deref()
-            == Ok("f")),
-        "recovery did not finish:\n{}",
-        r.server_log()
-    );
     r
 }
 

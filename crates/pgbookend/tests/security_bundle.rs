@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::tree::digest;
 use common::{run_for, Run, Tool};
 use pgbookend::bundle::Manifest;
 use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
@@ -80,37 +81,6 @@ impl Setup {
         args.extend_from_slice(extra);
         self.tool.run(&args)
     }
-}
-
-/// A digest of a tree: paths, modes, owners, link targets and contents.
-fn digest(root: &Path) -> String {
-    let mut h = Sha256::new();
-    let mut stack = vec![root.to_path_buf()];
-    let mut all = Vec::new();
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let md = std::fs::symlink_metadata(&p).unwrap();
-            let data = if md.is_file() {
-                std::fs::read(&p).unwrap()
-            } else if md.file_type().is_symlink() {
-                std::fs::read_link(&p)
-                    .unwrap()
-                    .into_os_string()
-                    .into_encoded_bytes()
-            } else {
-                stack.push(p.clone());
-                Vec::new()
-            };
-            all.push((p, md.mode(), md.uid(), data));
-        }
-    }
-    all.sort();
-    for (p, mode, uid, data) in all {
-        h.update(format!("{} {mode:o} {uid} {}\n", p.display(), data.len()));
-        h.update(&data);
-    }
-    hex::encode(h.finalize())
 }
 
 /// A victim file with known bytes and mode, and what it must still be afterwards.

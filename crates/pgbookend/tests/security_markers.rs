@@ -5,42 +5,13 @@
 
 mod common;
 
-use common::{bin, run_for, Tool};
+use common::{bin, run_for, tree, Tool};
 use pgbookend_testkit::{run_as_server_user, temp_dir, Cluster, ClusterOptions};
 use serde_json::{json, Value};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Barrier, Mutex};
-
-/// Everything about a victim that an attack could change: each entry below it (never
-/// following links) with its type, mode, owner and content.
-fn snapshot(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut todo = vec![root.to_path_buf()];
-    while let Some(p) = todo.pop() {
-        let md = std::fs::symlink_metadata(&p).expect("victim entry");
-        let content = if md.is_file() {
-            format!("{:?}", std::fs::read(&p).unwrap())
-        } else {
-            String::new()
-        };
-        out.push(format!(
-            "{} {:o} {}:{} {content}",
-            p.display(),
-            md.mode(),
-            md.uid(),
-            md.gid()
-        ));
-        if md.is_dir() {
-            for e in std::fs::read_dir(&p).unwrap() {
-                todo.push(e.unwrap().path());
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 /// A root-owned victim directory (0755) holding one file (0644) with known content.
 fn make_victim(dir: &Path) -> Vec<String> {
@@ -49,7 +20,7 @@ fn make_victim(dir: &Path) -> Vec<String> {
     let f = dir.join("precious");
     std::fs::write(&f, b"do not touch\n").unwrap();
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-    snapshot(dir)
+    tree::entries(dir)
 }
 
 /// Runs a shell script as the server user (the postgres OS user plants things).
@@ -110,8 +81,8 @@ fn foreign_marker_ids(major: u32) {
 
     let started = tool.start("s1", &["--wal", "none"]);
     tool.stop("s1", &[]).ok();
-    assert_eq!(snapshot(&rel_victim), before_rel);
-    assert_eq!(snapshot(&abs_victim), before_abs);
+    assert_eq!(tree::entries(&rel_victim), before_rel);
+    assert_eq!(tree::entries(&abs_victim), before_abs);
     let started = started.ok().json();
     let foreign: Vec<&str> = started["foreign_markers"]
         .as_array()
@@ -127,8 +98,8 @@ fn foreign_marker_ids(major: u32) {
     let g = tool.run(&["guard", "--pgdata", &pgdata.display().to_string()]);
     assert_eq!(g.code, 6, "guard refuses a foreign marker: {g:?}");
     assert!(g.all().contains("differs from its directory name"), "{g:?}");
-    assert_eq!(snapshot(&rel_victim), before_rel);
-    assert_eq!(snapshot(&abs_victim), before_abs);
+    assert_eq!(tree::entries(&rel_victim), before_rel);
+    assert_eq!(tree::entries(&abs_victim), before_abs);
 
     let cl = tool
         .run(&[
@@ -150,8 +121,8 @@ fn foreign_marker_ids(major: u32) {
         [("abs", true), ("evil", true), ("tok", true)],
         "{cl}"
     );
-    assert_eq!(snapshot(&rel_victim), before_rel);
-    assert_eq!(snapshot(&abs_victim), before_abs);
+    assert_eq!(tree::entries(&rel_victim), before_rel);
+    assert_eq!(tree::entries(&abs_victim), before_abs);
     assert!(!pgdata.join("pg_backup_metadata").exists());
     let g = tool.run(&["guard", "--pgdata", &pgdata.display().to_string()]);
     assert_eq!(g.code, 0, "{g:?}");
@@ -177,7 +148,7 @@ fn planted_links(major: u32) {
     let r = tool.start("l0", &["--wal", "none"]);
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("symbolic link"), "{r:?}");
-    assert_eq!(snapshot(&victim), before);
+    assert_eq!(tree::entries(&victim), before);
     std::fs::remove_file(&top).unwrap();
 
     // A backup's directory name is taken by a link: refused.
@@ -188,7 +159,7 @@ fn planted_links(major: u32) {
     let r = tool.start("l1", &["--wal", "none"]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("already marked"), "{r:?}");
-    assert_eq!(snapshot(&victim), before);
+    assert_eq!(tree::entries(&victim), before);
     std::fs::remove_file(top.join("l1")).unwrap();
 
     // During the window the server user swaps a marker for links; stop removes only them.
@@ -203,7 +174,7 @@ fn planted_links(major: u32) {
     );
     tool.stop("l2", &[]).ok();
     tool.stop("l3", &[]).ok();
-    assert_eq!(snapshot(&victim), before);
+    assert_eq!(tree::entries(&victim), before);
     assert!(!top.join("l2").exists() && !top.join("l3").exists());
     assert!(std::fs::symlink_metadata(top.join("l3")).is_err());
 }

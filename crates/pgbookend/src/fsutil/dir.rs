@@ -114,6 +114,13 @@ impl Dir {
         })
     }
 
+    /// The same directory, named `path` in messages (e.g. the path the user gave rather
+    /// than the resolved one that was opened).
+    pub fn with_path(mut self, path: &Path) -> Dir {
+        self.path = path.to_path_buf();
+        self
+    }
+
     /// The path this handle was opened as (for messages only: never reopened).
     pub fn path(&self) -> &Path {
         &self.path
@@ -284,6 +291,26 @@ impl Dir {
         let c = component(name.as_ref())?;
         // SAFETY: c is a valid C string.
         check(unsafe { libc::unlinkat(self.raw(), c.as_ptr(), libc::AT_REMOVEDIR) })?;
+        Ok(())
+    }
+
+    /// Creates the symbolic link `name` -> `target` (`name` must not exist).
+    pub fn symlink(&self, name: impl AsRef<OsStr>, target: &Path) -> io::Result<()> {
+        let c = component(name.as_ref())?;
+        let t = cpath(target)?;
+        // SAFETY: both are valid C strings; the fd is an open directory.
+        check(unsafe { libc::symlinkat(t.as_ptr(), self.raw(), c.as_ptr()) })?;
+        Ok(())
+    }
+
+    /// Gives the entry `name` the owner `uid:gid` without following it (a link itself
+    /// changes owner, never what it points to).
+    pub fn chown_entry(&self, name: impl AsRef<OsStr>, uid: u32, gid: u32) -> io::Result<()> {
+        let c = component(name.as_ref())?;
+        // SAFETY: c is a valid C string; AT_SYMLINK_NOFOLLOW acts on the entry itself.
+        check(unsafe {
+            libc::fchownat(self.raw(), c.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW)
+        })?;
         Ok(())
     }
 

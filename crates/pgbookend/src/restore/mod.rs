@@ -38,6 +38,8 @@ use std::path::{Path, PathBuf};
 pub struct PrepareOptions {
     pub pgdata: PathBuf,
     pub store: Option<String>,
+    /// The configured stores (resolved at the CLI edge), tried when `store` is not given.
+    pub configured_stores: Vec<String>,
     pub bundle: Option<PathBuf>,
     pub id: Option<String>,
     pub target: Option<String>,
@@ -430,9 +432,7 @@ fn locate_bundle(
     // stores are; the marker's stores only appear in the hint.
     let candidates: Vec<String> = match &opts.store {
         Some(s) => vec![s.clone()],
-        None => crate::config::Config::load()
-            .map(|c| c.store)
-            .unwrap_or_default(),
+        None => opts.configured_stores.clone(),
     };
     if candidates.is_empty() {
         let named = m.map(|m| m.stores.join(", ")).unwrap_or_default();

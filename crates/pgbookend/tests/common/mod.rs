@@ -2,6 +2,8 @@
 //! clusters the way a backup program's hooks would, and clean up every agent started.
 #![allow(dead_code)]
 
+pub mod tree;
+
 use pgbookend_testkit::{Cluster, TempDir};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -216,35 +218,26 @@ pub fn history_file(cluster: &Cluster, start_wal_file: &str) -> Option<String> {
     None
 }
 
-/// Generates one `#[test]` per supported major that calls `$body(major)`.
+/// Generates one `#[test]` per supported major (the list of
+/// `pgbookend_formats::for_each_supported_major!`) that calls `$body(major)`.
 #[macro_export]
 macro_rules! per_major {
     ($name:ident, $body:ident) => {
+        pgbookend_formats::for_each_supported_major!(per_major_tests, $name, $body);
+    };
+}
+
+/// The body of [`per_major!`]: a module `$name` with a test `pgNN` per major.
+#[macro_export]
+macro_rules! per_major_tests {
+    ($name:ident, $body:ident ; $(($n:literal $pg:ident))*) => {
         mod $name {
-            #[test]
-            fn pg13() {
-                super::run_for(13, super::$body)
-            }
-            #[test]
-            fn pg14() {
-                super::run_for(14, super::$body)
-            }
-            #[test]
-            fn pg15() {
-                super::run_for(15, super::$body)
-            }
-            #[test]
-            fn pg16() {
-                super::run_for(16, super::$body)
-            }
-            #[test]
-            fn pg17() {
-                super::run_for(17, super::$body)
-            }
-            #[test]
-            fn pg18() {
-                super::run_for(18, super::$body)
-            }
+            $(
+                #[test]
+                fn $pg() {
+                    super::run_for($n, super::$body)
+                }
+            )*
         }
     };
 }
@@ -256,4 +249,26 @@ pub fn run_for(major: u32, body: fn(u32)) {
         return;
     }
     body(major)
+}
+
+/// Starts a prepared (or rescued) copy and waits until its recovery has finished.
+pub fn start_restored(major: u32, data: &Path, work: &Path) -> Cluster {
+    let r = Cluster::from_existing(major, data.to_path_buf(), work.to_path_buf());
+    r.start_again()
+        .unwrap_or_else(|log| panic!("the prepared copy did not start:\n{log}"));
+    wait_recovered(&r);
+    r
+}
+
+/// Waits until a started restore has finished recovery (or failed to).
+#[track_caller]
+pub fn wait_recovered(r: &Cluster) {
+    assert!(
+        wait_until(Duration::from_secs(60), || r
+            .try_psql("SELECT pg_is_in_recovery()")
+            .as_deref()
+            == Ok("f")),
+        "recovery did not finish:\n{}",
+        r.server_log()
+    );
 }

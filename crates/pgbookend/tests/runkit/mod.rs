@@ -177,16 +177,3 @@ pub fn amcheck_clean(r: &Cluster) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
-
-/// Waits until a started restore has finished recovery (or failed to).
-#[track_caller]
-pub fn wait_recovered(r: &Cluster) {
-    assert!(
-        wait_until(Duration::from_secs(60), || r
-            .try_psql("SELECT pg_is_in_recovery()")
-            .as_deref()
-            == Ok("f")),
-        "recovery did not finish:\n{}",
-        r.server_log()
-    );
-}

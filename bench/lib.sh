@@ -1,0 +1,121 @@
+# bench/lib.sh: what every benchmark script shares, sourced after its argument parsing:
+# messages, the release build and a private copy of the binary, the work directory and
+# its cleanup (agents, servers, the directory) on any exit, and a throwaway cluster.
+#
+# The sourcing script sets NAME (for messages), TMPBASE and KEEP (0/1), and PGBIN (the
+# server's bin directory) before calling bench_start_cluster. It may define
+# bench_cleanup_first / bench_cleanup_last, run at the start / end of cleanup (its own
+# background processes). The scripts themselves only measure.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORK=
+PM_PID=
+PM2_PID=
+AGENT_PIDS=()
+
+die() { echo "$NAME: $*" >&2; exit 1; }
+note() { echo "# $*" >&2; }
+now_us() { echo "${EPOCHREALTIME/./}"; }
+as_owner() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+# An agent pid is ours only while its command line is a binary of our work directory's agent.
+is_our_agent() { alive "$1" && [ -n "$WORK" ] && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q "^$WORK/[^ ]* __agent "; }
+
+# bench_need_time: /usr/bin/time (for peak RSS), installed as root if missing.
+bench_need_time() {
+  if [ ! -x /usr/bin/time ]; then
+    if [ "$(id -u)" = 0 ]; then apt-get install -y -q time >/dev/null 2>&1 || true; fi
+    [ -x /usr/bin/time ] || die "needs /usr/bin/time (apt-get install time)"
+  fi
+}
+
+# bench_room KB: refuses to start without KB free on $TMPBASE.
+bench_room() {
+  local avail
+  avail=$(df -Pk "$TMPBASE" | awk 'NR == 2 { print $4 }')
+  note "df $TMPBASE: $((avail / 1048576)) GiB free, need about $(($1 / 1048576)) GiB"
+  [ "$avail" -gt "$1" ] || die "not enough room on $TMPBASE"
+}
+
+# stop_pm DATADIR PID [MODE]: stops a server we started (fast by default), killing it if
+# it does not stop.
+stop_pm() {
+  if alive "$2"; then
+    as_owner "$PGBIN/pg_ctl" -D "$1" -m "${3:-fast}" -w -t 60 stop >/dev/null 2>&1
+    alive "$2" && kill -KILL "$2" 2>/dev/null
+  fi
+  return 0
+}
+
+bench_cleanup() {
+  local rc=$? p
+  trap - EXIT INT TERM
+  set +e
+  declare -F bench_cleanup_first >/dev/null && bench_cleanup_first
+  for p in "${AGENT_PIDS[@]}"; do is_our_agent "$p" && kill -TERM "$p" 2>/dev/null; done
+  for p in "${AGENT_PIDS[@]}"; do
+    for _ in $(seq 50); do is_our_agent "$p" || break; sleep 0.1; done
+    is_our_agent "$p" && kill -KILL "$p" 2>/dev/null
+  done
+  [ -n "$WORK" ] && stop_pm "$WORK/copy" "$PM2_PID"
+  [ -n "$WORK" ] && stop_pm "$WORK/data" "$PM_PID" "${PM_STOP_MODE:-fast}"
+  declare -F bench_cleanup_last >/dev/null && bench_cleanup_last
+  if [ -n "$WORK" ] && [ -d "$WORK" ]; then
+    if [ "$KEEP" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+  fi
+  exit "$rc"
+}
+trap bench_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# bench_build [--examples]: cargo build --release of pgbookend (and its examples).
+bench_build() {
+  note "building: cargo build --release -p pgbookend $*"
+  (cd "$ROOT" && cargo build --release --quiet -p pgbookend "$@") || die "build failed"
+}
+
+# bench_workdir TAG: the private work directory (removed at exit unless --keep).
+bench_workdir() {
+  WORK=$(mktemp -d "$TMPBASE/pgbookend-$1.XXXXXX")
+  chmod 755 "$WORK"
+}
+
+# bench_start_cluster [INITDB_ARG]... -- [SERVER -c SETTINGS]: initdb $WORK/data and start it
+# on a private socket ($WORK/sock, port 5432); exports the libpq variables for it, an empty
+# PGBOOKEND_CONFIG, and defines q (psql -At) and PGV (the server version).
+bench_start_cluster() {
+  local init=() opts=""
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do init+=("$1"); shift; done
+  [ "${1:-}" = -- ] && shift
+  opts="$*"
+  mkdir -p "$WORK/sock"
+  mkdir -m 700 "$WORK/data"
+  touch "$WORK/server.log" "$WORK/server2.log"
+  if [ "$(id -u)" = 0 ]; then chown postgres: "$WORK/sock" "$WORK/data" "$WORK/server.log" "$WORK/server2.log"; fi
+  as_owner "$PGBIN/initdb" -D "$WORK/data" -U postgres --auth=trust -E UTF8 --locale=C "${init[@]}" \
+    >"$WORK/initdb.log" 2>&1 || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
+  as_owner "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -t 60 start -o \
+    "-c listen_addresses='' -c unix_socket_directories='$WORK/sock' -c port=5432 -c wal_level=replica -c archive_mode=off $opts" \
+    >/dev/null || { cat "$WORK/server.log" >&2; die "server did not start"; }
+  PM_PID=$(head -1 "$WORK/data/postmaster.pid")
+  for v in $(env | sed -n 's/^\(PG[A-Z_]*\)=.*/\1/p'); do unset "$v"; done
+  export PGHOST=$WORK/sock PGPORT=5432 PGUSER=postgres PGDATABASE=postgres
+  : >"$WORK/empty.toml"
+  export PGBOOKEND_CONFIG=$WORK/empty.toml
+  PGV=$(q -c 'SHOW server_version' | awk '{ print $1 }')
+}
+q() { "$PGBIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
+
+# timed CMD... -> US (wall), HWM (peak RSS kB), RC; output in $WORK/out.txt, err.txt.
+timed() {
+  local a b
+  a=$(now_us)
+  RC=0
+  /usr/bin/time -v -o "$WORK/time.txt" "$@" >"$WORK/out.txt" 2>"$WORK/err.txt" || RC=$?
+  b=$(now_us)
+  US=$((b - a))
+  HWM=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$WORK/time.txt")
+}
+median() { sort -g | awk '{ v[NR] = $1 } END { n = NR; if (n % 2) m = v[(n + 1) / 2]; else m = (v[n / 2] + v[n / 2 + 1]) / 2; printf "%.0f\n", m }'; }
+sec() { awk -v u="$1" 'BEGIN { printf "%.3f s", u / 1e6 }'; }
