@@ -112,13 +112,15 @@ fn scratch_pgdata(c: &Cluster) -> TempDir {
 
 /// Runs pgbookend with `cwd` as its working directory (as the server does).
 fn run_in(cwd: &Path, args: &[&str]) -> Run {
-    Command::new(common::bin())
+    let r: Run = Command::new(common::bin())
         .args(args)
         .current_dir(cwd)
         .env_remove("PGBOOKEND_CONFIG")
         .output()
         .unwrap()
-        .into()
+        .into();
+    common::schema::check_output(args, &r.stdout);
+    r
 }
 
 fn sha(bytes: &[u8]) -> String {

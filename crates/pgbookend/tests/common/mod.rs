@@ -2,6 +2,7 @@
 //! clusters the way a backup program's hooks would, and clean up every agent started.
 #![allow(dead_code)]
 
+pub mod schema;
 pub mod tree;
 
 use pgbookend_testkit::{Cluster, TempDir};
@@ -97,8 +98,11 @@ impl Tool {
         c
     }
 
+    /// Runs pgbookend; a `--json` output is checked against its published schema.
     pub fn run(&self, args: &[&str]) -> Run {
-        self.cmd(args).output().expect("run pgbookend").into()
+        let r: Run = self.cmd(args).output().expect("run pgbookend").into();
+        schema::check_output(args, &r.stdout);
+        r
     }
 
     /// `start --id ID --store STORE --json` plus extra args.
