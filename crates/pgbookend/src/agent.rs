@@ -350,6 +350,10 @@ struct Agent {
     marker_written: bool,
     state: AgentState,
     started: Instant,
+    /// When the server's backup started (pg_backup_start returned) and how long the
+    /// window lasted until pg_backup_stop returned: measured, not from clock seconds.
+    window_started: Option<Instant>,
+    window: Option<Duration>,
     start_lsn: Lsn,
     seg_size: u32,
     listener: Option<UnixListener>,
@@ -392,6 +396,8 @@ impl Agent {
             marker_written: false,
             state,
             started: Instant::now(),
+            window_started: None,
+            window: None,
             start_lsn: Lsn(0),
             seg_size: wal::DEFAULT_SEG_SIZE,
             listener: None,
@@ -470,6 +476,7 @@ impl Agent {
             ctl.xlog_seg_size,
         );
         let start_time = now_unix();
+        self.window_started = Some(Instant::now());
         self.write_marker(
             &pgdata,
             sysid,
@@ -834,6 +841,7 @@ impl Agent {
             }
         };
         let stop_unix = now_unix();
+        self.window = self.window_started.map(|t| t.elapsed());
         tracing::info!("backup stopped at {}", res.lsn);
         match self.finish(&res, stop_unix, wait_archive, archive_timeout, t0) {
             Ok(resp) => resp,
@@ -1234,7 +1242,10 @@ impl Agent {
             backup_from: manifest.backup_from.clone(),
             start_time: manifest.start_time.clone(),
             stop_time: manifest.stop_time.clone(),
-            window_s: stop_unix - self.state.start_time.unwrap_or(stop_unix),
+            window_s: match self.window {
+                Some(d) => (d.as_secs_f64() * 1000.0).round() / 1000.0,
+                None => (stop_unix - self.state.start_time.unwrap_or(stop_unix)) as f64,
+            },
             duration_s: t0.elapsed().as_secs_f64(),
             wal_mode: self.cfg.wal_mode,
             wal_segments: manifest

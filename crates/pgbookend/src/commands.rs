@@ -481,7 +481,7 @@ fn stop_output(r: &StopReport, error: Option<Error>) -> Output {
         "backup {} stopped at {} after a window of {}\n  WAL needed: {} .. {} (timeline {})\n",
         r.id,
         r.stop_lsn,
-        human_duration(Duration::from_secs(r.window_s.max(0) as u64)),
+        human_duration(Duration::from_secs_f64(r.window_s.max(0.0))),
         r.start_wal_file,
         r.stop_wal_file,
         r.timeline

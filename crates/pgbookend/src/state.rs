@@ -101,8 +101,9 @@ pub struct StopReport {
     pub backup_from: String,
     pub start_time: String,
     pub stop_time: String,
-    /// Seconds from start to stop (the backup window).
-    pub window_s: i64,
+    /// Seconds from start to stop (the backup window), measured to the millisecond from
+    /// pg_backup_start's return to pg_backup_stop's.
+    pub window_s: f64,
     /// Seconds the stop itself took.
     pub duration_s: f64,
     /// `collect`, `archive` or `none`.

@@ -549,3 +549,29 @@ fn agent_timeout_and_sigterm(major: u32) {
     ));
 }
 per_major!(agent_timeout_t, agent_timeout_and_sigterm);
+
+/// The stop report's window is measured (to the millisecond), not a difference of clock
+/// seconds: a copy of 0.3 s is not "a window of 0.0s". It lies between what the test
+/// measured inside (start returned .. stop called) and outside (start called .. stop
+/// returned), and the human line says the same number.
+#[test]
+fn stop_report_window_is_measured() {
+    let major = *pgbookend_testkit::majors().last().expect("a major");
+    let c = Cluster::start(ClusterOptions::new(major));
+    let tool = Tool::new(&c);
+    let outer = std::time::Instant::now();
+    tool.start("w-1", &[]).ok();
+    let inner = std::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    let inner_s = inner.elapsed().as_secs_f64();
+    let human = tool.run(&["stop", "--id", "w-1"]).ok();
+    let outer_s = outer.elapsed().as_secs_f64();
+    let report = tool.status("w-1").ok().json();
+    let w = report["stop"]["window_s"].as_f64().expect("window_s");
+    assert!(
+        w >= inner_s - 0.001 && w <= outer_s + 0.001,
+        "window {w} s outside the measured {inner_s} .. {outer_s} s"
+    );
+    let said = format!("after a window of {:.1}s", w);
+    assert!(human.stdout.contains(&said), "{said:?} in {}", human.stdout);
+}
