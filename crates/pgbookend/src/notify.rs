@@ -110,13 +110,27 @@ fn run(cmd: &str, ev: &Event, timeout: Duration) -> Outcome {
                 std::thread::sleep(Duration::from_millis(20))
             }
             Ok(None) => {
+                let pgid = child.id() as i32;
                 // SAFETY: kill(2) on the child's own process group (pgid = its pid).
-                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
                 let _ = child.wait();
+                group_gone(pgid, Duration::from_secs(2));
                 return Outcome::TimedOut(timeout);
             }
             Err(e) => return Outcome::NotStarted(e.to_string()),
         }
+    }
+}
+
+/// Waits (bounded) until no process of the killed group is left to signal: SIGKILL is
+/// delivered asynchronously, and what the command started must be gone when we return.
+/// Orphans that are already dead but not yet reaped (zombies) can still be signalled,
+/// hence the bound.
+fn group_gone(pgid: i32, bound: Duration) {
+    let until = Instant::now() + bound;
+    // SAFETY: signal 0 only checks whether the group still has members.
+    while unsafe { libc::kill(-pgid, 0) } == 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

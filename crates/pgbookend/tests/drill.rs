@@ -187,6 +187,15 @@ fn drill_good_copy(major: u32) {
     assert!(show.stdout.contains("last drill: passed"), "{show:?}");
     let list = f.tool.run(&["list", "--store", &store, "--json"]).ok();
     assert_eq!(list.json()["bundles"][0]["last_drill"]["verdict"], "passed");
+    let metrics = f.tool.run(&["metrics", "--store", &store]).ok();
+    let line = format!("pgbookend_last_drill_success{{store=\"{store}\"");
+    assert!(
+        metrics.stdout.lines().any(|l| l.starts_with(&line)
+            && l.contains(&format!("id=\"{}\"", f.id))
+            && l.ends_with(" 1")),
+        "{}",
+        metrics.stdout
+    );
     assert_eq!(tree_digest(&f.copy()), before, "drill changed the copy");
     f.assert_nothing_left();
 }

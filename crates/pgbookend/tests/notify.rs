@@ -106,7 +106,7 @@ fn notifications_after_stop_and_run() {
         "--on-success",
         &slow,
         "--notify-timeout",
-        "1s",
+        "3s",
     ]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("was killed (--notify-timeout)"), "{r:?}");
@@ -116,8 +116,11 @@ fn notifications_after_stop_and_run() {
         .parse()
         .unwrap();
     // Gone, or a zombie left to whoever reaps orphans here: either way it no longer runs.
+    // (SIGKILL is delivered asynchronously: wait for it, boundedly.)
     assert!(
-        !Path::new(&format!("/proc/{pid}")).exists() || common::is_zombie(pid),
+        common::wait_until(std::time::Duration::from_secs(10), || {
+            !Path::new(&format!("/proc/{pid}")).exists() || common::is_zombie(pid)
+        }),
         "the command's child {pid} must be gone"
     );
     assert!(tool.bundle_dir("n-3").join("bundle.json").exists());

@@ -96,6 +96,14 @@ fn store_families(s: &Snapshot) -> Vec<Family> {
         "pgbookend_last_complete_bundle_size_bytes",
         "Size of the newest complete bundle in the store (bytes).",
     );
+    let mut drill_ok = Family::new(
+        "pgbookend_last_drill_success",
+        "1 if the most recent drill (test restore) of the cluster's bundles passed, 0 if not.",
+    );
+    let mut drill_time = Family::new(
+        "pgbookend_last_drill_timestamp_seconds",
+        "When the most recent drill of the cluster's bundles ended (Unix seconds).",
+    );
     for st in &s.stores {
         let store = || ("store", st.store.clone());
         up.push(vec![store()], if st.up { 1.0 } else { 0.0 });
@@ -103,6 +111,11 @@ fn store_families(s: &Snapshot) -> Vec<Family> {
             let sys = || ("system_identifier", c.system_identifier.clone());
             for (state, n) in [("complete", c.complete), ("partial", c.partial)] {
                 count.push(vec![store(), sys(), ("state", state.into())], n as f64);
+            }
+            if let Some(d) = &c.last_drill {
+                let ok = if d.passed { 1.0 } else { 0.0 };
+                drill_ok.push(vec![store(), sys(), ("id", d.id.clone())], ok);
+                drill_time.push(vec![store(), sys()], d.finished as f64);
             }
             if let Some(n) = &c.newest {
                 time.push(vec![store(), sys()], n.time as f64);
@@ -119,7 +132,7 @@ fn store_families(s: &Snapshot) -> Vec<Family> {
             count.push(labels, st.partial_unknown as f64);
         }
     }
-    vec![up, count, time, age, size]
+    vec![up, count, time, age, size, drill_ok, drill_time]
 }
 
 fn backup_families(s: &Snapshot) -> Vec<Family> {

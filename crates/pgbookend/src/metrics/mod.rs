@@ -40,6 +40,16 @@ pub struct ClusterFacts {
     pub partial: u64,
     /// The newest complete bundle: its ID, stop time (Unix seconds) and size in bytes.
     pub newest: Option<Newest>,
+    /// The most recent `drill` of any of the cluster's bundles in this store.
+    pub last_drill: Option<Drill>,
+}
+
+/// A bundle's last drill (`drill.json`): which bundle, whether it passed, when it ended.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Drill {
+    pub id: String,
+    pub passed: bool,
+    pub finished: i64,
 }
 
 /// The newest complete bundle of a cluster in a store.
@@ -75,7 +85,8 @@ pub fn gather(stores: &[Store], run: &RunDir) -> Snapshot {
 fn store_facts(store: &Store) -> StoreFacts {
     match catalog::scan(store) {
         Ok(bundles) => {
-            let (clusters, partial_unknown) = by_cluster(&bundles);
+            let (mut clusters, partial_unknown) = by_cluster(&bundles);
+            add_drills(store, &bundles, &mut clusters);
             StoreFacts {
                 store: store.url(),
                 up: true,
@@ -110,6 +121,7 @@ pub fn by_cluster(bundles: &[BundleInfo]) -> (Vec<ClusterFacts>, u64) {
                 complete: 0,
                 partial: 0,
                 newest: None,
+                last_drill: None,
             });
         if !b.complete {
             c.partial += 1;
@@ -125,6 +137,39 @@ pub fn by_cluster(bundles: &[BundleInfo]) -> (Vec<ClusterFacts>, u64) {
         }
     }
     (map.into_values().collect(), unknown)
+}
+
+/// Reads `drill.json` of the bundles that have one; keeps each cluster's most recent.
+fn add_drills(store: &Store, bundles: &[BundleInfo], clusters: &mut [ClusterFacts]) {
+    for b in bundles {
+        let Some(m) = &b.manifest else { continue };
+        if !b
+            .objects
+            .iter()
+            .any(|o| o.0 == crate::drill::record::RECORD)
+        {
+            continue;
+        }
+        let Some((verdict, finished)) = crate::drill::record::last(store, &b.id) else {
+            continue;
+        };
+        let Some(finished) = catalog::parse_rfc3339(&finished) else {
+            continue;
+        };
+        let Some(c) = clusters
+            .iter_mut()
+            .find(|c| c.system_identifier == m.system_identifier)
+        else {
+            continue;
+        };
+        if c.last_drill.as_ref().is_none_or(|d| finished >= d.finished) {
+            c.last_drill = Some(Drill {
+                id: b.id.clone(),
+                passed: verdict == "passed",
+                finished,
+            });
+        }
+    }
 }
 
 fn running(run: &RunDir, now: i64) -> Vec<RunningBackup> {

@@ -481,23 +481,29 @@ fn archive_restore_command(dir: &Path) -> String {
     )
 }
 
-/// Runs a restore_command for one file into a scratch directory: the only honest test
-/// that recovery will be able to fetch it. Only a checked WAL name is substituted, and
-/// every substituted value is quoted for the shell.
-fn try_restore_command(cmd: &str, name: &str, scratch: &Path) -> bool {
+/// Runs a restore_command for one file the way the server will: with its working
+/// directory a data directory (here a scratch one that holds only the bundle's
+/// `pg_control`, which commands such as `pgbookend archive-get` read) and `%p` the relative
+/// `pg_wal/RECOVERYXLOG`. The only honest test that recovery will be able to fetch it.
+/// Only a checked WAL name is substituted, and every substituted value is quoted.
+fn try_restore_command(cmd: &str, name: &str, scratch: &Path, control: &[u8]) -> bool {
     let Ok(name) = WalName::parse(name) else {
         return false;
     };
-    let dest = scratch.join(format!("try-{name}"));
-    let c = crate::shellword::substitute(
-        cmd,
-        name.as_str(),
-        &dest.display().to_string(),
-        "000000010000000000000001",
-    );
+    let dir = scratch.join("try-pgdata");
+    let made = fs::create_dir_all(dir.join("pg_wal"))
+        .and_then(|_| fs::create_dir_all(dir.join("global")))
+        .and_then(|_| fs::write(dir.join("global/pg_control"), control));
+    if made.is_err() {
+        return false;
+    }
+    let rel = "pg_wal/RECOVERYXLOG";
+    let dest = dir.join(rel);
+    let c = crate::shellword::substitute(cmd, name.as_str(), rel, "000000010000000000000001");
     let ok = std::process::Command::new("sh")
         .arg("-c")
         .arg(&c)
+        .current_dir(&dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -505,7 +511,7 @@ fn try_restore_command(cmd: &str, name: &str, scratch: &Path) -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
         && fs::symlink_metadata(&dest).is_ok_and(|m| m.is_file());
-    let _ = fs::remove_file(&dest);
+    let _ = fs::remove_dir_all(&dir);
     ok
 }
 
@@ -850,7 +856,7 @@ pub fn examine(
         }
         Some(WalSource::Command(cmd)) => {
             for w in &m.wal {
-                if !try_restore_command(cmd, &w.name, scratch) {
+                if !try_restore_command(cmd, &w.name, scratch, &loaded.control_bytes) {
                     report.problems.push(problem(
                         "wal_unreachable",
                         format!("--restore-command could not fetch WAL file {} of the backup", w.name),
