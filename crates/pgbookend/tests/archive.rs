@@ -412,12 +412,7 @@ fn recovery_through_archive_get(major: u32) {
     tool.start("arch", &["--wal", "none"]).ok();
     let work = pgbookend_testkit::temp_dir("copy");
     let data = work.path().join("data");
-    let ok = Command::new("cp")
-        .arg("-a")
-        .arg(a.c.pgdata())
-        .arg(&data)
-        .status()
-        .unwrap();
+    let ok = common::cp_live(a.c.pgdata(), &data).unwrap();
     assert!(ok.success());
     a.c.psql("INSERT INTO rows VALUES ('during')");
     tool.stop("arch", &[]).ok();

@@ -72,20 +72,10 @@ impl Fixture {
         };
         f.tool.start(f.id, &[]).ok();
         let bench = f.c.pgbench_background(2, 2);
-        let ok = Command::new("cp")
-            .arg("-a")
-            .arg(f.c.pgdata())
-            .arg(f.copy())
-            .status()
-            .unwrap();
+        let ok = common::cp_live(f.c.pgdata(), f.copy()).unwrap();
         assert!(ok.success());
         if let Some(ts) = f.c.tablespace_dir() {
-            let ok = Command::new("cp")
-                .arg("-a")
-                .arg(ts)
-                .arg(f.work.path().join("ts"))
-                .status()
-                .unwrap();
+            let ok = common::cp_live(ts, f.work.path().join("ts")).unwrap();
             assert!(ok.success());
         }
         bench.wait().expect("pgbench");
@@ -413,12 +403,7 @@ fn drill_s3_store() {
     let work = pgbookend_testkit::temp_dir("drill");
     let copy = work.path().join("data");
     tool.run(&["start", "--id", "s3d", "--store", url]).ok();
-    let ok = Command::new("cp")
-        .arg("-a")
-        .arg(c.pgdata())
-        .arg(&copy)
-        .status()
-        .unwrap();
+    let ok = common::cp_live(c.pgdata(), &copy).unwrap();
     assert!(ok.success());
     tool.stop("s3d", &[]).ok();
     let bin = pgbookend_testkit::server_bin(major, "postgres");

@@ -41,12 +41,7 @@ impl Setup {
     /// `cp -a` of PGDATA to `work/<name>`.
     fn cp_copy(&self, name: &str) -> PathBuf {
         let dest = self.work.path().join(name);
-        let st = Command::new("cp")
-            .arg("-a")
-            .arg(self.c.pgdata())
-            .arg(&dest)
-            .status()
-            .unwrap();
+        let st = common::cp_live(self.c.pgdata(), &dest).unwrap();
         assert!(st.success());
         dest
     }
@@ -279,12 +274,7 @@ fn copy_after_stop(major: u32) {
     // running, reads base/ (again) after stop.
     std::thread::sleep(Duration::from_millis(1000));
     s.c.psql("CHECKPOINT");
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(s.c.pgdata().join("base/."))
-        .arg(data.join("base"))
-        .status()
-        .unwrap();
+    let st = common::cp_live(s.c.pgdata().join("base/."), data.join("base")).unwrap();
     assert!(st.success());
     bench.wait().expect("pgbench");
     let r = s.verify(&data, &[]);

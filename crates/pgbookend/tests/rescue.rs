@@ -31,12 +31,7 @@ fn start_with(tool: &Tool, id: &str, store: &str, env: &[(&str, &str)], extra: &
 fn cp_copy(c: &Cluster, work: &Path, name: &str) -> PathBuf {
     let dest = work.join(name).join("data");
     std::fs::create_dir_all(work.join(name)).unwrap();
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(c.pgdata())
-        .arg(&dest)
-        .status()
-        .unwrap();
+    let st = common::cp_live(c.pgdata(), &dest).unwrap();
     assert!(st.success(), "cp -a failed");
     dest
 }

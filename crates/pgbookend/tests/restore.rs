@@ -73,18 +73,8 @@ impl Fixture {
         let ts = self.work.path().join(name).join("ts");
         std::fs::create_dir_all(data.parent().unwrap()).unwrap();
         let ok = |s: std::process::ExitStatus| assert!(s.success());
-        ok(Command::new("cp")
-            .arg("-a")
-            .arg(self.c.pgdata())
-            .arg(&data)
-            .status()
-            .unwrap());
-        ok(Command::new("cp")
-            .arg("-a")
-            .arg(self.c.tablespace_dir().unwrap())
-            .arg(&ts)
-            .status()
-            .unwrap());
+        ok(common::cp_live(self.c.pgdata(), &data).unwrap());
+        ok(common::cp_live(self.c.tablespace_dir().unwrap(), &ts).unwrap());
         (data, ts)
     }
 

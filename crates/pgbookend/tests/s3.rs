@@ -828,13 +828,7 @@ fn prepare_from_s3(major: u32) {
     t.run(&["start", "--id", "s3r", "--store", &url]).ok();
     let bench = c.pgbench_background(2, 2);
     let copy = t.tool.run_dir.path().join("copy");
-    assert!(std::process::Command::new("cp")
-        .arg("-a")
-        .arg(c.pgdata())
-        .arg(&copy)
-        .status()
-        .unwrap()
-        .success());
+    assert!(common::cp_live(c.pgdata(), &copy).unwrap().success());
     bench.wait().expect("pgbench");
     c.psql("INSERT INTO rows VALUES ('committed before stop')");
     t.run(&["stop", "--id", "s3r"]).ok();

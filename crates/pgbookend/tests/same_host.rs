@@ -17,12 +17,7 @@ use std::process::Command;
 /// `cp -a src dest` (links copied as links, owners kept).
 fn cp_a(src: &Path, dest: &Path) {
     std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(src)
-        .arg(dest)
-        .status()
-        .unwrap();
+    let st = common::cp_live(src, dest).unwrap();
     assert!(st.success(), "cp -a {} {}", src.display(), dest.display());
 }
 

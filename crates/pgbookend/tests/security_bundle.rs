@@ -34,12 +34,7 @@ impl Setup {
         let work = pgbookend_testkit::temp_dir("secbundle");
         tool.start(id, start_args).ok();
         let copy = work.path().join("copy");
-        let st = Command::new("cp")
-            .arg("-a")
-            .arg(c.pgdata())
-            .arg(&copy)
-            .status()
-            .unwrap();
+        let st = common::cp_live(c.pgdata(), &copy).unwrap();
         assert!(st.success());
         c.psql("SELECT pg_switch_wal()");
         tool.stop(id, &[]).ok();
@@ -55,12 +50,7 @@ impl Setup {
     /// A copy of the bundle under `work/<name>`, with `bundle.json` changed by `edit`.
     fn tamper(&self, name: &str, edit: impl FnOnce(&mut Value, &Path)) -> PathBuf {
         let dir = self.work.path().join(name);
-        let st = Command::new("cp")
-            .arg("-a")
-            .arg(self.tool.bundle_dir(&self.id))
-            .arg(&dir)
-            .status()
-            .unwrap();
+        let st = common::cp_live(self.tool.bundle_dir(&self.id), &dir).unwrap();
         assert!(st.success());
         let mpath = dir.join("bundle.json");
         let mut v: Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
@@ -417,20 +407,10 @@ per_major!(huge_wal_range_t, huge_wal_range);
 fn marker_id_not_a_path(major: u32) {
     let s = Setup::new(major, "mk", &[]);
     let evil = s.work.path().join("evil");
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(s.tool.bundle_dir("mk"))
-        .arg(&evil)
-        .status()
-        .unwrap();
+    let st = common::cp_live(s.tool.bundle_dir("mk"), &evil).unwrap();
     assert!(st.success());
     std::fs::create_dir_all(s.tool.store_path().join("x")).unwrap();
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(s.tool.bundle_dir("mk"))
-        .arg(s.tool.store_path().join("evilb"))
-        .status()
-        .unwrap();
+    let st = common::cp_live(s.tool.bundle_dir("mk"), s.tool.store_path().join("evilb")).unwrap();
     assert!(st.success());
     let marker = s.copy.join("pg_backup_metadata/mk/backup.json");
     let original = std::fs::read(&marker).unwrap();
@@ -470,12 +450,7 @@ fn marker_stores_not_trusted(major: u32) {
     // A trap store holding a perfectly valid copy of the bundle, named by the marker.
     let trap = s.work.path().join("trap");
     std::fs::create_dir_all(&trap).unwrap();
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(s.tool.bundle_dir("ms"))
-        .arg(trap.join("ms"))
-        .status()
-        .unwrap();
+    let st = common::cp_live(s.tool.bundle_dir("ms"), trap.join("ms")).unwrap();
     assert!(st.success());
     let marker = s.copy.join("pg_backup_metadata/ms/backup.json");
     let mut v: Value = serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();

@@ -248,12 +248,7 @@ fn make_standby(primary: &Cluster) -> Cluster {
     primary.stop();
     let base = pgbookend_testkit::temp_dir("standby").keep();
     let data = base.join("data");
-    let st = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(primary.pgdata())
-        .arg(&data)
-        .status()
-        .unwrap();
+    let st = common::cp_live(primary.pgdata(), &data).unwrap();
     assert!(st.success());
     primary.start_again().expect("primary restarts");
     let conninfo = format!(

@@ -222,6 +222,35 @@ pub fn history_file(cluster: &Cluster, start_wal_file: &str) -> Option<String> {
     None
 }
 
+/// `cp -a SRC DEST` of a directory a running server may be changing. The server removes
+/// and renames files while cp walks (`archive_status/*.ready` becoming `.done`, temporary
+/// and dropped files), so a file cp listed can be gone when it opens it: expected of a copy
+/// taken during a backup (the bundle's file list judges it at restore time). Such "No such
+/// file or directory" errors are tolerated; any other error is cp's failure.
+pub fn cp_live(
+    src: impl AsRef<Path>,
+    dest: impl AsRef<Path>,
+) -> std::io::Result<std::process::ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(src.as_ref())
+        .arg(dest.as_ref())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let only_vanished = stderr
+        .lines()
+        .all(|l| l.ends_with("No such file or directory"));
+    if !out.status.success() && only_vanished && !stderr.trim().is_empty() {
+        eprintln!("cp -a: files vanished during the copy (tolerated):\n{stderr}");
+        return Ok(std::process::ExitStatus::from_raw(0));
+    }
+    if !out.status.success() {
+        eprintln!("cp -a failed:\n{stderr}");
+    }
+    Ok(out.status)
+}
+
 /// Generates one `#[test]` per supported major (the list of
 /// `pgbookend_formats::for_each_supported_major!`) that calls `$body(major)`.
 #[macro_export]
