@@ -308,26 +308,33 @@ struct PrepareArgs {
     check_pages: Option<String>,
 }
 
-impl PrepareArgs {
-    fn options(self, verb: &str, cfg: &Config) -> Result<PrepareOptions, Error> {
-        let mut ts = Vec::new();
-        for t in &self.tablespaces {
-            let (oid, path) = t
-                .split_once('=')
+/// The `--tablespace OID=/absolute/path` arguments of `prepare` and `drill`, checked.
+fn tablespace_map(args: &[String]) -> Result<Vec<(u32, PathBuf)>, Error> {
+    args.iter()
+        .map(|t| {
+            t.split_once('=')
                 .and_then(|(o, p)| o.parse::<u32>().ok().map(|o| (o, PathBuf::from(p))))
                 .filter(|(_, p)| p.is_absolute())
                 .ok_or_else(|| {
                     Error::usage(format!("--tablespace {t:?}: expected OID=/absolute/path"))
-                })?;
-            ts.push((oid, path));
-        }
-        let abs = |p: PathBuf| {
-            if p.is_absolute() {
-                p
-            } else {
-                std::env::current_dir().unwrap_or_default().join(p)
-            }
-        };
+                })
+        })
+        .collect()
+}
+
+/// A path from the command line made absolute against the current directory, so that the
+/// engine never depends on where it was started.
+fn abs(p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        p
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    }
+}
+
+impl PrepareArgs {
+    fn options(self, verb: &str, cfg: &Config) -> Result<PrepareOptions, Error> {
+        let ts = tablespace_map(&self.tablespaces)?;
         if verb == "prepare" && self.pgdata.is_none() {
             return Err(Error::usage(
                 "prepare needs --pgdata DIR: the directory the copy was restored to",
@@ -420,24 +427,7 @@ struct DrillArgs {
 
 impl DrillArgs {
     fn run(self) -> Result<Output, Error> {
-        let abs = |p: PathBuf| {
-            if p.is_absolute() {
-                p
-            } else {
-                std::env::current_dir().unwrap_or_default().join(p)
-            }
-        };
-        let mut tablespaces = Vec::new();
-        for t in &self.tablespaces {
-            let (oid, path) = t
-                .split_once('=')
-                .and_then(|(o, p)| o.parse::<u32>().ok().map(|o| (o, PathBuf::from(p))))
-                .filter(|(_, p)| p.is_absolute())
-                .ok_or_else(|| {
-                    Error::usage(format!("--tablespace {t:?}: expected OID=/absolute/path"))
-                })?;
-            tablespaces.push((oid, path));
-        }
+        let tablespaces = tablespace_map(&self.tablespaces)?;
         let opts = pgbookend::drill::DrillOptions {
             pgdata: abs(self.pgdata),
             store: self.store,

@@ -134,9 +134,10 @@ impl Rows {
 }
 
 impl Conn {
-    /// Connects with libpq's own rules. `defaults` come first and are overridden by
-    /// anything in `conninfo` (a conninfo string or URI; may be empty) and by the
-    /// `PG*` environment, exactly as libpq documents for `expand_dbname`.
+    /// Connects with libpq's own rules for `expand_dbname`: `defaults` are passed as
+    /// keywords, so they win over the `PG*` environment (which libpq uses only for what is
+    /// not given); anything in `conninfo` (a conninfo string or URI; may be empty) comes
+    /// after them and overrides them.
     pub fn connect(defaults: &[(&str, &str)], conninfo: Option<&str>) -> Result<Conn, PqError> {
         let mut keys: Vec<CString> = Vec::new();
         let mut vals: Vec<CString> = Vec::new();
