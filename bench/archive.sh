@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # bench/archive.sh — issue 11: synchronous `archive-push` to a local store and `archive-get`,
 # one process per segment as PostgreSQL calls them, side by side with `cp` + `sync` and
-# `zstd -3` + `sync` on the same segments (pgBackRest is not installed here: its anchors,
-# measured on this machine kind, are quoted in bench/RESULTS.md).
+# `zstd -3` + `sync` on the same segments, and with pgBackRest's `archive-push` and
+# `archive-get` (Debian's 2.45, installed if missing) in the same run.
 #
 # On a throwaway PostgreSQL 15 cluster (fsync on, archive_mode off, no checkpoint), writes
 # SEGS segments of table inserts, copies them (closed segments) to WORK/segs, `sync`, then
@@ -12,6 +12,8 @@
 #   push    (cwd = PGDATA) pgbookend archive-push SEG --store STORE   (a fresh store per round)
 #   get     (cwd = a scratch PGDATA with a copy of pg_control)
 #           pgbookend archive-get NAME pg_wal/RECOVERYXLOG --store STORE
+#   pgbr    pgbackrest archive-push SEG (zst level 3, a fresh repository and stanza per round)
+#           and pgbackrest archive-get NAME pg_wal/RECOVERYXLOG (pg1-path = the scratch)
 # Median segments/s over the rounds; peak RSS of one push and one get (/usr/bin/time -v).
 #
 # Usage: bench/archive.sh [--rounds N] [--segments N] [--tmpdir DIR] [--keep]
@@ -30,68 +32,42 @@ while [ $# -gt 0 ]; do
     *) echo "usage: bench/archive.sh [--rounds N] [--segments N] [--tmpdir DIR] [--keep]" >&2; exit 2 ;;
   esac
 done
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+NAME=archive.sh
 PGBIN=/usr/lib/postgresql/15/bin
-PSQL=$PGBIN/psql
-[ -x "$PGBIN/postgres" ] || { echo "archive.sh: PostgreSQL 15 missing in $PGBIN" >&2; exit 4; }
-command -v zstd >/dev/null || { echo "archive.sh: needs zstd" >&2; exit 4; }
-[ -n "${EPOCHREALTIME:-}" ] || { echo "archive.sh: needs bash >= 5" >&2; exit 4; }
+PM_STOP_MODE=immediate
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+[ -x "$PGBIN/postgres" ] || die "PostgreSQL 15 missing in $PGBIN"
+command -v zstd >/dev/null || die "needs zstd"
+[ -n "${EPOCHREALTIME:-}" ] || die "needs bash >= 5"
+bench_need_time
+# pgBackRest, the side-by-side reference: Debian's package, installed as root if missing.
+if ! command -v pgbackrest >/dev/null && [ "$(id -u)" = 0 ]; then
+  note "installing Debian's pgbackrest"
+  apt-get install -y -q pgbackrest >/dev/null 2>&1 || true
+fi
+PGBR=$(command -v pgbackrest || true)
+[ -n "$PGBR" ] || note "pgbackrest not installed: its columns are left out"
 
-WORK=
-PM_PID=
-as_owner() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  set +e
-  if alive "$PM_PID"; then
-    as_owner "$PGBIN/pg_ctl" -D "$WORK/data" -m immediate -w -t 60 stop >/dev/null 2>&1
-    alive "$PM_PID" && kill -KILL "$PM_PID" 2>/dev/null
-  fi
-  if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-    if [ "$KEEP" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-die() { echo "archive.sh: $*" >&2; exit 1; }
-note() { echo "# $*" >&2; }
-now_us() { echo "${EPOCHREALTIME/./}"; }
-
-note "building: cargo build --release -p pgbookend"
-(cd "$ROOT" && cargo build --release --quiet -p pgbookend) || die "build failed"
-WORK=$(mktemp -d "$TMPBASE/pgbookend-archbench.XXXXXX")
-chmod 755 "$WORK"
+bench_build
+bench_workdir archbench
 BIN=$WORK/pgbookend
 cp "${CARGO_TARGET_DIR:-$ROOT/target}/release/pgbookend" "$BIN"
-mkdir -p "$WORK/sock" "$WORK/segs" "$WORK/scratch/global" "$WORK/scratch/pg_wal"
-mkdir -m 700 "$WORK/data"
-touch "$WORK/server.log"
+mkdir -p "$WORK/segs" "$WORK/scratch/global" "$WORK/scratch/pg_wal" "$WORK/pgbr"
 if [ "$(id -u)" = 0 ]; then chown -R postgres: "$WORK"; chown root: "$BIN"; fi
+export PGBOOKEND_STATE_DIR=$WORK/state
 
 note "initdb in $WORK/data"
-as_owner "$PGBIN/initdb" -D "$WORK/data" -U postgres --auth=trust -E UTF8 --locale=C \
-  >"$WORK/initdb.log" 2>&1 || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
-as_owner "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -t 60 start -o \
-  "-c listen_addresses='' -c unix_socket_directories='$WORK/sock' -c port=5432 -c wal_level=replica -c archive_mode=off -c max_wal_size=32GB -c checkpoint_timeout=1d" \
-  >/dev/null || { cat "$WORK/server.log" >&2; die "server did not start"; }
-PM_PID=$(head -1 "$WORK/data/postmaster.pid")
-for v in $(env | sed -n 's/^\(PG[A-Z_]*\)=.*/\1/p'); do unset "$v"; done
-export PGHOST=$WORK/sock PGPORT=5432 PGUSER=postgres PGDATABASE=postgres
-q() { "$PSQL" -X -q -A -t -v ON_ERROR_STOP=1 -c "$1"; }
-
+bench_start_cluster -- -c max_wal_size=32GB -c checkpoint_timeout=1d
 note "writing $SEGS segments of inserts"
-q "CREATE TABLE t (i bigint PRIMARY KEY, s text, ts timestamptz)"
+q -c "CREATE TABLE t (i bigint PRIMARY KEY, s text, ts timestamptz)"
 i=0
 while :; do
-  q "INSERT INTO t SELECT g, md5(g::text), now() FROM generate_series($i + 1, $i + 200000) g"
+  q -c "INSERT INTO t SELECT g, md5(g::text), now() FROM generate_series($i + 1, $i + 200000) g"
   i=$((i + 200000))
   [ "$(ls "$WORK/data/pg_wal" | grep -c '^[0-9A-F]\{24\}$')" -gt $((SEGS + 1)) ] && break
 done
-q "SELECT pg_switch_wal()" >/dev/null
+q -c "SELECT pg_switch_wal()" >/dev/null
 for f in $(ls "$WORK/data/pg_wal" | grep '^[0-9A-F]\{24\}$' | sort | head -n "$SEGS"); do
   cp "$WORK/data/pg_wal/$f" "$WORK/segs/$f"
 done
@@ -110,27 +86,59 @@ side() { # side NAME DST -> segments/s
   case "$name" in
     cp) as_owner bash -c 'for f in '"$WORK"'/segs/*; do cp "$f" '"$dst"'/ && sync '"$dst"'/"${f##*/}"; done' ;;
     zstd) as_owner bash -c 'for f in '"$WORK"'/segs/*; do zstd -3 -q -f "$f" -o '"$dst"'/"${f##*/}".zst && sync '"$dst"'/"${f##*/}".zst; done' ;;
+    pgbr) pgbr_stanza "$dst"
+      as_owner bash -c 'for f in '"$WORK"'/segs/*; do '"$PGBR"' --config='"$WORK"'/pgbr/pgbackrest.conf --repo1-path='"$dst"' --stanza=bench archive-push "$f" || exit 1; done' ;;
     push) as_owner bash -c 'cd '"$WORK"'/data && for f in '"$WORK"'/segs/*; do '"$BIN"' archive-push "$f" --store '"$dst"' || exit 1; done' ;;
   esac
   t1=$(now_us)
   echo "$COUNT $t0 $t1" | awk '{ printf "%.2f", $1 / (($3 - $2) / 1e6) }'
 }
-get_side() {
-  local store=$1 t0 t1
+# pgbr_stanza REPO: a pgBackRest repository with the stanza of the cluster (zst level 3, as
+# the store's default), its logs off so that only the work is measured.
+pgbr_stanza() {
+  as_owner mkdir -p "$1"
+  cat >"$WORK/pgbr/pgbackrest.conf" <<CONF
+[global]
+compress-type=zst
+compress-level=3
+log-level-console=warn
+log-level-file=off
+lock-path=$WORK/pgbr/lock
+spool-path=$WORK/pgbr/spool
+[bench]
+pg1-path=$WORK/data
+pg1-socket-path=$WORK/sock
+pg1-port=5432
+pg1-user=postgres
+CONF
+  as_owner "$PGBR" --config="$WORK/pgbr/pgbackrest.conf" --repo1-path="$1" --stanza=bench stanza-create >/dev/null ||
+    die "pgbackrest stanza-create failed"
+}
+get_side() { # get_side pgbookend|pgbr STORE -> segments/s
+  local tool=$1 store=$2 t0 t1 cmd
+  if [ "$tool" = pgbr ]; then
+    cmd="$PGBR --config=$WORK/pgbr/pgbackrest.conf --repo1-path=$store --pg1-path=$WORK/scratch --stanza=bench archive-get"
+  else
+    cmd="$BIN archive-get"
+  fi
   sync
   t0=$(now_us)
-  as_owner bash -c 'cd '"$WORK"'/scratch && for f in '"$NAMES_LINE"'; do '"$BIN"' archive-get "$f" pg_wal/RECOVERYXLOG --store '"$store"' || exit 1; done'
+  as_owner bash -c 'cd '"$WORK"'/scratch && for f in '"$NAMES_LINE"'; do '"$cmd"' "$f" pg_wal/RECOVERYXLOG '"$([ "$tool" = pgbr ] || echo "--store $store")"' || exit 1; done'
   t1=$(now_us)
   echo "$COUNT $t0 $t1" | awk '{ printf "%.2f", $1 / (($3 - $2) / 1e6) }'
 }
 NAMES_LINE=$(echo $NAMES)
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-: >"$WORK/cp"; : >"$WORK/zstd"; : >"$WORK/push"; : >"$WORK/get"
+SIDES="cp zstd push"
+[ -n "$PGBR" ] && SIDES="$SIDES pgbr"
+: >"$WORK/cp"; : >"$WORK/zstd"; : >"$WORK/push"; : >"$WORK/get"; : >"$WORK/pgbr-push"; : >"$WORK/pgbr-get"
 for r in $(seq "$ROUNDS"); do
-  for s in cp zstd push; do
-    v=$(side "$s" "$WORK/out-$s"); echo "$v" >>"$WORK/$s"; note "round $r $s: $v segments/s"
+  for s in $SIDES; do
+    v=$(side "$s" "$WORK/out-$s"); echo "$v" >>"$WORK/${s/#pgbr/pgbr-push}"; note "round $r $s: $v segments/s"
   done
-  v=$(get_side "$WORK/out-push"); echo "$v" >>"$WORK/get"; note "round $r get: $v segments/s"
+  v=$(get_side pgbookend "$WORK/out-push"); echo "$v" >>"$WORK/get"; note "round $r get: $v segments/s"
+  if [ -n "$PGBR" ]; then
+    v=$(get_side pgbr "$WORK/out-pgbr"); echo "$v" >>"$WORK/pgbr-get"; note "round $r pgbackrest get: $v segments/s"
+  fi
 done
 one=$(echo "$NAMES" | head -1)
 as_owner mkdir -p "$WORK/mem"
@@ -145,9 +153,15 @@ echo "- $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, kernel $(uname -r), wor
 echo
 echo "| side | segments/s |"
 echo "|---|---|"
-echo "| cp + sync | $(median <"$WORK/cp") |"
-echo "| zstd -3 + sync | $(median <"$WORK/zstd") |"
-echo "| pgbookend archive-push (local store) | $(median <"$WORK/push") |"
-echo "| pgbookend archive-get (local store) | $(median <"$WORK/get") |"
+echo "| cp + sync | $(median 2 <"$WORK/cp") |"
+echo "| zstd -3 + sync | $(median 2 <"$WORK/zstd") |"
+echo "| pgbookend archive-push (local store) | $(median 2 <"$WORK/push") |"
+echo "| pgbookend archive-get (local store) | $(median 2 <"$WORK/get") |"
+if [ -n "$PGBR" ]; then
+  echo "| pgBackRest $("$PGBR" version | awk '{ print $2 }') archive-push (sync, zst 3) | $(median 2 <"$WORK/pgbr-push") |"
+  echo "| pgBackRest archive-get | $(median 2 <"$WORK/pgbr-get") |"
+  echo
+  echo "- ratios, same run: archive-push / pgBackRest's = $(awk -v a="$(median 2 <"$WORK/push")" -v b="$(median 2 <"$WORK/pgbr-push")" 'BEGIN { printf "%.2f", a / b }')x; archive-get / pgBackRest's = $(awk -v a="$(median 2 <"$WORK/get")" -v b="$(median 2 <"$WORK/pgbr-get")" 'BEGIN { printf "%.2f", a / b }')x"
+fi
 echo
 echo "- archived size: $ratio KiB for $orig KiB of WAL; peak RSS: archive-push ${rss_push} KiB, archive-get ${rss_get} KiB"

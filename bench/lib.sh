@@ -117,5 +117,6 @@ timed() {
   US=$((b - a))
   HWM=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$WORK/time.txt")
 }
-median() { sort -g | awk '{ v[NR] = $1 } END { n = NR; if (n % 2) m = v[(n + 1) / 2]; else m = (v[n / 2] + v[n / 2 + 1]) / 2; printf "%.0f\n", m }'; }
+# median [DECIMALS] < numbers, one per line (0 decimals by default).
+median() { sort -g | awk -v d="${1:-0}" '{ v[NR] = $1 } END { n = NR; if (n % 2) m = v[(n + 1) / 2]; else m = (v[n / 2] + v[n / 2 + 1]) / 2; printf("%." d "f\n", m) }'; }
 sec() { awk -v u="$1" 'BEGIN { printf "%.3f s", u / 1e6 }'; }
