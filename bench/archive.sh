@@ -12,6 +12,7 @@
 #   push    (cwd = PGDATA) pgbookend archive-push SEG --store STORE   (a fresh store per round)
 #   get     (cwd = a scratch PGDATA with a copy of pg_control)
 #           pgbookend archive-get NAME pg_wal/RECOVERYXLOG --store STORE
+#   get --prefetch 8   the same, with the background worker fetching 8 segments ahead
 #   pgbr    pgbackrest archive-push SEG (zst level 3, a fresh repository and stanza per round)
 #           and pgbackrest archive-get NAME pg_wal/RECOVERYXLOG (pg1-path = the scratch)
 # Median segments/s over the rounds; peak RSS of one push and one get (/usr/bin/time -v).
@@ -116,7 +117,9 @@ CONF
 }
 get_side() { # get_side pgbookend|pgbr STORE -> segments/s
   local tool=$1 store=$2 t0 t1 cmd
-  if [ "$tool" = pgbr ]; then
+  if [ "$tool" = prefetch ]; then
+    cmd="$BIN archive-get --prefetch 8"
+  elif [ "$tool" = pgbr ]; then
     cmd="$PGBR --config=$WORK/pgbr/pgbackrest.conf --repo1-path=$store --pg1-path=$WORK/scratch --stanza=bench archive-get"
   else
     cmd="$BIN archive-get"
@@ -130,12 +133,13 @@ get_side() { # get_side pgbookend|pgbr STORE -> segments/s
 NAMES_LINE=$(echo $NAMES)
 SIDES="cp zstd push"
 [ -n "$PGBR" ] && SIDES="$SIDES pgbr"
-: >"$WORK/cp"; : >"$WORK/zstd"; : >"$WORK/push"; : >"$WORK/get"; : >"$WORK/pgbr-push"; : >"$WORK/pgbr-get"
+: >"$WORK/cp"; : >"$WORK/zstd"; : >"$WORK/push"; : >"$WORK/get"; : >"$WORK/pgbr-push"; : >"$WORK/pgbr-get"; : >"$WORK/get-prefetch"
 for r in $(seq "$ROUNDS"); do
   for s in $SIDES; do
     v=$(side "$s" "$WORK/out-$s"); echo "$v" >>"$WORK/${s/#pgbr/pgbr-push}"; note "round $r $s: $v segments/s"
   done
   v=$(get_side pgbookend "$WORK/out-push"); echo "$v" >>"$WORK/get"; note "round $r get: $v segments/s"
+  v=$(get_side prefetch "$WORK/out-push"); echo "$v" >>"$WORK/get-prefetch"; note "round $r get --prefetch 8: $v segments/s"
   if [ -n "$PGBR" ]; then
     v=$(get_side pgbr "$WORK/out-pgbr"); echo "$v" >>"$WORK/pgbr-get"; note "round $r pgbackrest get: $v segments/s"
   fi
@@ -157,11 +161,12 @@ echo "| cp + sync | $(median 2 <"$WORK/cp") |"
 echo "| zstd -3 + sync | $(median 2 <"$WORK/zstd") |"
 echo "| pgbookend archive-push (local store) | $(median 2 <"$WORK/push") |"
 echo "| pgbookend archive-get (local store) | $(median 2 <"$WORK/get") |"
+echo "| pgbookend archive-get --prefetch 8 (local store) | $(median 2 <"$WORK/get-prefetch") |"
 if [ -n "$PGBR" ]; then
   echo "| pgBackRest $("$PGBR" version | awk '{ print $2 }') archive-push (sync, zst 3) | $(median 2 <"$WORK/pgbr-push") |"
   echo "| pgBackRest archive-get | $(median 2 <"$WORK/pgbr-get") |"
   echo
-  echo "- ratios, same run: archive-push / pgBackRest's = $(awk -v a="$(median 2 <"$WORK/push")" -v b="$(median 2 <"$WORK/pgbr-push")" 'BEGIN { printf "%.2f", a / b }')x; archive-get / pgBackRest's = $(awk -v a="$(median 2 <"$WORK/get")" -v b="$(median 2 <"$WORK/pgbr-get")" 'BEGIN { printf "%.2f", a / b }')x"
+  echo "- ratios, same run: archive-push / pgBackRest's = $(awk -v a="$(median 2 <"$WORK/push")" -v b="$(median 2 <"$WORK/pgbr-push")" 'BEGIN { printf "%.2f", a / b }')x; archive-get / pgBackRest's = $(awk -v a="$(median 2 <"$WORK/get")" -v b="$(median 2 <"$WORK/pgbr-get")" 'BEGIN { printf "%.2f", a / b }')x; with --prefetch 8: $(awk -v a="$(median 2 <"$WORK/get-prefetch")" -v b="$(median 2 <"$WORK/pgbr-get")" 'BEGIN { printf "%.2f", a / b }')x"
 fi
 echo
 echo "- archived size: $ratio KiB for $orig KiB of WAL; peak RSS: archive-push ${rss_push} KiB, archive-get ${rss_get} KiB"

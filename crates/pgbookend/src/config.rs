@@ -54,6 +54,11 @@ pub struct Config {
     /// How many archive stores must hold a WAL file before `archive-push` succeeds
     /// (`--min-stores`); default all.
     pub archive_min_stores: Option<usize>,
+    /// How many segments `archive-get` fetches ahead during recovery (`--prefetch`);
+    /// default 0 (none).
+    pub archive_get_prefetch: Option<u32>,
+    /// How many of them it fetches at once (`--jobs`); default the number of cores.
+    pub archive_get_jobs: Option<usize>,
 }
 
 impl Config {
@@ -85,7 +90,7 @@ impl Config {
                 path.display(),
                 e.message()
             ))
-            .hint("keys: store, run_dir, pgdata, conninfo, heartbeat, timeout, archive_timeout, wal, archive, min_stores, s3_endpoint, s3_region, s3_path_style, s3_retry_timeout, archive_store, archive_compress_level, archive_min_stores")
+            .hint("keys: store, run_dir, pgdata, conninfo, heartbeat, timeout, archive_timeout, wal, archive, min_stores, s3_endpoint, s3_region, s3_path_style, s3_retry_timeout, archive_store, archive_compress_level, archive_min_stores, archive_get_prefetch, archive_get_jobs")
         })
     }
 }

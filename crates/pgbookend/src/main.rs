@@ -199,6 +199,14 @@ struct ArchiveGetArgs {
     /// The data directory (default: the working directory, where PostgreSQL runs it).
     #[arg(long, value_name = "DIR")]
     pgdata: Option<PathBuf>,
+    /// Fetch the next N segments in the background during recovery (default: config
+    /// archive_get_prefetch, else 0).
+    #[arg(long, value_name = "N")]
+    prefetch: Option<u32>,
+    /// How many segments the prefetch fetches at once (default: config archive_get_jobs,
+    /// else the number of cores).
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
 }
 
 /// `archive-push`: silent on success (its stdout lands in the server log for every
@@ -232,8 +240,16 @@ fn archive_push(cfg: &Config, a: ArchivePushArgs, json: bool) -> ExitCode {
 fn archive_get(cfg: &Config, a: ArchiveGetArgs, json: bool) -> ExitCode {
     use pgbookend::archive::{get, Settings};
     // One store with the file is enough to read it: archive_min_stores is for writing.
-    let r = Settings::resolve(cfg, &a.stores, None, Some(1), a.pgdata.as_deref())
-        .and_then(|s| get::get(&s, &a.name, &a.dest));
+    let s = Settings::resolve(cfg, &a.stores, None, Some(1), a.pgdata.as_deref())
+        .and_then(|s| pgbookend::archive::with_prefetch(s, cfg, a.prefetch, a.jobs));
+    if std::env::var_os(pgbookend::archive::prefetch::WORKER_ENV).is_some() {
+        // The detached prefetch worker an earlier archive-get started: no output at all.
+        if let Ok(s) = &s {
+            pgbookend::archive::prefetch::work(s, &a.dest);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let r = s.and_then(|s| get::get(&s, &a.name, &a.dest));
     match r {
         Ok(get::Fetched::Restored(r)) => {
             for e in &r.skipped {

@@ -419,7 +419,13 @@ fn recovery_through_archive_get(major: u32) {
     a.c.psql("INSERT INTO rows VALUES ('after')");
     a.c.pgbench_init(1);
     a.switch_and_wait();
-    let cmd = format!("{} {} archive-get %f %p", a.prefix, common::bin().display());
+    // With prefetch: the first segment comes straight from the store, the next ones from
+    // the spool the background worker fills; the spool is gone once recovery has ended.
+    let cmd = format!(
+        "{} {} archive-get %f %p --prefetch 4",
+        a.prefix,
+        common::bin().display()
+    );
     let d = data.display().to_string();
     let s = tool.store_path().display().to_string();
     tool.run(&[
@@ -455,8 +461,135 @@ fn recovery_through_archive_get(major: u32) {
         "{}",
         r.server_log()
     );
+    assert!(
+        wait_until(Duration::from_secs(30), || !data
+            .join("pg_wal/pgbookend-prefetch")
+            .exists()
+            && workers_of(&data).is_empty()),
+        "the prefetch spool or its worker outlived recovery: {:?} {:?}\n{}",
+        std::fs::read_dir(data.join("pg_wal/pgbookend-prefetch"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>()),
+        workers_of(&data),
+        r.server_log()
+    );
 }
 per_major!(recovery_through_archive_get_t, recovery_through_archive_get);
+
+/// The pids of prefetch workers whose command line names `pgdata` or that run in it.
+fn workers_of(pgdata: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
+        let marked = env
+            .split(|b| *b == 0)
+            .any(|kv| kv.starts_with(b"PGBOOKEND_PREFETCH_WORKER="));
+        if marked && cwd.starts_with(pgdata) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// archive-get with --prefetch: the segments after the one asked for are fetched into
+/// pg_wal/pgbookend-prefetch in the background and the next call takes its segment from
+/// there (byte-identical); hostile spool entries (a link to a file outside, a short file)
+/// are never followed or used, the segment comes from the store instead; a segment the
+/// archive lacks ends the prefetch and removes the spool and its worker.
+fn prefetch_spool(major: u32) {
+    let a = Archived::local(major);
+    a.c.psql("CREATE TABLE t (i int)");
+    for i in 0..6 {
+        a.c.psql(&format!(
+            "INSERT INTO t SELECT generate_series(1, 1000 * {i})"
+        ));
+        a.switch_and_wait();
+    }
+    let done = a.done();
+    assert!(done.len() >= 6, "{done:?}");
+    let scratch = scratch_pgdata(&a.c);
+    let spool = scratch.path().join("pg_wal/pgbookend-prefetch");
+    std::fs::create_dir(&spool).unwrap();
+    let victim = pgbookend_testkit::temp_dir("victim");
+    let target = victim.path().join("precious");
+    std::fs::write(&target, "keep me").unwrap();
+    let fake = "0".repeat(64);
+    std::os::unix::fs::symlink(&target, spool.join(format!("{}-{fake}", done[2]))).unwrap();
+    std::fs::write(spool.join(format!("{}-{fake}", done[3])), "short").unwrap();
+    let store = a.store();
+    let get = |seg: &str| {
+        let r = run_in(
+            scratch.path(),
+            &[
+                "--json",
+                "archive-get",
+                seg,
+                "pg_wal/RECOVERYXLOG",
+                "--store",
+                &store,
+                "--prefetch",
+                "3",
+                "--jobs",
+                "2",
+            ],
+        );
+        assert_eq!(r.code, 0, "{seg}: {r:?}");
+        let got = std::fs::read(scratch.path().join("pg_wal/RECOVERYXLOG")).unwrap();
+        let orig = std::fs::read(a.c.pgdata().join("pg_wal").join(seg)).unwrap();
+        assert!(got == orig, "{seg} differs after archive-get");
+        r.json()["prefetched"].as_bool().unwrap()
+    };
+    let spooled = |seg: &str| {
+        std::fs::read_dir(&spool)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let n = e.file_name().to_string_lossy().to_string();
+                n.starts_with(&format!("{seg}-")) && !n.ends_with(&fake)
+            })
+    };
+    assert!(!get(&done[0]), "nothing was spooled yet");
+    assert!(
+        wait_until(Duration::from_secs(30), || spooled(&done[1])),
+        "the worker did not fetch {}",
+        done[1]
+    );
+    assert!(get(&done[1]), "{} should come from the spool", done[1]);
+    assert!(
+        wait_until(Duration::from_secs(30), || spooled(&done[4])),
+        "the worker did not fetch {}",
+        done[4]
+    );
+    assert!(!get(&done[2]), "a link in the spool must not be used");
+    assert!(!get(&done[3]), "a short file in the spool must not be used");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+    assert!(get(&done[4]), "{} should come from the spool", done[4]);
+    let missing = "00000001000000FF000000FE";
+    let r = run_in(
+        scratch.path(),
+        &[
+            "archive-get",
+            missing,
+            "pg_wal/RECOVERYXLOG",
+            "--store",
+            &store,
+            "--prefetch",
+            "3",
+        ],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        wait_until(Duration::from_secs(30), || !spool.exists()
+            && workers_of(scratch.path()).is_empty()),
+        "the spool or its worker is left after the end of the archive"
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+}
+per_major!(prefetch_spool_t, prefetch_spool);
 
 const KEY_ID: &str = "AKIAPGBOOKENDARCHIVE1";
 const SECRET: &str = "pgbookend/Archive+Secret/0123456789";

@@ -4,7 +4,7 @@
 //! A file in no store is [`Fetched::Missing`] (exit 1, as PostgreSQL expects at the end
 //! of the archive); a damaged object is a check error naming it, never a short file.
 
-use super::{cluster_id, layout, ClusterId, Settings};
+use super::{cluster_id, layout, prefetch, ClusterId, Settings};
 use crate::error::{io_err, Class, Error, Result};
 use crate::fsutil::{self, Dir};
 use crate::store::objects::Handle;
@@ -28,6 +28,8 @@ pub struct Report {
     pub size: u64,
     /// Damaged copies met (and skipped) in earlier stores.
     pub skipped: Vec<Error>,
+    /// It came from the prefetch spool (fetched, hashed and checked there earlier).
+    pub prefetched: bool,
 }
 
 /// The result of a fetch.
@@ -38,7 +40,8 @@ pub enum Fetched {
     Missing,
 }
 
-/// Restores the WAL file `name` to `dest` (`%f` and `%p`).
+/// Restores the WAL file `name` to `dest` (`%f` and `%p`): from the prefetch spool when
+/// it holds it, else from the first store that has it.
 pub fn get(s: &Settings, name: &str, dest: &str) -> Result<Fetched> {
     let name = WalName::parse(name).map_err(|e| {
         Error::usage(format!("archive-get: {e}"))
@@ -48,10 +51,35 @@ pub fn get(s: &Settings, name: &str, dest: &str) -> Result<Fetched> {
     let id = cluster_id(&s.pgdata)?;
     let dir = Dir::open_follow(&s.pgdata.join(&parent))
         .map_err(|e| io_err("cannot open", &s.pgdata.join(&parent), e))?;
+    let spool = prefetch::Spool::open(&dir, s.prefetch, &name);
+    if let Some(sp) = &spool {
+        if let Some(r) = sp.take(&name, &id, &dir, &file)? {
+            sp.kick(&name);
+            return Ok(Fetched::Restored(r));
+        }
+    }
+    let got = fetch_any(s, &id, &name, &dir, &|_| file.clone())?;
+    match (&spool, &got) {
+        (Some(sp), Fetched::Restored(_)) => sp.kick(&name),
+        (Some(sp), Fetched::Missing) => sp.end(&dir),
+        (None, _) => {}
+    }
+    Ok(got)
+}
+
+/// Restores `name` from the first store that has it as `final_name(sha256)` in `dir`.
+/// A damaged copy in one store is skipped (and reported) when another has a good one.
+pub(super) fn fetch_any(
+    s: &Settings,
+    id: &ClusterId,
+    name: &WalName,
+    dir: &Dir,
+    final_name: &dyn Fn(&str) -> String,
+) -> Result<Fetched> {
     let mut damaged = Vec::new();
     let mut failed = Vec::new();
     for store in &s.stores {
-        match fetch_from(store, &id, &name, &dir, &file) {
+        match fetch_from(store, id, name, dir, final_name) {
             Ok(Some(mut r)) => {
                 r.skipped = damaged;
                 return Ok(Fetched::Restored(r));
@@ -82,7 +110,7 @@ pub fn get(s: &Settings, name: &str, dest: &str) -> Result<Fetched> {
 
 /// Checks `%p`: a relative path inside the data directory, or an absolute one below it,
 /// without `..`; returns its directory (relative to the data directory) and file name.
-fn dest_in(pgdata: &Path, dest: &str) -> Result<(PathBuf, String)> {
+pub(super) fn dest_in(pgdata: &Path, dest: &str) -> Result<(PathBuf, String)> {
     let refuse = |why: &str| {
         Error::usage(format!("archive-get: destination {dest:?} {why}"))
             .hint("PostgreSQL passes %p as pg_wal/RECOVERYXLOG, relative to the data directory")
@@ -147,7 +175,7 @@ fn fetch_from(
     id: &ClusterId,
     name: &WalName,
     dir: &Dir,
-    file: &str,
+    final_name: &dyn Fn(&str) -> String,
 ) -> Result<Option<Report>> {
     let h = Handle::open(store)?;
     let sub = layout::dir_of(id.system_identifier, name);
@@ -171,6 +199,8 @@ fn fetch_from(
     };
     let object = layout::object_name(name, &sha);
     let location = h.location(&sub, &object);
+    let file = final_name(&sha);
+    let file = file.as_str();
     let tmp = fsutil::temp_name(file.as_ref());
     let tmp_path = dir.display_path(&tmp);
     let out = dir
@@ -193,6 +223,7 @@ fn fetch_from(
         sha256: sha,
         size,
         skipped: Vec::new(),
+        prefetched: false,
     }))
 }
 

@@ -10,6 +10,7 @@
 
 pub mod get;
 pub mod layout;
+pub mod prefetch;
 pub mod push;
 
 use crate::config::Config;
@@ -32,6 +33,10 @@ pub struct Settings {
     pub min_stores: usize,
     /// The data directory (`--pgdata`, else the working directory PostgreSQL gives).
     pub pgdata: PathBuf,
+    /// `archive-get`: how many segments to fetch ahead (0: none; see [`prefetch`]).
+    pub prefetch: u32,
+    /// `archive-get`: how many of them to fetch at once.
+    pub prefetch_jobs: usize,
 }
 
 impl Settings {
@@ -86,8 +91,38 @@ impl Settings {
             level,
             min_stores,
             pgdata,
+            prefetch: 0,
+            prefetch_jobs: 1,
         })
     }
+}
+
+/// Sets `archive-get`'s prefetch: the flag, else `archive_get_prefetch` from the config,
+/// else none; fetched `jobs` at a time (default: the number of cores).
+pub fn with_prefetch(
+    mut s: Settings,
+    cfg: &Config,
+    ahead: Option<u32>,
+    jobs: Option<usize>,
+) -> Result<Settings> {
+    let ahead = ahead.or(cfg.archive_get_prefetch).unwrap_or(0);
+    if ahead > prefetch::MAX_AHEAD {
+        return Err(Error::usage(format!(
+            "prefetch {ahead}: expected 0 to {} segments",
+            prefetch::MAX_AHEAD
+        )));
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let jobs = jobs.or(cfg.archive_get_jobs).unwrap_or(cores);
+    if !(1..=prefetch::MAX_JOBS).contains(&jobs) {
+        return Err(Error::usage(format!(
+            "prefetch jobs {jobs}: expected 1 to {}",
+            prefetch::MAX_JOBS
+        )));
+    }
+    s.prefetch = ahead;
+    s.prefetch_jobs = jobs;
+    Ok(s)
 }
 
 /// The identity of the cluster whose WAL is archived or restored, from `pg_control`.

@@ -1,0 +1,286 @@
+//! Prefetch for `archive-get`: recovery asks for one segment at a time and waits for
+//! each. With `archive_get_prefetch = N` (or `--prefetch N`), every `archive-get` of a
+//! segment makes sure a background worker fetches the next N segments of its timeline
+//! into a spool beside `%p` (`pg_wal/pgbookend-prefetch`) while the server replays, so
+//! that the next `archive-get` only renames its segment into place.
+//!
+//! The worker is the same command line run again with [`WORKER_ENV`] set, detached in its
+//! own process group; one runs per spool at a time (an advisory lock), and it exits when
+//! it has caught up with the newest request. A spooled segment got its final name
+//! (`NAME-SHA256`) only after it was unpacked, hashed and size-checked against the
+//! archive, exactly as a direct fetch. The spool is a 0700 directory inside the data
+//! directory, as private as `pg_wal` itself: taking a file from it checks its name, kind
+//! and size (never following a link), not its hash again. When the archive has no next
+//! segment (recovery is ending) the spool is removed; it is safe to delete at any time.
+
+use super::{cluster_id, get, ClusterId, Settings};
+use crate::fsutil::{self, Dir};
+use pgbookend_formats::wal;
+use pgbookend_formats::walname::{WalKind, WalName};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The spool's name in the directory of `%p`.
+pub const SPOOL: &str = "pgbookend-prefetch";
+/// Set in the environment of the worker `archive-get` starts (internal).
+pub const WORKER_ENV: &str = "PGBOOKEND_PREFETCH_WORKER";
+/// The most segments fetched ahead (1 GiB of 16 MiB segments).
+pub const MAX_AHEAD: u32 = 64;
+/// The most parallel fetches of the worker.
+pub const MAX_JOBS: usize = 16;
+/// The newest request (`want`): a segment name, or [`END`].
+const WANT: &str = "want";
+const LOCK: &str = "lock";
+/// What `want` says once the archive had no next segment.
+const END: &str = "end";
+
+/// The spool of one `pg_wal`.
+pub struct Spool {
+    dir: Dir,
+}
+
+impl Spool {
+    /// Opens (creating) the spool in `parent`; `None` when prefetch is off, `name` is not
+    /// a whole segment, or the spool cannot be used (a link there is never followed).
+    pub fn open(parent: &Dir, ahead: u32, name: &WalName) -> Option<Spool> {
+        if ahead == 0 || name.kind() != WalKind::Segment {
+            return None;
+        }
+        match parent.mkdir(SPOOL, 0o700) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(_) => return None,
+        }
+        parent.open_dir(SPOOL).ok().map(|dir| Spool { dir })
+    }
+
+    /// Moves a prefetched copy of `name` to `file` in `dest` (fsynced) and says what it
+    /// was; `None` when the spool has no complete copy.
+    pub fn take(
+        &self,
+        name: &WalName,
+        id: &ClusterId,
+        dest: &Dir,
+        file: &str,
+    ) -> crate::error::Result<Option<get::Report>> {
+        let Some((entry, sha)) = self.find(name) else {
+            return Ok(None);
+        };
+        let whole = self.dir.lstat(&entry).is_ok_and(|st| {
+            fsutil::kind(&st) == libc::S_IFREG && st.st_size as u64 == u64::from(id.seg_size)
+        });
+        if !whole || self.dir.rename(&entry, dest, file).is_err() {
+            let _ = self.dir.unlink(&entry);
+            return Ok(None);
+        }
+        dest.sync()
+            .map_err(|e| crate::error::io_err("cannot fsync directory", dest.path(), e))?;
+        Ok(Some(get::Report {
+            name: name.to_string(),
+            object: self.dir.display_path(&entry).display().to_string(),
+            sha256: sha,
+            size: u64::from(id.seg_size),
+            skipped: Vec::new(),
+            prefetched: true,
+        }))
+    }
+
+    /// The spooled copy of `name`: its entry and SHA-256.
+    fn find(&self, name: &WalName) -> Option<(String, String)> {
+        let prefix = format!("{name}-");
+        self.names().into_iter().find_map(|e| {
+            let sha = e.strip_prefix(&prefix)?.to_string();
+            is_sha(&sha).then_some((e, sha))
+        })
+    }
+
+    /// The entry names that are valid UTF-8 (anything else is not ours).
+    fn names(&self) -> Vec<String> {
+        self.dir
+            .entries()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|e| e.into_string().ok())
+            .collect()
+    }
+
+    /// Records `name` as the newest request, drops spooled segments up to it, and starts
+    /// the worker unless one runs. Best effort: prefetch only ever saves time.
+    pub fn kick(&self, name: &WalName) {
+        self.want(name.as_str());
+        for e in self.names() {
+            let seg = e.get(..wal::FILE_NAME_LEN).unwrap_or("");
+            if !e.starts_with('.') && e != WANT && e != LOCK && seg <= name.as_str() {
+                let _ = self.dir.unlink(&e);
+            }
+        }
+        if self.try_lock().is_some() {
+            let _ = spawn_worker();
+        }
+    }
+
+    /// The archive has no segment `name`: recovery is ending (or waiting for more). The
+    /// spool is removed now if no worker runs, else by the worker when it sees this.
+    pub fn end(&self, parent: &Dir) {
+        self.want(END);
+        if let Some(lock) = self.try_lock() {
+            self.clear(parent);
+            drop(lock);
+        }
+    }
+
+    fn want(&self, what: &str) {
+        let tmp = fsutil::temp_name(WANT.as_ref());
+        let ok = self
+            .dir
+            .create_file(&tmp, 0o600)
+            .and_then(|mut f| f.write_all(what.as_bytes()));
+        if ok.is_err() || self.dir.rename(&tmp, &self.dir, WANT).is_err() {
+            let _ = self.dir.unlink(&tmp);
+        }
+    }
+
+    fn read_want(&self) -> Option<String> {
+        let mut s = String::new();
+        self.dir
+            .open_file(WANT)
+            .ok()?
+            .take(wal::FILE_NAME_LEN as u64 + 1)
+            .read_to_string(&mut s)
+            .ok()?;
+        Some(s)
+    }
+
+    /// The worker's lock, if nobody holds it (released when dropped).
+    fn try_lock(&self) -> Option<std::fs::File> {
+        let _ = self.dir.create_file(LOCK, 0o600);
+        let f = self.dir.open_file(LOCK).ok()?;
+        // SAFETY: flock on an fd we own.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        (r == 0).then_some(f)
+    }
+
+    /// Removes the spool when it holds no segment (the archive had nothing ahead), so that
+    /// the end of recovery leaves nothing behind; a later request makes it again.
+    fn remove_if_empty(&self, parent: &Dir) {
+        let idle = |s: &Spool| s.names().iter().all(|e| e == WANT || e == LOCK);
+        if idle(self) {
+            if let Some(lock) = self.try_lock() {
+                if idle(self) {
+                    self.clear(parent);
+                }
+                drop(lock);
+            }
+        }
+    }
+
+    /// Removes everything in the spool, then the spool itself.
+    fn clear(&self, parent: &Dir) {
+        for e in self.dir.entries().unwrap_or_default() {
+            let _ = self.dir.unlink(&e);
+        }
+        let _ = parent.rmdir(SPOOL);
+    }
+}
+
+fn is_sha(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Starts this command line again as the detached worker: its own process group, no
+/// standard streams (its output must not land in the server log), inherited descriptors
+/// closed at exec.
+fn spawn_worker() -> io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(std::env::args_os().skip(1))
+        .env(WORKER_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    // SAFETY: only an async-signal-safe syscall between fork and exec. CLOSE_RANGE_CLOEXEC
+    // (4) marks every inherited descriptor above 2 close-on-exec; failure is harmless.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32);
+            Ok(())
+        });
+    }
+    cmd.spawn().map(|_| ())
+}
+
+/// The worker: while the newest request moves, fetches the segments after it into the
+/// spool, `jobs` at a time, stopping at the first one the archive does not have.
+pub fn work(s: &Settings, dest: &str) {
+    let Some((parent, spool)) = open_for_worker(s, dest) else {
+        return;
+    };
+    let Ok(id) = cluster_id(&s.pgdata) else {
+        return;
+    };
+    let mut served = String::new();
+    for _ in 0..100_000 {
+        let Some(lock) = spool.try_lock() else {
+            return;
+        };
+        while let Some(want) = spool.read_want().filter(|w| *w != served) {
+            if want == END {
+                spool.clear(&parent);
+                return;
+            }
+            let Ok(name) = WalName::parse(&want) else {
+                return;
+            };
+            fetch_ahead(s, &id, &spool, &name);
+            served = want;
+        }
+        drop(lock);
+        // A request written while the lock was about to be released has no other worker.
+        if spool.read_want().is_none_or(|w| w == served) {
+            spool.remove_if_empty(&parent);
+            return;
+        }
+    }
+}
+
+fn open_for_worker(s: &Settings, dest: &str) -> Option<(Dir, Spool)> {
+    let (rel, _) = get::dest_in(&s.pgdata, dest).ok()?;
+    let parent = Dir::open_follow(&s.pgdata.join(&rel)).ok()?;
+    let dir = parent.open_dir(SPOOL).ok()?;
+    Some((parent, Spool { dir }))
+}
+
+/// Fetches the `s.prefetch` segments after `name` that the spool lacks.
+fn fetch_ahead(s: &Settings, id: &ClusterId, spool: &Spool, name: &WalName) {
+    let Some(segno) = name.segno(id.seg_size) else {
+        return;
+    };
+    let names: Vec<WalName> = (1..=u64::from(s.prefetch.min(MAX_AHEAD)))
+        .map(|k| wal::file_name(name.timeline(), segno + k, id.seg_size))
+        .filter_map(|n| WalName::parse(&n).ok())
+        .filter(|n| spool.find(n).is_none())
+        .collect();
+    let next = AtomicUsize::new(0);
+    let stop = AtomicUsize::new(usize::MAX);
+    let jobs = s.prefetch_jobs.clamp(1, MAX_JOBS).min(names.len().max(1));
+    std::thread::scope(|sc| {
+        for _ in 0..jobs {
+            sc.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= names.len() || i > stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let n = &names[i];
+                let got = get::fetch_any(s, id, n, &spool.dir, &|sha| format!("{n}-{sha}"));
+                if !matches!(got, Ok(get::Fetched::Restored(_))) {
+                    stop.fetch_min(i, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+}
