@@ -54,6 +54,8 @@ pub struct Config {
     /// How many archive stores must hold a WAL file before `archive-push` succeeds
     /// (`--min-stores`); default all.
     pub archive_min_stores: Option<usize>,
+    /// Take backups only on a server of this role (`--only-on`): primary or standby.
+    pub only_on: Option<String>,
 }
 
 impl Config {
@@ -85,7 +87,7 @@ impl Config {
                 path.display(),
                 e.message()
             ))
-            .hint("keys: store, run_dir, pgdata, conninfo, heartbeat, timeout, archive_timeout, wal, archive, min_stores, s3_endpoint, s3_region, s3_path_style, s3_retry_timeout, archive_store, archive_compress_level, archive_min_stores")
+            .hint("keys: store, run_dir, pgdata, conninfo, heartbeat, timeout, archive_timeout, wal, archive, min_stores, s3_endpoint, s3_region, s3_path_style, s3_retry_timeout, archive_store, archive_compress_level, archive_min_stores, on_success, on_failure, notify_timeout, only_on")
         })
     }
 }

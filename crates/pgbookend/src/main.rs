@@ -560,6 +560,10 @@ struct StartArgs {
     /// How many stores must take the bundle for stop to succeed (default: all).
     #[arg(long, value_name = "N")]
     min_stores: Option<usize>,
+    /// Back up only on a server of this role (primary or standby; config only_on): on the
+    /// other, start (and run) exits 0 saying it skipped, and stop --id of it exits 0 too.
+    #[arg(long, value_name = "ROLE", value_parser = ["primary", "standby"])]
+    only_on: Option<String>,
 }
 
 impl StartArgs {
@@ -575,6 +579,7 @@ impl StartArgs {
             wal: self.wal,
             archive: self.archive,
             min_stores: self.min_stores,
+            only_on: self.only_on,
         }
     }
 }

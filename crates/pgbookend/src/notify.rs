@@ -68,10 +68,13 @@ fn command(cmd: &str, ev: &Event) -> Command {
     c.env("PGBOOKEND_EVENT", ev.event)
         .env(
             "PGBOOKEND_STATUS",
-            if ev.exit_code == 0 {
-                "success"
-            } else {
+            if ev.exit_code != 0 {
                 "failure"
+            } else if ev.report["skipped"] == true || ev.report["result"] == "skipped" {
+                // --only-on on a node of the other role: not a failure, not a backup.
+                "skipped"
+            } else {
+                "success"
             },
         )
         .env("PGBOOKEND_EXIT_CODE", ev.exit_code.to_string())
