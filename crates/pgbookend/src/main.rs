@@ -42,8 +42,8 @@ struct Cli {
     /// PGBOOKEND_EVENT/STATUS/EXIT_CODE/ID/ERROR in its environment (config on_success).
     #[arg(long, global = true, value_name = "CMD")]
     on_success: Option<String>,
-    /// After stop or run fails: run CMD as --on-success does (config on_failure). Neither
-    /// changes pgbookend's exit code.
+    /// After stop, run or archive-push fails: run CMD as --on-success does (config
+    /// on_failure). Neither changes pgbookend's exit code.
     #[arg(long, global = true, value_name = "CMD")]
     on_failure: Option<String>,
     /// Kill a notification command (and everything it started) after DUR (default 60s).
@@ -203,7 +203,14 @@ struct ArchiveGetArgs {
 
 /// `archive-push`: silent on success (its stdout lands in the server log for every
 /// segment); a store that failed while enough others took the file is a warning.
-fn archive_push(cfg: &Config, a: ArchivePushArgs, json: bool) -> ExitCode {
+/// A failure runs the `--on-failure` command (event `archive-push`); a success notifies
+/// nobody (it happens once per segment).
+fn archive_push(
+    cfg: &Config,
+    a: ArchivePushArgs,
+    json: bool,
+    hooks: &pgbookend::notify::Hooks,
+) -> ExitCode {
     use pgbookend::archive::{push, Settings};
     let r = Settings::resolve(
         cfg,
@@ -223,7 +230,16 @@ fn archive_push(cfg: &Config, a: ArchivePushArgs, json: bool) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&e, json),
+        Err(e) => {
+            let code = fail(&e, json);
+            let report = serde_json::json!({
+                "error": &e,
+                "path": a.path.display().to_string(),
+            });
+            let exit = e.class().exit_code() as u8;
+            notify(hooks, "archive-push", None, exit, &report, Some(&e));
+            code
+        }
     }
 }
 
@@ -954,7 +970,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Cmd::Run(a) => return run_command(&run, &cfg, a, json, &hooks),
-        Cmd::ArchivePush(a) => return archive_push(&cfg, a, json),
+        Cmd::ArchivePush(a) => return archive_push(&cfg, a, json, &hooks),
         Cmd::ArchiveGet(a) => return archive_get(&cfg, a, json),
         command => dispatch(command, &run, &cfg, json),
     };
