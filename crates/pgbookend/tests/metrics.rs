@@ -76,6 +76,8 @@ fn metrics_of_stores_and_running_backups() {
     )
     .unwrap();
     tool.start("running-3", &[]).ok();
+    let (archive, segs, pushed_between) = archive_two_segments(&c);
+    let archive_store = archive.path().display().to_string();
 
     let out_dir = pgbookend_testkit::temp_dir("metrics");
     let file = out_dir.path().join("pgbookend.prom");
@@ -87,6 +89,8 @@ fn metrics_of_stores_and_running_backups() {
         &store,
         "--store",
         &missing,
+        "--store",
+        &archive_store,
         "--output",
         file.to_str().unwrap(),
     ]);
@@ -183,6 +187,51 @@ fn metrics_of_stores_and_running_backups() {
     );
     assert!(hb.is_some_and(|h| (0.0..60.0).contains(&h)), "{text}");
 
+    // The WAL archive: the newest of the two segments pushed, when it was pushed, its age.
+    let arch = [
+        ("store", archive_store.as_str()),
+        ("system_identifier", sys.as_str()),
+        ("timeline", "1"),
+    ];
+    let mut info = arch.to_vec();
+    info.push(("segment", segs[1].as_str()));
+    assert_eq!(
+        sample(&text, "pgbookend_archive_last_segment_info", &info),
+        Some(1.0),
+        "{text}"
+    );
+    let mut older = arch.to_vec();
+    older.push(("segment", segs[0].as_str()));
+    assert_eq!(
+        sample(&text, "pgbookend_archive_last_segment_info", &older),
+        None
+    );
+    let pushed = sample(
+        &text,
+        "pgbookend_archive_last_push_timestamp_seconds",
+        &arch,
+    )
+    .expect("push time");
+    assert!(
+        pushed_between.0 - 1 <= pushed as i64 && pushed as i64 <= pushed_between.1 + 1,
+        "{pushed} {pushed_between:?}"
+    );
+    let generated = sample(&text, "pgbookend_metrics_generated_timestamp_seconds", &[]).unwrap();
+    assert_eq!(
+        sample(&text, "pgbookend_archive_last_push_age_seconds", &arch),
+        Some(generated - pushed),
+        "{text}"
+    );
+    // The bundle store has no archive: no archive series for it.
+    assert_eq!(
+        sample(
+            &text,
+            "pgbookend_archive_last_push_timestamp_seconds",
+            &[("store", &store)]
+        ),
+        None
+    );
+
     // stdout form is the same exposition; --json gives the facts.
     let plain = tool.run(&["metrics", "--store", &store]);
     assert!(
@@ -195,6 +244,39 @@ fn metrics_of_stores_and_running_backups() {
         .json();
     assert_eq!(j["backups"][0]["id"], "running-3");
     tool.stop("running-3", &[]).ok();
+}
+
+/// Two real `archive-push` calls (as the server runs them, from the data directory) of
+/// two consecutive segments into a new archive store: the store, the segment names, and
+/// the Unix seconds before and after the pushes.
+fn archive_two_segments(c: &Cluster) -> (pgbookend_testkit::TempDir, Vec<String>, (i64, i64)) {
+    let archive = pgbookend_testkit::temp_dir("metrics-archive");
+    let store = archive.path().display().to_string();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let before = now();
+    let mut segs = Vec::new();
+    for _ in 0..2 {
+        let seg = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+        c.psql("CREATE TABLE IF NOT EXISTS m(i int); INSERT INTO m VALUES (1)");
+        c.psql("SELECT pg_switch_wal()");
+        let wal = format!("pg_wal/{seg}");
+        let r: common::Run = Command::new(common::bin())
+            .args(["archive-push", &wal, "--store", &store])
+            .current_dir(c.pgdata())
+            .env_remove("PGBOOKEND_CONFIG")
+            .output()
+            .unwrap()
+            .into();
+        assert_eq!(r.code, 0, "{r:?}");
+        segs.push(seg);
+    }
+    assert!(segs[0] < segs[1], "{segs:?}");
+    (archive, segs, (before, now()))
 }
 
 /// The alert rules the README shows are valid Prometheus rules.
