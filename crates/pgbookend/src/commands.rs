@@ -94,6 +94,7 @@ pub fn start_backup(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Be
     if let Some(skip) = crate::ha::check_role(only_on, conninfo.as_deref(), &id)? {
         return Ok(Begun::Skipped(skip));
     }
+    crate::ha::forget(&id);
     let StoreCheck {
         stores,
         unreachable,

@@ -42,9 +42,12 @@ fn standby_of(primary: &Cluster) -> Cluster {
     standby
 }
 
-/// Sessions of pgbookend on `c` (a backup in progress holds one).
-fn pgbookend_sessions(c: &Cluster) -> String {
-    c.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbookend%'")
+/// Whether `c` has no session of backup `id` (a backup in progress holds one). The short
+/// session that read the role ends with `start`, but its backend may take a moment to go.
+fn no_session_of(c: &Cluster, id: &str) -> bool {
+    let sql =
+        format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbookend {id}'");
+    common::wait_until(Duration::from_secs(10), || c.psql(&sql) == "0")
 }
 
 /// `start --only-on ROLE` then `stop` on the node that must skip: exit 0 twice, nothing
@@ -58,7 +61,7 @@ fn assert_skips(tool: &Tool, c: &Cluster, id: &str, only_on: &str, role: &str) {
     assert_eq!(j["id"], id);
     assert!(!tool.run_dir().join(id).exists(), "no agent entry: {r:?}");
     assert!(tool.agent_pid(id).is_none());
-    assert_eq!(pgbookend_sessions(c), "0");
+    assert!(no_session_of(c, id), "a session of {id} stays open");
     assert!(!c.pgdata().join("pg_backup_metadata").join(id).exists());
     let human = tool
         .run(&["start", "--id", id, "--only-on", only_on])
@@ -131,5 +134,14 @@ fn only_on(major: u32) {
     std::fs::write(&rec, text).unwrap();
     let forged = on_standby.stop("job-x", &[]);
     assert_eq!(forged.code, 2, "{forged:?}");
+    // The same ID really started later on this node (a fixed --id, a failover since) and
+    // failing before its agent: its stop must fail, not pass for the old skip.
+    let failed = on_standby.run(&["start", "--id", "job-p", "--wal", "bogus"]);
+    assert_eq!(failed.code, 2, "{failed:?}");
+    let stop = on_standby.stop("job-p", &[]);
+    assert_eq!(
+        stop.code, 2,
+        "the old skip record must not hide it: {stop:?}"
+    );
 }
 per_major!(only_on_t, only_on);

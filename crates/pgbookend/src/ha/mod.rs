@@ -242,3 +242,18 @@ pub fn recheck(only_on: Option<Role>, in_recovery: bool) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+/// Removes the skip record of `id`, if any: a backup that really starts under an ID
+/// skipped before (a fixed `--id`, a failover since) must never be taken for a skip by
+/// its `stop`, whatever happens to it.
+pub fn forget(id: &str) {
+    if crate::id::validate(id).is_err() {
+        return;
+    }
+    if let Ok(Some(d)) = open_dir(false) {
+        let name = format!("{id}.json");
+        if d.kind(&name) != crate::nofollow::Kind::Missing {
+            let _ = d.remove(&name);
+        }
+    }
+}
