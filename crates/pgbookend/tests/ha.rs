@@ -94,6 +94,27 @@ fn assert_backs_up(tool: &Tool, id: &str, only_on: &str, primary: &Cluster) {
     assert!(tool.bundle_dir(id).join("bundle.json").exists());
 }
 
+/// `only_on` in the config file skips on the standby; `--only-on` overrides it.
+fn config_key(on_standby: &Tool) {
+    let cfg = on_standby.run_dir.path().join("pgbookend.toml");
+    let start = |key: &str, extra: &[&str]| {
+        std::fs::write(&cfg, format!("only_on = \"{key}\"\n")).unwrap();
+        let mut args = vec!["start", "--id", "job-c", "--json"];
+        args.extend_from_slice(extra);
+        let r: common::Run = on_standby
+            .cmd(&args)
+            .env("PGBOOKEND_CONFIG", &cfg)
+            .output()
+            .unwrap()
+            .into();
+        common::schema::check_output(&args, &r.stdout);
+        r.ok().json()
+    };
+    assert_eq!(start("primary", &[])["skipped"], true);
+    let flag_wins = start("standby", &["--only-on", "primary"]);
+    assert_eq!(flag_wins["only_on"], "primary", "{flag_wins}");
+}
+
 fn only_on(major: u32) {
     let primary = Cluster::start(ClusterOptions::new(major));
     let standby = standby_of(&primary);
@@ -134,6 +155,16 @@ fn only_on(major: u32) {
     std::fs::write(&rec, text).unwrap();
     let forged = on_standby.stop("job-x", &[]);
     assert_eq!(forged.code, 2, "{forged:?}");
+    // ... and so is a link, even to a valid record of the same ID.
+    let link = on_standby.run_dir.path().join("state/skipped/job-r2.json");
+    std::os::unix::fs::symlink(
+        on_standby.run_dir.path().join("state/skipped/job-r.json"),
+        &link,
+    )
+    .unwrap();
+    assert_eq!(on_standby.stop("job-r2", &[]).code, 2);
+    // The config key does what the flag does, and the flag wins over it.
+    config_key(&on_standby);
     // The same ID really started later on this node (a fixed --id, a failover since) and
     // failing before its agent: its stop must fail, not pass for the old skip.
     let failed = on_standby.run(&["start", "--id", "job-p", "--wal", "bogus"]);
