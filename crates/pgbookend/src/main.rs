@@ -61,7 +61,8 @@ enum Cmd {
     /// exits 0 (and --then CMD) or abort if it fails; exits with COMMAND's code on failure.
     Run(RunArgs),
     /// Stop a backup and write its bundle: the post-backup hook. Run again on a rescuable
-    /// backup (exit 7), it completes the bundle as `rescue` does.
+    /// backup (exit 7), it completes the bundle as `rescue` does. Of a backup that start
+    /// skipped (--only-on), it exits 0 and does nothing.
     Stop {
         /// The backup ID given to (or printed by) start.
         #[arg(long)]

@@ -94,6 +94,9 @@ fn open_dir(create: bool) -> Result<Option<Dir>> {
     let mut created = false;
     if create && std::fs::symlink_metadata(&d).is_err() {
         let root = crate::live::state_root();
+        if let Some(parent) = root.parent().filter(|p| !p.exists()) {
+            std::fs::create_dir_all(parent).map_err(|e| io_err("cannot create", parent, e))?;
+        }
         fsutil::ensure_dir(&root, &Ownership::private())?;
         match std::fs::create_dir(&d) {
             Ok(()) => created = true,
@@ -255,5 +258,36 @@ pub fn forget(id: &str) {
         if d.kind(&name) != crate::nofollow::Kind::Missing {
             let _ = d.remove(&name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_and_recheck() {
+        assert_eq!(Role::parse("primary").unwrap(), Role::Primary);
+        assert_eq!(Role::parse(" standby").unwrap(), Role::Standby);
+        assert!(Role::parse("replica").is_err());
+        assert_eq!(only_on(None, Some("standby")).unwrap(), Some(Role::Standby));
+        assert_eq!(
+            only_on(Some("primary"), Some("standby")).unwrap(),
+            Some(Role::Primary)
+        );
+        assert!(recheck(Some(Role::Primary), false).is_ok());
+        assert!(recheck(Some(Role::Primary), true).is_err());
+        assert!(recheck(None, true).is_ok());
+    }
+
+    #[test]
+    fn a_record_must_parse_whole() {
+        let s = new_skip("job-1", Role::Primary, Role::Standby);
+        let text = serde_json::to_string(&s).unwrap();
+        let back: Skip = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.id, "job-1");
+        let extra = text.replacen('{', "{\"run\":\"rm -rf /\",", 1);
+        assert!(serde_json::from_str::<Skip>(&extra).is_err());
+        assert!(s.reason().contains("standby") && s.reason().contains("--only-on primary"));
     }
 }
