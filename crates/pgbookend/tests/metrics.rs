@@ -252,6 +252,12 @@ fn metrics_of_stores_and_running_backups() {
 fn archive_two_segments(c: &Cluster) -> (pgbookend_testkit::TempDir, Vec<String>, (i64, i64)) {
     let archive = pgbookend_testkit::temp_dir("metrics-archive");
     let store = archive.path().display().to_string();
+    let (segs, between) = push_two(c, &store, &[]);
+    (archive, segs, between)
+}
+
+/// Pushes two consecutive segments of `c` into `store` with `archive-push` (with `env`).
+fn push_two(c: &Cluster, store: &str, env: &[(&str, String)]) -> (Vec<String>, (i64, i64)) {
     let now = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -266,9 +272,10 @@ fn archive_two_segments(c: &Cluster) -> (pgbookend_testkit::TempDir, Vec<String>
         c.psql("SELECT pg_switch_wal()");
         let wal = format!("pg_wal/{seg}");
         let r: common::Run = Command::new(common::bin())
-            .args(["archive-push", &wal, "--store", &store])
+            .args(["archive-push", &wal, "--store", store])
             .current_dir(c.pgdata())
             .env_remove("PGBOOKEND_CONFIG")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap()
             .into();
@@ -276,7 +283,65 @@ fn archive_two_segments(c: &Cluster) -> (pgbookend_testkit::TempDir, Vec<String>
         segs.push(seg);
     }
     assert!(segs[0] < segs[1], "{segs:?}");
-    (archive, segs, (before, now()))
+    (segs, (before, now()))
+}
+
+/// The archive's metrics of an S3 store (moto): the same series after real pushes.
+#[test]
+fn archive_metrics_of_an_s3_store() {
+    let major = *pgbookend_testkit::majors().last().expect("a major");
+    let s3 = pgbookend_testkit::S3Server::start();
+    s3.create_bucket("metrics");
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT_URL", s3.endpoint()),
+        ("AWS_CONFIG_FILE", "/nonexistent".to_string()),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent".to_string()),
+    ];
+    let c = Cluster::start(ClusterOptions::new(major));
+    let url = "s3://metrics/pg";
+    let (segs, between) = push_two(&c, url, &env);
+    let out = Command::new(common::bin())
+        .args(["metrics", "--store", url])
+        .env_remove("PGBOOKEND_CONFIG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = pgbookend_testkit::temp_dir("metrics-s3");
+    let file = dir.path().join("m.prom");
+    std::fs::write(&file, &text).unwrap();
+    promtool_check(&file);
+    let sys = c.system_identifier().to_string();
+    let arch = [
+        ("store", url),
+        ("system_identifier", &sys),
+        ("timeline", "1"),
+    ];
+    let mut info = arch.to_vec();
+    info.push(("segment", &segs[1]));
+    assert_eq!(
+        sample(&text, "pgbookend_archive_last_segment_info", &info),
+        Some(1.0),
+        "{text}"
+    );
+    let pushed = sample(
+        &text,
+        "pgbookend_archive_last_push_timestamp_seconds",
+        &arch,
+    )
+    .expect("push time") as i64;
+    assert!(
+        between.0 - 1 <= pushed && pushed <= between.1 + 1,
+        "{pushed} {between:?}"
+    );
 }
 
 /// The alert rules the README shows are valid Prometheus rules.
