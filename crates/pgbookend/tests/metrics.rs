@@ -76,8 +76,9 @@ fn metrics_of_stores_and_running_backups() {
     )
     .unwrap();
     tool.start("running-3", &[]).ok();
-    let (archive, segs, pushed_between) = archive_two_segments(&c);
-    let archive_store = archive.path().display().to_string();
+    // The WAL archive in the bundle store (archive_store defaults to store): it must not
+    // count as a bundle.
+    let (segs, pushed_between) = push_two(&c, &tool.store_path().display().to_string(), &[]);
 
     let out_dir = pgbookend_testkit::temp_dir("metrics");
     let file = out_dir.path().join("pgbookend.prom");
@@ -89,8 +90,6 @@ fn metrics_of_stores_and_running_backups() {
         &store,
         "--store",
         &missing,
-        "--store",
-        &archive_store,
         "--output",
         file.to_str().unwrap(),
     ]);
@@ -189,7 +188,7 @@ fn metrics_of_stores_and_running_backups() {
 
     // The WAL archive: the newest of the two segments pushed, when it was pushed, its age.
     let arch = [
-        ("store", archive_store.as_str()),
+        ("store", store.as_str()),
         ("system_identifier", sys.as_str()),
         ("timeline", "1"),
     ];
@@ -222,12 +221,12 @@ fn metrics_of_stores_and_running_backups() {
         Some(generated - pushed),
         "{text}"
     );
-    // The bundle store has no archive: no archive series for it.
+    // A store without an archive has no archive series.
     assert_eq!(
         sample(
             &text,
             "pgbookend_archive_last_push_timestamp_seconds",
-            &[("store", &store)]
+            &[("store", &missing)]
         ),
         None
     );
@@ -246,17 +245,9 @@ fn metrics_of_stores_and_running_backups() {
     tool.stop("running-3", &[]).ok();
 }
 
-/// Two real `archive-push` calls (as the server runs them, from the data directory) of
-/// two consecutive segments into a new archive store: the store, the segment names, and
-/// the Unix seconds before and after the pushes.
-fn archive_two_segments(c: &Cluster) -> (pgbookend_testkit::TempDir, Vec<String>, (i64, i64)) {
-    let archive = pgbookend_testkit::temp_dir("metrics-archive");
-    let store = archive.path().display().to_string();
-    let (segs, between) = push_two(c, &store, &[]);
-    (archive, segs, between)
-}
-
-/// Pushes two consecutive segments of `c` into `store` with `archive-push` (with `env`).
+/// Two real `archive-push` calls (as the server runs them, from the data directory, with
+/// `env`) of two consecutive segments into `store`: the segment names, and the Unix
+/// seconds before and after the pushes.
 fn push_two(c: &Cluster, store: &str, env: &[(&str, String)]) -> (Vec<String>, (i64, i64)) {
     let now = || {
         std::time::SystemTime::now()

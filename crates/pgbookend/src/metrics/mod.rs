@@ -91,7 +91,10 @@ pub fn gather(stores: &[Store], run: &RunDir) -> Snapshot {
 
 fn store_facts(store: &Store) -> StoreFacts {
     match catalog::scan(store) {
-        Ok(bundles) => {
+        Ok(mut bundles) => {
+            // The WAL archive's top directory is not a bundle (archive_store defaults to
+            // store, so the two often share a store).
+            bundles.retain(|b| b.id != crate::archive::layout::ROOT);
             let (mut clusters, partial_unknown) = by_cluster(&bundles);
             add_drills(store, &bundles, &mut clusters);
             let (archive, archive_error) = match archive::scan(store) {
