@@ -58,6 +58,10 @@ pub struct AgentConfig {
     /// only through the environment it inherits.
     #[serde(default)]
     pub s3: crate::store::s3::Settings,
+    /// `--only-on`: start checked the role; the agent checks it again on its own session
+    /// and refuses if the server changed role in between (a failover).
+    #[serde(default)]
+    pub only_on: Option<crate::ha::Role>,
 }
 
 /// What the agent reports once the backup is in progress.
@@ -434,6 +438,7 @@ impl Agent {
         let sysid = s.system_identifier()?;
         let pgdata = self.locate_pgdata(&mut s, sysid)?;
         let standby = s.in_recovery()?;
+        crate::ha::recheck(self.cfg.only_on, standby)?;
         let removed = marker::remove_stale(&pgdata, Some(&self.cfg.id))?;
         if !removed.is_empty() {
             tracing::info!(

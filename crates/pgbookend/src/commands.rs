@@ -32,6 +32,8 @@ pub struct StartOptions {
     pub archive: Option<PathBuf>,
     /// How many stores must take the bundle for `stop` to succeed (default: all).
     pub min_stores: Option<usize>,
+    /// `--only-on primary|standby`: skip (exit 0) on a server of the other role.
+    pub only_on: Option<String>,
 }
 
 fn duration_opt(flag: &str, value: Option<&str>, default: &str) -> Result<Duration> {
@@ -45,13 +47,22 @@ pub struct Started {
     pub output: Output,
 }
 
-/// `start`: spawns the agent and returns once the backup is in progress.
+/// What `start_backup` did: started a backup, or skipped it (`--only-on`, wrong role).
+pub enum Begun {
+    Started(Box<Started>),
+    Skipped(crate::ha::Skip),
+}
+
+/// `start`: spawns the agent and returns once the backup is in progress (or skipped).
 pub fn start(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Output> {
-    start_backup(run, cfg, opts).map(|s| s.output)
+    Ok(match start_backup(run, cfg, opts)? {
+        Begun::Started(s) => s.output,
+        Begun::Skipped(skip) => crate::ha::output(&skip, "start"),
+    })
 }
 
 /// [`start`], keeping the agent's answer typed for `run`.
-pub fn start_backup(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Started> {
+pub fn start_backup(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Begun> {
     let id = match opts.id {
         Some(id) => {
             crate::id::validate(&id)?;
@@ -79,6 +90,11 @@ pub fn start_backup(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<St
     if heartbeat < Duration::from_millis(100) {
         return Err(Error::usage("--heartbeat must be at least 100ms"));
     }
+    let only_on = crate::ha::only_on(opts.only_on.as_deref(), cfg.only_on.as_deref())?;
+    if let Some(skip) = crate::ha::check_role(only_on, conninfo.as_deref(), &id)? {
+        return Ok(Begun::Skipped(skip));
+    }
+    crate::ha::forget(&id);
     let StoreCheck {
         stores,
         unreachable,
@@ -110,6 +126,7 @@ pub fn start_backup(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<St
         archive_dir,
         min_stores,
         s3: crate::store::s3::settings(),
+        only_on,
     };
     let ready = agent::spawn(&acfg, &entry, lock)?;
     let output = started_output(
@@ -118,7 +135,7 @@ pub fn start_backup(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<St
         min_stores.unwrap_or(n_stores),
         n_stores,
     )?;
-    Ok(Started { ready, output })
+    Ok(Begun::Started(Box::new(Started { ready, output })))
 }
 
 /// The stores `start` will write to, checked before anything changes: each parsed once,
@@ -389,6 +406,13 @@ pub fn stop_backup(
     )?;
     let entry = run.entry(id);
     if !entry.exists() {
+        // A start skipped by --only-on left no agent, only its record: nothing to stop.
+        if let Some(skip) = crate::ha::read(id) {
+            return Ok(Stopped {
+                report: None,
+                output: crate::ha::output(&skip, "stop"),
+            });
+        }
         return Err(unknown_id(run, id));
     }
     // `stop` run again on a rescuable backup completes it, as `rescue` does.

@@ -59,6 +59,8 @@ pub struct Config {
     pub archive_get_prefetch: Option<u32>,
     /// How many of them it fetches at once (`--jobs`); default the number of cores.
     pub archive_get_jobs: Option<usize>,
+    /// Take backups only on a server of this role (`--only-on`): primary or standby.
+    pub only_on: Option<String>,
 }
 
 impl Config {
@@ -90,7 +92,7 @@ impl Config {
                 path.display(),
                 e.message()
             ))
-            .hint("keys: store, run_dir, pgdata, conninfo, heartbeat, timeout, archive_timeout, wal, archive, min_stores, s3_endpoint, s3_region, s3_path_style, s3_retry_timeout, archive_store, archive_compress_level, archive_min_stores, archive_get_prefetch, archive_get_jobs")
+            .hint("keys: store, run_dir, pgdata, conninfo, heartbeat, timeout, archive_timeout, wal, archive, min_stores, s3_endpoint, s3_region, s3_path_style, s3_retry_timeout, archive_store, archive_compress_level, archive_min_stores, on_success, on_failure, notify_timeout, only_on, archive_get_prefetch, archive_get_jobs")
         })
     }
 }

@@ -19,6 +19,7 @@ pub mod error;
 pub mod fault;
 pub mod filelist;
 pub mod fsutil;
+pub mod ha;
 pub mod id;
 pub mod live;
 pub mod logging;

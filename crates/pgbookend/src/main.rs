@@ -42,8 +42,8 @@ struct Cli {
     /// PGBOOKEND_EVENT/STATUS/EXIT_CODE/ID/ERROR in its environment (config on_success).
     #[arg(long, global = true, value_name = "CMD")]
     on_success: Option<String>,
-    /// After stop or run fails: run CMD as --on-success does (config on_failure). Neither
-    /// changes pgbookend's exit code.
+    /// After stop, run or archive-push fails: run CMD as --on-success does (config
+    /// on_failure). Neither changes pgbookend's exit code.
     #[arg(long, global = true, value_name = "CMD")]
     on_failure: Option<String>,
     /// Kill a notification command (and everything it started) after DUR (default 60s).
@@ -61,7 +61,8 @@ enum Cmd {
     /// exits 0 (and --then CMD) or abort if it fails; exits with COMMAND's code on failure.
     Run(RunArgs),
     /// Stop a backup and write its bundle: the post-backup hook. Run again on a rescuable
-    /// backup (exit 7), it completes the bundle as `rescue` does.
+    /// backup (exit 7), it completes the bundle as `rescue` does. Of a backup that start
+    /// skipped (--only-on), it exits 0 and does nothing.
     Stop {
         /// The backup ID given to (or printed by) start.
         #[arg(long)]
@@ -211,7 +212,14 @@ struct ArchiveGetArgs {
 
 /// `archive-push`: silent on success (its stdout lands in the server log for every
 /// segment); a store that failed while enough others took the file is a warning.
-fn archive_push(cfg: &Config, a: ArchivePushArgs, json: bool) -> ExitCode {
+/// A failure runs the `--on-failure` command (event `archive-push`); a success notifies
+/// nobody (it happens once per segment).
+fn archive_push(
+    cfg: &Config,
+    a: ArchivePushArgs,
+    json: bool,
+    hooks: &pgbookend::notify::Hooks,
+) -> ExitCode {
     use pgbookend::archive::{push, Settings};
     let r = Settings::resolve(
         cfg,
@@ -231,7 +239,16 @@ fn archive_push(cfg: &Config, a: ArchivePushArgs, json: bool) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&e, json),
+        Err(e) => {
+            let code = fail(&e, json);
+            let report = serde_json::json!({
+                "error": &e,
+                "path": a.path.display().to_string(),
+            });
+            let exit = e.class().exit_code() as u8;
+            notify(hooks, "archive-push", None, exit, &report, Some(&e));
+            code
+        }
     }
 }
 
@@ -566,6 +583,10 @@ struct StartArgs {
     /// How many stores must take the bundle for stop to succeed (default: all).
     #[arg(long, value_name = "N")]
     min_stores: Option<usize>,
+    /// Back up only on a server of this role (primary or standby; config only_on): on the
+    /// other, start (and run) exits 0 saying it skipped, and stop --id of it exits 0 too.
+    #[arg(long, value_name = "ROLE", value_parser = ["primary", "standby"])]
+    only_on: Option<String>,
 }
 
 impl StartArgs {
@@ -581,6 +602,7 @@ impl StartArgs {
             wal: self.wal,
             archive: self.archive,
             min_stores: self.min_stores,
+            only_on: self.only_on,
         }
     }
 }
@@ -955,7 +977,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Cmd::Run(a) => return run_command(&run, &cfg, a, json, &hooks),
-        Cmd::ArchivePush(a) => return archive_push(&cfg, a, json),
+        Cmd::ArchivePush(a) => return archive_push(&cfg, a, json, &hooks),
         Cmd::ArchiveGet(a) => return archive_get(&cfg, a, json),
         command => dispatch(command, &run, &cfg, json),
     };

@@ -1,5 +1,5 @@
 //! `--on-success CMD` / `--on-failure CMD`: a notification command run after a backup
-//! command (stop, run) finished, with the report as JSON on its standard input and the
+//! command (stop, run, a failed archive-push) finished, with the report as JSON on its standard input and the
 //! essentials in its environment. Bounded by a timeout (the whole process group is killed
 //! after it); whatever the command does, it never changes the backup command's exit code.
 
@@ -24,7 +24,7 @@ pub struct Hooks {
 /// What happened to a backup command, as the notification command is told.
 #[derive(Debug)]
 pub struct Event<'a> {
-    /// The command that finished: `stop`, `run`.
+    /// The command that finished: `stop`, `run`, `archive-push`.
     pub event: &'a str,
     pub id: Option<&'a str>,
     /// pgbookend's exit code for that command (0: success).
@@ -68,10 +68,13 @@ fn command(cmd: &str, ev: &Event) -> Command {
     c.env("PGBOOKEND_EVENT", ev.event)
         .env(
             "PGBOOKEND_STATUS",
-            if ev.exit_code == 0 {
-                "success"
-            } else {
+            if ev.exit_code != 0 {
                 "failure"
+            } else if ev.report["skipped"] == true || ev.report["result"] == "skipped" {
+                // --only-on on a node of the other role: not a failure, not a backup.
+                "skipped"
+            } else {
+                "success"
             },
         )
         .env("PGBOOKEND_EXIT_CODE", ev.exit_code.to_string())

@@ -314,6 +314,28 @@ fn backup_env(cmd: &mut Command, ready: &Ready, run: &RunDir) {
         .env("PGBOOKEND_RUN_DIR", &run.root);
 }
 
+/// `run` on a node of the wrong role (`--only-on`): COMMAND never runs; exit 0.
+fn skipped(skip: &crate::ha::Skip, opts: &RunOptions) -> RunOutcome {
+    let start = crate::ha::output(skip, "start");
+    let report = json!({
+        "id": skip.id,
+        "result": "skipped",
+        "start": start.json,
+        "command": {
+            "argv": opts.command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>(),
+            "ran": false, "exit_code": null, "seconds": null, "signal": null,
+        },
+    });
+    RunOutcome {
+        output: Output {
+            json: report,
+            human: format!("{}COMMAND not run\n", start.human),
+            error: None,
+        },
+        code: 0,
+    }
+}
+
 /// `run`: start, COMMAND, stop or abort, `--then`.
 pub fn run(rd: &RunDir, cfg: &Config, opts: RunOptions) -> Result<RunOutcome> {
     if opts.command.is_empty() {
@@ -330,7 +352,10 @@ pub fn run(rd: &RunDir, cfg: &Config, opts: RunOptions) -> Result<RunOutcome> {
     let commands::Started {
         ready,
         output: started,
-    } = commands::start_backup(rd, cfg, opts.start.clone())?;
+    } = match commands::start_backup(rd, cfg, opts.start.clone())? {
+        commands::Begun::Started(s) => *s,
+        commands::Begun::Skipped(skip) => return Ok(skipped(&skip, &opts)),
+    };
     let id = ready.id.clone();
     eprintln!(
         "pgbookend: backup {id} started at {} (WAL {}) for {}; running: {}",

@@ -76,6 +76,9 @@ fn metrics_of_stores_and_running_backups() {
     )
     .unwrap();
     tool.start("running-3", &[]).ok();
+    // The WAL archive in the bundle store (archive_store defaults to store): it must not
+    // count as a bundle.
+    let (segs, pushed_between) = push_two(&c, &tool.store_path().display().to_string(), &[]);
 
     let out_dir = pgbookend_testkit::temp_dir("metrics");
     let file = out_dir.path().join("pgbookend.prom");
@@ -183,6 +186,51 @@ fn metrics_of_stores_and_running_backups() {
     );
     assert!(hb.is_some_and(|h| (0.0..60.0).contains(&h)), "{text}");
 
+    // The WAL archive: the newest of the two segments pushed, when it was pushed, its age.
+    let arch = [
+        ("store", store.as_str()),
+        ("system_identifier", sys.as_str()),
+        ("timeline", "1"),
+    ];
+    let mut info = arch.to_vec();
+    info.push(("segment", segs[1].as_str()));
+    assert_eq!(
+        sample(&text, "pgbookend_archive_last_segment_info", &info),
+        Some(1.0),
+        "{text}"
+    );
+    let mut older = arch.to_vec();
+    older.push(("segment", segs[0].as_str()));
+    assert_eq!(
+        sample(&text, "pgbookend_archive_last_segment_info", &older),
+        None
+    );
+    let pushed = sample(
+        &text,
+        "pgbookend_archive_last_push_timestamp_seconds",
+        &arch,
+    )
+    .expect("push time");
+    assert!(
+        pushed_between.0 - 1 <= pushed as i64 && pushed as i64 <= pushed_between.1 + 1,
+        "{pushed} {pushed_between:?}"
+    );
+    let generated = sample(&text, "pgbookend_metrics_generated_timestamp_seconds", &[]).unwrap();
+    assert_eq!(
+        sample(&text, "pgbookend_archive_last_push_age_seconds", &arch),
+        Some(generated - pushed),
+        "{text}"
+    );
+    // A store without an archive has no archive series.
+    assert_eq!(
+        sample(
+            &text,
+            "pgbookend_archive_last_push_timestamp_seconds",
+            &[("store", &missing)]
+        ),
+        None
+    );
+
     // stdout form is the same exposition; --json gives the facts.
     let plain = tool.run(&["metrics", "--store", &store]);
     assert!(
@@ -195,6 +243,96 @@ fn metrics_of_stores_and_running_backups() {
         .json();
     assert_eq!(j["backups"][0]["id"], "running-3");
     tool.stop("running-3", &[]).ok();
+}
+
+/// Two real `archive-push` calls (as the server runs them, from the data directory, with
+/// `env`) of two consecutive segments into `store`: the segment names, and the Unix
+/// seconds before and after the pushes.
+fn push_two(c: &Cluster, store: &str, env: &[(&str, String)]) -> (Vec<String>, (i64, i64)) {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let before = now();
+    let mut segs = Vec::new();
+    for _ in 0..2 {
+        let seg = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+        c.psql("CREATE TABLE IF NOT EXISTS m(i int); INSERT INTO m VALUES (1)");
+        c.psql("SELECT pg_switch_wal()");
+        let wal = format!("pg_wal/{seg}");
+        let r: common::Run = Command::new(common::bin())
+            .args(["archive-push", &wal, "--store", store])
+            .current_dir(c.pgdata())
+            .env_remove("PGBOOKEND_CONFIG")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap()
+            .into();
+        assert_eq!(r.code, 0, "{r:?}");
+        segs.push(seg);
+    }
+    assert!(segs[0] < segs[1], "{segs:?}");
+    (segs, (before, now()))
+}
+
+/// The archive's metrics of an S3 store (moto): the same series after real pushes.
+#[test]
+fn archive_metrics_of_an_s3_store() {
+    let major = *pgbookend_testkit::majors().last().expect("a major");
+    let s3 = pgbookend_testkit::S3Server::start();
+    s3.create_bucket("metrics");
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT_URL", s3.endpoint()),
+        ("AWS_CONFIG_FILE", "/nonexistent".to_string()),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent".to_string()),
+    ];
+    let c = Cluster::start(ClusterOptions::new(major));
+    let url = "s3://metrics/pg";
+    let (segs, between) = push_two(&c, url, &env);
+    let out = Command::new(common::bin())
+        .args(["metrics", "--store", url])
+        .env_remove("PGBOOKEND_CONFIG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = pgbookend_testkit::temp_dir("metrics-s3");
+    let file = dir.path().join("m.prom");
+    std::fs::write(&file, &text).unwrap();
+    promtool_check(&file);
+    let sys = c.system_identifier().to_string();
+    let arch = [
+        ("store", url),
+        ("system_identifier", &sys),
+        ("timeline", "1"),
+    ];
+    let mut info = arch.to_vec();
+    info.push(("segment", &segs[1]));
+    assert_eq!(
+        sample(&text, "pgbookend_archive_last_segment_info", &info),
+        Some(1.0),
+        "{text}"
+    );
+    let pushed = sample(
+        &text,
+        "pgbookend_archive_last_push_timestamp_seconds",
+        &arch,
+    )
+    .expect("push time") as i64;
+    assert!(
+        between.0 - 1 <= pushed && pushed <= between.1 + 1,
+        "{pushed} {between:?}"
+    );
 }
 
 /// The alert rules the README shows are valid Prometheus rules.

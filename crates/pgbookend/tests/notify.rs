@@ -125,3 +125,69 @@ fn notifications_after_stop_and_run() {
     );
     assert!(tool.bundle_dir("n-3").join("bundle.json").exists());
 }
+
+/// `archive-push` notifies on failure only: a real push into a store that is not a
+/// directory fails, runs `--on-failure` with the report on stdin, and exits with the code
+/// it has without any hook; a successful push notifies nobody (once per segment).
+#[test]
+fn archive_push_failure_notifies() {
+    let major = *pgbookend_testkit::majors().last().expect("a major");
+    let c = Cluster::start(ClusterOptions::new(major));
+    let dir = pgbookend_testkit::temp_dir("notify-push");
+    let d = |n: &str| dir.path().join(n).display().to_string();
+    let seg = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let wal = format!("pg_wal/{seg}");
+    let push = |store: &str, hooks: &[&str]| -> common::Run {
+        let mut cmd = std::process::Command::new(common::bin());
+        cmd.args(["archive-push", &wal, "--store", store, "--json"])
+            .args(hooks)
+            .current_dir(c.pgdata())
+            .env_remove("PGBOOKEND_CONFIG");
+        let r: common::Run = cmd.output().unwrap().into();
+        common::schema::check_output(&["archive-push", "--json"], &r.stdout);
+        r
+    };
+    let not_a_dir = d("store-file");
+    std::fs::write(&not_a_dir, b"not a directory").unwrap();
+    let bare = push(&not_a_dir, &[]);
+    assert_ne!(bare.code, 0, "{bare:?}");
+    let failing_hook = format!("cat > {0}.json; env > {0}.env; exit 9", d("fail"));
+    let ok_hook = format!("touch {}", d("ok-ran"));
+    let r = push(
+        &not_a_dir,
+        &["--on-failure", &failing_hook, "--on-success", &ok_hook],
+    );
+    assert_eq!(
+        r.code, bare.code,
+        "the hook never changes the exit code: {r:?}"
+    );
+    assert!(
+        r.stderr.contains("--on-failure command exited with code 9"),
+        "{r:?}"
+    );
+    let env = env_of(Path::new(&d("fail.env")));
+    assert!(has(&env, "PGBOOKEND_EVENT", "archive-push"), "{env:?}");
+    assert!(has(&env, "PGBOOKEND_STATUS", "failure"), "{env:?}");
+    let code = bare.code.to_string();
+    assert!(has(&env, "PGBOOKEND_EXIT_CODE", &code), "{env:?}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(d("fail.json")).unwrap()).unwrap();
+    assert_eq!(report["path"], wal.as_str());
+    assert!(
+        report["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("0 of 1 stores"))
+            && report["error"]["hints"].to_string().contains("store-file"),
+        "the store is why: {report}"
+    );
+    assert!(!Path::new(&d("ok-ran")).exists());
+    // The same push into a real store succeeds and notifies nobody.
+    let store = pgbookend_testkit::temp_dir("notify-push-store");
+    let store = store.path().display().to_string();
+    push(
+        &store,
+        &["--on-failure", &failing_hook, "--on-success", &ok_hook],
+    )
+    .ok();
+    assert!(!Path::new(&d("ok-ran")).exists());
+}

@@ -65,6 +65,7 @@ pub fn render(s: &Snapshot) -> String {
 
 fn families(s: &Snapshot) -> Vec<Family> {
     let mut v = store_families(s);
+    v.extend(archive_families(s));
     v.extend(backup_families(s));
     let mut g = Family::new(
         "pgbookend_metrics_generated_timestamp_seconds",
@@ -133,6 +134,38 @@ fn store_families(s: &Snapshot) -> Vec<Family> {
         }
     }
     vec![up, count, time, age, size, drill_ok, drill_time]
+}
+
+fn archive_families(s: &Snapshot) -> Vec<Family> {
+    let mut info = Family::new(
+        "pgbookend_archive_last_segment_info",
+        "1, labelled with the newest WAL segment archived (archive-push) per cluster and timeline.",
+    );
+    let mut time = Family::new(
+        "pgbookend_archive_last_push_timestamp_seconds",
+        "When the newest archived WAL segment was pushed (Unix seconds).",
+    );
+    let mut age = Family::new(
+        "pgbookend_archive_last_push_age_seconds",
+        "Seconds since the newest archived WAL segment was pushed (the archive's lag).",
+    );
+    for st in &s.stores {
+        for a in &st.archive {
+            let labels = || {
+                vec![
+                    ("store", st.store.clone()),
+                    ("system_identifier", a.system_identifier.clone()),
+                    ("timeline", a.timeline.to_string()),
+                ]
+            };
+            let mut with_segment = labels();
+            with_segment.push(("segment", a.last_segment.clone()));
+            info.push(with_segment, 1.0);
+            time.push(labels(), a.pushed as f64);
+            age.push(labels(), (s.generated - a.pushed).max(0) as f64);
+        }
+    }
+    vec![info, time, age]
 }
 
 fn backup_families(s: &Snapshot) -> Vec<Family> {

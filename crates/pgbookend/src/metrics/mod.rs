@@ -1,7 +1,9 @@
 //! `pgbookend metrics`: the facts monitoring needs (newest complete bundle per cluster and
-//! store, bundle counts, running backups and their heartbeats), gathered as typed values;
+//! store, bundle counts, the WAL archive's newest segment, running backups and their
+//! heartbeats), gathered as typed values;
 //! [`expo`] renders them in Prometheus' text exposition format.
 
+pub mod archive;
 pub mod expo;
 
 use crate::catalog::{self, BundleInfo};
@@ -30,6 +32,11 @@ pub struct StoreFacts {
     pub clusters: Vec<ClusterFacts>,
     /// Partial bundles whose cluster is unknown (no readable bundle.json).
     pub partial_unknown: u64,
+    /// The WAL archive in this store (`archive-push`): the newest segment per cluster and
+    /// timeline; empty without an archive.
+    pub archive: Vec<archive::ArchiveTimeline>,
+    /// Why the archive could not be read (the bundles may still have been).
+    pub archive_error: Option<String>,
 }
 
 /// The bundles of one cluster (system identifier) in one store.
@@ -84,15 +91,24 @@ pub fn gather(stores: &[Store], run: &RunDir) -> Snapshot {
 
 fn store_facts(store: &Store) -> StoreFacts {
     match catalog::scan(store) {
-        Ok(bundles) => {
+        Ok(mut bundles) => {
+            // The WAL archive's top directory is not a bundle (archive_store defaults to
+            // store, so the two often share a store).
+            bundles.retain(|b| b.id != crate::archive::layout::ROOT);
             let (mut clusters, partial_unknown) = by_cluster(&bundles);
             add_drills(store, &bundles, &mut clusters);
+            let (archive, archive_error) = match archive::scan(store) {
+                Ok(a) => (a, None),
+                Err(e) => (Vec::new(), Some(e.to_string())),
+            };
             StoreFacts {
                 store: store.url(),
                 up: true,
                 error: None,
                 clusters,
                 partial_unknown,
+                archive,
+                archive_error,
             }
         }
         Err(e) => StoreFacts {
@@ -101,6 +117,8 @@ fn store_facts(store: &Store) -> StoreFacts {
             error: Some(e.to_string()),
             clusters: Vec::new(),
             partial_unknown: 0,
+            archive: Vec::new(),
+            archive_error: None,
         },
     }
 }
