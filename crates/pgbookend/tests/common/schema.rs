@@ -57,7 +57,13 @@ pub fn check_output(args: &[&str], stdout: &str) {
     if !args.contains(&"--json") {
         return;
     }
-    let Some(command) = args.iter().find(|a| !a.starts_with('-')) else {
+    // The subcommand: the first word with a schema (a global flag's value, as in
+    // `--on-success CMD stop`, is skipped), else the first word (which then fails).
+    let words = || args.iter().filter(|a| !a.starts_with('-'));
+    let Some(command) = words()
+        .find(|a| schema_dir().join(format!("{a}.schema.json")).is_file())
+        .or_else(|| words().next())
+    else {
         return;
     };
     let Ok(doc) = serde_json::from_str::<Value>(stdout) else {
