@@ -186,6 +186,42 @@ pub fn window(f: &Facts, archive: Option<&Path>) -> Result<Vec<String>> {
     ))
 }
 
+/// [`store_archive_entries`] now, pushing from the backup's `pg_wal`.
+fn store_archive_now(f: &Facts, window: &[String]) -> Result<Vec<WalEntry>> {
+    let pg_wal = Path::new(&f.manifest.pgdata).join("pg_wal");
+    store_archive_entries(f, window, Some(&pg_wal), std::time::Duration::ZERO)
+}
+
+/// Confirms that the store archive of the backup (`archive_stores`) holds every WAL file
+/// of the window, pushing from `pg_wal` what the server finished but did not archive yet.
+pub fn store_archive_entries(
+    f: &Facts,
+    window: &[String],
+    pg_wal: Option<&Path>,
+    timeout: std::time::Duration,
+) -> Result<Vec<WalEntry>> {
+    let m = &f.manifest;
+    let stores = m
+        .archive_stores
+        .iter()
+        .map(|u| crate::store::Store::parse(u))
+        .collect::<Result<Vec<_>>>()?;
+    let sysid: u64 = m
+        .system_identifier
+        .parse()
+        .map_err(|_| Error::internal("bad system identifier in the backup's facts"))?;
+    let s = crate::archive::Settings {
+        min_stores: f
+            .min_stores
+            .unwrap_or(stores.len())
+            .clamp(1, stores.len().max(1)),
+        stores,
+        level: crate::archive::DEFAULT_LEVEL,
+        pgdata: std::path::PathBuf::from(&m.pgdata),
+    };
+    crate::archive::confirm::confirm_window(&s, sysid, window, pg_wal, timeout)
+}
+
 /// Confirms that `dir` holds every WAL file of the window now; names the first missing.
 pub fn archive_entries(dir: &Path, window: &[String]) -> Result<Vec<WalEntry>> {
     walcollect::wait_archive_dir(dir, window, std::time::Duration::ZERO).map_err(|missing| {
@@ -503,6 +539,9 @@ pub fn command(
     let window = window(&facts, archive.as_deref())?;
     let archived = match (facts.wal_mode, archive.as_deref()) {
         (WalMode::Archive, Some(d)) => Some(archive_entries(d, &window)?),
+        (WalMode::Archive, None) if !facts.manifest.archive_stores.is_empty() => {
+            Some(store_archive_now(&facts, &window)?)
+        }
         (WalMode::Archive, None) => {
             return Err(Error::usage(
                 "this backup keeps its WAL in an archive: pass --archive DIR",
