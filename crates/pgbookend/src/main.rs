@@ -633,10 +633,12 @@ struct StartArgs {
     #[arg(long, value_name = "DUR")]
     heartbeat: Option<String>,
     /// How the WAL of the window is kept: collect (into the bundle; default), archive
-    /// (confirm it is in --archive DIR), none (you keep it; restore needs an archive).
+    /// (confirm it is in --archive DIR, or without it in the pgbookend archive of the
+    /// stores, pushing what the archiver has not yet), none (you keep it; restore needs an
+    /// archive).
     #[arg(long, value_name = "MODE")]
     wal: Option<String>,
-    /// The WAL archive directory (for --wal archive).
+    /// The WAL archive directory (for --wal archive; without it, the stores' archive).
     #[arg(long, value_name = "DIR")]
     archive: Option<PathBuf>,
     /// How many stores must take the bundle for stop to succeed (default: all).
