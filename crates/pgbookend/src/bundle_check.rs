@@ -468,6 +468,37 @@ mod tests {
     }
 
     #[test]
+    fn archive_stores_are_checked() {
+        let mut m: Manifest =
+            serde_json::from_str(include_str!("../tests/data/manifest.json")).unwrap();
+        m.wal_mode = "archive".into();
+        m.archive_stores = vec![
+            "/var/lib/pgbookend".into(),
+            "file:///srv/b".into(),
+            "s3://bucket/pre fix".into(),
+        ];
+        assert!(archive_store_problems(&m).is_empty());
+        for bad in [
+            "rel/dir",
+            "/a%fb",
+            "/a\nb",
+            "s3://",
+            "s3:///x",
+            "s3://b/../x",
+            "file://rel",
+            "http://x",
+        ] {
+            m.archive_stores = vec![bad.into()];
+            assert_eq!(archive_store_problems(&m).len(), 1, "{bad:?}");
+        }
+        m.archive_stores = vec!["/x".into(); 17];
+        assert_eq!(archive_store_problems(&m).len(), 1);
+        m.archive_stores = vec!["/x".into()];
+        m.wal_mode = "collect".into();
+        assert_eq!(archive_store_problems(&m).len(), 1);
+    }
+
+    #[test]
     fn absolute_dirs() {
         for ok in ["/", "/var/lib/arch", "/var/it's here/", "/a b"] {
             assert!(check_abs_dir(ok).is_ok(), "{ok}");

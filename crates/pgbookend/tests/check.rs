@@ -164,3 +164,51 @@ per_major!(
     check_reports_each_failure_then_passes,
     check_reports_each_failure_then_passes
 );
+
+/// S3 stores against the local S3 test server: a bucket that exists passes the probe (and
+/// keeps no probe object), a missing bucket is a FAIL line naming it. No cluster: the
+/// connection line fails too (nothing listens), the store lines are what is checked.
+#[test]
+fn check_s3_store_probe() {
+    let s3 = pgbookend_testkit::S3Server::start();
+    s3.create_bucket("chk-ok");
+    let dir = pgbookend_testkit::temp_dir("chks3");
+    let cfg = dir.path().join("pgbookend.toml");
+    std::fs::write(
+        &cfg,
+        "store = [\"s3://chk-ok/p\", \"s3://chk-missing/p\"]\ns3_retry_timeout = \"2s\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let args = ["check", "--json", "--timeout", "1s"];
+    let out = std::process::Command::new(common::bin())
+        .args(args)
+        .env("PGBOOKEND_CONFIG", &cfg)
+        .env("PGBOOKEND_RUN_DIR", dir.path().join("run"))
+        .env("PGBOOKEND_STATE_DIR", dir.path().join("state"))
+        .env("PGHOST", dir.path().join("no-server"))
+        .env("PGCONNECT_TIMEOUT", "2")
+        .env("AWS_ACCESS_KEY_ID", "check-key")
+        .env("AWS_SECRET_ACCESS_KEY", "check/Secret+0123456789")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", s3.endpoint())
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .output()
+        .unwrap();
+    let r: Run = out.into();
+    common::schema::check_output(&args, &r.stdout);
+    assert_eq!(r.code, 6, "{r:?}");
+    let lines = r.json()["lines"].as_array().unwrap().clone();
+    let store = |url: &str| {
+        lines
+            .iter()
+            .find(|l| l["check"] == "store" && l["detail"].as_str().unwrap_or("").starts_with(url))
+            .unwrap_or_else(|| panic!("no store line for {url}: {}", r.stdout))["status"]
+            .clone()
+    };
+    assert_eq!(store("s3://chk-ok/p"), "ok", "{}", r.stdout);
+    assert_eq!(store("s3://chk-missing/p"), "fail", "{}", r.stdout);
+    assert!(s3.keys("chk-ok", "p/").is_empty(), "probe left behind");
+    assert_line(&r, "config", "ok");
+}

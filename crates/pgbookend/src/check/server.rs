@@ -285,6 +285,10 @@ fn switch_arrives(c: &mut Conn, o: &Options, pgbookend: bool, before: Option<&Ar
     } else {
         Vec::new()
     };
+    if pgbookend && o.archive_stores.is_empty() {
+        return Line::fail(NAME, format!("forced segment {seg}: no archive store to look in"),
+            "set archive_store (or store) in the config file archive_command uses, or give --archive-store URL");
+    }
     let deadline = Instant::now() + o.timeout;
     loop {
         let arrived = if pgbookend {
@@ -379,4 +383,29 @@ fn failures_since(c: &mut Conn, before: Option<&Archiver>) -> Line {
         ),
         "the server log has the archive_command's error: fix it, PostgreSQL retries by itself",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_pgbookend_push;
+
+    #[test]
+    fn recognises_pgbookend_push() {
+        for ok in [
+            "pgbookend archive-push %p",
+            "/usr/bin/pgbookend archive-push %p",
+            "PGBOOKEND_CONFIG=/etc/x.toml /opt/pgbookend archive-push %p --min-stores 1",
+        ] {
+            assert!(is_pgbookend_push(ok), "{ok}");
+        }
+        for other in [
+            "cp %p /mnt/archive/%f",
+            "pgbackrest --stanza=main archive-push %p",
+            "pgbookend archive-get %f %p",
+            "mypgbookend archive-push %p",
+            "",
+        ] {
+            assert!(!is_pgbookend_push(other), "{other}");
+        }
+    }
 }
