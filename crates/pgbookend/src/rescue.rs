@@ -219,7 +219,26 @@ pub fn store_archive_entries(
         level: crate::archive::DEFAULT_LEVEL,
         pgdata: std::path::PathBuf::from(&m.pgdata),
     };
-    crate::archive::confirm::confirm_window(&s, sysid, window, pg_wal, timeout)
+    let entries = crate::archive::confirm::confirm_window(&s, sysid, window, pg_wal, timeout)?;
+    // The backup history file is not needed to recover, but belongs in a complete archive:
+    // confirmed (and pushed) too when the server wrote and finished it (a primary).
+    if let (Some(dir), Some(name)) = (pg_wal, backup_history_name(m)) {
+        if crate::archive::confirm::finished(dir, &name) {
+            crate::archive::confirm::confirm_window(&s, sysid, &[name], Some(dir), timeout)?;
+        }
+    }
+    Ok(entries)
+}
+
+/// `<stop timeline><start segment>.<offset>.backup`, as the server names the backup
+/// history file of a backup from a primary.
+fn backup_history_name(m: &Manifest) -> Option<String> {
+    let start: Lsn = m.start_lsn.parse().ok()?;
+    let seg = m.wal_segment_size;
+    let tli = u32::from_str_radix(m.stop_wal_file.get(0..8)?, 16).ok()?;
+    let first =
+        pgbookend_formats::wal::file_name(tli, pgbookend_formats::wal::segno(start, seg), seg);
+    Some(format!("{first}.{:08X}.backup", start.0 % seg as u64))
 }
 
 /// Confirms that `dir` holds every WAL file of the window now; names the first missing.

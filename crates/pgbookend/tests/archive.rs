@@ -557,6 +557,15 @@ fn wal_archive_in_store(major: u32) {
             "{obj} not in the store"
         );
     }
+    // The backup history file was pushed too (the server wrote it, never archived it).
+    let hist = std::fs::read_dir(tool.store_path().join(format!(
+        "archive/{sysid}/{}",
+        &wal[0]["name"].as_str().unwrap()[..16]
+    )))
+    .unwrap()
+    .filter_map(|e| e.ok())
+    .any(|e| e.file_name().to_string_lossy().contains(".backup-"));
+    assert!(hist, "no backup history file in the store archive");
     // The server never archived anything itself.
     assert_eq!(c.psql("SELECT archived_count FROM pg_stat_archiver"), "0");
     c.stop();

@@ -37,7 +37,7 @@ fn found_in(handles: &[Handle], sysid: u64, name: &WalName, need: usize) -> Opti
 
 /// Whether the server has finished `name` (it is marked `.ready` or `.done`): only such a
 /// file is pushed, never a segment still being written.
-fn finished(pg_wal: &Path, name: &str) -> bool {
+pub fn finished(pg_wal: &Path, name: &str) -> bool {
     let st = pg_wal.join("archive_status");
     st.join(format!("{name}.ready")).is_file() || st.join(format!("{name}.done")).is_file()
 }
