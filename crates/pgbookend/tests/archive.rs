@@ -568,6 +568,29 @@ fn wal_archive_in_store(major: u32) {
     assert!(hist, "no backup history file in the store archive");
     // The server never archived anything itself.
     assert_eq!(c.psql("SELECT archived_count FROM pg_stat_archiver"), "0");
+    // Once the archiver works, its own push of the files stop pushed is no conflict.
+    let cfg = pgbookend_testkit::temp_dir("sacfg");
+    let file = cfg.path().join("pgbookend.toml");
+    std::fs::write(&file, format!("store = [\"{store}\"]\n")).unwrap();
+    let cmd = format!(
+        "PGBOOKEND_CONFIG={} {} archive-push %p",
+        file.display(),
+        common::bin().display()
+    );
+    c.psql(&format!("ALTER SYSTEM SET archive_command = '{cmd}'"));
+    c.psql("SELECT pg_reload_conf()");
+    let stop_seg = m["stop_wal_file"].as_str().unwrap().to_string();
+    let caught_up = wait_until(Duration::from_secs(60), || {
+        c.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+            .as_str()
+            >= stop_seg.as_str()
+    });
+    assert!(caught_up, "{}", c.server_log());
+    assert!(
+        !c.server_log().contains("different content"),
+        "{}",
+        c.server_log()
+    );
     c.stop();
     let d = data.display().to_string();
     tool.run(&[
