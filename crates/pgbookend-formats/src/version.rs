@@ -176,6 +176,15 @@ mod tests {
     }
 
     #[test]
+    fn backup_functions_per_major() {
+        assert_eq!(
+            backup_function_signatures(14)[0],
+            "pg_start_backup(text, boolean, boolean)"
+        );
+        assert_eq!(backup_function_signatures(15)[1], "pg_backup_stop(boolean)");
+    }
+
+    #[test]
     fn verify_heapam_from_14() {
         assert!(!has_verify_heapam(13));
         assert!(has_verify_heapam(14));
