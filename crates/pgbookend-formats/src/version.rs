@@ -120,6 +120,19 @@ pub fn uses_pg_backup_start(major: u32) -> bool {
     major >= 15
 }
 
+/// The signatures of the low-level backup functions a backup of `major` calls (for
+/// `has_function_privilege`): start, then stop.
+pub fn backup_function_signatures(major: u32) -> [&'static str; 2] {
+    if uses_pg_backup_start(major) {
+        ["pg_backup_start(text, boolean)", "pg_backup_stop(boolean)"]
+    } else {
+        [
+            "pg_start_backup(text, boolean, boolean)",
+            "pg_stop_backup(boolean, boolean)",
+        ]
+    }
+}
+
 /// Whether `major` has `idle_session_timeout` (14 and later), which a session that
 /// holds a backup open must turn off.
 pub fn has_idle_session_timeout(major: u32) -> bool {
@@ -160,6 +173,15 @@ mod tests {
         assert_eq!(major_from_pg_version_file(" 15\n"), None);
         assert_eq!(major_from_pg_version_file("9.6\n"), None);
         assert_eq!(major_from_pg_version_file(""), None);
+    }
+
+    #[test]
+    fn backup_functions_per_major() {
+        assert_eq!(
+            backup_function_signatures(14)[0],
+            "pg_start_backup(text, boolean, boolean)"
+        );
+        assert_eq!(backup_function_signatures(15)[1], "pg_backup_stop(boolean)");
     }
 
     #[test]

@@ -980,6 +980,7 @@ impl Agent {
                 .archive_dir
                 .as_ref()
                 .map(|d| d.display().to_string()),
+            archive_stores: self.store_archive(),
             wal: Vec::new(),
             file_list: None,
             files: BTreeMap::new(),
@@ -1060,6 +1061,16 @@ impl Agent {
         rescue::write_facts(saved, facts)
     }
 
+    /// With `--wal archive` and no `--archive DIR`: the backup's stores, whose pgbookend
+    /// archive must hold the window's WAL.
+    fn store_archive(&self) -> Vec<String> {
+        if self.cfg.wal_mode == WalMode::Archive && self.cfg.archive_dir.is_none() {
+            self.cfg.stores.clone()
+        } else {
+            Vec::new()
+        }
+    }
+
     fn finish(
         &mut self,
         res: &crate::session::StopResult,
@@ -1103,7 +1114,10 @@ impl Agent {
                     .hint("check archive_command and pg_stat_archiver; or take backups with --wal collect")
                 })?,
             ),
-            (WalMode::Archive, None) => return Err(Error::internal("archive mode without --archive")),
+            (WalMode::Archive, None) => {
+                let pg_wal = pgdata.join("pg_wal");
+                Some(rescue::store_archive_entries(&facts, &window, (!standby).then_some(pg_wal.as_path()), archive_timeout)?)
+            }
             _ => None,
         };
         let slot = self.slot.clone();

@@ -125,6 +125,11 @@ pub struct Manifest {
     /// With `wal_mode = archive`: the directory in which every segment was found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_dir: Option<String>,
+    /// With `wal_mode = archive` and no `archive_dir`: the stores whose pgbookend WAL
+    /// archive (`archive-push`) holds the window's WAL; prepare recovers through
+    /// `pgbookend archive-get` from them. Untrusted when read: `bundle_check` validates it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub archive_stores: Vec<String>,
     /// The WAL segments (and timeline history files) of the window, oldest first. In
     /// `collect` mode each is stored as `wal/<name>.zst`; otherwise `stored` is null.
     #[serde(default)]

@@ -199,9 +199,53 @@ pub fn manifest_problems(m: &Manifest) -> Vec<Problem> {
             out.push(field("archive_dir", e));
         }
     }
+    out.extend(archive_store_problems(m));
     out.extend(tablespace_problems(m));
     out.extend(file_problems(m));
     out.extend(wal_problems(m));
+    out
+}
+
+/// The most archive stores a bundle may name.
+const MAX_ARCHIVE_STORES: usize = 16;
+
+/// `archive_stores` becomes arguments of a restore_command: each must be a store URL
+/// pgbookend parses (a local path is absolute), without control characters.
+fn archive_store_problems(m: &Manifest) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if m.archive_stores.len() > MAX_ARCHIVE_STORES {
+        out.push(field(
+            "archive_stores",
+            format!(
+                "{} entries, more than the {MAX_ARCHIVE_STORES} allowed",
+                m.archive_stores.len()
+            ),
+        ));
+        return out;
+    }
+    for u in &m.archive_stores {
+        let path = u.strip_prefix("file://").unwrap_or(u);
+        let s3_ok = u.strip_prefix("s3://").is_some_and(|rest| {
+            !rest.is_empty() && !rest.starts_with('/') && !rest.split('/').any(|c| c == "..")
+        });
+        let bad = u.chars().any(|c| c.is_control() || c == '%')
+            || !(s3_ok || check_abs_dir(path).is_ok());
+        if bad {
+            out.push(field(
+                "archive_stores",
+                format!(
+                    "{} is not an absolute directory, file:/// or s3:// store URL without % or control characters",
+                    shown(u)
+                ),
+            ));
+        }
+    }
+    if !m.archive_stores.is_empty() && m.wal_mode != "archive" {
+        out.push(field(
+            "archive_stores",
+            format!("given with wal_mode {}", shown(&m.wal_mode)),
+        ));
+    }
     out
 }
 
@@ -421,6 +465,37 @@ mod tests {
         let p = manifest_problems(&m);
         assert!(p.iter().any(|p| p.message.contains("wal[0]")), "{p:?}");
         assert!(p.iter().any(|p| p.message.contains("pg_major")), "{p:?}");
+    }
+
+    #[test]
+    fn archive_stores_are_checked() {
+        let mut m: Manifest =
+            serde_json::from_str(include_str!("../tests/data/manifest.json")).unwrap();
+        m.wal_mode = "archive".into();
+        m.archive_stores = vec![
+            "/var/lib/pgbookend".into(),
+            "file:///srv/b".into(),
+            "s3://bucket/pre fix".into(),
+        ];
+        assert!(archive_store_problems(&m).is_empty());
+        for bad in [
+            "rel/dir",
+            "/a%fb",
+            "/a\nb",
+            "s3://",
+            "s3:///x",
+            "s3://b/../x",
+            "file://rel",
+            "http://x",
+        ] {
+            m.archive_stores = vec![bad.into()];
+            assert_eq!(archive_store_problems(&m).len(), 1, "{bad:?}");
+        }
+        m.archive_stores = vec!["/x".into(); 17];
+        assert_eq!(archive_store_problems(&m).len(), 1);
+        m.archive_stores = vec!["/x".into()];
+        m.wal_mode = "collect".into();
+        assert_eq!(archive_store_problems(&m).len(), 1);
     }
 
     #[test]

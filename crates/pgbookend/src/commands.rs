@@ -207,15 +207,11 @@ fn wal_settings(
     cfg: &Config,
 ) -> Result<(WalMode, Option<PathBuf>)> {
     let wal_mode = WalMode::parse(flag_wal.or(cfg.wal.as_deref()).unwrap_or("collect"))?;
-    let archive_dir =
-        match (wal_mode, flag_archive.or_else(|| cfg.archive.clone())) {
-            (WalMode::Archive, Some(d)) => Some(crate::walcollect::archive_dir_arg(&d)?),
-            (WalMode::Archive, None) => return Err(Error::usage(
-                "--wal archive needs --archive DIR: the directory your archive_command writes to",
-            )),
-            (_, Some(d)) => Some(crate::walcollect::archive_dir_arg(&d)?),
-            (_, None) => None,
-        };
+    let archive_dir = match (wal_mode, flag_archive.or_else(|| cfg.archive.clone())) {
+        (WalMode::Archive, Some(d)) => Some(crate::walcollect::archive_dir_arg(&d)?),
+        (_, Some(d)) => Some(crate::walcollect::archive_dir_arg(&d)?),
+        (_, None) => None,
+    };
     Ok((wal_mode, archive_dir))
 }
 

@@ -11,6 +11,7 @@ pub mod bundle;
 pub mod bundle_check;
 pub mod bundle_read;
 pub mod catalog;
+pub mod check;
 pub mod commands;
 pub mod config;
 pub mod datadir;

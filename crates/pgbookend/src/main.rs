@@ -155,6 +155,11 @@ enum Cmd {
     /// Write the man pages (pgbookend.1 and pgbookend-COMMAND.1) into DIR (packaging).
     #[command(name = "__manpages", hide = true)]
     Manpages { dir: PathBuf },
+    /// Would a backup succeed? Checks the server's archiving (a forced WAL switch must
+    /// reach the archive), the role's grants, the replication slot --wal collect needs,
+    /// every store (a probe object written, read, removed), the run and state
+    /// directories and the config file. Exit 0 when all is well, 6 otherwise.
+    Check(CheckArgs),
     /// archive_command: archive one WAL file into every archive store, durably and
     /// verified (`archive_command = 'pgbookend archive-push %p'`). Silent on success.
     ArchivePush(ArchivePushArgs),
@@ -183,6 +188,83 @@ struct ArchivePushArgs {
     /// zstd level, 1 to 19 (default: config archive_compress_level, else 3).
     #[arg(long, value_name = "N")]
     compress_level: Option<i32>,
+}
+
+/// Options of `check`.
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// libpq connection string or URI, as for start (default: the libpq environment).
+    #[arg(short = 'd', long = "dbname", value_name = "CONNINFO")]
+    conninfo: Option<String>,
+    /// A bundle store (repeatable; default: the config's store).
+    #[arg(long = "store", value_name = "URL")]
+    stores: Vec<String>,
+    /// An archive store (repeatable; default: archive_store, else store, from the config).
+    #[arg(long = "archive-store", value_name = "URL")]
+    archive_stores: Vec<String>,
+    /// The WAL mode backups will use: collect, archive or none (default: config wal, else
+    /// collect). collect needs a free replication slot and the REPLICATION attribute.
+    #[arg(long, value_name = "MODE")]
+    wal: Option<String>,
+    /// How long the forced WAL switch may take to reach the archive (default 60s).
+    #[arg(long, value_name = "DUR")]
+    timeout: Option<String>,
+}
+
+impl CheckArgs {
+    fn run(self, run: &RunDir, cfg: &Config) -> Result<Output, Error> {
+        use pgbookend::check;
+        let wal = check::WalMode::parse(
+            self.wal
+                .as_deref()
+                .or(cfg.wal.as_deref())
+                .unwrap_or("collect"),
+        )?;
+        let timeout = match &self.timeout {
+            Some(d) => pgbookend::timefmt::parse_duration(d)
+                .map_err(|e| Error::usage(format!("--timeout: {e}")))?,
+            None => std::time::Duration::from_secs(60),
+        };
+        let archive_stores = if !self.archive_stores.is_empty() {
+            self.archive_stores
+        } else if !cfg.archive_store.is_empty() {
+            cfg.archive_store.clone()
+        } else {
+            cfg.store.clone()
+        };
+        let config_path = match std::env::var_os("PGBOOKEND_CONFIG").filter(|p| !p.is_empty()) {
+            Some(p) => Some(PathBuf::from(p)),
+            None => Some(PathBuf::from(pgbookend::config::SYSTEM_CONFIG)).filter(|p| p.exists()),
+        };
+        let o = check::Options {
+            conninfo: self.conninfo.or(cfg.conninfo.clone()),
+            wal,
+            archive_stores,
+            bundle_stores: if self.stores.is_empty() {
+                cfg.store.clone()
+            } else {
+                self.stores
+            },
+            timeout,
+            run_dir: run.root.clone(),
+            state_dir: pgbookend::live::state_root(),
+            config_path,
+            config_has_secret: cfg
+                .conninfo
+                .as_deref()
+                .is_some_and(pgbookend::config::conninfo_has_password),
+        };
+        let r = check::run(&o);
+        let error = (!r.ok).then(|| {
+            Error::new(Class::Check, "check failed: a backup would not succeed")
+                .hint("fix the FAIL lines and run check again")
+        });
+        Ok(Output {
+            json: serde_json::to_value(&r).map_err(|e| Error::internal(e.to_string()))?,
+            human: check::render(&r),
+            error,
+        })
+    }
 }
 
 /// Options of `archive-get`.
@@ -574,10 +656,12 @@ struct StartArgs {
     #[arg(long, value_name = "DUR")]
     heartbeat: Option<String>,
     /// How the WAL of the window is kept: collect (into the bundle; default), archive
-    /// (confirm it is in --archive DIR), none (you keep it; restore needs an archive).
+    /// (confirm it is in --archive DIR, or without it in the pgbookend archive of the
+    /// stores, pushing what the archiver has not yet), none (you keep it; restore needs an
+    /// archive).
     #[arg(long, value_name = "MODE")]
     wal: Option<String>,
-    /// The WAL archive directory (for --wal archive).
+    /// The WAL archive directory (for --wal archive; without it, the stores' archive).
     #[arg(long, value_name = "DIR")]
     archive: Option<PathBuf>,
     /// How many stores must take the bundle for stop to succeed (default: all).
@@ -906,6 +990,7 @@ fn dispatch(
             })
         }
         Cmd::Drill(a) => a.run(),
+        Cmd::Check(a) => a.run(run, cfg),
         Cmd::Guard { pgdata } => {
             pgbookend::restore::guard::guard(&pgdata).map(|(json, human)| Output {
                 json,

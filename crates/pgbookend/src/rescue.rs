@@ -186,6 +186,63 @@ pub fn window(f: &Facts, archive: Option<&Path>) -> Result<Vec<String>> {
     ))
 }
 
+/// [`store_archive_entries`] now, pushing from the backup's `pg_wal`.
+fn store_archive_now(f: &Facts, window: &[String]) -> Result<Vec<WalEntry>> {
+    let pg_wal = Path::new(&f.manifest.pgdata).join("pg_wal");
+    store_archive_entries(f, window, Some(&pg_wal), std::time::Duration::ZERO)
+}
+
+/// Confirms that the store archive of the backup (`archive_stores`) holds every WAL file
+/// of the window, pushing from `pg_wal` what the server finished but did not archive yet.
+pub fn store_archive_entries(
+    f: &Facts,
+    window: &[String],
+    pg_wal: Option<&Path>,
+    timeout: std::time::Duration,
+) -> Result<Vec<WalEntry>> {
+    let m = &f.manifest;
+    let stores = m
+        .archive_stores
+        .iter()
+        .map(|u| crate::store::Store::parse(u))
+        .collect::<Result<Vec<_>>>()?;
+    let sysid: u64 = m
+        .system_identifier
+        .parse()
+        .map_err(|_| Error::internal("bad system identifier in the backup's facts"))?;
+    let s = crate::archive::Settings {
+        min_stores: f
+            .min_stores
+            .unwrap_or(stores.len())
+            .clamp(1, stores.len().max(1)),
+        stores,
+        level: crate::archive::DEFAULT_LEVEL,
+        pgdata: std::path::PathBuf::from(&m.pgdata),
+        prefetch: 0,
+        prefetch_jobs: 1,
+    };
+    let entries = crate::archive::confirm::confirm_window(&s, sysid, window, pg_wal, timeout)?;
+    // The backup history file is not needed to recover, but belongs in a complete archive:
+    // confirmed (and pushed) too when the server wrote and finished it (a primary).
+    if let (Some(dir), Some(name)) = (pg_wal, backup_history_name(m)) {
+        if crate::archive::confirm::finished(dir, &name) {
+            crate::archive::confirm::confirm_window(&s, sysid, &[name], Some(dir), timeout)?;
+        }
+    }
+    Ok(entries)
+}
+
+/// `<stop timeline><start segment>.<offset>.backup`, as the server names the backup
+/// history file of a backup from a primary.
+fn backup_history_name(m: &Manifest) -> Option<String> {
+    let start: Lsn = m.start_lsn.parse().ok()?;
+    let seg = m.wal_segment_size;
+    let tli = u32::from_str_radix(m.stop_wal_file.get(0..8)?, 16).ok()?;
+    let first =
+        pgbookend_formats::wal::file_name(tli, pgbookend_formats::wal::segno(start, seg), seg);
+    Some(format!("{first}.{:08X}.backup", start.0 % seg as u64))
+}
+
 /// Confirms that `dir` holds every WAL file of the window now; names the first missing.
 pub fn archive_entries(dir: &Path, window: &[String]) -> Result<Vec<WalEntry>> {
     walcollect::wait_archive_dir(dir, window, std::time::Duration::ZERO).map_err(|missing| {
@@ -503,6 +560,9 @@ pub fn command(
     let window = window(&facts, archive.as_deref())?;
     let archived = match (facts.wal_mode, archive.as_deref()) {
         (WalMode::Archive, Some(d)) => Some(archive_entries(d, &window)?),
+        (WalMode::Archive, None) if !facts.manifest.archive_stores.is_empty() => {
+            Some(store_archive_now(&facts, &window)?)
+        }
         (WalMode::Archive, None) => {
             return Err(Error::usage(
                 "this backup keeps its WAL in an archive: pass --archive DIR",

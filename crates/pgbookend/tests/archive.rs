@@ -649,3 +649,95 @@ fn push_to_s3() {
         assert!(!r.all().contains(SECRET));
     }
 }
+
+/// `--wal archive` without `--archive DIR`: the window's WAL goes to the pgbookend archive
+/// in the backup's own store. The server's archiver is stuck (`archive_command = false`),
+/// so `stop` pushes the window's segments itself; `bundle.json` names the store archive;
+/// prepare (no --archive, no --restore-command) sets `restore_command` to archive-get and
+/// the copy recovers through it.
+fn wal_archive_in_store(major: u32) {
+    let c = Cluster::start(
+        ClusterOptions::new(major)
+            .conf("archive_mode = on")
+            .conf("archive_command = 'false'"),
+    );
+    c.psql("CREATE TABLE rows (t text)");
+    let tool = Tool::new(&c);
+    let store = tool.store_path().display().to_string();
+    tool.run(&[
+        "start", "--id", "sa", "--store", &store, "--wal", "archive", "--json",
+    ])
+    .ok();
+    let work = pgbookend_testkit::temp_dir("copy");
+    let data = work.path().join("data");
+    assert!(common::cp_live(c.pgdata(), &data).unwrap().success());
+    c.psql("INSERT INTO rows VALUES ('during')");
+    tool.run(&["stop", "--id", "sa", "--json", "--archive-timeout", "60s"])
+        .ok();
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tool.bundle_dir("sa").join("bundle.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["archive_stores"], serde_json::json!([store]), "{m}");
+    let wal = m["wal"].as_array().unwrap();
+    assert!(!wal.is_empty());
+    let sysid = c.system_identifier();
+    for w in wal {
+        let name = w["name"].as_str().unwrap();
+        let sha = w["sha256"].as_str().unwrap();
+        let obj = format!("archive/{sysid}/{}/{name}-{sha}.zst", &name[..16]);
+        assert!(
+            tool.store_path().join(&obj).is_file(),
+            "{obj} not in the store"
+        );
+    }
+    // The backup history file was pushed too (the server wrote it, never archived it).
+    let hist = std::fs::read_dir(tool.store_path().join(format!(
+        "archive/{sysid}/{}",
+        &wal[0]["name"].as_str().unwrap()[..16]
+    )))
+    .unwrap()
+    .filter_map(|e| e.ok())
+    .any(|e| e.file_name().to_string_lossy().contains(".backup-"));
+    assert!(hist, "no backup history file in the store archive");
+    // The server never archived anything itself.
+    assert_eq!(c.psql("SELECT archived_count FROM pg_stat_archiver"), "0");
+    // Once the archiver works, its own push of the files stop pushed is no conflict.
+    let cfg = pgbookend_testkit::temp_dir("sacfg");
+    let file = cfg.path().join("pgbookend.toml");
+    std::fs::write(&file, format!("store = [\"{store}\"]\n")).unwrap();
+    let cmd = format!(
+        "PGBOOKEND_CONFIG={} {} archive-push %p",
+        file.display(),
+        common::bin().display()
+    );
+    c.psql(&format!("ALTER SYSTEM SET archive_command = '{cmd}'"));
+    c.psql("SELECT pg_reload_conf()");
+    let stop_seg = m["stop_wal_file"].as_str().unwrap().to_string();
+    let caught_up = wait_until(Duration::from_secs(60), || {
+        c.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+            .as_str()
+            >= stop_seg.as_str()
+    });
+    assert!(caught_up, "{}", c.server_log());
+    assert!(
+        !c.server_log().contains("different content"),
+        "{}",
+        c.server_log()
+    );
+    c.stop();
+    let d = data.display().to_string();
+    tool.run(&[
+        "prepare", "--pgdata", &d, "--store", &store, "--target", "latest",
+    ])
+    .ok();
+    let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("archive-get %f %p --store"), "{auto}");
+    let r = common::start_restored(major, &data, work.path());
+    assert_eq!(r.psql("SELECT string_agg(t, ',') FROM rows"), "during");
+    assert!(
+        r.server_log().contains("restored log file"),
+        "{}",
+        r.server_log()
+    );
+}
+per_major!(wal_archive_in_store_t, wal_archive_in_store);

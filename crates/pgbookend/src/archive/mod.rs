@@ -8,6 +8,7 @@
 //! Later steps of issue 11 (asynchronous pushing, point-in-time selection, retention,
 //! `check`) build on [`layout`] and [`Settings`].
 
+pub mod confirm;
 pub mod get;
 pub mod layout;
 pub mod prefetch;

@@ -481,6 +481,31 @@ fn archive_restore_command(dir: &Path) -> String {
     )
 }
 
+/// The restore_command of a bundle whose WAL is in pgbookend's store archive:
+/// `pgbookend archive-get %f %p --store URL...` (this binary, every value quoted; the
+/// URLs were checked by `bundle_check`), with this run's S3 endpoint settings.
+fn archive_get_command(stores: &[String]) -> Option<String> {
+    let q = |s: &str| crate::shellword::quote(s);
+    let exe = std::env::current_exe().ok()?;
+    let mut cmd = format!("{} archive-get %f %p", q(&exe.display().to_string()));
+    for u in stores {
+        cmd.push_str(&format!(" --store {}", q(u)));
+    }
+    let s3 = crate::store::s3::settings();
+    if stores.iter().any(|u| u.starts_with("s3://")) {
+        if let Some(e) = &s3.endpoint {
+            cmd.push_str(&format!(" --s3-endpoint {}", q(e)));
+        }
+        if let Some(r) = &s3.region {
+            cmd.push_str(&format!(" --s3-region {}", q(r)));
+        }
+        if s3.path_style == Some(true) {
+            cmd.push_str(" --s3-path-style");
+        }
+    }
+    Some(cmd)
+}
+
 /// Runs a restore_command for one file the way the server will: with its working
 /// directory a data directory (here a scratch one that holds only the bundle's
 /// `pg_control`, which commands such as `pgbookend archive-get` read) and `%p` the relative
@@ -830,6 +855,8 @@ pub fn examine(
         Some(WalSource::Bundle)
     } else if let Some(cmd) = &opts.restore_command {
         Some(WalSource::Command(cmd.clone()))
+    } else if opts.archive.is_none() && !m.archive_stores.is_empty() {
+        archive_get_command(&m.archive_stores).map(WalSource::Command)
     } else {
         archive.clone().map(WalSource::Archive)
     };
