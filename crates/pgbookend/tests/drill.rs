@@ -165,6 +165,10 @@ fn drill_good_copy(major: u32) {
     let j = r.json();
     assert_eq!(j["verdict"], "passed", "{j}");
     assert!(j["recovery_seconds"].as_f64().unwrap() > 0.0);
+    for part in ["clone", "prepare", "checks"] {
+        assert!(j["phase_seconds"][part].as_f64().unwrap() > 0.0, "{j}");
+    }
+    assert!(r.stdout.contains("\"phase_seconds\""), "{r:?}");
     assert!(j["wal_replayed"]["bytes"].as_u64().unwrap() > 0, "{j}");
     // prepare's page check ran on the clone: every page of pgbench's tables at least.
     assert!(j["pages_verified"].as_u64().unwrap() > 100, "{j}");

@@ -21,7 +21,7 @@ use record::{Record, WalReplayed};
 use server::{Owner, Places, Server};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The name prefix of a drill's scratch directory (`.pgbookend-drill.<pid>.<random>`),
 /// beside the copy: a later drill removes one whose drill is gone (killed with SIGKILL).
@@ -260,9 +260,16 @@ pub fn drill(opts: &DrillOptions) -> Result<Record> {
     let warnings = remove_leftovers(&opts.pgdata);
     let scratch = Scratch::create(&opts.pgdata, &owner)?;
     let sdir = scratch.dir()?;
+    let t0 = Instant::now();
     let method = clone_all(opts, &scratch, &sdir)?;
     let data = scratch.path.join(clone::DATA);
+    let t1 = Instant::now();
     let prepared = prepare_clone(opts, &data, &scratch.path)?;
+    let phase_seconds = record::Phases {
+        clone: (t1 - t0).as_secs_f64(),
+        prepare: t1.elapsed().as_secs_f64(),
+        checks: 0.0,
+    };
     let mut rec = Record {
         format: record::FORMAT,
         id: prepared.id,
@@ -274,6 +281,7 @@ pub fn drill(opts: &DrillOptions) -> Result<Record> {
         pg_major: major,
         server: bindir.join("postgres").display().to_string(),
         recovery_seconds: 0.0,
+        phase_seconds,
         wal_replayed: None,
         pages_verified: prepared.pages,
         checks: checks::Checks::default(),
@@ -481,7 +489,9 @@ fn run_server(
         heapam: version::has_verify_heapam(ctx.major),
         no_amcheck: ctx.opts.no_amcheck,
     };
+    let t0 = Instant::now();
     rec.checks = checks::run_all(srv, &settings, &stopped)?;
+    rec.phase_seconds.checks = t0.elapsed().as_secs_f64();
     Ok(())
 }
 
@@ -513,6 +523,11 @@ pub fn render(r: &Record) -> String {
     h.push_str(&format!(
         "  recovery: {:.2} s until the server was consistent and open\n",
         r.recovery_seconds
+    ));
+    let p = &r.phase_seconds;
+    h.push_str(&format!(
+        "  time: clone {:.2} s, prepare {:.2} s (page check included), checks {:.2} s\n",
+        p.clone, p.prepare, p.checks
     ));
     if let Some(w) = &r.wal_replayed {
         h.push_str(&format!(
