@@ -11,9 +11,16 @@
 #   pgbookend verify --pgdata COPY --store STORE --json  (its "pages" part: the page check)
 #   pg_checksums --check -D PGDATA                       (as postgres)
 #   cat of every file below COPY/base and COPY/global > /dev/null
-# It reports medians, ratios and peak RSS (/usr/bin/time -v).
+# It reports medians, ratios and peak RSS (/usr/bin/time -v), and the peak RSS against the
+# target: 64 MB plus the window's block set.
+# Cold cache (unless --no-cold): the copy (without pg_wal) on an XFS of its own on a loop
+# device that reads its backing file with O_DIRECT (losetup --direct-io=on); the filesystem
+# is unmounted and mounted again before each run, which empties its page cache, so every
+# read goes to the disk. (drop_caches would empty the whole machine's cache, that of the
+# other users of the machine included.) --runs times each, order alternating:
+#   cat of every file below base/ and global/ > /dev/null, and the page check (verify).
 #
-# Usage: bench/verify.sh [--bin BIN] [--scale N] [--runs N] [--tmpdir DIR] [--keep]
+# Usage: bench/verify.sh [--bin BIN] [--scale N] [--runs N] [--tmpdir DIR] [--keep] [--no-cold]
 #   --bin defaults to this tree's release build (built here).
 # Everything it starts (the server, the agent) is stopped by pid on exit, also on failure.
 set -euo pipefail
@@ -23,6 +30,7 @@ RUNS=3
 TMPBASE=${TMPDIR:-/tmp}
 KEEP=0
 BIN=
+COLD=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) BIN=$2; shift 2 ;;
@@ -30,101 +38,44 @@ while [ $# -gt 0 ]; do
     --runs) RUNS=$2; shift 2 ;;
     --tmpdir) TMPBASE=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --no-cold) COLD=0; shift ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "verify.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+NAME=verify.sh
 PGBIN=/usr/lib/postgresql/15/bin
-die() { echo "verify.sh: $*" >&2; exit 1; }
-note() { echo "# $*" >&2; }
-now_us() { echo "${EPOCHREALTIME/./}"; }
+. "$(dirname "$0")/lib.sh"
 [ -x "$PGBIN/postgres" ] || die "PostgreSQL 15 missing in $PGBIN"
 [ -x "$PGBIN/pg_checksums" ] || die "pg_checksums missing in $PGBIN"
 [ -n "${EPOCHREALTIME:-}" ] || die "needs bash >= 5"
-if [ ! -x /usr/bin/time ]; then
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -q time >/dev/null 2>&1 || true; fi
-  [ -x /usr/bin/time ] || die "needs /usr/bin/time (apt-get install time)"
-fi
-NEED_KB=$((SCALE * 15 * 1024 * 3))
-AVAIL_KB=$(df -Pk "$TMPBASE" | awk 'NR == 2 { print $4 }')
-[ "$AVAIL_KB" -gt "$NEED_KB" ] || die "not enough room on $TMPBASE (need about $((NEED_KB / 1048576)) GiB)"
-
-WORK=
-PM_PID=
-AGENT_PIDS=()
+bench_need_time
+bench_room $((SCALE * 15 * 1024 * 4))
 OWNER=(); if [ "$(id -u)" = 0 ]; then OWNER=(runuser -u postgres --); fi
-as_owner() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
-is_agent() { alive "$1" && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q "__agent "; }
-stop_pm() { # stop_pm DATADIR PID
-  if alive "$2"; then
-    as_owner "$PGBIN/pg_ctl" -D "$1" -m fast -w -t 60 stop >/dev/null 2>&1
-    alive "$2" && kill -KILL "$2" 2>/dev/null
-  fi
-  return 0
-}
-cleanup() {
-  local rc=$? p
-  trap - EXIT INT TERM
-  set +e
-  for p in "${AGENT_PIDS[@]}"; do is_agent "$p" && kill -TERM "$p" 2>/dev/null; done
-  for p in "${AGENT_PIDS[@]}"; do
-    for _ in $(seq 50); do is_agent "$p" || break; sleep 0.1; done
-    is_agent "$p" && kill -KILL "$p" 2>/dev/null
-  done
-  stop_pm "$WORK/data" "$PM_PID"
-  if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-    if [ "$KEEP" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 if [ -z "$BIN" ]; then
-  note "building: cargo build --release -p pgbookend"
-  (cd "$ROOT" && cargo build --release --quiet -p pgbookend) || die "build failed"
+  bench_build
   BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/pgbookend
 fi
 [ -x "$BIN" ] || die "$BIN is not an executable"
-WORK=$(mktemp -d "$TMPBASE/pgbookend-verifybench.XXXXXX")
-chmod 755 "$WORK"
+bench_workdir verifybench
 cp "$BIN" "$WORK/pgbookend"
 SHA=$(sha256sum "$WORK/pgbookend" | cut -c1-12)
 RUNDIR=$WORK/run
 STORE=$WORK/store
-mkdir -p "$WORK/sock" "$STORE"
-mkdir -m 700 "$WORK/data"
-touch "$WORK/server.log"
-if [ "$(id -u)" = 0 ]; then chown postgres: "$WORK/sock" "$WORK/data" "$WORK/server.log"; fi
-as_owner "$PGBIN/initdb" -D "$WORK/data" -U postgres --auth=trust -E UTF8 --locale=C -k \
-  >"$WORK/initdb.log" 2>&1 || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
-as_owner "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -t 60 start -o \
-  "-c listen_addresses='' -c unix_socket_directories='$WORK/sock' -c port=5432 -c wal_level=replica -c archive_mode=off -c max_wal_size=4GB" \
-  >/dev/null || { cat "$WORK/server.log" >&2; die "server did not start"; }
-PM_PID=$(head -1 "$WORK/data/postmaster.pid")
-for v in $(env | sed -n 's/^\(PG[A-Z_]*\)=.*/\1/p'); do unset "$v"; done
-export PGHOST=$WORK/sock PGPORT=5432 PGUSER=postgres PGDATABASE=postgres
-: >"$WORK/empty.toml"
-export PGBOOKEND_CONFIG=$WORK/empty.toml PGBOOKEND_STATE_DIR=$WORK/state
-q() { "$PGBIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
-PGV=$(q -c 'SHOW server_version' | awk '{ print $1 }')
-
-# timed CMD... -> US (wall), HWM (peak RSS kB), RC
-timed() {
-  local a b
-  a=$(now_us)
-  RC=0
-  /usr/bin/time -v -o "$WORK/time.txt" "$@" >"$WORK/out.txt" 2>"$WORK/err.txt" || RC=$?
-  b=$(now_us)
-  US=$((b - a))
-  HWM=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$WORK/time.txt")
+mkdir -p "$STORE"
+export PGBOOKEND_STATE_DIR=$WORK/state
+bench_start_cluster -k -- -c max_wal_size=4GB
+MNT=
+LOOPDEV=
+# The cold-cache filesystem: unmounted and its loop device detached on exit.
+bench_cleanup_last() {
+  if [ -n "$MNT" ] && mountpoint -q "$MNT"; then umount "$MNT"; fi
+  if [ -n "$LOOPDEV" ]; then losetup -d "$LOOPDEV" 2>/dev/null; fi
+  return 0
 }
-median() { sort -g | awk '{ v[NR] = $1 } END { n = NR; if (n % 2) m = v[(n + 1) / 2]; else m = (v[n / 2] + v[n / 2 + 1]) / 2; printf "%.0f\n", m }'; }
+
 maxv() { sort -g | tail -1; }
-sec() { awk -v u="$1" 'BEGIN { printf "%.3f s", u / 1e6 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f MB", k / 1024 }'; }
 
@@ -194,3 +145,49 @@ echo
 echo "pg_checksums / page check: $(ratio "$C" "$P")"
 echo
 echo "Raw µs (verify; pages; pg_checksums; cat): $(paste -sd/ "$WORK/t.pgbookend"); $(paste -sd/ "$WORK/t.phase"); $(paste -sd/ "$WORK/t.pg_checksums"); $(paste -sd/ "$WORK/t.cat")"
+
+HW=$(maxv <"$WORK/m.pgbookend")
+echo
+echo "Memory: peak RSS of \`verify --pgdata\` $(mb "$HW") against the target of 64 MB + the block set ($(awk -v b="$WBYTES" 'BEGIN { printf "%.1f MB", 64 + b / 1048576 }')): $(awk -v k="$HW" -v b="$WBYTES" 'BEGIN { if (k / 1024 <= 64 + b / 1048576) print "within"; else print "OVER" }')"
+
+[ "$COLD" = 1 ] || exit 0
+note "cold cache: the copy on a loop-mounted XFS with direct I/O"
+COPY_KB=$(du -sk --exclude=pg_wal "$WORK/copy" | cut -f1)
+truncate -s "$((COPY_KB * 2 + 600 * 1024))K" "$WORK/cold.img"
+mkfs.xfs -q -f "$WORK/cold.img" || die "mkfs.xfs failed"
+LOOPDEV=$(losetup --direct-io=on -f --show "$WORK/cold.img") || die "losetup failed"
+MNT=$WORK/cold
+mkdir "$MNT"
+mount "$LOOPDEV" "$MNT" || die "mount failed"
+rsync -a --exclude='/pg_wal/*' "$WORK/copy/" "$MNT/copy/"
+remount() { sync; umount "$MNT"; mount "$LOOPDEV" "$MNT"; }
+coldcat() { find "$MNT/copy/base" "$MNT/copy/global" -type f -print0 | xargs -0 cat >/dev/null; }
+: >"$WORK/t.coldcat"; : >"$WORK/t.coldpages"; : >"$WORK/t.coldverify"
+cold_one() {
+  remount
+  case "$1" in
+    cat)
+      timed bash -c "$(declare -f coldcat); MNT='$MNT' coldcat"
+      echo "$US" >>"$WORK/t.coldcat" ;;
+    pages)
+      timed "$WORK/pgbookend" verify --pgdata "$MNT/copy" --store "$STORE" --json
+      [ "$RC" = 0 ] || { cat "$WORK/out.txt" "$WORK/err.txt" >&2; die "cold verify exited $RC"; }
+      echo "$US" >>"$WORK/t.coldverify"
+      python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["pages"]["scan_seconds"]*1e6))' "$WORK/out.txt" >>"$WORK/t.coldpages" ;;
+  esac
+}
+for r in $(seq 1 "$RUNS"); do
+  if [ $((r % 2)) = 1 ]; then cold_one cat; cold_one pages; else cold_one pages; cold_one cat; fi
+  note "cold run $r: cat $(sec "$(tail -1 "$WORK/t.coldcat")"), page check $(sec "$(tail -1 "$WORK/t.coldpages")")"
+done
+CK=$(median <"$WORK/t.coldcat"); CP=$(median <"$WORK/t.coldpages"); CV=$(median <"$WORK/t.coldverify")
+echo
+echo "Cold cache (loop-mounted XFS, direct I/O, remounted before each run; load average now $(cut -d' ' -f1-3 /proc/loadavg)):"
+echo
+echo "| what | time | / cold cat |"
+echo "|---|---|---|"
+echo "| \`cat\` of base/ and global/ > /dev/null | $(sec "$CK") | 1.00x |"
+echo "| pgbookend page check (\`pages.scan_seconds\`) | $(sec "$CP") | $(ratio "$CP" "$CK") |"
+echo "| \`pgbookend verify --pgdata\` (whole command) | $(sec "$CV") | $(ratio "$CV" "$CK") |"
+echo
+echo "Raw µs cold (cat; pages; verify): $(paste -sd/ "$WORK/t.coldcat"); $(paste -sd/ "$WORK/t.coldpages"); $(paste -sd/ "$WORK/t.coldverify")"

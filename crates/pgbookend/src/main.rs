@@ -538,11 +538,29 @@ struct DrillArgs {
     /// tablespace of the copy): it is cloned too, never changed.
     #[arg(long = "tablespace", value_name = "OID=PATH")]
     tablespaces: Vec<String>,
+    /// How long the server may take to recover and open (e.g. 30m, 2h; default 1h): on
+    /// timeout it is stopped, the clone removed, and drill fails with exit 4.
+    #[arg(long, value_name = "DUR")]
+    timeout: Option<String>,
 }
 
 impl DrillArgs {
     fn run(self) -> Result<Output, Error> {
         let tablespaces = tablespace_map(&self.tablespaces)?;
+        let timeout = self
+            .timeout
+            .as_deref()
+            .map(|t| {
+                pgbookend::timefmt::parse_duration(t)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        Error::usage(format!(
+                            "--timeout {t:?}: expected a duration such as 30m or 2h"
+                        ))
+                    })
+            })
+            .transpose()?;
         let opts = pgbookend::drill::DrillOptions {
             pgdata: abs(self.pgdata),
             store: self.store,
@@ -551,6 +569,7 @@ impl DrillArgs {
             pg_bin: self.pg_bin.map(abs),
             no_amcheck: self.no_amcheck,
             tablespaces,
+            timeout,
         };
         let r = pgbookend::drill::drill(&opts)?;
         let human = pgbookend::drill::render(&r);

@@ -106,25 +106,35 @@ impl Fixture {
         self.drill_cmd().output().expect("run drill").into()
     }
 
-    /// Nothing of a drill is left: no scratch directory beside the copy, no process whose
-    /// command line names one (its server), no socket.
+    /// Nothing of a drill is left beside the fixture's copy.
     fn assert_nothing_left(&self) {
-        let left: Vec<String> = std::fs::read_dir(self.work.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(".pgbookend-drill."))
-            .collect();
-        assert!(left.is_empty(), "scratch left behind: {left:?}");
-        let work = self.work.path().display().to_string();
-        assert!(
-            common::wait_until(Duration::from_secs(10), || drill_processes(&work)
-                .is_empty()),
-            "processes left behind: {:?}",
-            drill_processes(&work)
-        );
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(!mounts.contains(&work), "a mount left behind:\n{mounts}");
+        assert_nothing_left_in(self.work.path());
     }
+
+    fn store(&self) -> String {
+        self.tool.store_path().display().to_string()
+    }
+}
+
+/// Nothing of a drill is left in `dir`: no scratch directory, no process whose command
+/// line names one (its server), no socket, no mount.
+fn assert_nothing_left_in(dir: &Path) {
+    let left: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".pgbookend-drill."))
+        .collect();
+    assert!(left.is_empty(), "scratch left behind: {left:?}");
+    let work = dir.display().to_string();
+    assert!(
+        common::wait_until(Duration::from_secs(10), || drill_processes(&work)
+            .is_empty()),
+        "processes left behind: {:?}",
+        drill_processes(&work)
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let scratch = format!("{work}/.pgbookend-drill.");
+    assert!(!mounts.contains(&scratch), "a mount left behind:\n{mounts}");
 }
 
 /// Live processes whose command line names a drill scratch directory below `work`.
@@ -155,6 +165,10 @@ fn drill_good_copy(major: u32) {
     let j = r.json();
     assert_eq!(j["verdict"], "passed", "{j}");
     assert!(j["recovery_seconds"].as_f64().unwrap() > 0.0);
+    for part in ["clone", "prepare", "checks"] {
+        assert!(j["phase_seconds"][part].as_f64().unwrap() > 0.0, "{j}");
+    }
+    assert!(r.stdout.contains("\"phase_seconds\""), "{r:?}");
     assert!(j["wal_replayed"]["bytes"].as_u64().unwrap() > 0, "{j}");
     // prepare's page check ran on the clone: every page of pgbench's tables at least.
     assert!(j["pages_verified"].as_u64().unwrap() > 100, "{j}");
@@ -188,8 +202,75 @@ fn drill_good_copy(major: u32) {
     );
     assert_eq!(tree_digest(&f.copy()), before, "drill changed the copy");
     f.assert_nothing_left();
+    hostile_records(&f);
 }
 per_major!(drill_good_copy_t, drill_good_copy);
+
+/// A hostile `drill.json` in the bundle's directory of a store: too large, malformed, of
+/// the wrong types, too deep, with a terminal escape, a link to a valid record elsewhere,
+/// a FIFO, a directory. `list`, `show` and `metrics` still answer and show no drill.
+fn hostile_records(f: &Fixture) {
+    let store = f.store();
+    let path = f.tool.bundle_dir(f.id).join("drill.json");
+    let elsewhere = f.work.path().join("elsewhere.json");
+    std::fs::copy(&path, &elsewhere).unwrap();
+    let huge = {
+        let mut v = br#"{"verdict":"passed","finished":"2026-01-01T00:00:00Z","x":""#.to_vec();
+        v.resize(6 << 20, b'a');
+        v.extend_from_slice(b"\"}");
+        v
+    };
+    let write = |b: &[u8]| std::fs::write(&path, b).unwrap();
+    for case in [
+        "huge",
+        "malformed",
+        "types",
+        "deep",
+        "escape",
+        "link",
+        "fifo",
+        "dir",
+    ] {
+        match case {
+            "huge" => write(&huge),
+            "malformed" => write(br#"{"verdict":"passed","finished":"#),
+            "types" => write(br#"{"verdict":1,"finished":["2026"],"checks":"x"}"#),
+            "deep" => write("[".repeat(200_000).as_bytes()),
+            "escape" => write(b"{\"verdict\":\"passed\\u001b[2J\",\"finished\":\"now\"}"),
+            "link" => std::os::unix::fs::symlink(&elsewhere, &path).unwrap(),
+            "fifo" => {
+                let c = std::ffi::CString::new(path.display().to_string()).unwrap();
+                // SAFETY: a valid path string.
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+            }
+            _ => std::fs::create_dir(&path).unwrap(),
+        }
+        let list = f.tool.run(&["list", "--store", &store, "--json"]);
+        assert_eq!(list.code, 0, "{case}: {list:?}");
+        assert!(
+            list.json()["bundles"][0]["last_drill"].is_null(),
+            "{case}: {list:?}"
+        );
+        let show = f.tool.run(&["show", "--store", &store, "--id", f.id]);
+        assert_eq!(show.code, 0, "{case}: {show:?}");
+        assert!(!show.stdout.contains("last drill"), "{case}: {show:?}");
+        assert!(!show.stdout.contains('\x1b'), "{case}: {show:?}");
+        let m = f.tool.run(&["metrics", "--store", &store]);
+        assert_eq!(m.code, 0, "{case}: {m:?}");
+        assert!(
+            !m.stdout
+                .lines()
+                .any(|l| l.starts_with("pgbookend_last_drill_success{")),
+            "{case}: {}",
+            m.stdout
+        );
+        if case == "dir" {
+            std::fs::remove_dir(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+}
 
 /// A copy with a tablespace, restored to its own directory: drill clones both (neither
 /// changes), remaps the tablespace to its clone, and reads the table in it.
@@ -285,6 +366,51 @@ fn drill_corrupt_index(major: u32) {
     f.assert_nothing_left();
     std::fs::remove_file(&link).unwrap();
 
+    // A pg_wal that is a link (to a directory beside the copy): refused, never followed.
+    let (wal, moved) = (f.copy().join("pg_wal"), f.work.path().join("wal-elsewhere"));
+    std::fs::rename(&wal, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &wal).unwrap();
+    let r = f.drill();
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(
+        r.stderr.contains("pg_wal is a symbolic link") && r.stderr.contains("drill does not"),
+        "{r:?}"
+    );
+    f.assert_nothing_left();
+    std::fs::remove_file(&wal).unwrap();
+    std::fs::rename(&moved, &wal).unwrap();
+
+    // A page of a table the window's WAL does not touch, its header broken: prepare's
+    // page check refuses the clone; the drill fails (exit 6), recorded with the reason.
+    let table = f
+        .copy()
+        .join(f.c.psql("SELECT pg_relation_filepath('drill_t')"));
+    let saved = std::fs::read(&table).unwrap();
+    let mut broken = saved.clone();
+    broken[12..16].fill(0);
+    std::fs::write(&table, &broken).unwrap();
+    let r = f.drill();
+    assert_eq!(r.code, 6, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["verdict"], "failed", "{j}");
+    let first = &j["checks"]["failures"][0];
+    assert_eq!(first["check"], "prepare", "{j}");
+    let rel = f.c.psql("SELECT pg_relation_filepath('drill_t')");
+    assert!(
+        first["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{rel} block 0")),
+        "{j}"
+    );
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.tool.bundle_dir(f.id).join("drill.json")).unwrap())
+            .unwrap();
+    assert_eq!(stored["verdict"], "failed");
+    assert_eq!(stored["checks"]["failures"][0]["check"], "prepare");
+    f.assert_nothing_left();
+    std::fs::write(&table, &saved).unwrap();
+
     // A copy whose server cannot come up: a failed drill, recorded, nothing left.
     let conf = f.copy().join("postgresql.auto.conf");
     let mut text = std::fs::read_to_string(&conf).unwrap();
@@ -316,8 +442,23 @@ impl Drop for Running {
 }
 
 /// drill killed with SIGTERM while its server runs: it exits non-zero and leaves nothing.
+/// A recovery that does not end within `--timeout` (here 1 ms: no server recovers and
+/// opens that soon): exit 4 with a hint, no record, nothing left.
 fn drill_sigterm(major: u32) {
     let f = Fixture::new(major, true, "");
+    let r: Run = f
+        .drill_cmd()
+        .args(["--timeout", "1ms"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr.contains("did not finish recovery within") && r.stderr.contains("--timeout"),
+        "{r:?}"
+    );
+    assert!(!f.tool.bundle_dir(f.id).join("drill.json").exists());
+    f.assert_nothing_left();
     let mut cmd = f.drill_cmd();
     cmd.env("PGBOOKEND_TEST_DRILL_HOLD", "1")
         .stdout(std::process::Stdio::piped())
@@ -420,4 +561,77 @@ fn drill_s3_store() {
     assert!(s3.get("pgbookend-drill", "p/s3d/drill.json").is_some());
     let show = tool.run(&["show", "--store", url, "--id", "s3d"]).ok();
     assert!(show.stdout.contains("last drill: passed"), "{show:?}");
+}
+
+/// A copy and its tablespace on XFS (a loop device): drill clones both by reflink (the
+/// tablespace given through a link of the operator's, cloned from its real path), passes,
+/// changes neither, and leaves nothing on the filesystem.
+#[test]
+fn drill_reflink_xfs() {
+    let Some(major) = pgbookend_testkit::majors().last().copied() else {
+        return;
+    };
+    let fs = match pgbookend_testkit::LoopFs::new("xfs", 1024) {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("skipped: no XFS loop filesystem here: {e}");
+            return;
+        }
+    };
+    let f = Fixture::with(
+        ClusterOptions::new(major).tablespace(true),
+        "CREATE TABLE in_ts (i int PRIMARY KEY) TABLESPACE ts1; \
+         INSERT INTO in_ts SELECT generate_series(1, 1000)",
+    );
+    let oid =
+        f.c.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+    let root = fs.path().join("restore");
+    std::fs::create_dir(&root).unwrap();
+    let (data, ts) = (root.join("data"), root.join("ts"));
+    for (from, to) in [(f.copy(), &data), (f.work.path().join("ts"), &ts)] {
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(&from)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let ts_link = f.work.path().join("ts-link");
+    std::os::unix::fs::symlink(&ts, &ts_link).unwrap();
+    let (before, ts_before) = (tree_digest(&data), tree_digest(&ts));
+    let (d, store, bindir) = (data.display().to_string(), f.store(), f.pg_bin());
+    let arg = format!("{oid}={}", ts_link.display());
+    let r: Run = f
+        .tool
+        .cmd(&[
+            "drill", "--pgdata", &d, "--store", &store, "--pg-bin", &bindir, "--json",
+        ])
+        .args(["--tablespace", &arg])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["clone_method"], "reflink", "{r:?}");
+    assert!(r.json()["checks"]["table_counts"].as_u64().unwrap() >= 5);
+    let human = f.tool.run(&[
+        "drill",
+        "--pgdata",
+        &d,
+        "--store",
+        &store,
+        "--pg-bin",
+        &bindir,
+        "--tablespace",
+        &arg,
+    ]);
+    assert_eq!(human.code, 0, "{human:?}");
+    assert!(human.stdout.contains("clone: reflink clone"), "{human:?}");
+    assert_eq!(tree_digest(&data), before, "drill changed the copy");
+    assert_eq!(
+        tree_digest(&ts),
+        ts_before,
+        "drill changed the tablespace copy"
+    );
+    assert_nothing_left_in(&root);
 }

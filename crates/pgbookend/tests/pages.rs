@@ -38,6 +38,37 @@ impl Setup {
         self.tool.store_path().display().to_string()
     }
 
+    /// `tar` of PGDATA (while the cluster writes) unpacked to `work/<name>`.
+    fn tar_copy(&self, name: &str) -> PathBuf {
+        let tar = self.work.path().join(format!("{name}.tar"));
+        common::tar_pgdata(&self.c, &tar);
+        let dest = self.work.path().join(name);
+        std::fs::create_dir_all(&dest).unwrap();
+        let st = Command::new("tar")
+            .arg("-xf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&dest)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        dest
+    }
+
+    /// `rsync -a` of PGDATA (while the cluster writes) to `work/<name>`; files that
+    /// vanish mid-copy (exit 24) are what rsync of a live directory reports.
+    fn rsync_copy(&self, name: &str) -> PathBuf {
+        let dest = self.work.path().join(name);
+        let st = Command::new("rsync")
+            .arg("-a")
+            .arg(format!("{}/", self.c.pgdata().display()))
+            .arg(&dest)
+            .status()
+            .unwrap();
+        assert!(matches!(st.code(), Some(0 | 24)), "rsync: {st:?}");
+        dest
+    }
+
     /// `cp -a` of PGDATA to `work/<name>`.
     fn cp_copy(&self, name: &str) -> PathBuf {
         let dest = self.work.path().join(name);
@@ -113,27 +144,17 @@ fn flip(path: &Path, at: u64) {
     f.write_all_at(&b, at).unwrap();
 }
 
-/// tar and cp copies taken while pgbench writes: no page is corrupt, none is late.
+/// tar, rsync and cp copies taken while pgbench writes: no page is corrupt, none is late.
 fn good_copies(major: u32) {
     let s = Setup::new(major, true);
     s.tool.start("good", &[]).ok();
     let bench = s.c.pgbench_background(2, 3);
-    let tar = s.work.path().join("data.tar");
-    common::tar_pgdata(&s.c, &tar);
+    let untar = s.tar_copy("tar");
+    let rsync = s.rsync_copy("rsync");
     let cp = s.cp_copy("cp");
     bench.wait().expect("pgbench");
     s.tool.stop("good", &[]).ok();
-    let untar = s.work.path().join("tar");
-    std::fs::create_dir_all(&untar).unwrap();
-    assert!(Command::new("tar")
-        .arg("-xf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(&untar)
-        .status()
-        .unwrap()
-        .success());
-    for data in [&untar, &cp] {
+    for data in [&untar, &rsync, &cp] {
         let r = s.verify(data, &[]).ok();
         let p = pages(&r);
         assert_eq!(p["corrupt_count"], 0, "{r:?}");
@@ -288,19 +309,26 @@ fn copy_after_stop(major: u32) {
 }
 per_major!(copy_after_stop_t, copy_after_stop);
 
-/// Without data checksums the header checks still run: a page whose pd_lower and pd_upper
-/// were zeroed is corrupt; the report says checksums are off.
+/// Without data checksums: tar and cp copies taken while pgbench writes are good (no
+/// page corrupt, none late, every page read, the report says checksums are off); the
+/// header checks still run: a page whose pd_lower and pd_upper were zeroed is corrupt.
 fn checksums_off_headers(major: u32) {
     let s = Setup::new(major, false);
     let cold = s.rel_file("cold");
     s.tool.start("nosum", &[]).ok();
     let bench = s.c.pgbench_background(2, 2);
+    let untar = s.tar_copy("nosum-tar");
     let data = s.cp_copy("nosum");
     bench.wait().expect("pgbench");
     s.tool.stop("nosum", &[]).ok();
-    let r = s.verify(&data, &[]).ok();
-    assert_eq!(pages(&r)["checksums"], false, "{r:?}");
-    assert_eq!(pages(&r)["corrupt_count"], 0, "{r:?}");
+    for copy in [&untar, &data] {
+        let r = s.verify(copy, &[]).ok();
+        let p = pages(&r);
+        assert_eq!(p["checksums"], false, "{r:?}");
+        assert_eq!(p["corrupt_count"], 0, "{r:?}");
+        assert_eq!(p["late_count"], 0, "{r:?}");
+        assert!(p["pages"].as_u64().unwrap() > 1000, "{p}");
+    }
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(data.join(&cold))

@@ -17,7 +17,7 @@ const HEAP_ROWS: u32 = 5;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Failure {
     pub database: String,
-    /// `amcheck`, `btree`, `heap`, `count`, or `connect`.
+    /// `amcheck`, `btree`, `heap`, `count`, `connect`, `recovery`, or `prepare`.
     pub check: String,
     /// The index or table (schema-qualified), or the extension.
     pub object: String,
@@ -43,6 +43,13 @@ impl Checks {
     pub fn recovery_failed(&mut self, message: &str) {
         self.run += 1;
         self.fail("", "recovery", "server", message);
+    }
+
+    /// Records that prepare refused the copy (its page check, its bundle checks): the one
+    /// check that ran, failed.
+    pub fn prepare_refused(&mut self, message: &str) {
+        self.run += 1;
+        self.fail("", "prepare", "copy", message);
     }
 
     fn fail(&mut self, database: &str, check: &str, object: &str, message: &str) {

@@ -14,8 +14,8 @@ use std::path::Path;
 /// `FICLONE` from `linux/fs.h`: `_IOW(0x94, 9, int)`.
 const FICLONE: libc::c_ulong = 0x4004_9409;
 
-/// How the clone was made, for the report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How the clone was made, for the report; ordered from the cheapest to the costliest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     /// Every file shares its blocks with the copy (nothing was copied).
@@ -100,13 +100,15 @@ fn forced_copy() -> bool {
 }
 
 /// True if a file of `src` can be reflinked into `scratch` (same filesystem, and one that
-/// shares blocks).
+/// shares blocks). The probe is the first regular file found in `src` (a data directory's
+/// `PG_VERSION`, a tablespace's first relation file), never through a link; a tree with no
+/// file at all has nothing to copy and counts as reflinked.
 fn can_reflink(src: &Path, scratch: &Dir) -> bool {
     let Ok(from) = Dir::open(src) else {
         return false;
     };
-    let Ok(f) = from.open_file("PG_VERSION") else {
-        return false;
+    let Some(f) = first_file(&from, 0) else {
+        return true;
     };
     let probe = ".reflink-probe";
     let Ok(t) = scratch.create_file(probe, 0o600) else {
@@ -118,6 +120,28 @@ fn can_reflink(src: &Path, scratch: &Dir) -> bool {
     ok
 }
 
+/// The first regular file below `dir` (`PG_VERSION` first), at most a few levels deep and
+/// never through a link.
+fn first_file(dir: &Dir, depth: u32) -> Option<std::fs::File> {
+    if let Ok(f) = dir.open_file("PG_VERSION") {
+        return Some(f);
+    }
+    let mut names = dir.entries().ok()?;
+    names.sort();
+    for n in names.iter().take(10_000) {
+        match dir.lstat(n).map(|st| kind(&st)) {
+            Ok(libc::S_IFREG) => return dir.open_file(n).ok(),
+            Ok(libc::S_IFDIR) if depth < 4 => {
+                if let Some(f) = dir.open_dir(n).ok().and_then(|d| first_file(&d, depth + 1)) {
+                    return Some(f);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Refuses a copy holding a link anywhere (an overlay would expose it to the server).
 fn refuse_links(dir: &Dir, rel: &str, walk: &Walk) -> Result<()> {
     for n in dir
@@ -127,15 +151,8 @@ fn refuse_links(dir: &Dir, rel: &str, walk: &Walk) -> Result<()> {
         if (walk.stop)() {
             return Err(super::interrupted());
         }
-        let sub = if rel.is_empty() {
-            n.to_string_lossy().into_owned()
-        } else {
-            format!("{rel}/{}", n.to_string_lossy())
-        };
-        let st = dir
-            .lstat(&n)
-            .map_err(|e| io(&dir.display_path(&n), "cannot stat", e))?;
-        match kind(&st) {
+        let (sub, k) = entry(dir, rel, &n)?;
+        match k {
             libc::S_IFLNK if walk.allowed.contains(&sub) => {}
             libc::S_IFLNK => return Err(link_refused(&sub, &dir.display_path(&n))),
             libc::S_IFDIR => {
@@ -238,15 +255,8 @@ fn clone_dir(from: &Dir, parent: &Dir, name: &OsStr, rel: &str, walk: &mut Walk)
         if (walk.stop)() {
             return Err(super::interrupted());
         }
-        let sub = if rel.is_empty() {
-            n.to_string_lossy().into_owned()
-        } else {
-            format!("{rel}/{}", n.to_string_lossy())
-        };
-        let st = from
-            .lstat(&n)
-            .map_err(|e| io(&from.display_path(&n), "cannot stat", e))?;
-        match kind(&st) {
+        let (sub, k) = entry(from, rel, &n)?;
+        match k {
             libc::S_IFDIR => {
                 let d = from
                     .open_dir(&n)
@@ -260,6 +270,20 @@ fn clone_dir(from: &Dir, parent: &Dir, name: &OsStr, rel: &str, walk: &mut Walk)
         }
     }
     Ok(())
+}
+
+/// The path of entry `name` of `dir` relative to the copy (`rel` is the directory's), and
+/// its file type from `lstat` (a link is never followed).
+fn entry(dir: &Dir, rel: &str, name: &OsStr) -> Result<(String, libc::mode_t)> {
+    let sub = if rel.is_empty() {
+        name.to_string_lossy().into_owned()
+    } else {
+        format!("{rel}/{}", name.to_string_lossy())
+    };
+    let st = dir
+        .lstat(name)
+        .map_err(|e| io(&dir.display_path(name), "cannot stat", e))?;
+    Ok((sub, kind(&st)))
 }
 
 /// The refusal for a link inside the copy.

@@ -21,6 +21,7 @@ use record::{Record, WalReplayed};
 use server::{Owner, Places, Server};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
 /// The name prefix of a drill's scratch directory (`.pgbookend-drill.<pid>.<random>`),
 /// beside the copy: a later drill removes one whose drill is gone (killed with SIGKILL).
@@ -38,7 +39,14 @@ pub struct DrillOptions {
     /// Where the copy of each tablespace was restored (`--tablespace OID=PATH`): each is
     /// cloned too, and the clone's tablespace links point at those clones.
     pub tablespaces: Vec<(u32, PathBuf)>,
+    /// How long the server may take to recover and open (`--timeout`); `None` is
+    /// [`DEFAULT_TIMEOUT`].
+    pub timeout: Option<Duration>,
 }
+
+/// The default bound on recovery: an hour covers the replay of a large window on slow
+/// disks; a recovery that takes longer is stopped and reported, never waited for forever.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Set by SIGTERM, SIGINT or SIGHUP: drill stops, cleans up and fails.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -252,12 +260,19 @@ pub fn drill(opts: &DrillOptions) -> Result<Record> {
     let warnings = remove_leftovers(&opts.pgdata);
     let scratch = Scratch::create(&opts.pgdata, &owner)?;
     let sdir = scratch.dir()?;
+    let t0 = Instant::now();
     let method = clone_all(opts, &scratch, &sdir)?;
     let data = scratch.path.join(clone::DATA);
-    let (id, pages_verified) = prepare_clone(opts, &data, &scratch.path)?;
+    let t1 = Instant::now();
+    let prepared = prepare_clone(opts, &data, &scratch.path)?;
+    let phase_seconds = record::Phases {
+        clone: (t1 - t0).as_secs_f64(),
+        prepare: t1.elapsed().as_secs_f64(),
+        checks: 0.0,
+    };
     let mut rec = Record {
         format: record::FORMAT,
-        id,
+        id: prepared.id,
         pgdata: opts.pgdata.display().to_string(),
         started,
         finished: String::new(),
@@ -266,8 +281,9 @@ pub fn drill(opts: &DrillOptions) -> Result<Record> {
         pg_major: major,
         server: bindir.join("postgres").display().to_string(),
         recovery_seconds: 0.0,
+        phase_seconds,
         wal_replayed: None,
-        pages_verified,
+        pages_verified: prepared.pages,
         checks: checks::Checks::default(),
         stored_in: Vec::new(),
         warnings,
@@ -280,7 +296,11 @@ pub fn drill(opts: &DrillOptions) -> Result<Record> {
         owner: &owner,
         major,
     };
-    exercise(&ctx, &mut rec)?;
+    match &prepared.refused {
+        // The copy was judged and refused: the drill's verdict, recorded like a check.
+        Some(why) => rec.checks.prepare_refused(why),
+        None => exercise(&ctx, &mut rec)?,
+    }
     scratch.remove().map_err(|e| {
         Error::env(format!(
             "cannot remove the drill clone {}: {e}",
@@ -304,8 +324,8 @@ fn ts_name(oid: u32) -> String {
     format!("ts{oid}")
 }
 
-/// Clones the copy and each tablespace copy; the method reported is the copy's, or a
-/// full copy if any tablespace needed one.
+/// Clones the copy and each tablespace copy; the method reported is the costliest used
+/// (a reflink only if every tree was reflinked).
 fn clone_all(opts: &DrillOptions, scratch: &Scratch, sdir: &Dir) -> Result<clone::Method> {
     let links: Vec<String> = opts
         .tablespaces
@@ -320,25 +340,32 @@ fn clone_all(opts: &DrillOptions, scratch: &Scratch, sdir: &Dir) -> Result<clone
         &links,
         &stopped,
     )?;
-    for (oid, path) in &opts.tablespaces {
+    for (oid, given) in &opts.tablespaces {
+        // The operator's path is resolved once to the real directory (it may be reached
+        // through a link of theirs); nothing below it is ever followed.
+        let path = &std::fs::canonicalize(given).map_err(|e| {
+            Error::usage(format!("--tablespace {oid}={}: {e}", given.display()))
+                .hint("give the directory the tablespace's copy was restored to")
+        })?;
         let m = clone::make_clone(path, sdir, &scratch.path, &ts_name(*oid), &[], &stopped)?;
-        if m == clone::Method::FullCopy {
-            method = m;
-        }
+        method = method.max(m);
     }
     Ok(method)
 }
 
-/// Prepares the clone with the restore engine (recovery to the end of the backup, then
-/// promotion; each tablespace remapped to its clone); returns the backup ID. A refusal is
-/// a failed check (exit 6).
-/// Prepares the clone (prepare's page check included); returns the backup ID and the
-/// number of pages the page check judged.
-fn prepare_clone(
-    opts: &DrillOptions,
-    data: &Path,
-    scratch: &Path,
-) -> Result<(String, Option<u64>)> {
+/// What preparing the clone gave: the backup ID, the pages prepare's page check judged,
+/// and, when prepare refused the copy, why.
+struct Prepared {
+    id: String,
+    pages: Option<u64>,
+    refused: Option<String>,
+}
+
+/// Prepares the clone with the restore engine (the page check included; recovery to the
+/// end of the backup, then promotion; each tablespace remapped to its clone). A refusal of
+/// a copy whose backup is known is returned for the record; one before the backup is
+/// known is an error.
+fn prepare_clone(opts: &DrillOptions, data: &Path, scratch: &Path) -> Result<Prepared> {
     let popts = PrepareOptions {
         pgdata: data.to_path_buf(),
         store: opts.store.clone(),
@@ -354,19 +381,25 @@ fn prepare_clone(
         ..PrepareOptions::default()
     };
     let report = crate::restore::exec::prepare(&popts)?;
-    if !report.problems.is_empty() {
-        let list: Vec<String> = report.problems.iter().map(|p| p.message.clone()).collect();
-        return Err(Error::new(
-            Class::Check,
-            format!("prepare refused the copy: {}", list.join("; ")),
-        )
-        .hint("run `pgbookend verify --pgdata COPY` for the details; the copy was not changed"));
-    }
     let pages = report.pages.as_ref().map(|p| p.pages);
-    let id = report
-        .id
-        .ok_or_else(|| Error::internal("prepare reported no backup ID"))?;
-    Ok((id, pages))
+    let refused = (!report.problems.is_empty()).then(|| {
+        let list: Vec<&str> = report
+            .problems
+            .iter()
+            .take(5)
+            .map(|p| p.message.as_str())
+            .collect();
+        format!("prepare refused the copy: {}", list.join("; "))
+    });
+    let Some(id) = report.id else {
+        return Err(match refused {
+            Some(why) => Error::new(Class::Check, why).hint(
+                "run `pgbookend verify --pgdata COPY` for the details; the copy was not changed",
+            ),
+            None => Error::internal("prepare reported no backup ID"),
+        });
+    };
+    Ok(Prepared { id, pages, refused })
 }
 
 /// What the server steps of a drill work with.
@@ -427,7 +460,8 @@ fn run_server(
     ctx: &Ctx,
     rec: &mut Record,
 ) -> Result<()> {
-    let took = match srv.wait_open(&stopped) {
+    let limit = ctx.opts.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let took = match srv.wait_open(limit, &stopped) {
         Ok(t) => t,
         // A server that does not recover is the drill's verdict, recorded like a check.
         Err(e) if e.class() == Class::Check && !stopped() => {
@@ -455,7 +489,9 @@ fn run_server(
         heapam: version::has_verify_heapam(ctx.major),
         no_amcheck: ctx.opts.no_amcheck,
     };
+    let t0 = Instant::now();
     rec.checks = checks::run_all(srv, &settings, &stopped)?;
+    rec.phase_seconds.checks = t0.elapsed().as_secs_f64();
     Ok(())
 }
 
@@ -487,6 +523,11 @@ pub fn render(r: &Record) -> String {
     h.push_str(&format!(
         "  recovery: {:.2} s until the server was consistent and open\n",
         r.recovery_seconds
+    ));
+    let p = &r.phase_seconds;
+    h.push_str(&format!(
+        "  time: clone {:.2} s, prepare {:.2} s (page check included), checks {:.2} s\n",
+        p.clone, p.prepare, p.checks
     ));
     if let Some(w) = &r.wal_replayed {
         h.push_str(&format!(

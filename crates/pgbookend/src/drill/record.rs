@@ -26,6 +26,15 @@ pub struct WalReplayed {
     pub bytes: u64,
 }
 
+/// Seconds each part of a drill took: the clone, prepare (its page check included), and
+/// the checks on the recovered server.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Phases {
+    pub clone: f64,
+    pub prepare: f64,
+    pub checks: f64,
+}
+
 /// Everything a drill found: printed with `--json` and stored as `drill.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
@@ -41,6 +50,9 @@ pub struct Record {
     pub server: String,
     /// Seconds from the server's start until recovery ended and it accepted connections.
     pub recovery_seconds: f64,
+    /// Where the drill's time went (the parts beside recovery), for judging its cost.
+    #[serde(default)]
+    pub phase_seconds: Phases,
     pub wal_replayed: Option<WalReplayed>,
     /// Pages whose checksums were verified by prepare (not measured by this version).
     pub pages_verified: Option<u64>,

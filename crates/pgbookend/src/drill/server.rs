@@ -262,12 +262,16 @@ impl Server {
     }
 
     /// Waits until recovery has ended and the server accepts connections as a primary.
-    /// Fails if the server exits, or when `stop` says a signal asked drill to end.
-    pub fn wait_open(&mut self, stop: &dyn Fn() -> bool) -> Result<Duration> {
+    /// Fails if the server exits, after `limit`, or when `stop` says a signal asked drill
+    /// to end.
+    pub fn wait_open(&mut self, limit: Duration, stop: &dyn Fn() -> bool) -> Result<Duration> {
         let t0 = Instant::now();
         loop {
             if stop() {
                 return Err(super::interrupted());
+            }
+            if t0.elapsed() > limit {
+                return Err(self.timed_out(limit));
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(Error::new(
@@ -302,6 +306,17 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The error of a recovery that did not end within `limit` (the server is stopped by
+    /// the caller).
+    fn timed_out(&self, limit: Duration) -> Error {
+        Error::env(format!(
+            "the drill server did not finish recovery within {} (--timeout); it was stopped and the clone removed; its log ends with:\n{}",
+            crate::timefmt::human_duration(limit),
+            self.log_tail()
+        ))
+        .hint("if recovery was progressing, run drill again with a longer --timeout (e.g. --timeout 4h); the backup was not judged")
     }
 
     /// Stops the server: fast shutdown, then immediate, then SIGKILL of its process group;
