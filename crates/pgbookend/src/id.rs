@@ -5,6 +5,15 @@ use crate::error::{Error, Result};
 /// The longest accepted backup ID.
 pub const MAX_LEN: usize = 64;
 
+/// Names a store uses for itself, beside the bundles: the WAL archive (`archive/`) and
+/// `check`'s probes. No backup may take them, and `list`/`expire` never see them as
+/// bundles (so `expire --include-partial` can never remove the archive).
+pub const RESERVED: &[&str] = &[ARCHIVE_DIR, CHECK_DIR];
+/// The WAL archive's directory in a store.
+pub const ARCHIVE_DIR: &str = "archive";
+/// The directory of `check`'s probe objects in a store.
+pub const CHECK_DIR: &str = "pgbookend-check";
+
 /// Checks a caller-supplied backup ID. It names directories and is the server-side
 /// label, so anything that could escape a directory or confuse a shell is refused.
 pub fn validate(id: &str) -> Result<()> {
@@ -19,6 +28,11 @@ pub fn validate(id: &str) -> Result<()> {
         return Err(bad(&format!(
             "it has {} characters, at most {MAX_LEN} are allowed",
             id.len()
+        )));
+    }
+    if RESERVED.contains(&id) {
+        return Err(bad(&format!(
+            "{id:?} is the name of pgbookend's own directory in a store"
         )));
     }
     let first = id.as_bytes()[0];
@@ -89,6 +103,9 @@ mod tests {
         assert!(validate("a/b").is_err());
         assert!(validate("a b").is_err());
         assert!(validate("-rf").is_err());
+        assert!(validate("archive").is_err());
+        assert!(validate("pgbookend-check").is_err());
+        assert!(validate("archive-1").is_ok());
     }
 
     #[test]

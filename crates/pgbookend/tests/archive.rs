@@ -678,6 +678,18 @@ fn wal_archive_in_store(major: u32) {
         serde_json::from_slice(&std::fs::read(tool.bundle_dir("sa").join("bundle.json")).unwrap())
             .unwrap();
     assert_eq!(m["archive_stores"], serde_json::json!([store]), "{m}");
+    // The archive beside the bundles is not a bundle: list shows only "sa", and expire of
+    // partial bundles can never take the archive (nor can a backup be called "archive").
+    let list = tool.run(&["list", "--store", &store, "--json"]).ok().json();
+    let ids: Vec<&str> = list["bundles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["sa"], "{list}");
+    let named = tool.run(&["start", "--id", "archive", "--store", &store]);
+    assert_eq!(named.code, 2, "{named:?}");
     let wal = m["wal"].as_array().unwrap();
     assert!(!wal.is_empty());
     let sysid = c.system_identifier();

@@ -10,7 +10,7 @@
 use pgbookend_formats::walname::{WalKind, WalName};
 
 /// The top directory of the archive in every store.
-pub const ROOT: &str = "archive";
+pub const ROOT: &str = crate::id::ARCHIVE_DIR;
 /// The directory of timeline history files.
 pub const HISTORY_DIR: &str = "history";
 /// The suffix of every archived object (a zstd frame).

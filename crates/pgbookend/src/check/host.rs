@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// The directory of probe objects in a store (removed again when empty).
-const PROBE_DIR: &str = "pgbookend-check";
+use super::PROBE_DIR;
 
 /// Writes a small random object to `url`, reads it back, compares and deletes it.
 pub fn probe_store(url: &str) -> Line {

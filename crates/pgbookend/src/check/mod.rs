@@ -13,6 +13,9 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The directory of `check`'s probe objects in a store (reserved: no backup ID).
+pub const PROBE_DIR: &str = crate::id::CHECK_DIR;
+
 /// The verdict of one line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
