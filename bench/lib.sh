@@ -3,7 +3,7 @@
 # its cleanup (agents, servers, the directory) on any exit, and a throwaway cluster.
 #
 # The sourcing script sets NAME (for messages), TMPBASE and KEEP (0/1), and PGBIN (the
-# server's bin directory) before calling bench_start_cluster. It may define
+# server's bin directory; PSQL too when that has no psql) before calling bench_start_cluster. It may define
 # bench_cleanup_first / bench_cleanup_last, run at the start / end of cleanup (its own
 # background processes). The scripts themselves only measure.
 
@@ -99,13 +99,18 @@ bench_start_cluster() {
     "-c listen_addresses='' -c unix_socket_directories='$WORK/sock' -c port=5432 -c wal_level=replica -c archive_mode=off $opts" \
     >/dev/null || { cat "$WORK/server.log" >&2; die "server did not start"; }
   PM_PID=$(head -1 "$WORK/data/postmaster.pid")
-  for v in $(env | sed -n 's/^\(PG[A-Z_]*\)=.*/\1/p'); do unset "$v"; done
+  # The caller's libpq settings go (the bench talks to its own server only); pgbookend's
+  # own settings (PGBOOKEND_STATE_DIR...) stay.
+  for v in $(env | sed -n 's/^\(PG[A-Z_]*\)=.*/\1/p'); do
+    case "$v" in PGBOOKEND_*) ;; *) unset "$v" ;; esac
+  done
   export PGHOST=$WORK/sock PGPORT=5432 PGUSER=postgres PGDATABASE=postgres
   : >"$WORK/empty.toml"
   export PGBOOKEND_CONFIG=$WORK/empty.toml
   PGV=$(q -c 'SHOW server_version' | awk '{ print $1 }')
 }
-q() { "$PGBIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
+# q: psql -At on the cluster ($PSQL if set: the npm server builds have no psql).
+q() { "${PSQL:-$PGBIN/psql}" -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
 
 # timed CMD... -> US (wall), HWM (peak RSS kB), RC; output in $WORK/out.txt, err.txt.
 timed() {

@@ -44,85 +44,49 @@ while [ $# -gt 0 ]; do
 done
 case "$MAJOR" in 13|14|15|16|17|18) ;; *) echo "s3.sh: --major must be 13..18" >&2; exit 2 ;; esac
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+NAME=s3.sh
 CLIENT_BIN=/usr/lib/postgresql/15/bin
 if [ "$MAJOR" = 15 ] && [ -x /usr/lib/postgresql/15/bin/postgres ]; then
-  SERVER_BIN=/usr/lib/postgresql/15/bin
+  PGBIN=/usr/lib/postgresql/15/bin
 else
-  SERVER_BIN=${PGBOOKEND_PG_DIR:-/var/cache/pgbookend/pg}/$MAJOR/bin
+  PGBIN=${PGBOOKEND_PG_DIR:-/var/cache/pgbookend/pg}/$MAJOR/bin
 fi
 PSQL=$CLIENT_BIN/psql
+MOTO_PID=
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 if [ "$(id -u)" = 0 ]; then MOTO_DIR=${PGBOOKEND_MOTO_DIR:-/var/cache/pgbookend/moto}
 else MOTO_DIR=${PGBOOKEND_MOTO_DIR:-$HOME/.cache/pgbookend/moto}; fi
 MOTO=${PGBOOKEND_MOTO_SERVER:-$MOTO_DIR/bin/moto_server}
 [ -x "$MOTO" ] || MOTO=$(command -v moto_server || true)
-for f in "$SERVER_BIN/initdb" "$SERVER_BIN/pg_ctl" "$SERVER_BIN/postgres" "$PSQL" "$MOTO"; do
+for f in "$PGBIN/initdb" "$PGBIN/pg_ctl" "$PGBIN/postgres" "$PSQL" "$MOTO"; do
   if [ -z "$f" ] || [ ! -x "$f" ]; then echo "s3.sh: ${f:-moto_server} missing (run scripts/install-deps)" >&2; exit 4; fi
 done
 command -v curl >/dev/null || { echo "s3.sh: curl missing (run scripts/install-deps)" >&2; exit 4; }
 [ -n "${EPOCHREALTIME:-}" ] || { echo "s3.sh: needs bash >= 5 (EPOCHREALTIME)" >&2; exit 4; }
-
-# ---------------------------------------------------------------- state and cleanup
-WORK=
-PM_PID=
-MOTO_PID=
-AGENT_PIDS=()
-BIN=
-
-as_owner() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
-is_our_agent() { alive "$1" && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q "^$BIN __agent "; }
-
-cleanup() {
-  local rc=$? p
-  trap - EXIT INT TERM
-  set +e
-  for p in "${AGENT_PIDS[@]}"; do
-    is_our_agent "$p" && kill -TERM "$p" 2>/dev/null   # the agent aborts its backup and exits
-  done
-  for p in "${AGENT_PIDS[@]}"; do
-    for _ in $(seq 50); do is_our_agent "$p" || break; sleep 0.1; done
-    is_our_agent "$p" && kill -KILL "$p" 2>/dev/null
-  done
-  if alive "$PM_PID"; then
-    as_owner "$SERVER_BIN/pg_ctl" -D "$WORK/data" -m fast -w -t 30 stop >/dev/null 2>&1
-    alive "$PM_PID" && kill -KILL "$PM_PID" 2>/dev/null
-  fi
+# The S3 server goes last, after the agents and the cluster (lib.sh's cleanup).
+bench_cleanup_last() {
   if alive "$MOTO_PID"; then kill -TERM "$MOTO_PID" 2>/dev/null; sleep 0.5; alive "$MOTO_PID" && kill -KILL "$MOTO_PID"; fi
-  if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-    if [ "$KEEP" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
-  fi
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-die() { echo "s3.sh: $*" >&2; exit 1; }
-note() { echo "# $*" >&2; }
 
 # ---------------------------------------------------------------- build
 if [ -n "$BIN_ARG" ]; then
   SRC_BIN=$BIN_ARG
 else
-  note "building: cargo build --release -p pgbookend"
-  (cd "$ROOT" && cargo build --release --quiet -p pgbookend) || die "build failed"
-  SRC_BIN=$ROOT/target/release/pgbookend
+  bench_build
+  SRC_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/pgbookend
 fi
 [ -x "$SRC_BIN" ] || die "$SRC_BIN is not executable"
 
-WORK=$(mktemp -d "$TMPBASE/pgbookend-bench-s3.XXXXXX")
-chmod 755 "$WORK"
+bench_workdir bench-s3
 BIN=$WORK/pgbookend          # a private copy: a rebuild cannot swap it under a running agent
 cp "$SRC_BIN" "$BIN"
 BIN_SHA=$(sha256sum "$BIN" | cut -c1-12)
 BIN_VERSION=$("$BIN" --version 2>/dev/null | head -1 || echo "?")
 RUNDIR=$WORK/run
 STORE=$WORK/bundles
-mkdir -p "$WORK/sock" "$WORK/samples" "$WORK/tmp" "$WORK/moto"
-mkdir -m 700 "$WORK/data"
-touch "$WORK/server.log"
-if [ "$(id -u)" = 0 ]; then chown postgres: "$WORK/sock" "$WORK/data" "$WORK/server.log"; fi
+mkdir -p "$WORK/samples" "$WORK/tmp" "$WORK/moto"
+export PGBOOKEND_STATE_DIR=$WORK/state
 
 # ---------------------------------------------------------------- S3 server
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -152,20 +116,11 @@ s3_clear() {
 }
 
 # ---------------------------------------------------------------- cluster
-note "initdb: PostgreSQL $MAJOR from $SERVER_BIN in $WORK/data"
-as_owner "$SERVER_BIN/initdb" -D "$WORK/data" -U postgres --auth=trust -E UTF8 --locale=C \
-  >"$WORK/initdb.log" 2>&1 || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
-as_owner "$SERVER_BIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -t 60 start -o \
-  "-c listen_addresses='' -c unix_socket_directories='$WORK/sock' -c port=5432 -c archive_mode=off -c max_wal_size=4GB -c wal_compression=off" \
-  >/dev/null || { cat "$WORK/server.log" >&2; die "server did not start"; }
-PM_PID=$(head -1 "$WORK/data/postmaster.pid")
-for v in $(env | sed -n 's/^\(PG[A-Z_]*\)=.*/\1/p'); do
-  case "$v" in PGBOOKEND_*) ;; *) unset "$v" ;; esac
-done
-export PGHOST=$WORK/sock PGPORT=5432 PGUSER=postgres PGDATABASE=postgres
+note "initdb: PostgreSQL $MAJOR from $PGBIN in $WORK/data"
+bench_start_cluster -- -c max_wal_size=4GB -c wal_compression=off
 printf 's3_retry_timeout = "2m"\n' >"$WORK/pgbookend.toml"
 export PGBOOKEND_CONFIG=$WORK/pgbookend.toml
-psql_q() { "$PSQL" -X -q -A -t -v ON_ERROR_STOP=1 -c "$1"; }
+psql_q() { q -c "$1"; }
 SERVER_VERSION=$(psql_q 'SHOW server_version' | awk '{ print $1; exit }')
 psql_q "CREATE EXTENSION IF NOT EXISTS pgcrypto" >/dev/null
 psql_q "CREATE TABLE w (b bytea); ALTER TABLE w ALTER COLUMN b SET STORAGE EXTERNAL" >/dev/null
@@ -230,7 +185,6 @@ done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- report
-median() { sort -n | awk '{ a[NR] = $1 } END { if (NR == 0) print "?"; else if (NR % 2) print a[(NR + 1) / 2]; else print int((a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
 col() { awk -v s="$1" -v c="$2" '$1 == s { print $c }' "$WORK/samples/results"; }
 max() { sort -n | tail -1; }
 LOCAL_MS=$(col local 3 | median)
