@@ -582,9 +582,32 @@ fn prefetch_spool(major: u32) {
     // timeline's history file: that removes a spool still holding segments.
     assert!(!get(&done[0]));
     assert!(
-        wait_until(Duration::from_secs(30), || spooled(&done[1])),
+        wait_until(Duration::from_secs(30), || spooled(&done[3])
+            && workers_of(scratch.path()).is_empty()),
+        "the worker did not fetch {} and exit",
+        done[3]
+    );
+    // The server probes a newer timeline first for each segment (a history names one):
+    // that miss is not the end of the archive and keeps the spool.
+    let newer = format!("0000000E{}", &done[1][8..]);
+    let r = run_in(
+        scratch.path(),
+        &[
+            "archive-get",
+            &newer,
+            "pg_wal/RECOVERYXLOG",
+            "--store",
+            &store,
+            "--prefetch",
+            "3",
+        ],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(get(&done[1]), "a newer timeline's miss emptied the spool");
+    assert!(
+        wait_until(Duration::from_secs(30), || spooled(&done[2])),
         "the worker did not fetch {}",
-        done[1]
+        done[2]
     );
     let r = run_in(
         scratch.path(),

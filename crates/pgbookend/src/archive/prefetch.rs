@@ -154,6 +154,22 @@ impl Spool {
         }
     }
 
+    /// Whether the spool holds the segment of `name` on another timeline. Then a missing
+    /// `name` is the server probing a newer timeline for a segment that the archive has
+    /// on an older one (the worker stops at the first segment the archive lacks), not the
+    /// end of the archive: the spool is kept for the request that follows.
+    pub fn holds_elsewhere(&self, name: &WalName, seg_size: u32) -> bool {
+        let Some(segno) = name.segno(seg_size) else {
+            return false;
+        };
+        self.names().iter().any(|e| {
+            e.get(..wal::FILE_NAME_LEN)
+                .filter(|_| entry_sha(e).is_some())
+                .and_then(|n| wal::parse_file_name(n, seg_size))
+                .is_some_and(|(tli, no)| no == segno && tli != name.timeline())
+        })
+    }
+
     /// The archive has no segment `name`: recovery is ending (or waiting for more). The
     /// spool is removed now if no worker runs, else by the worker when it sees this.
     pub fn end(&self, parent: &Dir) {
@@ -216,6 +232,12 @@ impl Spool {
         }
         let _ = parent.rmdir(SPOOL);
     }
+}
+
+/// The SHA-256 of a spooled segment's entry name (`NAME-SHA256`), if it is one.
+fn entry_sha(entry: &str) -> Option<&str> {
+    let sha = entry.get(wal::FILE_NAME_LEN..)?.strip_prefix('-')?;
+    is_sha(sha).then_some(sha)
 }
 
 fn is_sha(s: &str) -> bool {
