@@ -496,9 +496,10 @@ fn workers_of(pgdata: &Path) -> Vec<u32> {
 
 /// archive-get with --prefetch: the segments after the one asked for are fetched into
 /// pg_wal/pgbookend-prefetch in the background and the next call takes its segment from
-/// there (byte-identical); hostile spool entries (a link to a file outside, a short file)
-/// are never followed or used, the segment comes from the store instead; a segment the
-/// archive lacks ends the prefetch and removes the spool and its worker.
+/// there (byte-identical); hostile spool entries (a link to a file outside, a short file,
+/// a hard link to a whole segment's worth of wrong bytes) are never followed or used, the
+/// segment comes from the store instead; a history file or a segment the archive lacks
+/// ends the prefetch and removes the spool and its worker.
 fn prefetch_spool(major: u32) {
     let a = Archived::local(major);
     a.c.psql("CREATE TABLE t (i int)");
@@ -519,6 +520,13 @@ fn prefetch_spool(major: u32) {
     let fake = "0".repeat(64);
     std::os::unix::fs::symlink(&target, spool.join(format!("{}-{fake}", done[2]))).unwrap();
     std::fs::write(spool.join(format!("{}-{fake}", done[3])), "short").unwrap();
+    // A hard link to a file outside the spool with a whole segment's size and wrong bytes.
+    let seg_len = std::fs::metadata(a.c.pgdata().join("pg_wal").join(&done[5]))
+        .unwrap()
+        .len();
+    let decoy = scratch.path().join("decoy");
+    std::fs::write(&decoy, vec![0x5a; seg_len as usize]).unwrap();
+    std::fs::hard_link(&decoy, spool.join(format!("{}-{fake}", done[5]))).unwrap();
     let store = a.store();
     let get = |seg: &str| {
         let r = run_in(
@@ -568,6 +576,57 @@ fn prefetch_spool(major: u32) {
     assert!(!get(&done[3]), "a short file in the spool must not be used");
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
     assert!(get(&done[4]), "{} should come from the spool", done[4]);
+    assert!(!get(&done[5]), "a hard link in the spool must not be used");
+    assert_eq!(std::fs::read(&decoy).unwrap(), vec![0x5a; seg_len as usize]);
+    // Recovery that ends at a target asks for no missing segment, only for a free
+    // timeline's history file: that removes a spool still holding segments.
+    assert!(!get(&done[0]));
+    assert!(
+        wait_until(Duration::from_secs(30), || spooled(&done[3])
+            && workers_of(scratch.path()).is_empty()),
+        "the worker did not fetch {} and exit",
+        done[3]
+    );
+    // The server probes a newer timeline first for each segment (a history names one):
+    // that miss is not the end of the archive and keeps the spool.
+    let newer = format!("0000000E{}", &done[1][8..]);
+    let r = run_in(
+        scratch.path(),
+        &[
+            "archive-get",
+            &newer,
+            "pg_wal/RECOVERYXLOG",
+            "--store",
+            &store,
+            "--prefetch",
+            "3",
+        ],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(get(&done[1]), "a newer timeline's miss emptied the spool");
+    assert!(
+        wait_until(Duration::from_secs(30), || spooled(&done[2])),
+        "the worker did not fetch {}",
+        done[2]
+    );
+    let r = run_in(
+        scratch.path(),
+        &[
+            "archive-get",
+            "0000000F.history",
+            "pg_wal/RECOVERYHISTORY",
+            "--store",
+            &store,
+            "--prefetch",
+            "3",
+        ],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        wait_until(Duration::from_secs(30), || !spool.exists()
+            && workers_of(scratch.path()).is_empty()),
+        "the spool or its worker is left after a missing history file"
+    );
     let missing = "00000001000000FF000000FE";
     let r = run_in(
         scratch.path(),

@@ -174,5 +174,16 @@ fn only_on(major: u32) {
         stop.code, 2,
         "the old skip record must not hide it: {stop:?}"
     );
+    // ... nor a start whose role check fails (the server unreachable).
+    let skipped = on_standby.start("job-q", &["--only-on", "primary"]).ok();
+    assert_eq!(skipped.json()["skipped"], true, "{skipped:?}");
+    let down = "host=/nonexistent-pgbookend-socket-dir port=1";
+    let failed = on_standby.start("job-q", &["--only-on", "primary", "-d", down]);
+    assert_ne!(failed.code, 0, "{failed:?}");
+    let stop = on_standby.stop("job-q", &[]);
+    assert_eq!(
+        stop.code, 2,
+        "a skip record survived a failed role check: {stop:?}"
+    );
 }
 per_major!(only_on_t, only_on);

@@ -61,7 +61,15 @@ pub fn get(s: &Settings, name: &str, dest: &str) -> Result<Fetched> {
     let got = fetch_any(s, &id, &name, &dir, &|_| file.clone())?;
     match (&spool, &got) {
         (Some(sp), Fetched::Restored(_)) => sp.kick(&name),
-        (Some(sp), Fetched::Missing) => sp.end(&dir),
+        (Some(sp), Fetched::Missing) if !sp.holds_elsewhere(&name, id.seg_size) => sp.end(&dir),
+        (Some(_), Fetched::Missing) => {}
+        // A missing history file: the server probes for a free timeline when recovery
+        // ends at a target (or at its start), so segments spooled ahead are not wanted.
+        (None, Fetched::Missing) if name.kind() == WalKind::History => {
+            if let Some(sp) = prefetch::Spool::existing(&dir) {
+                sp.end(&dir);
+            }
+        }
         (None, _) => {}
     }
     Ok(got)

@@ -55,6 +55,11 @@ impl Spool {
         parent.open_dir(SPOOL).ok().map(|dir| Spool { dir })
     }
 
+    /// The spool already in `parent`, if any (never created, a link never followed).
+    pub fn existing(parent: &Dir) -> Option<Spool> {
+        parent.open_dir(SPOOL).ok().map(|dir| Spool { dir })
+    }
+
     /// Moves a prefetched copy of `name` to `file` in `dest` (fsynced) and says what it
     /// was; `None` when the spool has no complete copy.
     pub fn take(
@@ -67,10 +72,7 @@ impl Spool {
         let Some((entry, sha)) = self.find(name) else {
             return Ok(None);
         };
-        let whole = self.dir.lstat(&entry).is_ok_and(|st| {
-            fsutil::kind(&st) == libc::S_IFREG && st.st_size as u64 == u64::from(id.seg_size)
-        });
-        if !whole || self.dir.rename(&entry, dest, file).is_err() {
+        if !self.move_checked(&entry, id.seg_size, dest, file) {
             let _ = self.dir.unlink(&entry);
             return Ok(None);
         }
@@ -84,6 +86,38 @@ impl Spool {
             skipped: Vec::new(),
             prefetched: true,
         }))
+    }
+
+    /// Renames `entry` to `file` in `dest` if it is a regular file of one segment that
+    /// only the spool names (one link) and that this user owns, opened without following
+    /// a link; after the rename `file` must still be that same file, else it is removed
+    /// again (an entry swapped between the check and the rename is never left at `%p`).
+    fn move_checked(&self, entry: &str, seg_size: u32, dest: &Dir, file: &str) -> bool {
+        let Ok(f) = self.dir.open_file(entry) else {
+            return false;
+        };
+        let Ok(st) = fsutil::fstat(f.as_raw_fd()) else {
+            return false;
+        };
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        let whole = fsutil::kind(&st) == libc::S_IFREG
+            && st.st_size as u64 == u64::from(seg_size)
+            && st.st_nlink == 1
+            && st.st_uid == me;
+        if !whole || self.dir.rename(entry, dest, file).is_err() {
+            return false;
+        }
+        let same = dest.lstat(file).is_ok_and(|now| {
+            fsutil::kind(&now) == libc::S_IFREG
+                && now.st_dev == st.st_dev
+                && now.st_ino == st.st_ino
+                && now.st_nlink == 1
+        });
+        if !same {
+            let _ = dest.unlink(file);
+        }
+        same
     }
 
     /// The spooled copy of `name`: its entry and SHA-256.
@@ -118,6 +152,22 @@ impl Spool {
         if self.try_lock().is_some() {
             let _ = spawn_worker();
         }
+    }
+
+    /// Whether the spool holds the segment of `name` on another timeline. Then a missing
+    /// `name` is the server probing a newer timeline for a segment that the archive has
+    /// on an older one (the worker stops at the first segment the archive lacks), not the
+    /// end of the archive: the spool is kept for the request that follows.
+    pub fn holds_elsewhere(&self, name: &WalName, seg_size: u32) -> bool {
+        let Some(segno) = name.segno(seg_size) else {
+            return false;
+        };
+        self.names().iter().any(|e| {
+            e.get(..wal::FILE_NAME_LEN)
+                .filter(|_| entry_sha(e).is_some())
+                .and_then(|n| wal::parse_file_name(n, seg_size))
+                .is_some_and(|(tli, no)| no == segno && tli != name.timeline())
+        })
     }
 
     /// The archive has no segment `name`: recovery is ending (or waiting for more). The
@@ -182,6 +232,12 @@ impl Spool {
         }
         let _ = parent.rmdir(SPOOL);
     }
+}
+
+/// The SHA-256 of a spooled segment's entry name (`NAME-SHA256`), if it is one.
+fn entry_sha(entry: &str) -> Option<&str> {
+    let sha = entry.get(wal::FILE_NAME_LEN..)?.strip_prefix('-')?;
+    is_sha(sha).then_some(sha)
 }
 
 fn is_sha(s: &str) -> bool {
