@@ -66,6 +66,9 @@ pub fn start_backup(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Be
     let id = match opts.id {
         Some(id) => {
             crate::id::validate(&id)?;
+            // An old skip record of this ID must never answer for this start, whatever
+            // makes it fail from here on.
+            crate::ha::forget(&id);
             id
         }
         None => crate::id::generate(),

@@ -166,6 +166,9 @@ enum Cmd {
     /// restore_command: restore one archived WAL file, checked, into %p
     /// (`restore_command = 'pgbookend archive-get %f %p'`). Exit 1 when no store has it.
     ArchiveGet(ArchiveGetArgs),
+    /// The prefetch worker `archive-get --prefetch` starts (internal).
+    #[command(name = "__archive-prefetch", hide = true)]
+    ArchivePrefetch(ArchiveGetArgs),
     #[command(name = "__agent", hide = true)]
     Agent { id: String },
 }
@@ -334,6 +337,17 @@ fn archive_push(
     }
 }
 
+/// The detached prefetch worker an earlier `archive-get` started (hidden): no output at all.
+fn archive_prefetch(cfg: &Config, a: ArchiveGetArgs) -> ExitCode {
+    let s =
+        pgbookend::archive::Settings::resolve(cfg, &a.stores, None, Some(1), a.pgdata.as_deref())
+            .and_then(|s| pgbookend::archive::with_prefetch(s, cfg, a.prefetch, a.jobs));
+    if let Ok(s) = &s {
+        pgbookend::archive::prefetch::work(s, &a.dest);
+    }
+    ExitCode::SUCCESS
+}
+
 /// `archive-get`: exit 1 with one short line when no store has the file, so that
 /// recovery ends cleanly at the end of the archive.
 fn archive_get(cfg: &Config, a: ArchiveGetArgs, json: bool) -> ExitCode {
@@ -341,13 +355,6 @@ fn archive_get(cfg: &Config, a: ArchiveGetArgs, json: bool) -> ExitCode {
     // One store with the file is enough to read it: archive_min_stores is for writing.
     let s = Settings::resolve(cfg, &a.stores, None, Some(1), a.pgdata.as_deref())
         .and_then(|s| pgbookend::archive::with_prefetch(s, cfg, a.prefetch, a.jobs));
-    if std::env::var_os(pgbookend::archive::prefetch::WORKER_ENV).is_some() {
-        // The detached prefetch worker an earlier archive-get started: no output at all.
-        if let Ok(s) = &s {
-            pgbookend::archive::prefetch::work(s, &a.dest);
-        }
-        return ExitCode::SUCCESS;
-    }
     let r = s.and_then(|s| get::get(&s, &a.name, &a.dest));
     match r {
         Ok(get::Fetched::Restored(r)) => {
@@ -1033,7 +1040,10 @@ fn dispatch(
             };
             metrics_output(&urls, run, output.as_deref(), json)
         }
-        Cmd::Agent { .. } | Cmd::Completions { .. } | Cmd::Manpages { .. } => {
+        Cmd::Agent { .. }
+        | Cmd::Completions { .. }
+        | Cmd::Manpages { .. }
+        | Cmd::ArchivePrefetch(_) => {
             unreachable!("handled above")
         }
     }
@@ -1083,6 +1093,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => return run_command(&run, &cfg, a, json, &hooks),
         Cmd::ArchivePush(a) => return archive_push(&cfg, a, json, &hooks),
         Cmd::ArchiveGet(a) => return archive_get(&cfg, a, json),
+        Cmd::ArchivePrefetch(a) => return archive_prefetch(&cfg, a),
         command => dispatch(command, &run, &cfg, json),
     };
     let (code, report, error) = match result {

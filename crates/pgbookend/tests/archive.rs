@@ -482,11 +482,11 @@ fn workers_of(pgdata: &Path) -> Vec<u32> {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
         let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
-        let marked = env
+        let marked = cmdline
             .split(|b| *b == 0)
-            .any(|kv| kv.starts_with(b"PGBOOKEND_PREFETCH_WORKER="));
+            .any(|a| a == b"__archive-prefetch");
         if marked && cwd.starts_with(pgdata) {
             out.push(pid);
         }

@@ -4,7 +4,7 @@
 //! into a spool beside `%p` (`pg_wal/pgbookend-prefetch`) while the server replays, so
 //! that the next `archive-get` only renames its segment into place.
 //!
-//! The worker is the same command line run again with [`WORKER_ENV`] set, detached in its
+//! The worker is the same command line run again as [`WORKER_SUBCOMMAND`], detached in its
 //! own process group; one runs per spool at a time (an advisory lock), and it exits when
 //! it has caught up with the newest request. A spooled segment got its final name
 //! (`NAME-SHA256`) only after it was unpacked, hashed and size-checked against the
@@ -23,8 +23,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The spool's name in the directory of `%p`.
 pub const SPOOL: &str = "pgbookend-prefetch";
-/// Set in the environment of the worker `archive-get` starts (internal).
-pub const WORKER_ENV: &str = "PGBOOKEND_PREFETCH_WORKER";
+/// The hidden subcommand of the worker `archive-get` starts: the same arguments, never
+/// an environment flag (one leaking into the server's environment would turn every
+/// `archive-get` into a worker that restores nothing and exits 0).
+pub const WORKER_SUBCOMMAND: &str = "__archive-prefetch";
 /// The most segments fetched ahead (1 GiB of 16 MiB segments).
 pub const MAX_AHEAD: u32 = 64;
 /// The most parallel fetches of the worker.
@@ -253,9 +255,20 @@ fn spawn_worker() -> io::Result<()> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(std::env::args_os().skip(1))
-        .env(WORKER_ENV, "1")
-        .stdin(std::process::Stdio::null())
+    let mut swapped = false;
+    let args = std::env::args_os().skip(1).map(|a| {
+        if !swapped && a == "archive-get" {
+            swapped = true;
+            WORKER_SUBCOMMAND.into()
+        } else {
+            a
+        }
+    });
+    cmd.args(args.collect::<Vec<std::ffi::OsString>>());
+    if !swapped {
+        return Err(io::Error::other("archive-get is not on the command line"));
+    }
+    cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .process_group(0);
