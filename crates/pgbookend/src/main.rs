@@ -363,6 +363,7 @@ impl PrepareArgs {
                 (false, Some(v)) => PageCheckMode::parse(v)?,
                 (false, None) => PageCheckMode::Full,
             },
+            list_bundles: Some(pgbookend::catalog::manifests),
         })
     }
 }

@@ -1,0 +1,129 @@
+//! End-to-end tests of point-in-time restore from a store: a cluster archiving with
+//! `pgbookend archive-push` into the same store as its bundles, `prepare --target` with
+//! no `--id` naming the bundle the target picks and setting `archive-get` as its
+//! `restore_command`, and a refusal that names a segment missing from the archive.
+
+mod common;
+
+use common::{run_for, wait_until, Tool};
+use pgbookend_testkit::{Cluster, ClusterOptions};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A cluster whose archive_command pushes into the tool's store (the bundles' store).
+fn archived_cluster(major: u32) -> (Cluster, Tool) {
+    let c = Cluster::start(ClusterOptions::new(major).conf("archive_mode = on"));
+    let tool = Tool::new(&c);
+    let cmd = format!(
+        "{} archive-push --store {} %p",
+        common::bin().display(),
+        tool.store_path().display()
+    );
+    c.psql(&format!("ALTER SYSTEM SET archive_command = '{cmd}'"));
+    c.psql("SELECT pg_reload_conf()");
+    (c, tool)
+}
+
+/// Switches to a new segment and waits until the server has archived the old one.
+fn switch_and_wait(c: &Cluster) -> String {
+    let seg = c.psql("SELECT pg_walfile_name(pg_switch_wal())");
+    let done = wait_until(Duration::from_secs(60), || {
+        c.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+            .as_str()
+            >= seg.as_str()
+    });
+    assert!(done, "{seg} not archived:\n{}", c.server_log());
+    seg
+}
+
+/// The archived object of WAL file `name` in `store`.
+fn object_of(store: &Path, name: &str) -> PathBuf {
+    let dir = std::fs::read_dir(store.join("archive"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join(&name[..16]);
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{name}-"))
+        })
+        .unwrap_or_else(|| panic!("{name} is not archived in {}", dir.display()))
+}
+
+/// The server's clock now, as a recovery_target_time with an explicit zone.
+fn now_utc(c: &Cluster) -> String {
+    c.psql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+    )
+}
+
+/// A backup, then three batches of rows separated by recorded times: `prepare --target
+/// time=T2` with no --id names the bundle the target picks, refuses while a segment after
+/// the backup is missing from the archive (naming it, changing nothing), and once it is
+/// back the restored server has batches 1 and 2 and not 3.
+fn pitr_to_time(major: u32) {
+    let (c, tool) = archived_cluster(major);
+    c.psql("CREATE TABLE rows (batch int)");
+    tool.start("base", &[]).ok();
+    let work = pgbookend_testkit::temp_dir("copy");
+    let data = work.path().join("data");
+    assert!(common::cp_live(c.pgdata(), &data).unwrap().success());
+    tool.stop("base", &[]).ok();
+    c.psql("INSERT INTO rows SELECT 1 FROM generate_series(1, 10)");
+    let seg1 = switch_and_wait(&c);
+    c.psql("INSERT INTO rows SELECT 2 FROM generate_series(1, 10)");
+    let t2 = now_utc(&c);
+    c.psql("INSERT INTO rows SELECT 3 FROM generate_series(1, 10)");
+    switch_and_wait(&c);
+
+    let d = data.display().to_string();
+    let s = tool.store_path().display().to_string();
+    let target = format!("time={t2}");
+    let prepare = |extra: &[&str]| {
+        let mut args = vec![
+            "prepare", "--pgdata", &d, "--store", &s, "--target", &target,
+        ];
+        args.extend_from_slice(extra);
+        tool.run(&args)
+    };
+
+    let obj = object_of(tool.store_path(), &seg1);
+    let aside = work.path().join("aside");
+    std::fs::rename(&obj, &aside).unwrap();
+    let r = prepare(&[]);
+    assert_eq!(r.code, 6, "a gap in the archive must be refused: {r:?}");
+    assert!(
+        r.all().contains(&seg1),
+        "the missing {seg1} is named: {r:?}"
+    );
+    assert!(!data.join("recovery.signal").exists());
+    std::fs::rename(&aside, &obj).unwrap();
+
+    let dry = prepare(&["--dry-run", "--json"]).ok().json();
+    assert_eq!(dry["pitr"]["picked"], "base", "{dry}");
+    let r = prepare(&[]).ok();
+    assert!(r.all().contains("picks backup base"), "{r:?}");
+    let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("archive-get --store"), "{auto}");
+
+    let restored = common::start_restored(major, &data, work.path());
+    assert_eq!(
+        restored
+            .psql("SELECT string_agg(DISTINCT batch::text, ',' ORDER BY batch::text) FROM rows"),
+        "1,2"
+    );
+    assert!(
+        restored.server_log().contains("restored log file"),
+        "{}",
+        restored.server_log()
+    );
+}
+per_major!(pitr_to_time_t, pitr_to_time);
