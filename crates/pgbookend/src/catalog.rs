@@ -676,6 +676,7 @@ pub fn expire(
     dry_run: bool,
     include_partial: bool,
     include_rescuable: bool,
+    keep_wal_for: Option<Duration>,
 ) -> Result<Output> {
     if let Policy::KeepLast(0) = policy {
         return Err(Error::usage("--keep-last must be at least 1")
@@ -683,15 +684,25 @@ pub fn expire(
     }
     let store = parse_store(url)?;
     let (bundles, skipped) = scan_store(&store)?;
-    let plan = plan_expire(
+    let mut plan = plan_expire(
         &bundles,
         policy,
         now_unix(),
         include_partial,
         include_rescuable,
     );
+    if let Some(d) = keep_wal_for {
+        keep_wal_window(&mut plan, d, now_unix());
+    }
     let targets = plan.targets();
-    let (removed, mut human, error) = apply_expire(&store, &targets, dry_run);
+    let (removed, mut human, mut error) = apply_expire(&store, &targets, dry_run);
+    let mut wal_removed = Vec::new();
+    if error.is_none() {
+        match expire_wal(&store, &plan.keep, dry_run, &mut human) {
+            Ok(w) => wal_removed = w,
+            Err(e) => error = Some(e),
+        }
+    }
     for (b, reason) in &plan.keep {
         human.push_str(&format!("kept {}: {reason}\n", b.id));
     }
@@ -714,6 +725,7 @@ pub fn expire(
             Policy::KeepWithin(d) => json!({"keep_within_s": d.as_secs()}),
         },
         "removed": removed,
+        "wal_removed": wal_removed,
         "kept": plan.keep.iter().map(|(b, r)| json!({"id": b.id, "reason": r})).collect::<Vec<_>>(),
         "skipped": skipped,
         "partial": plan.partial.iter().map(|(b, rm, r)| json!({
@@ -726,6 +738,86 @@ pub fn expire(
         })).collect::<Vec<_>>(),
     });
     Ok(Output { json, human, error })
+}
+
+/// `--keep-wal-for DUR`: the newest complete bundle of each cluster that stopped at least
+/// DUR ago is kept (the base from which every point of the window can be reached), so
+/// that its WAL stays too.
+fn keep_wal_window(plan: &mut ExpirePlan<'_>, d: Duration, now: i64) {
+    let edge = now - d.as_secs() as i64;
+    let sysid = |b: &BundleInfo| b.manifest.as_ref().map(|m| m.system_identifier.clone());
+    let mut bases: BTreeMap<Option<String>, &BundleInfo> = BTreeMap::new();
+    for (b, _) in plan.keep.iter().chain(plan.remove.iter()) {
+        if b.time() <= edge && bases.get(&sysid(b)).is_none_or(|o| o.time() < b.time()) {
+            bases.insert(sysid(b), b);
+        }
+    }
+    for base in bases.into_values() {
+        if let Some(i) = plan.remove.iter().position(|(b, _)| b.id == base.id) {
+            plan.remove.remove(i);
+            let why = format!(
+                "the base of the --keep-wal-for {} window",
+                human_duration(d)
+            );
+            plan.keep.push((base, why));
+        }
+    }
+    plan.keep.sort_by_key(|(b, _)| (b.time(), b.id.clone()));
+}
+
+/// Removes (unless `dry_run`) the archived WAL no kept bundle needs: per cluster with a
+/// kept bundle, every file numbered before the oldest kept bundle's start segment.
+fn expire_wal(
+    store: &Store,
+    keep: &[(&BundleInfo, String)],
+    dry_run: bool,
+    human: &mut String,
+) -> Result<Vec<Value>> {
+    let mut oldest: BTreeMap<&str, &Manifest> = BTreeMap::new();
+    for m in keep.iter().filter_map(|(b, _)| b.manifest.as_ref()) {
+        let older = |o: &&Manifest| lsn_of(&m.start_lsn) < lsn_of(&o.start_lsn);
+        if oldest.get(m.system_identifier.as_str()).is_none_or(older) {
+            oldest.insert(&m.system_identifier, m);
+        }
+    }
+    let handle = crate::store::objects::Handle::open(store)?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    let mut out = Vec::new();
+    for (sysid, m) in oldest {
+        let (Ok(id), true) = (
+            sysid.parse::<u64>(),
+            pgbookend_formats::wal::is_valid_seg_size(m.wal_segment_size),
+        ) else {
+            continue;
+        };
+        let seg = m.wal_segment_size;
+        let cutoff = pgbookend_formats::wal::segno(lsn_of(&m.start_lsn), seg);
+        let files = crate::archive::retain::expired(&handle, id, seg, cutoff)?;
+        if files.is_empty() {
+            continue;
+        }
+        if !dry_run {
+            crate::archive::retain::remove(&handle, &files)?;
+        }
+        let keep_from = pgbookend_formats::wal::file_name(m.timeline, cutoff, seg);
+        human.push_str(&format!(
+            "{verb} {} archived WAL files of system {sysid} ({} .. {}): before {keep_from}, the start of the oldest kept bundle {}\n",
+            files.len(), files[0].name, files[files.len() - 1].name, m.id
+        ));
+        out.push(json!({
+            "system_identifier": sysid,
+            "count": files.len(),
+            "first": files[0].name,
+            "last": files[files.len() - 1].name,
+            "kept_from": keep_from,
+            "oldest_kept_bundle": m.id,
+        }));
+    }
+    Ok(out)
+}
+
+fn lsn_of(s: &str) -> pgbookend_formats::lsn::Lsn {
+    s.parse().unwrap_or(pgbookend_formats::lsn::Lsn::INVALID)
 }
 
 /// Removes the plan's targets in order (unless `dry_run`), stopping at the first failure:
@@ -921,13 +1013,13 @@ mod tests {
         bundle(d.path(), "b0", "222", now - 5000, true);
         bundle(d.path(), "p0", "", 0, false);
         let url = d.path().display().to_string();
-        let dry = expire(&url, Policy::KeepLast(2), true, false, false).unwrap();
+        let dry = expire(&url, Policy::KeepLast(2), true, false, false, None).unwrap();
         assert_eq!(dry.json["removed"].as_array().unwrap().len(), 3);
         assert!(
             d.path().join("a0/bundle.json").exists(),
             "dry run removes nothing"
         );
-        let out = expire(&url, Policy::KeepLast(2), false, false, false).unwrap();
+        let out = expire(&url, Policy::KeepLast(2), false, false, false, None).unwrap();
         let removed: Vec<&str> = out.json["removed"]
             .as_array()
             .unwrap()
@@ -945,10 +1037,11 @@ mod tests {
             false,
             false,
             false,
+            None,
         )
         .unwrap();
         assert_eq!(out.json["removed"][0]["id"], "a3");
         assert!(d.path().join("a4").exists() && d.path().join("b0").exists());
-        assert!(expire(&url, Policy::KeepLast(0), true, false, false).is_err());
+        assert!(expire(&url, Policy::KeepLast(0), true, false, false, None).is_err());
     }
 }

@@ -127,3 +127,101 @@ fn pitr_to_time(major: u32) {
     );
 }
 per_major!(pitr_to_time_t, pitr_to_time);
+
+/// The archived segment names of the store (every cluster, every timeline), sorted.
+fn archived_segments(store: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    for sys in std::fs::read_dir(store.join("archive")).unwrap() {
+        for dir in std::fs::read_dir(sys.unwrap().path()).unwrap() {
+            for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+                let n = f.unwrap().file_name().to_string_lossy().into_owned();
+                if n.len() > 25 && n.as_bytes()[24] == b'-' {
+                    v.push(n[..24].to_string());
+                }
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// Five bundles with WAL archived throughout: `expire --keep-last 2` removes the three
+/// oldest and every archived segment before the start of the oldest kept one (which
+/// existed before), and both kept bundles still restore to `latest` through the archive.
+fn expire_keeps_wal_of_kept(major: u32) {
+    let (c, tool) = archived_cluster(major);
+    c.psql("CREATE TABLE rows (t text)");
+    let work = pgbookend_testkit::temp_dir("copies");
+    for i in 1..=5 {
+        let id = format!("b{i}");
+        tool.start(&id, &[]).ok();
+        if i >= 4 {
+            let data = work.path().join(&id);
+            assert!(common::cp_live(c.pgdata(), &data).unwrap().success());
+        }
+        tool.stop(&id, &[]).ok();
+        c.psql(&format!("INSERT INTO rows VALUES ('{id}')"));
+        switch_and_wait(&c);
+    }
+    c.psql("INSERT INTO rows VALUES ('last')");
+    switch_and_wait(&c);
+
+    let b4: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tool.bundle_dir("b4").join("bundle.json")).unwrap())
+            .unwrap();
+    let keep_from = b4["start_wal_file"].as_str().unwrap().to_string();
+    let before = archived_segments(tool.store_path());
+    assert!(before.iter().any(|s| *s < keep_from), "{before:?}");
+    let s = tool.store_path().display().to_string();
+    let dry = tool
+        .run(&[
+            "expire",
+            "--store",
+            &s,
+            "--keep-last",
+            "2",
+            "--dry-run",
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert!(
+        dry["wal_removed"][0]["count"].as_u64().unwrap() > 0,
+        "{dry}"
+    );
+    assert_eq!(
+        archived_segments(tool.store_path()),
+        before,
+        "dry run removes nothing"
+    );
+    let out = tool
+        .run(&["expire", "--store", &s, "--keep-last", "2", "--json"])
+        .ok()
+        .json();
+    assert_eq!(out["removed"].as_array().unwrap().len(), 3, "{out}");
+    assert_eq!(
+        out["wal_removed"][0]["kept_from"],
+        keep_from.as_str(),
+        "{out}"
+    );
+    let after = archived_segments(tool.store_path());
+    assert!(after.iter().all(|s| *s >= keep_from), "{after:?}");
+    assert!(after.contains(&keep_from), "{after:?}");
+
+    for id in ["b4", "b5"] {
+        let data = work.path().join(id);
+        let d = data.display().to_string();
+        tool.run(&[
+            "prepare", "--pgdata", &d, "--store", &s, "--target", "latest",
+        ])
+        .ok();
+        let r = common::start_restored(major, &data, &work.path().join(format!("{id}-run")));
+        assert_eq!(
+            r.psql("SELECT count(*) FROM rows WHERE t = 'last'"),
+            "1",
+            "{id} restored to latest:\n{}",
+            r.server_log()
+        );
+    }
+}
+per_major!(expire_keeps_wal_of_kept_t, expire_keeps_wal_of_kept);
