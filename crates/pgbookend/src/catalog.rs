@@ -317,6 +317,7 @@ fn parse_store(url: &str) -> Result<Store> {
 pub fn list(url: &str) -> Result<Output> {
     let store = parse_store(url)?;
     let (bundles, skipped) = scan_store(&store)?;
+    let archives = read_archives(&store, &bundles);
     let complete = bundles.iter().filter(|b| b.complete).count();
     let mut human = format!(
         "{}: {} bundle{} ({complete} complete, {} partial)\n",
@@ -358,6 +359,10 @@ pub fn list(url: &str) -> Result<Output> {
                     b.problem.clone().unwrap_or_else(|| "no bundle.json".into()),
                 ),
             };
+            let wal = match recoverable(&archives, b) {
+                Some(r) => format!("{wal}; WAL archived to {r}"),
+                None => wal,
+            };
             let wal = match last_drill(&store, b) {
                 Some((verdict, at)) => format!("{wal}; last drill {verdict} {at}"),
                 None => wal,
@@ -372,20 +377,105 @@ pub fn list(url: &str) -> Result<Output> {
     for sk in &skipped {
         human.push_str(&format!("skipped {sk}\n"));
     }
+    human.push_str(&archives_human(&archives));
     let json = json!({
         "store": store.url(),
         "bundles": bundles.iter().map(|b| {
             let mut v = summary(b);
             v["last_drill"] = drill_json(last_drill(&store, b));
+            v["recoverable_to"] = json!(recoverable(&archives, b));
             v
         }).collect::<Vec<_>>(),
         "skipped": skipped,
+        "archives": archives.iter().map(archive_json).collect::<Vec<_>>(),
     });
     Ok(Output {
         json,
         human,
         error: None,
     })
+}
+
+/// One cluster's WAL archive in a store, read for `list`.
+struct ArchiveView {
+    sysid: String,
+    seg_size: u32,
+    index: crate::archive::layout::Index,
+}
+
+/// The archives of the clusters that have complete bundles in the store (unreadable ones
+/// are left out: `list` still lists the bundles).
+fn read_archives(store: &Store, bundles: &[BundleInfo]) -> Vec<ArchiveView> {
+    let Ok(handle) = crate::store::objects::Handle::open(store) else {
+        return Vec::new();
+    };
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    for m in bundles.iter().filter_map(|b| b.manifest.as_ref()) {
+        seen.insert(m.system_identifier.clone(), m.wal_segment_size);
+    }
+    seen.into_iter()
+        .filter(|(_, seg)| pgbookend_formats::wal::is_valid_seg_size(*seg))
+        .filter_map(|(sysid, seg_size)| {
+            let index =
+                crate::archive::layout::Index::read(&handle, sysid.parse().ok()?, seg_size).ok()?;
+            (!index.objects.is_empty()).then_some(ArchiveView {
+                sysid,
+                seg_size,
+                index,
+            })
+        })
+        .collect()
+}
+
+/// The last archived segment of the contiguous run a bundle recovers through (from the
+/// first segment it needs beyond its own WAL); `None` without an archive or a run.
+fn recoverable(archives: &[ArchiveView], b: &BundleInfo) -> Option<String> {
+    let m = b.manifest.as_ref()?;
+    let a = archives.iter().find(|a| a.sysid == m.system_identifier)?;
+    let first = crate::restore::pitr::first_needed(m);
+    let last = a.index.reach(m.timeline, first).last?;
+    Some(pgbookend_formats::wal::file_name(
+        m.timeline, last, a.seg_size,
+    ))
+}
+
+/// Per timeline: first and last archived segment, and the first gap inside.
+fn timelines(a: &ArchiveView) -> Vec<(u32, String, String, Option<String>)> {
+    let name = |t, n| pgbookend_formats::wal::file_name(t, n, a.seg_size);
+    a.index
+        .extents()
+        .into_iter()
+        .map(|(t, (first, last))| {
+            let r = a.index.reach(t, first);
+            let gap = r.gap.then(|| name(t, r.first_missing));
+            (t, name(t, first), name(t, last), gap)
+        })
+        .collect()
+}
+
+fn archive_json(a: &ArchiveView) -> Value {
+    json!({
+        "system_identifier": a.sysid,
+        "files": a.index.objects.len(),
+        "history": a.index.histories.iter().collect::<Vec<_>>(),
+        "timelines": timelines(a).into_iter().map(|(t, first, last, gap)| json!({
+            "timeline": t, "first": first, "last": last, "first_missing": gap,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn archives_human(archives: &[ArchiveView]) -> String {
+    let mut out = String::new();
+    for a in archives {
+        for (t, first, last, gap) in timelines(a) {
+            let gap = gap.map_or(String::new(), |g| format!(", GAP: {g} is missing"));
+            out.push_str(&format!(
+                "WAL archive of system {}, timeline {t}: {first} .. {last}{gap}\n",
+                a.sysid
+            ));
+        }
+    }
+    out
 }
 
 /// `show --store URL --id ID`: everything about one bundle.

@@ -105,7 +105,22 @@ fn pitr_to_time(major: u32) {
         "the missing {seg1} is named: {r:?}"
     );
     assert!(!data.join("recovery.signal").exists());
+    let list = tool.run(&["list", "--store", &s, "--json"]).ok().json();
+    assert_eq!(
+        list["archives"][0]["timelines"][0]["first_missing"],
+        seg1.as_str(),
+        "{list}"
+    );
     std::fs::rename(&aside, &obj).unwrap();
+    let list = tool.run(&["list", "--store", &s, "--json"]).ok().json();
+    assert!(
+        list["archives"][0]["timelines"][0]["first_missing"].is_null(),
+        "{list}"
+    );
+    assert!(
+        list["bundles"][0]["recoverable_to"].as_str().unwrap() > seg1.as_str(),
+        "{list}"
+    );
 
     let dry = prepare(&["--dry-run", "--json"]).ok().json();
     assert_eq!(dry["pitr"]["picked"], "base", "{dry}");
@@ -207,6 +222,12 @@ fn expire_keeps_wal_of_kept(major: u32) {
     let after = archived_segments(tool.store_path());
     assert!(after.iter().all(|s| *s >= keep_from), "{after:?}");
     assert!(after.contains(&keep_from), "{after:?}");
+    let list = tool.run(&["list", "--store", &s, "--json"]).ok().json();
+    assert_eq!(
+        list["archives"][0]["timelines"][0]["first"],
+        keep_from.as_str(),
+        "{list}"
+    );
 
     for id in ["b4", "b5"] {
         let data = work.path().join(id);

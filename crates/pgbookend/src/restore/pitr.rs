@@ -193,7 +193,7 @@ fn lsn_of(s: &str) -> Lsn {
 
 /// The first segment recovery reads from the archive: after the bundle's own WAL in
 /// `collect` mode, else the backup's start segment.
-fn first_needed(m: &Manifest) -> u64 {
+pub fn first_needed(m: &Manifest) -> u64 {
     let seg = m.wal_segment_size;
     let start = wal::segno(lsn_of(&m.start_lsn), seg);
     if m.mode() != Some(WalMode::Collect) {
