@@ -246,3 +246,58 @@ fn expire_keeps_wal_of_kept(major: u32) {
     }
 }
 per_major!(expire_keeps_wal_of_kept_t, expire_keeps_wal_of_kept);
+
+/// A timeline switch: one copy of a backup restored to `latest` opens on timeline 2 and
+/// archives into the same store (its `.history` file too); a second copy of the same
+/// backup (taken on timeline 1) restored to `latest` follows the archived history onto
+/// timeline 2 and has the row written there.
+fn pitr_across_timeline(major: u32) {
+    let (c, tool) = archived_cluster(major);
+    c.psql("CREATE TABLE rows (t text)");
+    tool.start("old", &[]).ok();
+    let work = pgbookend_testkit::temp_dir("copies");
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    assert!(common::cp_live(c.pgdata(), &a).unwrap().success());
+    assert!(common::cp_live(c.pgdata(), &b).unwrap().success());
+    tool.stop("old", &[]).ok();
+    c.psql("INSERT INTO rows VALUES ('tl1')");
+    switch_and_wait(&c);
+
+    let s = tool.store_path().display().to_string();
+    let prepare = |data: &Path| {
+        let d = data.display().to_string();
+        tool.run(&[
+            "prepare", "--pgdata", &d, "--store", &s, "--target", "latest",
+        ])
+        .ok()
+    };
+    prepare(&a);
+    let r = common::start_restored(major, &a, &work.path().join("a-run"));
+    assert!(
+        r.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
+            .starts_with("00000002"),
+        "the restored copy opens on timeline 2"
+    );
+    r.psql("INSERT INTO rows VALUES ('tl2')");
+    switch_and_wait(&r);
+    let sysid = c.system_identifier();
+    let history = tool.store_path().join(format!("archive/{sysid}/history"));
+    assert!(
+        std::fs::read_dir(&history).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("00000002.history-")),
+        "timeline 2's history file is archived"
+    );
+
+    prepare(&b);
+    let r2 = common::start_restored(major, &b, &work.path().join("b-run"));
+    assert_eq!(
+        r2.psql("SELECT string_agg(t, ',' ORDER BY t) FROM rows"),
+        "tl1,tl2",
+        "{}",
+        r2.server_log()
+    );
+}
+per_major!(pitr_across_timeline_t, pitr_across_timeline);
