@@ -158,4 +158,20 @@ mod tests {
         let names = [o.clone(), object_name(&hist, &h), "junk".into()];
         assert_eq!(versions_of(&seg, names.iter().map(|s| s.as_str())), vec![h]);
     }
+
+    #[test]
+    fn reach_finds_the_first_gap() {
+        let mut ix = Index::default();
+        for n in [3u64, 4, 5, 7] {
+            ix.segments.insert((1, n));
+        }
+        ix.segments.insert((2, 6));
+        let r = ix.reach(1, 3);
+        assert_eq!((r.last, r.first_missing, r.gap), (Some(5), 6, true));
+        let r = ix.reach(1, 7);
+        assert_eq!((r.last, r.first_missing, r.gap), (Some(7), 8, false));
+        let r = ix.reach(2, 5);
+        assert_eq!((r.last, r.first_missing, r.gap), (None, 5, true));
+        assert_eq!(ix.extents()[&1], (3, 7));
+    }
 }
