@@ -133,6 +133,13 @@ pub fn scan(store: &Store) -> Result<Vec<BundleInfo>> {
     scan_store(store).map(|s| s.0)
 }
 
+/// Whether a top-level name of a store can be a bundle: a valid backup ID, and not the
+/// WAL archive's directory (which `list` must not show, nor `expire` remove, as a
+/// partial bundle).
+fn is_bundle_name(id: &str) -> bool {
+    id != crate::archive::layout::ROOT && crate::id::validate(id).is_ok()
+}
+
 /// Every bundle of a store, oldest first, and the entries skipped because they are not
 /// a real directory (a symbolic link is never followed: it could lead to another store).
 pub fn scan_store(store: &Store) -> Result<(Vec<BundleInfo>, Vec<String>)> {
@@ -147,7 +154,7 @@ pub fn scan_store(store: &Store) -> Result<(Vec<BundleInfo>, Vec<String>)> {
             for e in rd {
                 let e = e.map_err(|e| io_err("cannot list the store", root, e))?;
                 let id = e.file_name().to_string_lossy().into_owned();
-                if crate::id::validate(&id).is_err() {
+                if !is_bundle_name(&id) {
                     continue;
                 }
                 let ft = e
@@ -194,7 +201,7 @@ pub fn scan_store(store: &Store) -> Result<(Vec<BundleInfo>, Vec<String>)> {
                 .into_iter()
                 .filter_map(|o| {
                     let (id, rel) = o.key.split_once('/')?;
-                    crate::id::validate(id).ok()?;
+                    is_bundle_name(id).then_some(())?;
                     Some((id.to_string(), rel.to_string(), o.size, o.modified))
                 })
                 .collect();

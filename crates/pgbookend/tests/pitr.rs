@@ -228,6 +228,8 @@ fn expire_keeps_wal_of_kept(major: u32) {
         keep_from.as_str(),
         "{list}"
     );
+    let bundles = list["bundles"].as_array().unwrap().len();
+    assert_eq!(bundles, 2, "the archive is no bundle: {list}");
 
     for id in ["b4", "b5"] {
         let data = work.path().join(id);
@@ -301,3 +303,82 @@ fn pitr_across_timeline(major: u32) {
     );
 }
 per_major!(pitr_across_timeline_t, pitr_across_timeline);
+
+/// Retention and listing in S3 (one major: the store path does not depend on it): two
+/// bundles and their WAL archived into one bucket prefix; `expire --keep-last 1` removes
+/// the older bundle and every segment before the kept one's start, and `list` reports the
+/// archive from there.
+#[test]
+fn expire_wal_in_s3() {
+    let Some(major) = pgbookend_testkit::majors().last().copied() else {
+        return;
+    };
+    let s3 = pgbookend_testkit::S3Server::start();
+    s3.create_bucket("pitr");
+    let url = "s3://pitr/st";
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "pitrkey".to_string()),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            "pitr/Secret+0123456789".to_string(),
+        ),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT_URL", s3.endpoint()),
+        ("AWS_CONFIG_FILE", "/nonexistent".to_string()),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent".to_string()),
+    ];
+    let c = Cluster::start(ClusterOptions::new(major).conf("archive_mode = on"));
+    let mut tool = Tool::new(&c);
+    let prefix: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    tool.env
+        .extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    c.psql(&format!(
+        "ALTER SYSTEM SET archive_command = '{} {} archive-push --store {url} %p'",
+        prefix.join(" "),
+        common::bin().display()
+    ));
+    c.psql("SELECT pg_reload_conf()");
+    for id in ["s1", "s2"] {
+        tool.run(&["start", "--id", id, "--store", url, "--json"])
+            .ok();
+        tool.stop(id, &[]).ok();
+        switch_and_wait(&c);
+    }
+    c.psql("CREATE TABLE after_s2 ()");
+    switch_and_wait(&c);
+    let keys = s3.keys("pitr", "st/archive/");
+    let s2: serde_json::Value =
+        serde_json::from_slice(&s3.get("pitr", "st/s2/bundle.json").unwrap()).unwrap();
+    let keep_from = s2["start_wal_file"].as_str().unwrap().to_string();
+    let seg_of = |k: &String| k.rsplit('/').next().unwrap()[..24].to_string();
+    let segments = |keys: &[String]| -> Vec<String> {
+        keys.iter()
+            .filter(|k| !k.contains("/history/"))
+            .map(seg_of)
+            .collect()
+    };
+    assert!(segments(&keys).iter().any(|s| *s < keep_from), "{keys:?}");
+    let out = tool
+        .run(&["expire", "--store", url, "--keep-last", "1", "--json"])
+        .ok()
+        .json();
+    assert_eq!(out["removed"][0]["id"], "s1", "{out}");
+    let after = s3.keys("pitr", "st/archive/");
+    assert!(
+        segments(&after).iter().all(|s| *s >= keep_from),
+        "{after:?}"
+    );
+    assert!(segments(&after).contains(&keep_from), "{after:?}");
+    let list = tool.run(&["list", "--store", url, "--json"]).ok().json();
+    assert_eq!(
+        list["archives"][0]["timelines"][0]["first"],
+        keep_from.as_str(),
+        "{list}"
+    );
+    assert!(list["bundles"][0]["recoverable_to"].is_string(), "{list}");
+    assert_eq!(
+        list["bundles"].as_array().unwrap().len(),
+        1,
+        "the archive is no bundle: {list}"
+    );
+}
