@@ -95,6 +95,13 @@ fn pitr_to_time(major: u32) {
         tool.run(&args)
     };
 
+    // A target before the backup's stop: this copy cannot reach it, and no bundle can.
+    let early = tool.run(&[
+        "prepare", "--pgdata", &d, "--store", &s, "--target", "lsn=0/10",
+    ]);
+    assert_eq!(early.code, 6, "{early:?}");
+    assert!(early.all().contains("stops before the target"), "{early:?}");
+
     let obj = object_of(tool.store_path(), &seg1);
     let aside = work.path().join("aside");
     std::fs::rename(&obj, &aside).unwrap();
