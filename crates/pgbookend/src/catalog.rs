@@ -62,27 +62,17 @@ impl BundleInfo {
     }
 }
 
-/// Parses the `YYYY-MM-DDTHH:MM:SSZ` form written by [`rfc3339`].
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[19] != b'Z' {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
-    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm), the inverse of timefmt's.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+pub use crate::timefmt::parse_rfc3339;
+
+/// The manifests of the complete bundles of a store: what `prepare --target` places a
+/// target among (handed to the restore room by the CLI, which keeps restore free of
+/// the catalog).
+pub fn manifests(store: &Store) -> Result<Vec<Manifest>> {
+    Ok(scan(store)?
+        .into_iter()
+        .filter(|b| b.complete)
+        .filter_map(|b| b.manifest)
+        .collect())
 }
 
 /// Groups `(id/rel, size, mtime)` entries into bundles and reads each `bundle.json`.
@@ -143,6 +133,13 @@ pub fn scan(store: &Store) -> Result<Vec<BundleInfo>> {
     scan_store(store).map(|s| s.0)
 }
 
+/// Whether a top-level name of a store can be a bundle: a valid backup ID, and not the
+/// WAL archive's directory (which `list` must not show, nor `expire` remove, as a
+/// partial bundle).
+fn is_bundle_name(id: &str) -> bool {
+    id != crate::archive::layout::ROOT && crate::id::validate(id).is_ok()
+}
+
 /// Every bundle of a store, oldest first, and the entries skipped because they are not
 /// a real directory (a symbolic link is never followed: it could lead to another store).
 pub fn scan_store(store: &Store) -> Result<(Vec<BundleInfo>, Vec<String>)> {
@@ -157,7 +154,7 @@ pub fn scan_store(store: &Store) -> Result<(Vec<BundleInfo>, Vec<String>)> {
             for e in rd {
                 let e = e.map_err(|e| io_err("cannot list the store", root, e))?;
                 let id = e.file_name().to_string_lossy().into_owned();
-                if crate::id::validate(&id).is_err() {
+                if !is_bundle_name(&id) {
                     continue;
                 }
                 let ft = e
@@ -204,7 +201,7 @@ pub fn scan_store(store: &Store) -> Result<(Vec<BundleInfo>, Vec<String>)> {
                 .into_iter()
                 .filter_map(|o| {
                     let (id, rel) = o.key.split_once('/')?;
-                    crate::id::validate(id).ok()?;
+                    is_bundle_name(id).then_some(())?;
                     Some((id.to_string(), rel.to_string(), o.size, o.modified))
                 })
                 .collect();
@@ -327,6 +324,7 @@ fn parse_store(url: &str) -> Result<Store> {
 pub fn list(url: &str) -> Result<Output> {
     let store = parse_store(url)?;
     let (bundles, skipped) = scan_store(&store)?;
+    let archives = read_archives(&store, &bundles);
     let complete = bundles.iter().filter(|b| b.complete).count();
     let mut human = format!(
         "{}: {} bundle{} ({complete} complete, {} partial)\n",
@@ -368,6 +366,10 @@ pub fn list(url: &str) -> Result<Output> {
                     b.problem.clone().unwrap_or_else(|| "no bundle.json".into()),
                 ),
             };
+            let wal = match recoverable(&archives, b) {
+                Some(r) => format!("{wal}; WAL archived to {r}"),
+                None => wal,
+            };
             let wal = match last_drill(&store, b) {
                 Some((verdict, at)) => format!("{wal}; last drill {verdict} {at}"),
                 None => wal,
@@ -382,20 +384,105 @@ pub fn list(url: &str) -> Result<Output> {
     for sk in &skipped {
         human.push_str(&format!("skipped {sk}\n"));
     }
+    human.push_str(&archives_human(&archives));
     let json = json!({
         "store": store.url(),
         "bundles": bundles.iter().map(|b| {
             let mut v = summary(b);
             v["last_drill"] = drill_json(last_drill(&store, b));
+            v["recoverable_to"] = json!(recoverable(&archives, b));
             v
         }).collect::<Vec<_>>(),
         "skipped": skipped,
+        "archives": archives.iter().map(archive_json).collect::<Vec<_>>(),
     });
     Ok(Output {
         json,
         human,
         error: None,
     })
+}
+
+/// One cluster's WAL archive in a store, read for `list`.
+struct ArchiveView {
+    sysid: String,
+    seg_size: u32,
+    index: crate::archive::layout::Index,
+}
+
+/// The archives of the clusters that have complete bundles in the store (unreadable ones
+/// are left out: `list` still lists the bundles).
+fn read_archives(store: &Store, bundles: &[BundleInfo]) -> Vec<ArchiveView> {
+    let Ok(handle) = crate::store::objects::Handle::open(store) else {
+        return Vec::new();
+    };
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    for m in bundles.iter().filter_map(|b| b.manifest.as_ref()) {
+        seen.insert(m.system_identifier.clone(), m.wal_segment_size);
+    }
+    seen.into_iter()
+        .filter(|(_, seg)| pgbookend_formats::wal::is_valid_seg_size(*seg))
+        .filter_map(|(sysid, seg_size)| {
+            let index =
+                crate::archive::layout::Index::read(&handle, sysid.parse().ok()?, seg_size).ok()?;
+            (!index.objects.is_empty()).then_some(ArchiveView {
+                sysid,
+                seg_size,
+                index,
+            })
+        })
+        .collect()
+}
+
+/// The last archived segment of the contiguous run a bundle recovers through (from the
+/// first segment it needs beyond its own WAL); `None` without an archive or a run.
+fn recoverable(archives: &[ArchiveView], b: &BundleInfo) -> Option<String> {
+    let m = b.manifest.as_ref()?;
+    let a = archives.iter().find(|a| a.sysid == m.system_identifier)?;
+    let first = crate::restore::pitr::first_needed(m);
+    let last = a.index.reach(m.timeline, first).last?;
+    Some(pgbookend_formats::wal::file_name(
+        m.timeline, last, a.seg_size,
+    ))
+}
+
+/// Per timeline: first and last archived segment, and the first gap inside.
+fn timelines(a: &ArchiveView) -> Vec<(u32, String, String, Option<String>)> {
+    let name = |t, n| pgbookend_formats::wal::file_name(t, n, a.seg_size);
+    a.index
+        .extents()
+        .into_iter()
+        .map(|(t, (first, last))| {
+            let r = a.index.reach(t, first);
+            let gap = r.gap.then(|| name(t, r.first_missing));
+            (t, name(t, first), name(t, last), gap)
+        })
+        .collect()
+}
+
+fn archive_json(a: &ArchiveView) -> Value {
+    json!({
+        "system_identifier": a.sysid,
+        "files": a.index.objects.len(),
+        "history": a.index.histories.iter().collect::<Vec<_>>(),
+        "timelines": timelines(a).into_iter().map(|(t, first, last, gap)| json!({
+            "timeline": t, "first": first, "last": last, "first_missing": gap,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn archives_human(archives: &[ArchiveView]) -> String {
+    let mut out = String::new();
+    for a in archives {
+        for (t, first, last, gap) in timelines(a) {
+            let gap = gap.map_or(String::new(), |g| format!(", GAP: {g} is missing"));
+            out.push_str(&format!(
+                "WAL archive of system {}, timeline {t}: {first} .. {last}{gap}\n",
+                a.sysid
+            ));
+        }
+    }
+    out
 }
 
 /// `show --store URL --id ID`: everything about one bundle.
@@ -686,6 +773,7 @@ pub fn expire(
     dry_run: bool,
     include_partial: bool,
     include_rescuable: bool,
+    keep_wal_for: Option<Duration>,
 ) -> Result<Output> {
     if let Policy::KeepLast(0) = policy {
         return Err(Error::usage("--keep-last must be at least 1")
@@ -693,15 +781,25 @@ pub fn expire(
     }
     let store = parse_store(url)?;
     let (bundles, skipped) = scan_store(&store)?;
-    let plan = plan_expire(
+    let mut plan = plan_expire(
         &bundles,
         policy,
         now_unix(),
         include_partial,
         include_rescuable,
     );
+    if let Some(d) = keep_wal_for {
+        keep_wal_window(&mut plan, d, now_unix());
+    }
     let targets = plan.targets();
-    let (removed, mut human, error) = apply_expire(&store, &targets, dry_run);
+    let (removed, mut human, mut error) = apply_expire(&store, &targets, dry_run);
+    let mut wal_removed = Vec::new();
+    if error.is_none() {
+        match expire_wal(&store, &plan.keep, dry_run, &mut human) {
+            Ok(w) => wal_removed = w,
+            Err(e) => error = Some(e),
+        }
+    }
     for (b, reason) in &plan.keep {
         human.push_str(&format!("kept {}: {reason}\n", b.id));
     }
@@ -724,6 +822,7 @@ pub fn expire(
             Policy::KeepWithin(d) => json!({"keep_within_s": d.as_secs()}),
         },
         "removed": removed,
+        "wal_removed": wal_removed,
         "kept": plan.keep.iter().map(|(b, r)| json!({"id": b.id, "reason": r})).collect::<Vec<_>>(),
         "skipped": skipped,
         "partial": plan.partial.iter().map(|(b, rm, r)| json!({
@@ -736,6 +835,86 @@ pub fn expire(
         })).collect::<Vec<_>>(),
     });
     Ok(Output { json, human, error })
+}
+
+/// `--keep-wal-for DUR`: the newest complete bundle of each cluster that stopped at least
+/// DUR ago is kept (the base from which every point of the window can be reached), so
+/// that its WAL stays too.
+fn keep_wal_window(plan: &mut ExpirePlan<'_>, d: Duration, now: i64) {
+    let edge = now - d.as_secs() as i64;
+    let sysid = |b: &BundleInfo| b.manifest.as_ref().map(|m| m.system_identifier.clone());
+    let mut bases: BTreeMap<Option<String>, &BundleInfo> = BTreeMap::new();
+    for (b, _) in plan.keep.iter().chain(plan.remove.iter()) {
+        if b.time() <= edge && bases.get(&sysid(b)).is_none_or(|o| o.time() < b.time()) {
+            bases.insert(sysid(b), b);
+        }
+    }
+    for base in bases.into_values() {
+        if let Some(i) = plan.remove.iter().position(|(b, _)| b.id == base.id) {
+            plan.remove.remove(i);
+            let why = format!(
+                "the base of the --keep-wal-for {} window",
+                human_duration(d)
+            );
+            plan.keep.push((base, why));
+        }
+    }
+    plan.keep.sort_by_key(|(b, _)| (b.time(), b.id.clone()));
+}
+
+/// Removes (unless `dry_run`) the archived WAL no kept bundle needs: per cluster with a
+/// kept bundle, every file numbered before the oldest kept bundle's start segment.
+fn expire_wal(
+    store: &Store,
+    keep: &[(&BundleInfo, String)],
+    dry_run: bool,
+    human: &mut String,
+) -> Result<Vec<Value>> {
+    let mut oldest: BTreeMap<&str, &Manifest> = BTreeMap::new();
+    for m in keep.iter().filter_map(|(b, _)| b.manifest.as_ref()) {
+        let older = |o: &&Manifest| lsn_of(&m.start_lsn) < lsn_of(&o.start_lsn);
+        if oldest.get(m.system_identifier.as_str()).is_none_or(older) {
+            oldest.insert(&m.system_identifier, m);
+        }
+    }
+    let handle = crate::store::objects::Handle::open(store)?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    let mut out = Vec::new();
+    for (sysid, m) in oldest {
+        let (Ok(id), true) = (
+            sysid.parse::<u64>(),
+            pgbookend_formats::wal::is_valid_seg_size(m.wal_segment_size),
+        ) else {
+            continue;
+        };
+        let seg = m.wal_segment_size;
+        let cutoff = pgbookend_formats::wal::segno(lsn_of(&m.start_lsn), seg);
+        let files = crate::archive::retain::expired(&handle, id, seg, cutoff)?;
+        if files.is_empty() {
+            continue;
+        }
+        if !dry_run {
+            crate::archive::retain::remove(&handle, &files)?;
+        }
+        let keep_from = pgbookend_formats::wal::file_name(m.timeline, cutoff, seg);
+        human.push_str(&format!(
+            "{verb} {} archived WAL files of system {sysid} ({} .. {}): before {keep_from}, the start of the oldest kept bundle {}\n",
+            files.len(), files[0].name, files[files.len() - 1].name, m.id
+        ));
+        out.push(json!({
+            "system_identifier": sysid,
+            "count": files.len(),
+            "first": files[0].name,
+            "last": files[files.len() - 1].name,
+            "kept_from": keep_from,
+            "oldest_kept_bundle": m.id,
+        }));
+    }
+    Ok(out)
+}
+
+fn lsn_of(s: &str) -> pgbookend_formats::lsn::Lsn {
+    s.parse().unwrap_or(pgbookend_formats::lsn::Lsn::INVALID)
 }
 
 /// Removes the plan's targets in order (unless `dry_run`), stopping at the first failure:
@@ -931,13 +1110,13 @@ mod tests {
         bundle(d.path(), "b0", "222", now - 5000, true);
         bundle(d.path(), "p0", "", 0, false);
         let url = d.path().display().to_string();
-        let dry = expire(&url, Policy::KeepLast(2), true, false, false).unwrap();
+        let dry = expire(&url, Policy::KeepLast(2), true, false, false, None).unwrap();
         assert_eq!(dry.json["removed"].as_array().unwrap().len(), 3);
         assert!(
             d.path().join("a0/bundle.json").exists(),
             "dry run removes nothing"
         );
-        let out = expire(&url, Policy::KeepLast(2), false, false, false).unwrap();
+        let out = expire(&url, Policy::KeepLast(2), false, false, false, None).unwrap();
         let removed: Vec<&str> = out.json["removed"]
             .as_array()
             .unwrap()
@@ -955,10 +1134,11 @@ mod tests {
             false,
             false,
             false,
+            None,
         )
         .unwrap();
         assert_eq!(out.json["removed"][0]["id"], "a3");
         assert!(d.path().join("a4").exists() && d.path().join("b0").exists());
-        assert!(expire(&url, Policy::KeepLast(0), true, false, false).is_err());
+        assert!(expire(&url, Policy::KeepLast(0), true, false, false, None).is_err());
     }
 }

@@ -492,6 +492,7 @@ impl PrepareArgs {
                 (false, Some(v)) => PageCheckMode::parse(v)?,
                 (false, None) => PageCheckMode::Full,
             },
+            list_bundles: Some(pgbookend::catalog::manifests),
         })
     }
 }
@@ -627,6 +628,10 @@ struct ExpireArgs {
     /// still complete them) older than a day.
     #[arg(long, requires = "include_partial")]
     include_rescuable: bool,
+    /// Keep a point-in-time window: the newest bundle of each cluster stopped at least DUR
+    /// ago stays, and with it the archived WAL from its start (e.g. 7d).
+    #[arg(long, value_name = "DUR")]
+    keep_wal_for: Option<String>,
 }
 
 impl ExpireArgs {
@@ -644,12 +649,20 @@ impl ExpireArgs {
                 ))
             }
         };
+        let keep_wal_for = match &self.keep_wal_for {
+            Some(d) => Some(
+                pgbookend::timefmt::parse_duration(d)
+                    .map_err(|e| Error::usage(format!("--keep-wal-for: {e}")))?,
+            ),
+            None => None,
+        };
         expire(
             &self.store,
             policy,
             self.dry_run,
             self.include_partial,
             self.include_rescuable,
+            keep_wal_for,
         )
     }
 }

@@ -7,7 +7,10 @@
 //! whether a file is archived and with which content, and an object is never rewritten:
 //! different bytes would have a different name.
 
+use crate::error::Result;
+use crate::store::objects::Handle;
 use pgbookend_formats::walname::{WalKind, WalName};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The top directory of the archive in every store.
 pub const ROOT: &str = crate::id::ARCHIVE_DIR;
@@ -54,6 +57,86 @@ pub fn versions_of<'a>(name: &WalName, objects: impl Iterator<Item = &'a str>) -
     v
 }
 
+/// What one cluster's archive in one store holds, from one listing: every archived
+/// segment by timeline and segment number, and the timelines with a history file.
+#[derive(Debug, Clone, Default)]
+pub struct Index {
+    /// (timeline, segment number) of every archived full segment.
+    pub segments: BTreeSet<(u32, u64)>,
+    /// Timelines whose `.history` file is archived.
+    pub histories: BTreeSet<u32>,
+    /// Every object: (directory below the cluster, object name, WAL name).
+    pub objects: Vec<(String, String, WalName)>,
+}
+
+/// The end of the archive's contiguous run of segments on one timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    /// The last segment of the run (`None`: not even the first is archived).
+    pub last: Option<u64>,
+    /// The first segment missing after the run.
+    pub first_missing: u64,
+    /// Whether later segments of the timeline are archived: the run ends at a gap.
+    pub gap: bool,
+}
+
+impl Index {
+    /// Lists `archive/<sysid>` of a store (names not of the layout are ignored; a
+    /// segment name whose low part cannot occur with `seg_size` too).
+    pub fn read(handle: &Handle, sysid: u64, seg_size: u32) -> Result<Index> {
+        let mut ix = Index::default();
+        for (sub, o) in handle.list_tree(&format!("{ROOT}/{sysid}"))? {
+            let Some((name, _)) = parse_object(&o.name) else {
+                continue;
+            };
+            if dir_of(sysid, &name) != format!("{ROOT}/{sysid}/{sub}") {
+                continue;
+            }
+            match name.kind() {
+                WalKind::Segment => {
+                    if let Some(n) = name.segno(seg_size) {
+                        ix.segments.insert((name.timeline(), n));
+                    }
+                }
+                WalKind::History => {
+                    ix.histories.insert(name.timeline());
+                }
+                _ => {}
+            }
+            ix.objects.push((sub, o.name, name));
+        }
+        Ok(ix)
+    }
+
+    /// How far the archive reaches on `tli` from segment `first` on.
+    pub fn reach(&self, tli: u32, first: u64) -> Reach {
+        let mut n = first;
+        while self.segments.contains(&(tli, n)) {
+            n += 1;
+        }
+        Reach {
+            last: (n > first).then(|| n - 1),
+            first_missing: n,
+            gap: self
+                .segments
+                .range((tli, n)..(tli, u64::MAX))
+                .next()
+                .is_some(),
+        }
+    }
+
+    /// The first and last archived segment of each timeline.
+    pub fn extents(&self) -> BTreeMap<u32, (u64, u64)> {
+        let mut out: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        for &(t, n) in &self.segments {
+            let e = out.entry(t).or_insert((n, n));
+            e.0 = e.0.min(n);
+            e.1 = e.1.max(n);
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +157,21 @@ mod tests {
         assert_eq!(parse_object(&format!("../{o}")), None);
         let names = [o.clone(), object_name(&hist, &h), "junk".into()];
         assert_eq!(versions_of(&seg, names.iter().map(|s| s.as_str())), vec![h]);
+    }
+
+    #[test]
+    fn reach_finds_the_first_gap() {
+        let mut ix = Index::default();
+        for n in [3u64, 4, 5, 7] {
+            ix.segments.insert((1, n));
+        }
+        ix.segments.insert((2, 6));
+        let r = ix.reach(1, 3);
+        assert_eq!((r.last, r.first_missing, r.gap), (Some(5), 6, true));
+        let r = ix.reach(1, 7);
+        assert_eq!((r.last, r.first_missing, r.gap), (Some(7), 8, false));
+        let r = ix.reach(2, 5);
+        assert_eq!((r.last, r.first_missing, r.gap), (None, 5, true));
+        assert_eq!(ix.extents()[&1], (3, 7));
     }
 }

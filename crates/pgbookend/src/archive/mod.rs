@@ -13,6 +13,7 @@ pub mod get;
 pub mod layout;
 pub mod prefetch;
 pub mod push;
+pub mod retain;
 
 use crate::config::Config;
 use crate::error::{Class, Error, Result};

@@ -14,6 +14,7 @@
 pub mod exec;
 pub mod guard;
 pub mod journal;
+pub mod pitr;
 pub mod safety;
 
 use crate::bundle::{self, Manifest, WalMode};
@@ -59,6 +60,8 @@ pub struct PrepareOptions {
     /// How much of the copy's pages to judge before anything changes (`--no-check-pages`,
     /// `--check-pages=sample:N%`; default: every page).
     pub check_pages: crate::verify::PageCheckMode,
+    /// How `--target` finds the store's bundles to pick among (`None`: it picks none).
+    pub list_bundles: Option<pitr::BundleLister>,
 }
 
 /// A bundle read from disk, checked against its own manifest.
@@ -470,6 +473,29 @@ enum WalSource {
     Archive(PathBuf),
     /// Through the user's restore_command.
     Command(String),
+    /// From the store's WAL archive through `pgbookend archive-get` (checked by listing).
+    Store(String),
+}
+
+/// The point-in-time restore from the store's archive, when `--target` asks for one and
+/// the store holds this cluster's WAL; its problems go into the report.
+fn store_pitr(
+    opts: &PrepareOptions,
+    m: &Manifest,
+    report: &mut Report,
+) -> Option<pitr::PitrReport> {
+    let url = pitr::store_url(opts)?;
+    let target = opts.target.as_deref().unwrap_or_default();
+    match pitr::examine(&url, target, m, opts.list_bundles, &mut report.warnings) {
+        Ok(p) => {
+            report.pitr = p.clone();
+            p
+        }
+        Err(p) => {
+            report.problems.push(p);
+            None
+        }
+    }
 }
 
 /// A restore_command that copies from `dir`, also the compressed forms archivers write.
@@ -632,6 +658,8 @@ pub struct Report {
     pub done: bool,
     /// The page check of the copy (`None`: not run).
     pub pages: Option<crate::verify::report::PageReport>,
+    /// A point-in-time restore from the store's archive (`None`: not one).
+    pub pitr: Option<pitr::PitrReport>,
 }
 
 impl Report {
@@ -648,6 +676,7 @@ impl Report {
             dry_run,
             done: false,
             pages: None,
+            pitr: None,
         }
     }
 }
@@ -845,6 +874,7 @@ pub fn examine(
     }
 
     // The WAL from start to stop must be reachable.
+    let pitr = store_pitr(opts, m, &mut report);
     let archive = opts.archive.clone().or_else(|| {
         m.archive_dir
             .as_ref()
@@ -855,6 +885,8 @@ pub fn examine(
         Some(WalSource::Bundle)
     } else if let Some(cmd) = &opts.restore_command {
         Some(WalSource::Command(cmd.clone()))
+    } else if let Some(p) = &pitr {
+        Some(WalSource::Store(p.restore_command.clone()))
     } else if opts.archive.is_none() && !m.archive_stores.is_empty() {
         archive_get_command(&m.archive_stores).map(WalSource::Command)
     } else {
@@ -893,10 +925,11 @@ pub fn examine(
                 }
             }
         }
-        Some(WalSource::Bundle) => {}
+        Some(WalSource::Bundle) | Some(WalSource::Store(_)) => {}
     }
 
-    let target = match parse_target(opts, source.as_ref(), archive.as_deref()) {
+    let pitr_cmd = pitr.as_ref().map(|p| p.restore_command.clone());
+    let target = match parse_target(opts, source.as_ref(), archive.as_deref(), pitr_cmd) {
         Ok(t) => t,
         Err(p) => {
             report.problems.push(p);
@@ -1143,14 +1176,16 @@ fn parse_target(
     opts: &PrepareOptions,
     source: Option<&WalSource>,
     archive: Option<&Path>,
+    store_cmd: Option<String>,
 ) -> std::result::Result<BTreeMap<String, String>, Problem> {
     let mut s = BTreeMap::new();
     let restore = match source {
-        Some(WalSource::Command(c)) => Some(c.clone()),
+        Some(WalSource::Command(c)) | Some(WalSource::Store(c)) => Some(c.clone()),
         _ => opts
             .restore_command
             .clone()
-            .or_else(|| archive.map(archive_restore_command)),
+            .or_else(|| archive.map(archive_restore_command))
+            .or(store_cmd),
     };
     let has_archive = restore.is_some();
     // With the WAL only in pg_wal there is nothing to fetch, but PostgreSQL requires a
@@ -1318,6 +1353,9 @@ pub fn render(report: &Report, verb: &str) -> String {
     if let Some(p) = &report.pages {
         out.push_str(&crate::verify::report::human(p));
     }
+    if let Some(p) = &report.pitr {
+        out.push_str(&pitr_line(p));
+    }
     if !report.problems.is_empty() {
         out.push_str(&format!("{verb}: {} problem(s):\n", report.problems.len()));
         for p in &report.problems {
@@ -1352,6 +1390,22 @@ pub fn render(report: &Report, verb: &str) -> String {
         out.push_str(&format!("start the server with:\n  {c}\n"));
     }
     out
+}
+
+/// The human lines of a point-in-time restore: which bundle the target picks and how far
+/// the archive reaches.
+fn pitr_line(p: &pitr::PitrReport) -> String {
+    let picked = match (&p.picked, &p.picked_stop_time) {
+        (Some(id), Some(t)) => format!("the target picks backup {id} (stopped {t})"),
+        _ => "the target cannot be placed among the backups (xid, name or a time without zone)"
+            .into(),
+    };
+    format!(
+        "point in time: {picked}; WAL from the archive in {}: {} .. {}\n",
+        p.store,
+        p.archive_from,
+        p.archive_to.as_deref().unwrap_or("(none archived yet)")
+    )
 }
 
 /// `verify --pgdata DIR`: every check of `prepare`, read-only, with the bundle's WAL

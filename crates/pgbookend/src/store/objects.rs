@@ -84,6 +84,82 @@ impl Handle {
         }
     }
 
+    /// The objects one level below `dir`: `(subdirectory, object)` for every object of
+    /// every subdirectory (links and deeper levels ignored); empty when `dir` is absent.
+    /// One listing for a whole cluster's archive, for coverage checks and retention.
+    pub fn list_tree(&self, dir: &str) -> Result<Vec<(String, Object)>> {
+        match self {
+            Handle::Local(p) => {
+                let root = Self::root(p)?;
+                let d = match root.open_beneath(Path::new(dir)) {
+                    Ok(d) => d,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(e) => return Err(fsutil::nofollow_err("cannot open", &p.join(dir), e)),
+                };
+                let names = d
+                    .entries()
+                    .map_err(|e| io_err("cannot list", &p.join(dir), e))?;
+                let mut out = Vec::new();
+                for sub in names.into_iter().filter_map(|n| n.into_string().ok()) {
+                    let is_dir = d
+                        .lstat(&sub)
+                        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+                    if is_dir {
+                        for o in self.list(&format!("{dir}/{sub}"))? {
+                            out.push((sub.clone(), o));
+                        }
+                    }
+                }
+                Ok(out)
+            }
+            Handle::S3(c) => {
+                let strip = format!("{dir}/");
+                Ok(c.list_below(dir)?
+                    .into_iter()
+                    .filter_map(|o| {
+                        let rest = o.key.strip_prefix(&strip)?;
+                        let (sub, name) = rest.split_once('/')?;
+                        (!name.contains('/')).then(|| {
+                            (
+                                sub.to_string(),
+                                Object {
+                                    name: name.to_string(),
+                                    size: o.size,
+                                },
+                            )
+                        })
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// Removes the objects `dir/name` (missing ones are fine): for WAL retention only.
+    pub fn remove(&self, dir: &str, names: &[String]) -> Result<()> {
+        match self {
+            Handle::Local(p) => {
+                let root = Self::root(p)?;
+                let d = match root.open_beneath(Path::new(dir)) {
+                    Ok(d) => d,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) => return Err(fsutil::nofollow_err("cannot open", &p.join(dir), e)),
+                };
+                for n in names {
+                    match d.unlink(n) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io_err("cannot remove", &p.join(dir).join(n), e)),
+                    }
+                }
+                Ok(())
+            }
+            Handle::S3(c) => {
+                let keys: Vec<String> = names.iter().map(|n| format!("{dir}/{n}")).collect();
+                c.delete(&keys)
+            }
+        }
+    }
+
     /// Stores the local file `src` as `dir/name`, durably and verified: local stores write
     /// a temporary file (`O_EXCL`), fsync it, rename it into place without replacing
     /// anything (an object already there is left as it is: it has the same name, so the
