@@ -799,7 +799,8 @@ fn wal_archive_in_store(major: u32) {
     let d = data.display().to_string();
     // No --target: the restore_command comes from the bundle's archive_stores (with a
     // target, tests/pitr.rs covers the store's archive picked by the target).
-    tool.run(&["prepare", "--pgdata", &d, "--store", &store]).ok();
+    tool.run(&["prepare", "--pgdata", &d, "--store", &store])
+        .ok();
     let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
     assert!(auto.contains("archive-get %f %p --store"), "{auto}");
     let r = common::start_restored(major, &data, work.path());
