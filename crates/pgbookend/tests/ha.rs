@@ -9,39 +9,6 @@ use common::{run_for, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions};
 use std::time::Duration;
 
-/// A streaming standby of `primary`, from a copy of its cleanly stopped data directory.
-fn standby_of(primary: &Cluster) -> Cluster {
-    primary.stop();
-    let base = pgbookend_testkit::temp_dir("ha-standby").keep();
-    let data = base.join("data");
-    assert!(common::cp_live(primary.pgdata(), &data).unwrap().success());
-    primary.start_again().expect("primary restarts");
-    let conf = format!(
-        "\nprimary_conninfo = 'host={} port={} user=postgres'\nhot_standby = on\n",
-        primary.socket_dir().display(),
-        primary.port()
-    );
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(data.join("postgresql.conf"))
-        .unwrap();
-    std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
-    std::fs::write(data.join("standby.signal"), b"").unwrap();
-    if let Some((_, uid, gid)) = pgbookend_testkit::server_user() {
-        std::os::unix::fs::chown(data.join("standby.signal"), Some(uid), Some(gid)).unwrap();
-    }
-    let standby = Cluster::from_existing(primary.major(), data, base);
-    standby.start_again().expect("standby starts");
-    assert!(
-        common::wait_until(Duration::from_secs(30), || standby
-            .try_psql("SELECT pg_is_in_recovery()")
-            .as_deref()
-            == Ok("t")),
-        "standby in recovery"
-    );
-    standby
-}
-
 /// Whether `c` has no session of backup `id` (a backup in progress holds one). The short
 /// session that read the role ends with `start`, but its backend may take a moment to go.
 fn no_session_of(c: &Cluster, id: &str) -> bool {
@@ -117,7 +84,7 @@ fn config_key(on_standby: &Tool) {
 
 fn only_on(major: u32) {
     let primary = Cluster::start(ClusterOptions::new(major));
-    let standby = standby_of(&primary);
+    let standby = common::make_standby(&primary);
     let on_primary = Tool::new(&primary);
     let on_standby = Tool::new(&standby);
     // The job "back up the primary", run on both nodes.

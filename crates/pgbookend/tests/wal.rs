@@ -242,50 +242,11 @@ fn no_slots(major: u32) {
 }
 per_major!(no_slots_t, no_slots);
 
-/// A streaming standby of `primary`: a copy of its cleanly stopped data directory with
-/// standby.signal and primary_conninfo, started by the harness.
-fn make_standby(primary: &Cluster) -> Cluster {
-    primary.stop();
-    let base = pgbookend_testkit::temp_dir("standby").keep();
-    let data = base.join("data");
-    let st = common::cp_live(primary.pgdata(), &data).unwrap();
-    assert!(st.success());
-    primary.start_again().expect("primary restarts");
-    let conninfo = format!(
-        "host={} port={} user=postgres application_name=standby",
-        primary.socket_dir().display(),
-        primary.port()
-    );
-    let mut conf = std::fs::OpenOptions::new()
-        .append(true)
-        .open(data.join("postgresql.conf"))
-        .unwrap();
-    std::io::Write::write_all(
-        &mut conf,
-        format!("\nprimary_conninfo = '{conninfo}'\nhot_standby = on\n").as_bytes(),
-    )
-    .unwrap();
-    std::fs::write(data.join("standby.signal"), b"").unwrap();
-    if let Some((_, uid, gid)) = pgbookend_testkit::server_user() {
-        std::os::unix::fs::chown(data.join("standby.signal"), Some(uid), Some(gid)).unwrap();
-    }
-    let standby = Cluster::from_existing(primary.major(), data, base);
-    standby.start_again().expect("standby starts");
-    assert!(
-        common::wait_until(Duration::from_secs(30), || standby
-            .try_psql("SELECT pg_is_in_recovery()")
-            .as_deref()
-            == Ok("t")),
-        "standby in recovery"
-    );
-    standby
-}
-
 /// A backup taken on a hot standby: start and stop on the standby, WAL from its pg_wal.
 fn standby_backup(major: u32) {
     let primary = Cluster::start(ClusterOptions::new(major));
     primary.pgbench_init(1);
-    let standby = make_standby(&primary);
+    let standby = common::make_standby(&primary);
     let tool = Tool::new(&standby);
     let started = tool.start("sb", &[]).ok().json();
     assert_eq!(started["backup_from"], "standby");
@@ -331,7 +292,7 @@ per_major!(standby_backup_t, standby_backup);
 /// A promotion during a standby backup makes stop fail clearly.
 fn standby_promoted(major: u32) {
     let primary = Cluster::start(ClusterOptions::new(major));
-    let standby = make_standby(&primary);
+    let standby = common::make_standby(&primary);
     let tool = Tool::new(&standby);
     tool.start("promo", &[]).ok();
     standby.psql("SELECT pg_promote()");

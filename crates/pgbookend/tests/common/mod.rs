@@ -305,3 +305,42 @@ pub fn wait_recovered(r: &Cluster) {
         r.server_log()
     );
 }
+
+/// A streaming standby of `primary`: a copy of its cleanly stopped data directory with
+/// standby.signal and primary_conninfo, started by the harness.
+pub fn make_standby(primary: &Cluster) -> Cluster {
+    primary.stop();
+    let base = pgbookend_testkit::temp_dir("standby").keep();
+    let data = base.join("data");
+    let st = cp_live(primary.pgdata(), &data).unwrap();
+    assert!(st.success());
+    primary.start_again().expect("primary restarts");
+    let conninfo = format!(
+        "host={} port={} user=postgres application_name=standby",
+        primary.socket_dir().display(),
+        primary.port()
+    );
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.conf"))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut conf,
+        format!("\nprimary_conninfo = '{conninfo}'\nhot_standby = on\n").as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(data.join("standby.signal"), b"").unwrap();
+    if let Some((_, uid, gid)) = pgbookend_testkit::server_user() {
+        std::os::unix::fs::chown(data.join("standby.signal"), Some(uid), Some(gid)).unwrap();
+    }
+    let standby = Cluster::from_existing(primary.major(), data, base);
+    standby.start_again().expect("standby starts");
+    assert!(
+        wait_until(Duration::from_secs(30), || standby
+            .try_psql("SELECT pg_is_in_recovery()")
+            .as_deref()
+            == Ok("t")),
+        "standby in recovery"
+    );
+    standby
+}
