@@ -388,10 +388,13 @@ fn hooks_across_processes(major: u32) {
     for (k, v) in &tool.env {
         cmd.env(k, v);
     }
-    // SAFETY: setsid and ioctl between fork and exec: a new session whose controlling
-    // terminal is the pty, as a login shell or a container exec would have.
+    // SAFETY: signal, setsid and ioctl between fork and exec: a new session whose
+    // controlling terminal is the pty, as a login shell or a container exec would have,
+    // with SIGHUP at its default whatever the test runner inherited (a suite started under
+    // `nohup` ignores it, and the sleeper would then survive the hang-up).
     unsafe {
         cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
