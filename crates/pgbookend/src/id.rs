@@ -6,11 +6,13 @@ use crate::error::{Error, Result};
 pub const MAX_LEN: usize = 64;
 
 /// Names a store uses for itself, beside the bundles: the WAL archive (`archive/`) and
-/// `check`'s probes. No backup may take them, and `list`/`expire` never see them as
+/// `check`'s probes and the data of built-in backups (`data/`). No backup may take them, and `list`/`expire` never see them as
 /// bundles (so `expire --include-partial` can never remove the archive).
-pub const RESERVED: &[&str] = &[ARCHIVE_DIR, CHECK_DIR];
+pub const RESERVED: &[&str] = &[ARCHIVE_DIR, CHECK_DIR, DATA_DIR];
 /// The WAL archive's directory in a store.
 pub const ARCHIVE_DIR: &str = "archive";
+/// The directory of the built-in backups' data (`pgbookend backup`) in a store.
+pub const DATA_DIR: &str = "data";
 /// The directory of `check`'s probe objects in a store.
 pub const CHECK_DIR: &str = "pgbookend-check";
 

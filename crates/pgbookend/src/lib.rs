@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod archive;
+pub mod backup;
 pub mod bundle;
 pub mod bundle_check;
 pub mod bundle_read;
