@@ -728,6 +728,106 @@ pub fn examine(
 ) -> (Report, Option<(Loaded, PlanExtra)>) {
     let pgdata = &opts.pgdata;
     let mut report = Report::new(None, pgdata, opts.dry_run);
+    let Some((mk, loaded)) = open_pair(opts, scratch, deep, &mut report) else {
+        return (report, None);
+    };
+    let m = &loaded.manifest;
+    let label = loaded.label.clone().expect("checked by load_bundle");
+    let copy_control_note = check_copy_control(pgdata, mk.as_ref(), m, &label, &mut report);
+
+    // Tablespaces: the map, remaps, and where the files are.
+    let remap: BTreeMap<u32, PathBuf> = opts.tablespaces.iter().cloned().collect();
+    let map = read_map(&loaded, &mut report);
+    let known: Vec<u32> = map
+        .as_ref()
+        .map(|mp| mp.entries.iter().map(|e| e.0).collect())
+        .unwrap_or_default();
+    check_remaps(&remap, &known, &mut report);
+    check_file_list(pgdata, &loaded, &known, &remap, &mut report);
+
+    // The WAL from start to stop must be reachable.
+    let pitr = store_pitr(opts, m, &mut report);
+    let archive = opts.archive.clone().or_else(|| {
+        m.archive_dir
+            .as_ref()
+            .map(PathBuf::from)
+            .filter(|d| d.is_dir())
+    });
+    let source = wal_source(opts, m, pitr.as_ref(), archive.as_ref());
+    check_wal_source(source.as_ref(), &loaded, scratch, &mut report);
+    let pitr_cmd = pitr.as_ref().map(|p| p.restore_command.clone());
+    let target = match parse_target(opts, source.as_ref(), archive.as_deref(), pitr_cmd) {
+        Ok(t) => t,
+        Err(p) => {
+            report.problems.push(p);
+            BTreeMap::new()
+        }
+    };
+    let layout = crate::restore::safety::LayoutInput {
+        pgdata,
+        waldir: opts.waldir.as_deref(),
+        remap: &remap,
+        tablespaces: map
+            .as_ref()
+            .map(|mp| mp.entries.iter().map(|e| (e.0, e.1.clone())).collect())
+            .unwrap_or_default(),
+        version_dir: loaded.control.as_ref().map(|c| {
+            pgbookend_formats::version::tablespace_version_dir(c.major, c.catalog_version_no)
+        }),
+        in_place: mk
+            .as_ref()
+            .is_some_and(|mk| same_path(Path::new(&mk.pgdata), pgdata)),
+        resuming: opts.resuming,
+    };
+    report
+        .problems
+        .extend(crate::restore::safety::layout_problems(&layout));
+    if report.problems.is_empty() && !opts.resuming {
+        check_pages(opts, &loaded, archive.as_deref(), &mut report);
+    }
+    if !report.problems.is_empty() {
+        return (report, None);
+    }
+
+    // The plan.
+    let mut actions = removals(pgdata);
+    plan_wal_and_slots(pgdata, opts.waldir.as_deref(), &mut actions);
+    let tablespaces = Tablespaces {
+        pgdata,
+        known: &known,
+        remap: &remap,
+        map: map.as_ref(),
+    };
+    let new_map = plan_tablespaces(&tablespaces, &mut actions, &mut report);
+    if !report.problems.is_empty() {
+        return (report, None);
+    }
+    let finish = Finish {
+        pgdata,
+        m,
+        remapped: !remap.is_empty(),
+        has_map: new_map.is_some(),
+        wal_from_bundle: matches!(source, Some(WalSource::Bundle)),
+        standby: opts.standby,
+        copy_control_note,
+    };
+    plan_finish(&finish, &target, &mut actions);
+    report.actions = actions;
+    report.recovery = Some(describe_recovery(m, &label, &target, opts.standby));
+    report.start_command = Some(start_command(pgdata));
+    (report, Some((loaded, PlanExtra { new_map })))
+}
+
+/// The first checks: the copy is a data directory with no server on it, which backup it
+/// belongs to, and that backup's bundle, loaded and checked. `None` once a problem is
+/// recorded (nothing else can be judged without them).
+fn open_pair(
+    opts: &PrepareOptions,
+    scratch: &Path,
+    deep: bool,
+    report: &mut Report,
+) -> Option<(Option<marker::Marker>, Loaded)> {
+    let pgdata = &opts.pgdata;
     if !pgdata.join("PG_VERSION").is_file() {
         report.problems.push(problem(
             "copy_pgdata",
@@ -737,7 +837,7 @@ pub fn examine(
             ),
             "give --pgdata the directory the copy was restored to",
         ));
-        return (report, None);
+        return None;
     }
     if let Some(pid) = running_postmaster(pgdata) {
         report.problems.push(problem(
@@ -748,36 +848,32 @@ pub fn examine(
             ),
             "prepare works on a restored copy with no server running on it; stop the server first",
         ));
-        return (report, None);
+        return None;
     }
-    let (id, mk) = match identify(pgdata, opts.id.as_deref()) {
-        Ok(x) => x,
-        Err(p) => {
-            report.problems.push(p);
-            return (report, None);
-        }
-    };
+    let (id, mk) = identify(pgdata, opts.id.as_deref())
+        .map_err(|p| report.problems.push(p))
+        .ok()?;
     report.id = Some(id.clone());
-    let bdir = match locate_bundle(opts, &id, mk.as_ref(), scratch) {
-        Ok(d) => d,
-        Err(p) => {
-            report.problems.push(p);
-            return (report, None);
-        }
-    };
+    let bdir = locate_bundle(opts, &id, mk.as_ref(), scratch)
+        .map_err(|p| report.problems.push(p))
+        .ok()?;
     report.bundle = Some(bdir.display().to_string());
-    let loaded = match load_bundle(&bdir, Some(&id), deep) {
-        Ok(l) => l,
-        Err(ps) => {
-            report.problems.extend(ps);
-            return (report, None);
-        }
-    };
-    let m = &loaded.manifest;
-    let label = loaded.label.clone().expect("checked by load_bundle");
+    let loaded = load_bundle(&bdir, Some(&id), deep)
+        .map_err(|ps| report.problems.extend(ps))
+        .ok()?;
+    Some((mk, loaded))
+}
 
-    // The copy must be of the same cluster, and taken after start.
-    if let Some(mk) = &mk {
+/// The copy must be of the bundle's cluster and taken after start; returns what the plan
+/// says about the copy's own pg_control.
+fn check_copy_control(
+    pgdata: &Path,
+    mk: Option<&marker::Marker>,
+    m: &Manifest,
+    label: &BackupLabel,
+    report: &mut Report,
+) -> String {
+    if let Some(mk) = mk {
         if mk.system_identifier != m.system_identifier {
             report.problems.push(problem(
                 "copy_system_identifier",
@@ -789,10 +885,8 @@ pub fn examine(
             ));
         }
     }
-    let mut copy_control_note = "the copy has no pg_control".to_string();
     match fs::read(pgdata.join("global/pg_control")).map(|b| control::parse(&b)) {
         Ok(Ok(c)) => {
-            copy_control_note = "the copy's pg_control is replaced".into();
             if c.system_identifier.to_string() != m.system_identifier {
                 report.problems.push(problem(
                     "copy_system_identifier",
@@ -812,23 +906,21 @@ pub fn examine(
                     "take the copy between pgbookend start and stop, or pair it with the bundle of the backup it belongs to",
                 ));
             }
+            "the copy's pg_control is replaced".into()
         }
         Ok(Err(_)) => {
-            copy_control_note =
-                "the copy's pg_control is torn or damaged and is replaced by the bundle's".into()
+            "the copy's pg_control is torn or damaged and is replaced by the bundle's".into()
         }
-        Err(_) => {}
+        Err(_) => "the copy has no pg_control".into(),
     }
+}
 
-    // Tablespaces: the map, remaps, and where the files are.
-    let remap: BTreeMap<u32, PathBuf> = opts.tablespaces.iter().cloned().collect();
-    let map = loaded
-        .map_text
-        .as_deref()
-        .map(|t| TablespaceMap::parse_for_major(t, m.pg_major));
-    let map = match map {
-        Some(Ok(mp)) => Some(mp),
-        Some(Err(e)) => {
+/// The bundle's tablespace_map, parsed (a damaged one is a problem).
+fn read_map(loaded: &Loaded, report: &mut Report) -> Option<TablespaceMap> {
+    let text = loaded.map_text.as_deref()?;
+    match TablespaceMap::parse_for_major(text, loaded.manifest.pg_major) {
+        Ok(mp) => Some(mp),
+        Err(e) => {
             report.problems.push(problem(
                 "bundle_map",
                 format!("the bundle's tablespace_map does not parse: {e}"),
@@ -836,12 +928,11 @@ pub fn examine(
             ));
             None
         }
-        None => None,
-    };
-    let known: Vec<u32> = map
-        .as_ref()
-        .map(|mp| mp.entries.iter().map(|e| e.0).collect())
-        .unwrap_or_default();
+    }
+}
+
+/// Every `--tablespace OID=PATH` names a tablespace of the backup.
+fn check_remaps(remap: &BTreeMap<u32, PathBuf>, known: &[u32], report: &mut Report) {
     for oid in remap.keys() {
         if !known.contains(oid) {
             report.problems.push(problem(
@@ -851,48 +942,68 @@ pub fn examine(
             ));
         }
     }
+}
 
-    // The file list.
-    if let Some(fl) = &m.file_list {
-        let remap_files: BTreeMap<u32, PathBuf> = known
-            .iter()
-            .map(|oid| (*oid, effective_tablespace_files(pgdata, *oid, &remap)))
-            .collect();
-        match missing_files(pgdata, &loaded.dir.join(&fl.name), &remap_files, 10) {
-            Ok((0, _)) => {}
-            Ok((n, named)) => report.problems.push(problem(
-                "copy_incomplete",
-                format!(
-                    "the copy lacks {n} of the {} files that existed throughout the backup, e.g. {}",
-                    fl.count,
-                    named.join(", ")
-                ),
-                "the copy is incomplete (excluded paths, a failed or partial restore, tablespaces not restored): restore the whole copy, and give --tablespace OID=PATH where tablespaces were restored",
-            )),
-            Err(e) => report.problems.push(problem("bundle_file_list", e.message, "the bundle is damaged")),
-        }
+/// Every file that existed throughout the backup is in the copy (when the bundle has a
+/// file list).
+fn check_file_list(
+    pgdata: &Path,
+    loaded: &Loaded,
+    known: &[u32],
+    remap: &BTreeMap<u32, PathBuf>,
+    report: &mut Report,
+) {
+    let Some(fl) = &loaded.manifest.file_list else {
+        return;
+    };
+    let remap_files: BTreeMap<u32, PathBuf> = known
+        .iter()
+        .map(|oid| (*oid, effective_tablespace_files(pgdata, *oid, remap)))
+        .collect();
+    match missing_files(pgdata, &loaded.dir.join(&fl.name), &remap_files, 10) {
+        Ok((0, _)) => {}
+        Ok((n, named)) => report.problems.push(problem(
+            "copy_incomplete",
+            format!(
+                "the copy lacks {n} of the {} files that existed throughout the backup, e.g. {}",
+                fl.count,
+                named.join(", ")
+            ),
+            "the copy is incomplete (excluded paths, a failed or partial restore, tablespaces not restored): restore the whole copy, and give --tablespace OID=PATH where tablespaces were restored",
+        )),
+        Err(e) => report.problems.push(problem("bundle_file_list", e.message, "the bundle is damaged")),
     }
+}
 
-    // The WAL from start to stop must be reachable.
-    let pitr = store_pitr(opts, m, &mut report);
-    let archive = opts.archive.clone().or_else(|| {
-        m.archive_dir
-            .as_ref()
-            .map(PathBuf::from)
-            .filter(|d| d.is_dir())
-    });
-    let source = if m.mode() == Some(WalMode::Collect) {
+/// Where recovery gets the WAL of the window from, in order of preference.
+fn wal_source(
+    opts: &PrepareOptions,
+    m: &Manifest,
+    pitr: Option<&pitr::PitrReport>,
+    archive: Option<&PathBuf>,
+) -> Option<WalSource> {
+    if m.mode() == Some(WalMode::Collect) {
         Some(WalSource::Bundle)
     } else if let Some(cmd) = &opts.restore_command {
         Some(WalSource::Command(cmd.clone()))
-    } else if let Some(p) = &pitr {
+    } else if let Some(p) = pitr {
         Some(WalSource::Store(p.restore_command.clone()))
     } else if opts.archive.is_none() && !m.archive_stores.is_empty() {
         archive_get_command(&m.archive_stores).map(WalSource::Command)
     } else {
-        archive.clone().map(WalSource::Archive)
-    };
-    match &source {
+        archive.cloned().map(WalSource::Archive)
+    }
+}
+
+/// The WAL source reaches every segment of the window (tried, for a command).
+fn check_wal_source(
+    source: Option<&WalSource>,
+    loaded: &Loaded,
+    scratch: &Path,
+    report: &mut Report,
+) {
+    let m = &loaded.manifest;
+    match source {
         None => report.problems.push(problem(
             "wal_unreachable",
             format!(
@@ -902,94 +1013,74 @@ pub fn examine(
             "pass --archive DIR or --restore-command CMD that reaches WAL files {} .. {}",
         )),
         Some(WalSource::Archive(dir)) => {
-            for w in &m.wal {
-                if walcollect::find_in_archive(dir, &w.name).is_none() {
-                    report.problems.push(problem(
-                        "wal_unreachable",
-                        format!("WAL file {} of the backup is not in {}", w.name, dir.display()),
-                        "restore the archive, or point --archive at the directory that holds the WAL",
-                    ));
-                    break;
-                }
+            if let Some(w) = m
+                .wal
+                .iter()
+                .find(|w| walcollect::find_in_archive(dir, &w.name).is_none())
+            {
+                report.problems.push(problem(
+                    "wal_unreachable",
+                    format!("WAL file {} of the backup is not in {}", w.name, dir.display()),
+                    "restore the archive, or point --archive at the directory that holds the WAL",
+                ));
             }
         }
         Some(WalSource::Command(cmd)) => {
-            for w in &m.wal {
-                if !try_restore_command(cmd, &w.name, scratch, &loaded.control_bytes) {
-                    report.problems.push(problem(
-                        "wal_unreachable",
-                        format!("--restore-command could not fetch WAL file {} of the backup", w.name),
-                        "check the command by hand with %f and %p replaced",
-                    ));
-                    break;
-                }
+            if let Some(w) = m
+                .wal
+                .iter()
+                .find(|w| !try_restore_command(cmd, &w.name, scratch, &loaded.control_bytes))
+            {
+                report.problems.push(problem(
+                    "wal_unreachable",
+                    format!("--restore-command could not fetch WAL file {} of the backup", w.name),
+                    "check the command by hand with %f and %p replaced",
+                ));
             }
         }
         Some(WalSource::Bundle) | Some(WalSource::Store(_)) => {}
     }
+}
 
-    let pitr_cmd = pitr.as_ref().map(|p| p.restore_command.clone());
-    let target = match parse_target(opts, source.as_ref(), archive.as_deref(), pitr_cmd) {
-        Ok(t) => t,
-        Err(p) => {
-            report.problems.push(p);
-            BTreeMap::new()
-        }
-    };
-    report
-        .problems
-        .extend(crate::restore::safety::layout_problems(
-            &crate::restore::safety::LayoutInput {
-                pgdata,
-                waldir: opts.waldir.as_deref(),
-                remap: &remap,
-                tablespaces: map
-                    .as_ref()
-                    .map(|mp| mp.entries.iter().map(|e| (e.0, e.1.clone())).collect())
-                    .unwrap_or_default(),
-                version_dir: loaded.control.as_ref().map(|c| {
-                    pgbookend_formats::version::tablespace_version_dir(
-                        c.major,
-                        c.catalog_version_no,
-                    )
-                }),
-                in_place: mk
-                    .as_ref()
-                    .is_some_and(|mk| same_path(Path::new(&mk.pgdata), pgdata)),
-                resuming: opts.resuming,
-            },
-        ));
-    if report.problems.is_empty() && !opts.resuming {
-        check_pages(opts, &loaded, archive.as_deref(), &mut report);
-    }
-    if !report.problems.is_empty() {
-        return (report, None);
-    }
-
-    // The plan.
-    let mut actions = Vec::new();
-    for f in [
+/// Files that must not be in a base backup, removed first.
+fn removals(pgdata: &Path) -> Vec<Action> {
+    [
         "postmaster.pid",
         "postmaster.opts",
         "backup_label.old",
         "tablespace_map.old",
         "recovery.signal",
         "standby.signal",
-    ] {
-        if pgdata.join(f).exists() {
-            actions.push(Action::Remove {
-                path: pgdata.join(f).display().to_string(),
-                why: "must not be in a base backup".into(),
-            });
-        }
-    }
-    plan_wal_and_slots(pgdata, opts.waldir.as_deref(), &mut actions);
-    let mut new_map = map.clone();
-    for oid in &known {
-        let link = pgdata.join("pg_tblspc").join(oid.to_string());
+    ]
+    .into_iter()
+    .filter(|f| pgdata.join(f).exists())
+    .map(|f| Action::Remove {
+        path: pgdata.join(f).display().to_string(),
+        why: "must not be in a base backup".into(),
+    })
+    .collect()
+}
+
+/// The backup's tablespaces and where the user wants them.
+struct Tablespaces<'a> {
+    pgdata: &'a Path,
+    known: &'a [u32],
+    remap: &'a BTreeMap<u32, PathBuf>,
+    map: Option<&'a TablespaceMap>,
+}
+
+/// Moves and links for remapped tablespaces; returns the tablespace_map to write.
+fn plan_tablespaces(
+    t: &Tablespaces,
+    actions: &mut Vec<Action>,
+    report: &mut Report,
+) -> Option<TablespaceMap> {
+    let mut new_map = t.map.cloned();
+    for oid in t.known {
+        let link = t.pgdata.join("pg_tblspc").join(oid.to_string());
         let lmeta = fs::symlink_metadata(&link);
         let is_real_dir = lmeta.as_ref().map(|m| m.is_dir()).unwrap_or(false);
-        if let Some(to) = remap.get(oid) {
+        if let Some(to) = t.remap.get(oid) {
             // Only files inside the copy are ever moved: a link in the copy may point at
             // the original cluster's live tablespace, which prepare must never touch.
             if is_real_dir && dir_has_entries(&link) {
@@ -1009,8 +1100,8 @@ pub fn examine(
                 }
             }
         } else if is_real_dir && dir_has_entries(&link) {
-            let orig = map
-                .as_ref()
+            let orig = t
+                .map
                 .and_then(|mp| mp.path(*oid).map(|s| s.to_string()))
                 .unwrap_or_default();
             report.problems.push(problem(
@@ -1020,27 +1111,41 @@ pub fn examine(
             ));
         }
     }
-    if !report.problems.is_empty() {
-        return (report, None);
-    }
+    new_map
+}
+
+/// What the last steps of the plan depend on.
+struct Finish<'a> {
+    pgdata: &'a Path,
+    m: &'a Manifest,
+    remapped: bool,
+    has_map: bool,
+    wal_from_bundle: bool,
+    standby: bool,
+    copy_control_note: String,
+}
+
+/// The last steps: label and map, the bundle's WAL, recovery settings and signal, and
+/// the bundle's pg_control.
+fn plan_finish(f: &Finish, target: &BTreeMap<String, String>, actions: &mut Vec<Action>) {
+    let pgdata = f.pgdata;
     actions.push(Action::WriteFile {
         path: pgdata.join("backup_label").display().to_string(),
         what: "byte for byte from the bundle".into(),
     });
-    if let Some(mp) = &new_map {
-        let what = if remap.is_empty() {
-            "byte for byte from the bundle"
-        } else {
+    if f.has_map {
+        let what = if f.remapped {
             "from the bundle, with the tablespace remaps"
+        } else {
+            "byte for byte from the bundle"
         };
         actions.push(Action::WriteFile {
             path: pgdata.join("tablespace_map").display().to_string(),
             what: what.into(),
         });
-        let _ = mp;
     }
-    if matches!(source, Some(WalSource::Bundle)) {
-        for w in &m.wal {
+    if f.wal_from_bundle {
+        for w in &f.m.wal {
             actions.push(Action::WriteWal {
                 path: pgdata.join("pg_wal").join(&w.name).display().to_string(),
                 from: format!("bundle {}", w.stored.clone().unwrap_or_default()),
@@ -1050,7 +1155,7 @@ pub fn examine(
     actions.push(Action::SetRecovery {
         settings: target.clone(),
     });
-    let signal = if opts.standby {
+    let signal = if f.standby {
         "standby.signal"
     } else {
         "recovery.signal"
@@ -1062,13 +1167,10 @@ pub fn examine(
     actions.push(Action::InstallControl {
         path: pgdata.join("global/pg_control").display().to_string(),
         what: format!(
-            "the bundle's, read after stop, with its checkpoint made invalid so the server cannot start without backup_label; {copy_control_note}"
+            "the bundle's, read after stop, with its checkpoint made invalid so the server cannot start without backup_label; {}",
+            f.copy_control_note
         ),
     });
-    report.actions = actions;
-    report.recovery = Some(describe_recovery(m, &label, &target, opts.standby));
-    report.start_command = Some(start_command(pgdata));
-    (report, Some((loaded, PlanExtra { new_map })))
 }
 
 /// The pages of the copy, judged by the WAL of the window, before anything changes (a
