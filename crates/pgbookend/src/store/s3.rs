@@ -311,20 +311,13 @@ fn load_profile(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Profile>>
     Ok(Some(p))
 }
 
-/// Resolves the connection settings (see the module documentation for the order).
-fn resolve(
+/// The endpoint: the flag, the AWS environment, then the profile; an http(s) URL
+/// without credentials in it.
+fn resolve_endpoint(
     settings: &Settings,
-    explicit: Option<&Credentials>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Resolved> {
-    let env_nonempty = |k: &str| env(k).filter(|v| !v.is_empty());
-    let profile = load_profile(&env_nonempty)?.unwrap_or_default();
-    let mut secrets: Vec<String> = SECRET_VARS.iter().filter_map(|k| env_nonempty(k)).collect();
-    secrets.extend(
-        SECRET_KEYS
-            .iter()
-            .filter_map(|k| profile.get(*k).filter(|v| !v.is_empty()).cloned()),
-    );
+    env_nonempty: &dyn Fn(&str) -> Option<String>,
+    profile: &Profile,
+) -> Result<Option<String>> {
     let endpoint = settings
         .endpoint
         .clone()
@@ -352,24 +345,18 @@ fn resolve(
             .hint("give --s3-endpoint https://host[:port] (or AWS_ENDPOINT_URL)"));
         }
     }
-    let region = settings
-        .region
-        .clone()
-        .or_else(|| env_nonempty("AWS_REGION"))
-        .or_else(|| env_nonempty("AWS_DEFAULT_REGION"))
-        .or_else(|| profile.get("region").cloned())
-        .unwrap_or_else(|| "us-east-1".into());
-    let path_style = settings
-        .path_style
-        .or_else(
-            || match profile.get("s3.addressing_style").map(|s| s.as_str()) {
-                Some("path") => Some(true),
-                Some("virtual") => Some(false),
-                _ => None,
-            },
-        )
-        .unwrap_or(endpoint.is_some());
-    let credentials = if let Some(c) = explicit {
+    Ok(endpoint)
+}
+
+/// The credentials: explicit, the environment's pair, then the profile's (none:
+/// anonymous). Every secret met is added to `secrets` for scrubbing.
+fn resolve_credentials(
+    explicit: Option<&Credentials>,
+    env_nonempty: &dyn Fn(&str) -> Option<String>,
+    profile: &Profile,
+    secrets: &mut Vec<String>,
+) -> Result<Option<Credentials>> {
+    Ok(if let Some(c) = explicit {
         secrets.push(c.access_key_id.clone());
         secrets.push(c.secret_access_key.clone());
         secrets.extend(c.session_token.clone());
@@ -402,7 +389,42 @@ fn resolve(
         })
     } else {
         None
-    };
+    })
+}
+
+/// Resolves the connection settings (see the module documentation for the order).
+fn resolve(
+    settings: &Settings,
+    explicit: Option<&Credentials>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Resolved> {
+    let env_nonempty = |k: &str| env(k).filter(|v| !v.is_empty());
+    let profile = load_profile(&env_nonempty)?.unwrap_or_default();
+    let mut secrets: Vec<String> = SECRET_VARS.iter().filter_map(|k| env_nonempty(k)).collect();
+    secrets.extend(
+        SECRET_KEYS
+            .iter()
+            .filter_map(|k| profile.get(*k).filter(|v| !v.is_empty()).cloned()),
+    );
+    let endpoint = resolve_endpoint(settings, &env_nonempty, &profile)?;
+    let region = settings
+        .region
+        .clone()
+        .or_else(|| env_nonempty("AWS_REGION"))
+        .or_else(|| env_nonempty("AWS_DEFAULT_REGION"))
+        .or_else(|| profile.get("region").cloned())
+        .unwrap_or_else(|| "us-east-1".into());
+    let path_style = settings
+        .path_style
+        .or_else(
+            || match profile.get("s3.addressing_style").map(|s| s.as_str()) {
+                Some("path") => Some(true),
+                Some("virtual") => Some(false),
+                _ => None,
+            },
+        )
+        .unwrap_or(endpoint.is_some());
+    let credentials = resolve_credentials(explicit, &env_nonempty, &profile, &mut secrets)?;
     secrets.retain(|s| s.len() >= 4);
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     secrets.dedup();
