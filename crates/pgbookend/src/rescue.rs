@@ -527,23 +527,7 @@ pub fn command(
     stores: Vec<String>,
     archive: Option<PathBuf>,
 ) -> Result<crate::output::Output> {
-    crate::id::validate(id)?;
-    let entry = run.entry(id);
-    if entry.agent_alive() {
-        return Err(Error::usage(format!(
-            "backup {id} still has a live agent: its stop may still be writing the bundle"
-        ))
-        .hint(format!(
-            "wait for it; `pgbookend status --id {id}` shows its state"
-        )));
-    }
-    let saved = locate(run, id).ok_or_else(|| {
-        Error::usage(format!(
-            "no rescue copy of backup {id} in {} (nor in the run directory)",
-            root().display()
-        ))
-        .hint("a backup is rescuable only once pg_backup_stop has returned; `pgbookend status` and `pgbookend list` show which are")
-    })?;
+    let saved = rescue_copy(run, id)?;
     let facts = load(&saved, id)?;
     let stores = if stores.is_empty() {
         facts.stores.clone()
@@ -558,18 +542,7 @@ pub fn command(
         None => facts.archive_dir.clone(),
     };
     let window = window(&facts, archive.as_deref())?;
-    let archived = match (facts.wal_mode, archive.as_deref()) {
-        (WalMode::Archive, Some(d)) => Some(archive_entries(d, &window)?),
-        (WalMode::Archive, None) if !facts.manifest.archive_stores.is_empty() => {
-            Some(store_archive_now(&facts, &window)?)
-        }
-        (WalMode::Archive, None) => {
-            return Err(Error::usage(
-                "this backup keeps its WAL in an archive: pass --archive DIR",
-            ))
-        }
-        _ => None,
-    };
+    let archived = archived_now(&facts, archive.as_deref(), &window)?;
     let plan = Plan {
         facts: &facts,
         saved: &saved,
@@ -578,49 +551,15 @@ pub fn command(
         archive: archive.as_deref(),
     };
     let w = write_stores(&plan, &stores, &mut || Ok(()));
-    let written = w.outcomes.iter().filter(|o| o.ok).count();
-    let required = facts
-        .min_stores
-        .unwrap_or(w.outcomes.len())
-        .clamp(1, w.outcomes.len().max(1));
-    let mut human = String::new();
-    for o in &w.outcomes {
-        match (&o.location, &o.error) {
-            (Some(l), _) => human.push_str(&format!("  bundle: {l}\n")),
-            (None, e) => human.push_str(&format!(
-                "  bundle NOT written to {}: {}\n",
-                o.store,
-                e.as_deref().unwrap_or("?")
-            )),
-        }
-    }
     let json = serde_json::json!({
         "id": id,
         "rescue_copy": saved.display().to_string(),
         "wal_files": window.len(),
         "stores": w.outcomes,
-        "min_stores": required,
+        "min_stores": required_stores(&facts, &w),
     });
-    if written < required {
-        let why: Vec<String> = w
-            .outcomes
-            .iter()
-            .filter_map(|o| o.error.as_ref().map(|e| format!("{} ({e})", o.store)))
-            .collect();
-        let mut e = Error::new(
-            Class::Rescuable,
-            format!(
-                "backup {id} is still not complete: {}; its label stays saved in {}",
-                why.join("; "),
-                saved.display()
-            ),
-        );
-        for h in w.hints {
-            e = e.hint(h);
-        }
-        e = e.hint(format!(
-            "fix the cause and run `pgbookend rescue --id {id}` again"
-        ));
+    let human = outcome_lines(&w);
+    if let Some(e) = not_rescued(id, &facts, &w, &saved) {
         return Ok(crate::output::Output {
             json,
             human: format!("backup {id} NOT rescued\n{human}"),
@@ -629,6 +568,7 @@ pub fn command(
     }
     fsutil::remove_tree(&saved)?;
     crate::live::remove(id, &facts.token);
+    let entry = run.entry(id);
     if let Some(mut st) = entry.read_state() {
         st.state = crate::state::Phase::Stopped;
         st.rescue = None;
@@ -645,4 +585,96 @@ pub fn command(
         ),
         error: None,
     })
+}
+
+/// The rescue copy of backup `id`, once no agent can still be writing its bundle.
+fn rescue_copy(run: &crate::rundir::RunDir, id: &str) -> Result<PathBuf> {
+    crate::id::validate(id)?;
+    let entry = run.entry(id);
+    if entry.agent_alive() {
+        return Err(Error::usage(format!(
+            "backup {id} still has a live agent: its stop may still be writing the bundle"
+        ))
+        .hint(format!(
+            "wait for it; `pgbookend status --id {id}` shows its state"
+        )));
+    }
+    locate(run, id).ok_or_else(|| {
+        Error::usage(format!(
+            "no rescue copy of backup {id} in {} (nor in the run directory)",
+            root().display()
+        ))
+        .hint("a backup is rescuable only once pg_backup_stop has returned; `pgbookend status` and `pgbookend list` show which are")
+    })
+}
+
+/// The archived segments of the window, for a backup that keeps its WAL in an archive.
+fn archived_now(
+    facts: &Facts,
+    archive: Option<&Path>,
+    window: &[String],
+) -> Result<Option<Vec<WalEntry>>> {
+    Ok(match (facts.wal_mode, archive) {
+        (WalMode::Archive, Some(d)) => Some(archive_entries(d, window)?),
+        (WalMode::Archive, None) if !facts.manifest.archive_stores.is_empty() => {
+            Some(store_archive_now(facts, window)?)
+        }
+        (WalMode::Archive, None) => {
+            return Err(Error::usage(
+                "this backup keeps its WAL in an archive: pass --archive DIR",
+            ))
+        }
+        _ => None,
+    })
+}
+
+/// How many stores must take the bundle.
+fn required_stores(facts: &Facts, w: &Written) -> usize {
+    facts
+        .min_stores
+        .unwrap_or(w.outcomes.len())
+        .clamp(1, w.outcomes.len().max(1))
+}
+
+/// One line per store: where the bundle is, or why it is not there.
+fn outcome_lines(w: &Written) -> String {
+    let mut human = String::new();
+    for o in &w.outcomes {
+        match (&o.location, &o.error) {
+            (Some(l), _) => human.push_str(&format!("  bundle: {l}\n")),
+            (None, e) => human.push_str(&format!(
+                "  bundle NOT written to {}: {}\n",
+                o.store,
+                e.as_deref().unwrap_or("?")
+            )),
+        }
+    }
+    human
+}
+
+/// The error when too few stores took the bundle.
+fn not_rescued(id: &str, facts: &Facts, w: &Written, saved: &Path) -> Option<Error> {
+    let written = w.outcomes.iter().filter(|o| o.ok).count();
+    if written >= required_stores(facts, w) {
+        return None;
+    }
+    let why: Vec<String> = w
+        .outcomes
+        .iter()
+        .filter_map(|o| o.error.as_ref().map(|e| format!("{} ({e})", o.store)))
+        .collect();
+    let mut e = Error::new(
+        Class::Rescuable,
+        format!(
+            "backup {id} is still not complete: {}; its label stays saved in {}",
+            why.join("; "),
+            saved.display()
+        ),
+    );
+    for h in &w.hints {
+        e = e.hint(h.clone());
+    }
+    Some(e.hint(format!(
+        "fix the cause and run `pgbookend rescue --id {id}` again"
+    )))
 }
