@@ -826,11 +826,21 @@ impl Agent {
         self.state.state = Phase::Stopping;
         self.save();
         let t0 = Instant::now();
+        let from_standby = self.state.backup_from.as_deref() == Some("standby");
         let stopped = self.drain_heartbeat().and_then(|_| {
-            self.session
+            let s = self
+                .session
                 .as_mut()
-                .ok_or_else(|| Error::void("the session is closed"))?
-                .stop_backup()
+                .ok_or_else(|| Error::void("the session is closed"))?;
+            let mut r = s.stop_backup()?;
+            if from_standby {
+                // Best effort: without it the backup ends at the minimum recovery point.
+                r.replay_lsn = s.replay_lsn().unwrap_or_else(|e| {
+                    tracing::warn!("{e}");
+                    None
+                });
+            }
+            Ok(r)
         });
         let res = match stopped {
             Ok(r) => r,
@@ -938,18 +948,7 @@ impl Agent {
             ctl.timeline
         };
         let seg = ctl.xlog_seg_size;
-        let tablespaces = if res.spcmapfile.is_empty() {
-            Vec::new()
-        } else {
-            tablespace_map::TablespaceMap::parse_for_major(&res.spcmapfile, ctl.major)
-                .map_err(|e| {
-                    Error::internal(format!("the server's tablespace_map does not parse: {e}"))
-                })?
-                .entries
-                .into_iter()
-                .map(|(oid, path)| bundle::Tablespace { oid, path })
-                .collect()
-        };
+        let tablespaces = tablespaces_of(res, ctl.major)?;
         let manifest = bundle::Manifest {
             format: bundle::FORMAT,
             id: self.cfg.id.clone(),
@@ -962,6 +961,7 @@ impl Agent {
             checkpoint_lsn: lbl.checkpoint_location.to_string(),
             start_wal_file: wal::file_name(start_tli, wal::segno(self.start_lsn, seg), seg),
             stop_wal_file: wal::file_name(stop_tli, wal::prev_segno(res.lsn, seg), seg),
+            replay_lsn: self.replay_beyond(res, stop_tli, seg, pgdata),
             wal_segment_size: seg,
             // Normalised: the oldest majors write "master" where later ones write "primary".
             backup_from: if standby { "standby" } else { "primary" }.into(),
@@ -1005,6 +1005,31 @@ impl Agent {
             token: self.token.clone(),
         };
         Ok((facts, small))
+    }
+
+    /// A standby backup in `collect` mode keeps the WAL up to what the standby had
+    /// replayed when stop returned, when that is beyond the stop point and its segment is
+    /// in pg_wal on the stop timeline (a timeline switch since then keeps the stop point).
+    fn replay_beyond(
+        &self,
+        res: &crate::session::StopResult,
+        stop_tli: u32,
+        seg: u32,
+        pgdata: &Path,
+    ) -> Option<String> {
+        let r = res.replay_lsn.filter(|r| *r > res.lsn)?;
+        if self.cfg.wal_mode != WalMode::Collect {
+            return None;
+        }
+        let last = wal::file_name(stop_tli, wal::prev_segno(r, seg), seg);
+        if !pgdata.join("pg_wal").join(&last).is_file() {
+            tracing::warn!(
+                "replay position {r}: {last} is not in pg_wal; the backup ends at {}",
+                res.lsn
+            );
+            return None;
+        }
+        Some(r.to_string())
     }
 
     /// Saves the label durably before anything that can wait or fail: into the state
@@ -1452,4 +1477,21 @@ fn check_peer(stream: &UnixStream) -> std::result::Result<(), String> {
             cred.uid
         ))
     }
+}
+
+/// The tablespaces of the server's tablespace_map (none when it is empty).
+fn tablespaces_of(res: &crate::session::StopResult, major: u32) -> Result<Vec<bundle::Tablespace>> {
+    if res.spcmapfile.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(
+        tablespace_map::TablespaceMap::parse_for_major(&res.spcmapfile, major)
+            .map_err(|e| {
+                Error::internal(format!("the server's tablespace_map does not parse: {e}"))
+            })?
+            .entries
+            .into_iter()
+            .map(|(oid, path)| bundle::Tablespace { oid, path })
+            .collect(),
+    )
 }

@@ -103,6 +103,12 @@ pub struct Manifest {
     pub checkpoint_lsn: String,
     pub start_wal_file: String,
     pub stop_wal_file: String,
+    /// A standby backup in `collect` mode: what the standby had replayed when stop
+    /// returned (beyond `stop_lsn`, its minimum recovery point). The bundle's WAL reaches
+    /// it, and a restore recovers to the end of that WAL instead of stopping at
+    /// `stop_lsn`, so rows the standby had when stop returned come back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_lsn: Option<String>,
     pub wal_segment_size: u32,
     pub backup_from: String,
     pub start_time: String,
@@ -148,6 +154,24 @@ impl Manifest {
     /// `bundle_check::manifest_problems` passed).
     pub fn mode(&self) -> Option<WalMode> {
         WalMode::parse(&self.wal_mode).ok()
+    }
+
+    /// The last WAL segment of the bundle's window: the segment of `replay_lsn` when it
+    /// is set (checked by `bundle_check`), else `stop_wal_file`.
+    pub fn last_wal_file(&self) -> String {
+        use pgbookend_formats::{lsn::Lsn, wal};
+        let replay = self
+            .replay_lsn
+            .as_deref()
+            .and_then(|r| r.parse::<Lsn>().ok());
+        match replay {
+            Some(r) if self.wal_segment_size > 0 => wal::file_name(
+                self.timeline,
+                wal::prev_segno(r, self.wal_segment_size),
+                self.wal_segment_size,
+            ),
+            _ => self.stop_wal_file.clone(),
+        }
     }
 }
 

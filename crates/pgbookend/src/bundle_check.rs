@@ -41,6 +41,48 @@ fn shown(v: &str) -> String {
     format!("{cut:?}{}", if cut.len() < v.len() { "..." } else { "" })
 }
 
+/// The WAL locations and segment names of the manifest parse.
+fn location_problems(m: &Manifest) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for (n, v) in [
+        ("start_lsn", &m.start_lsn),
+        ("stop_lsn", &m.stop_lsn),
+        ("checkpoint_lsn", &m.checkpoint_lsn),
+    ] {
+        if v.parse::<Lsn>().is_err() {
+            out.push(field(n, format!("{} is not a WAL location", shown(v))));
+        }
+    }
+    out.extend(replay_problem(m));
+    for (n, v) in [
+        ("start_wal_file", &m.start_wal_file),
+        ("stop_wal_file", &m.stop_wal_file),
+    ] {
+        match WalName::parse(v) {
+            Ok(w) if w.kind() == WalKind::Segment => {}
+            Ok(_) => out.push(field(n, format!("{} is not a WAL segment name", shown(v)))),
+            Err(e) => out.push(field(n, e.to_string())),
+        }
+    }
+    out
+}
+
+/// `replay_lsn`, when present: a WAL location after `stop_lsn`, in a collect-mode bundle.
+fn replay_problem(m: &Manifest) -> Option<Problem> {
+    let r = m.replay_lsn.as_ref()?;
+    let stop = m.stop_lsn.parse::<Lsn>().ok();
+    match r.parse::<Lsn>() {
+        Ok(l) if stop.is_some_and(|s| l > s) && m.mode() == Some(WalMode::Collect) => None,
+        _ => Some(field(
+            "replay_lsn",
+            format!(
+                "{} is not a WAL location after stop_lsn in a collect-mode bundle",
+                shown(r)
+            ),
+        )),
+    }
+}
+
 /// Checks a path relative to the bundle directory: 1 to 4 components of letters, digits,
 /// `.`, `_`, `-`, none empty, none starting with a dot (so no `.` or `..`).
 pub fn check_rel_path(p: &str) -> Result<(), String> {
@@ -149,25 +191,7 @@ pub fn manifest_problems(m: &Manifest) -> Vec<Problem> {
             format!("{} is not a number", shown(&m.system_identifier)),
         ));
     }
-    for (n, v) in [
-        ("start_lsn", &m.start_lsn),
-        ("stop_lsn", &m.stop_lsn),
-        ("checkpoint_lsn", &m.checkpoint_lsn),
-    ] {
-        if v.parse::<Lsn>().is_err() {
-            out.push(field(n, format!("{} is not a WAL location", shown(v))));
-        }
-    }
-    for (n, v) in [
-        ("start_wal_file", &m.start_wal_file),
-        ("stop_wal_file", &m.stop_wal_file),
-    ] {
-        match WalName::parse(v) {
-            Ok(w) if w.kind() == WalKind::Segment => {}
-            Ok(_) => out.push(field(n, format!("{} is not a WAL segment name", shown(v)))),
-            Err(e) => out.push(field(n, e.to_string())),
-        }
-    }
+    out.extend(location_problems(m));
     if m.mode().is_none() {
         out.push(field(
             "wal_mode",

@@ -168,7 +168,12 @@ pub fn window(f: &Facts, archive: Option<&Path>) -> Result<Vec<String>> {
         s.parse::<Lsn>()
             .map_err(|e| Error::env(format!("rescue record: bad LSN {s:?}: {e}")))
     };
-    let (start, stop) = (lsn(&m.start_lsn)?, lsn(&m.stop_lsn)?);
+    let start = lsn(&m.start_lsn)?;
+    // A standby backup's window runs to what the standby had replayed at stop.
+    let stop = match &m.replay_lsn {
+        Some(r) => lsn(r)?,
+        None => lsn(&m.stop_lsn)?,
+    };
     let pg_wal = Path::new(&m.pgdata).join("pg_wal");
     let in_archive = |n: &str| archive.is_some_and(|d| walcollect::find_in_archive(d, n).is_some());
     let exists = |n: &str| match f.wal_mode {

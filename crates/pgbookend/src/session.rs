@@ -13,6 +13,8 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct StopResult {
     pub lsn: Lsn,
+    /// On a standby: its replay position right after the stop call returned.
+    pub replay_lsn: Option<Lsn>,
     pub labelfile: String,
     pub spcmapfile: String,
 }
@@ -183,9 +185,19 @@ impl Session {
         })?;
         Ok(StopResult {
             lsn,
+            replay_lsn: None,
             labelfile: r.get(0, "labelfile").unwrap_or_default().to_string(),
             spcmapfile: r.get(0, "spcmapfile").unwrap_or_default().to_string(),
         })
+    }
+
+    /// A standby's replay position (`pg_last_wal_replay_lsn()`); `None` on a primary.
+    pub fn replay_lsn(&mut self) -> Result<Option<Lsn>> {
+        let r = self
+            .conn
+            .query("SELECT pg_last_wal_replay_lsn()::text", &[])
+            .map_err(|e| sql_err("cannot call pg_last_wal_replay_lsn()", e))?;
+        Ok(r.scalar().and_then(|t| t.parse::<Lsn>().ok()))
     }
 
     /// `pg_stat_archiver`'s last failure, to explain a stuck archive.

@@ -289,6 +289,61 @@ fn standby_backup(major: u32) {
 }
 per_major!(standby_backup_t, standby_backup);
 
+/// Issue 11 item 6: a standby backup holds what the standby had replayed when stop
+/// returned, not only up to its minimum recovery point. The standby never writes a data
+/// page during the window (no bgwriter writes, no restartpoint), so its minimum recovery
+/// point stays behind the rows the primary commits and the standby replays before stop.
+fn standby_replay_position(major: u32) {
+    let primary = Cluster::start(ClusterOptions::new(major));
+    primary.psql("CREATE TABLE rows (t text)");
+    let standby = common::make_standby(&primary);
+    standby.stop();
+    standby.append_conf("bgwriter_lru_maxpages = 0");
+    standby.append_conf("checkpoint_timeout = '1h'");
+    standby.start_again().expect("standby restarts");
+    let tool = Tool::new(&standby);
+    tool.start("rp", &[]).ok();
+    let work = pgbookend_testkit::temp_dir("replay");
+    let copy = work.path().join("data");
+    assert!(common::cp_live(standby.pgdata(), &copy).unwrap().success());
+    primary.psql("INSERT INTO rows VALUES ('replayed before stop')");
+    let target = primary.psql("SELECT pg_current_wal_lsn()");
+    assert!(common::wait_until(Duration::from_secs(30), || standby
+        .psql(&format!(
+            "SELECT pg_last_wal_replay_lsn() >= '{target}'"
+        ))
+        == "t"));
+    tool.stop("rp", &[]).ok();
+    let b = bundle_json(&tool, "rp");
+    let lsn = |v: &Value| -> pgbookend_formats::lsn::Lsn { v.as_str().unwrap().parse().unwrap() };
+    let replay = lsn(&b["replay_lsn"]);
+    let target: pgbookend_formats::lsn::Lsn = target.parse().unwrap();
+    assert!(replay >= target, "replay_lsn {replay} < {target}");
+    assert!(replay > lsn(&b["stop_lsn"]), "{b}");
+    let last = b["wal"].as_array().unwrap().last().unwrap()["name"].clone();
+    let seg = b["wal_segment_size"].as_u64().unwrap() as u32;
+    let tli = b["timeline"].as_u64().unwrap() as u32;
+    let want = pgbookend_formats::wal::file_name(
+        tli,
+        pgbookend_formats::wal::prev_segno(replay, seg),
+        seg,
+    );
+    assert_eq!(last, want.as_str());
+    let d = copy.display().to_string();
+    let store = tool.store_path().display().to_string();
+    let prep = tool
+        .run(&["--json", "prepare", "--pgdata", &d, "--store", &store])
+        .ok();
+    let recovery = prep.json()["recovery"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(recovery.contains(&replay.to_string()), "{recovery}");
+    let r = common::start_restored(major, &copy, work.path());
+    assert_eq!(r.psql("SELECT t FROM rows"), "replayed before stop");
+}
+per_major!(standby_replay_position_t, standby_replay_position);
+
 /// A promotion during a standby backup makes stop fail clearly.
 fn standby_promoted(major: u32) {
     let primary = Cluster::start(ClusterOptions::new(major));

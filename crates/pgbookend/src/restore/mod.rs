@@ -268,9 +268,10 @@ fn wal_range_problems(m: &Manifest) -> Vec<Problem> {
     let mut out = Vec::new();
     let seg = m.wal_segment_size;
     let parse = |n: &str| WalName::parse(n).ok().and_then(|w| w.segno(seg));
-    let range = match (parse(&m.start_wal_file), parse(&m.stop_wal_file)) {
+    let last_file = m.last_wal_file();
+    let range = match (parse(&m.start_wal_file), parse(&last_file)) {
         (Some(first), Some(last)) => walname::bounded_segnos(first, last, walname::MAX_RANGE_SEGMENTS)
-            .map_err(|e| format!("bundle.json fields start_wal_file {} .. stop_wal_file {}: {e}", m.start_wal_file, m.stop_wal_file)),
+            .map_err(|e| format!("bundle.json fields start_wal_file {} .. stop_wal_file {}: {e}", m.start_wal_file, last_file)),
         _ => Err("bundle.json's start_wal_file or stop_wal_file is not a WAL segment name for its wal_segment_size".to_string()),
     };
     match range {
@@ -286,7 +287,7 @@ fn wal_range_problems(m: &Manifest) -> Vec<Problem> {
                     "bundle_wal_range",
                     format!(
                         "bundle.json lists WAL segments that are not the {count} contiguous ones {} .. {} needs",
-                        m.start_wal_file, m.stop_wal_file
+                        m.start_wal_file, last_file
                     ),
                     "the bundle is damaged; use another copy of it",
                 ));
@@ -756,7 +757,7 @@ pub fn examine(
     let source = wal_source(opts, m, pitr.as_ref(), archive.as_ref());
     check_wal_source(source.as_ref(), &loaded, scratch, &mut report);
     let pitr_cmd = pitr.as_ref().map(|p| p.restore_command.clone());
-    let target = match parse_target(opts, source.as_ref(), archive.as_deref(), pitr_cmd) {
+    let target = match parse_target(opts, source.as_ref(), archive.as_deref(), pitr_cmd, m) {
         Ok(t) => t,
         Err(p) => {
             report.problems.push(p);
@@ -1274,11 +1275,29 @@ fn dir_has_entries(p: &Path) -> bool {
 }
 
 /// The recovery settings for the target and the WAL source.
+/// The target without `--target`: the end of the backup (`immediate`), or all WAL there
+/// is (`latest`) for a standby, with an archive, or for a standby backup that recorded
+/// its replay position (its own WAL reaches that position).
+fn default_target(
+    opts: &PrepareOptions,
+    m: &Manifest,
+    source: Option<&WalSource>,
+    has_archive: bool,
+) -> &'static str {
+    let replay_to_end = m.replay_lsn.is_some() && matches!(source, Some(WalSource::Bundle));
+    if opts.standby || has_archive || replay_to_end {
+        "latest"
+    } else {
+        "immediate"
+    }
+}
+
 fn parse_target(
     opts: &PrepareOptions,
     source: Option<&WalSource>,
     archive: Option<&Path>,
     store_cmd: Option<String>,
+    m: &Manifest,
 ) -> std::result::Result<BTreeMap<String, String>, Problem> {
     let mut s = BTreeMap::new();
     let restore = match source {
@@ -1303,13 +1322,10 @@ fn parse_target(
             "--target immediate|latest|time=TS|lsn=LSN|xid=XID|name=NAME",
         )
     };
-    let target = opts.target.clone().unwrap_or_else(|| {
-        if opts.standby || has_archive {
-            "latest".into()
-        } else {
-            "immediate".into()
-        }
-    });
+    let target = opts
+        .target
+        .clone()
+        .unwrap_or_else(|| default_target(opts, m, source, has_archive).into());
     match target.split_once('=') {
         None if target == "immediate" => {
             s.insert("recovery_target".into(), "immediate".into());
@@ -1381,7 +1397,14 @@ fn describe_recovery(
         "recovery replays WAL from checkpoint {} (redo {}) to the end of the backup at {}, where the data becomes consistent",
         label.checkpoint_location, label.start_wal_location, m.stop_lsn
     );
-    if standby {
+    let to_end = !s
+        .keys()
+        .any(|k| k.starts_with("recovery_target") && k != "recovery_target_timeline");
+    if let (Some(r), false, true) = (&m.replay_lsn, standby, to_end) {
+        out.push_str(&format!(
+            "; it then replays the rest of the bundle's WAL, which reaches {r} (what the standby had replayed when stop returned), and opens on a new timeline"
+        ));
+    } else if standby {
         out.push_str(
             "; then the server stays a standby, following its primary_conninfo / restore_command",
         );
