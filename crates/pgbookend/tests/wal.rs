@@ -268,7 +268,22 @@ fn standby_backup(major: u32) {
     let wal = b["wal"].as_array().unwrap();
     assert!(!wal.is_empty());
     assert_eq!(wal.first().unwrap()["name"], b["start_wal_file"]);
-    assert_eq!(wal.last().unwrap()["name"], b["stop_wal_file"]);
+    // The WAL runs to the stop segment, or to the replay position's (issue 11 item 6).
+    let last = match b["replay_lsn"].as_str() {
+        Some(r) => {
+            let seg = b["wal_segment_size"].as_u64().unwrap() as u32;
+            let tli = b["timeline"].as_u64().unwrap() as u32;
+            let r: pgbookend_formats::lsn::Lsn = r.parse().unwrap();
+            let w = pgbookend_formats::wal::file_name(
+                tli,
+                pgbookend_formats::wal::prev_segno(r, seg),
+                seg,
+            );
+            Value::from(w)
+        }
+        None => b["stop_wal_file"].clone(),
+    };
+    assert_eq!(wal.last().unwrap()["name"], last);
     for w in wal {
         assert!(tool
             .bundle_dir("sb")
