@@ -42,20 +42,29 @@ impl Handle {
         })
     }
 
+    /// The open directory `dir` of a local store and its entry names, without following
+    /// links; `None` when it does not exist yet.
+    fn local_entries(p: &Path, dir: &str) -> Result<Option<(Dir, Vec<std::ffi::OsString>)>> {
+        let root = Self::root(p)?;
+        let d = match root.open_beneath(Path::new(dir)) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(fsutil::nofollow_err("cannot open", &p.join(dir), e)),
+        };
+        let names = d
+            .entries()
+            .map_err(|e| io_err("cannot list", &p.join(dir), e))?;
+        Ok(Some((d, names)))
+    }
+
     /// The objects directly in `dir` (a relative path of plain components); an empty list
     /// when the directory does not exist yet.
     pub fn list(&self, dir: &str) -> Result<Vec<Object>> {
         match self {
             Handle::Local(p) => {
-                let root = Self::root(p)?;
-                let d = match root.open_beneath(Path::new(dir)) {
-                    Ok(d) => d,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-                    Err(e) => return Err(fsutil::nofollow_err("cannot open", &p.join(dir), e)),
+                let Some((d, names)) = Self::local_entries(p, dir)? else {
+                    return Ok(Vec::new());
                 };
-                let names = d
-                    .entries()
-                    .map_err(|e| io_err("cannot list", &p.join(dir), e))?;
                 Ok(names
                     .into_iter()
                     .filter_map(|n| n.into_string().ok())
@@ -90,15 +99,9 @@ impl Handle {
     pub fn list_tree(&self, dir: &str) -> Result<Vec<(String, Object)>> {
         match self {
             Handle::Local(p) => {
-                let root = Self::root(p)?;
-                let d = match root.open_beneath(Path::new(dir)) {
-                    Ok(d) => d,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-                    Err(e) => return Err(fsutil::nofollow_err("cannot open", &p.join(dir), e)),
+                let Some((d, names)) = Self::local_entries(p, dir)? else {
+                    return Ok(Vec::new());
                 };
-                let names = d
-                    .entries()
-                    .map_err(|e| io_err("cannot list", &p.join(dir), e))?;
                 let mut out = Vec::new();
                 for sub in names.into_iter().filter_map(|n| n.into_string().ok()) {
                     let is_dir = d
