@@ -4,4 +4,9 @@
 //!
 //! `format` is the stored form both sides share.
 
+pub mod copy;
 pub mod format;
+pub mod plan;
+pub mod render;
+pub mod sink;
+pub mod take;
