@@ -5,3 +5,4 @@
 //! `format` is the stored form both sides share.
 
 pub mod format;
+pub mod manifest;
