@@ -4,5 +4,8 @@
 //!
 //! `format` is the stored form both sides share.
 
+pub mod delta;
+pub mod fetch;
 pub mod format;
 pub mod manifest;
+pub mod restore;
