@@ -99,6 +99,9 @@ enum Cmd {
     },
     /// Turn a restored copy into a data directory that recovers correctly, or refuse.
     Prepare(PrepareArgs),
+    /// Restore a built-in backup (`pgbookend backup`) from a store into a data directory,
+    /// then prepare it exactly as `prepare` does; `--delta` re-seeds an existing copy.
+    Restore(RestoreArgs),
     /// Check a restored copy against its bundle (every check of prepare, read-only), or
     /// one bundle on its own (--store/--bundle with --id).
     Verify(PrepareArgs),
@@ -516,6 +519,76 @@ fn report_output(r: pgbookend::restore::Report, verb: &str) -> Result<Output, Er
     });
     let json = serde_json::to_value(&r).map_err(|e| Error::internal(e.to_string()))?;
     Ok(Output { json, human, error })
+}
+
+/// Options of `restore`: prepare's, plus the copy's own.
+#[derive(Args, Debug)]
+struct RestoreArgs {
+    #[command(flatten)]
+    prepare: PrepareArgs,
+    /// Objects fetched and written in parallel.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: u16,
+    /// Restore into an existing copy of this cluster: keep files whose size and SHA-256
+    /// match, rewrite the others, remove what the backup does not have.
+    #[arg(long)]
+    delta: bool,
+}
+
+impl RestoreArgs {
+    fn run(self, cfg: &Config) -> Result<Output, Error> {
+        if self.prepare.bundle.is_some() || self.prepare.dry_run {
+            return Err(Error::usage(
+                "restore takes no --bundle or --dry-run: it reads the bundle from --store",
+            ));
+        }
+        if self.prepare.pgdata.is_none() {
+            return Err(Error::usage("restore needs --pgdata DIR: where to restore"));
+        }
+        // Every byte was checked against its SHA-256 on the way: no page check by default.
+        let pages_given = self.prepare.no_check_pages || self.prepare.check_pages.is_some();
+        let mut prepare = self.prepare.options("prepare", cfg)?;
+        if !pages_given {
+            prepare.check_pages = PageCheckMode::Off;
+        }
+        let opts = pgbookend::backup::restore::RestoreOptions {
+            prepare,
+            jobs: usize::from(self.jobs),
+            delta: self.delta,
+        };
+        let r = pgbookend::backup::restore::restore(&opts)?;
+        let mut human = format!(
+            "restored backup {} from {} into {}: {} files, {} in {:.1} s ({} objects, {} fetched)\n",
+            r.id,
+            r.store,
+            r.pgdata,
+            r.files,
+            pgbookend::output::human_bytes(r.bytes),
+            r.seconds,
+            r.objects_fetched,
+            pgbookend::output::human_bytes(r.bytes_fetched)
+        );
+        for (oid, to) in &r.tablespaces {
+            human.push_str(&format!("tablespace {oid} restored into {to}\n"));
+        }
+        if let Some(d) = &r.delta {
+            human.push_str(&format!(
+                "delta: {} files kept, {} rewritten, {} entries removed\n",
+                d.kept, d.rewritten, d.removed
+            ));
+        }
+        human.push_str(&pgbookend::restore::render(&r.prepare, "prepare"));
+        human.push_str(&format!(
+            "\nwrote {} (check the directory with pg_verifybackup)\n",
+            r.backup_manifest
+        ));
+        let json = serde_json::to_value(&r).map_err(|e| Error::internal(e.to_string()))?;
+        Ok(Output {
+            json,
+            human,
+            error: None,
+        })
+    }
 }
 
 /// Options of `drill`.
@@ -1063,6 +1136,7 @@ fn dispatch(
             .options("prepare", cfg)
             .and_then(|o| pgbookend::restore::exec::prepare(&o))
             .and_then(|r| report_output(r, "prepare")),
+        Cmd::Restore(a) => a.run(cfg),
         Cmd::Verify(a) => {
             let copy = a.pgdata.is_some();
             a.options("verify", cfg).and_then(|o| {

@@ -92,6 +92,10 @@ fn backup_to_local_store(major: u32) {
         let len = std::fs::metadata(&p).unwrap().len();
         assert_eq!(len, o["stored_size"].as_u64().unwrap(), "{}", p.display());
     }
+    let manifest =
+        std::fs::read_to_string(tool.store_path().join("data/b1/backup_manifest")).unwrap();
+    assert!(manifest.starts_with("{ \"PostgreSQL-Backup-Manifest-Version\": 1,"));
+    assert!(manifest.contains("\"Path\": \"backup_label\"") && manifest.contains("\"WAL-Ranges\""));
     assert!(tool.bundle_dir("b1").join("bundle.json").is_file());
     assert!(tool.bundle_dir("b1").join("backup_label").is_file());
     // list shows it as built-in; expire removes its data with the bundle.
@@ -150,3 +154,67 @@ fn sigterm_mid_copy_aborts(major: u32) {
     tool.run(&["backup", "--id", "s2", "--store", &store]).ok();
 }
 per_major!(sigterm_mid_copy_aborts, sigterm_mid_copy_aborts);
+
+/// A small tmpfs mounted for one test (unmounted on drop, also on failure).
+struct SmallFs {
+    dir: pgbookend_testkit::TempDir,
+}
+
+impl SmallFs {
+    fn mount(mb: u32) -> SmallFs {
+        let dir = pgbookend_testkit::temp_dir("smallfs");
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mb}m,mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot mount a tmpfs");
+        SmallFs { dir }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The store fills up mid-copy (a 20 MB file system, objects stored uncompressed):
+/// `backup` fails naming the store, aborts the backup and removes what it wrote.
+fn store_full_mid_copy_aborts(major: u32) {
+    let c = cluster(major);
+    let tool = Tool::new(&c);
+    let fs = SmallFs::mount(20);
+    let store = fs.dir.path().display().to_string();
+    let r = tool.run(&[
+        "backup",
+        "--id",
+        "f1",
+        "--store",
+        &store,
+        "--compress",
+        "none",
+        "--jobs",
+        "2",
+    ]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr.contains(&store) && r.stderr.contains("aborted"),
+        "{r:?}"
+    );
+    assert!(!fs.dir.path().join("data/f1").exists(), "data/f1 left");
+    assert!(!fs.dir.path().join("f1/bundle.json").exists());
+    let status = tool.status("f1");
+    assert!(status.all().contains("abort"), "{status:?}");
+    assert_nothing_left(&c, &tool, "f1");
+}
+per_major!(store_full_mid_copy_aborts, store_full_mid_copy_aborts);

@@ -131,9 +131,10 @@ pub fn backup(
         Ok(c) => c,
         Err(e) => return Err(fail(rd, &id, &sinks, e)),
     };
-    if let Err(e) = write_index(&sinks, &id, opts.compression, copied) {
-        return Err(fail(rd, &id, &sinks, e));
-    }
+    let index = match write_index(&sinks, &id, opts.compression, copied) {
+        Ok(ix) => ix,
+        Err(e) => return Err(fail(rd, &id, &sinks, e)),
+    };
     if INTERRUPTED.load(Ordering::SeqCst) {
         return Err(fail(rd, &id, &sinks, interrupted()));
     }
@@ -147,6 +148,15 @@ pub fn backup(
         Ok(s) => s,
         Err(e) => return Err(fail(rd, &id, &sinks, e)),
     };
+    let mut stop = stopped.output;
+    if let Some(report) = &stopped.report {
+        let written = super::stored_manifest::write(&stores, &sinks, &id, &index.entries, report);
+        if let (Err(e), None) = (written, &stop.error) {
+            stop.error = Some(e.hint(format!(
+                "backup {id} is complete, but its backup_manifest was not stored: a restore writes one from the index"
+            )));
+        }
+    }
     Ok(Outcome::Done(Box::new(BackupReport {
         id,
         stores: stores.iter().map(Store::url).collect(),
@@ -155,7 +165,7 @@ pub fn backup(
         bytes_stored: counters.bytes_stored.load(Ordering::Relaxed),
         objects: counters.objects.load(Ordering::Relaxed),
         seconds: t0.elapsed().as_secs_f64(),
-        stop: stopped.output,
+        stop,
     })))
 }
 
@@ -212,7 +222,7 @@ fn copy_with_progress(
     })
 }
 
-fn write_index(sinks: &[Sink], id: &str, compression: Compression, c: Copied) -> Result<()> {
+fn write_index(sinks: &[Sink], id: &str, compression: Compression, c: Copied) -> Result<Index> {
     let ix = Index {
         format: FORMAT,
         id: id.to_string(),
@@ -226,7 +236,7 @@ fn write_index(sinks: &[Sink], id: &str, compression: Compression, c: Copied) ->
     for s in sinks {
         s.put(INDEX, bytes.clone())?;
     }
-    Ok(())
+    Ok(ix)
 }
 
 /// Aborts the backup and removes its data from every store; returns `e` with what
