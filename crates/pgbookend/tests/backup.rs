@@ -218,3 +218,70 @@ fn store_full_mid_copy_aborts(major: u32) {
     assert_nothing_left(&c, &tool, "f1");
 }
 per_major!(store_full_mid_copy_aborts, store_full_mid_copy_aborts);
+
+/// A backup into an S3 store (the local S3 server) and a local one at once: both get
+/// the same objects and index; `list` on S3 shows it as built-in; `expire` removes its
+/// data from S3 with the bundle.
+#[test]
+fn backup_to_s3() {
+    let Some(major) = pgbookend_testkit::majors().last().copied() else {
+        return;
+    };
+    let s3 = pgbookend_testkit::S3Server::start();
+    s3.create_bucket("bk-test");
+    let c = Cluster::start(ClusterOptions::new(major).tablespace(true));
+    c.pgbench_init(1);
+    let mut tool = Tool::new(&c);
+    let aws = pgbookend_testkit::temp_dir("aws");
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "AKIABACKUPTEST".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "secret".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT_URL", s3.endpoint()),
+        ("TMPDIR", aws.path().display().to_string()),
+        (
+            "AWS_CONFIG_FILE",
+            aws.path().join("c").display().to_string(),
+        ),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            aws.path().join("k").display().to_string(),
+        ),
+    ] {
+        tool.env.push((k.into(), v));
+    }
+    let url = "s3://bk-test/pg";
+    let local = tool.store_path().display().to_string();
+    for id in ["s1", "s2"] {
+        tool.run(&[
+            "backup", "--id", id, "--store", url, "--store", &local, "--json",
+        ])
+        .ok();
+    }
+    let keys = s3.keys("bk-test", "pg/data/s1/");
+    let local_objs = std::fs::read_dir(tool.store_path().join("data/s1"))
+        .unwrap()
+        .count();
+    assert_eq!(keys.len(), local_objs, "{keys:?}");
+    let ix = s3.get("bk-test", "pg/data/s1/index.json").unwrap();
+    assert_eq!(
+        ix,
+        std::fs::read(tool.store_path().join("data/s1/index.json")).unwrap()
+    );
+    let list = tool.run(&["list", "--store", url, "--json"]).ok().json();
+    let b = list["bundles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == "s1")
+        .cloned();
+    assert_eq!(b.expect("s1 listed")["copy"], "built-in", "{list}");
+    tool.run(&["expire", "--store", url, "--keep-last", "1", "--json"])
+        .ok();
+    assert!(
+        s3.keys("bk-test", "pg/data/s1/").is_empty(),
+        "expire left data/s1 in S3"
+    );
+    assert!(s3.keys("bk-test", "pg/s1/").is_empty());
+    assert!(!s3.keys("bk-test", "pg/data/s2/").is_empty());
+}
