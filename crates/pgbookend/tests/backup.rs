@@ -48,10 +48,28 @@ fn assert_nothing_left(c: &Cluster, tool: &Tool, id: &str) {
     assert!(gone, "the agent of {id} is still running");
 }
 
+fn flip_byte(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0xff], at).unwrap();
+    f.sync_all().unwrap();
+}
+
 fn backup_to_local_store(major: u32) {
     let c = cluster(major);
     let tool = Tool::new(&c);
     let store = tool.store_path().display().to_string();
+    // A page damaged on disk (clean in shared buffers after the checkpoint): the backup
+    // reads it twice, reports it as suspect and does not fail.
+    c.psql("CREATE TABLE victim AS SELECT generate_series(1, 1000) i; CHECKPOINT");
+    let victim = c.psql("SELECT pg_relation_filepath('victim')");
+    flip_byte(&c.pgdata().join(&victim), 4000);
     let bench = c.pgbench_background(2, 3);
     let r = tool
         .run(&[
@@ -63,6 +81,10 @@ fn backup_to_local_store(major: u32) {
     assert_eq!(out["id"], "b1");
     assert!(out["files"].as_u64().unwrap() > 500, "{out}");
     assert!(out["bytes_stored"].as_u64().unwrap() < out["bytes_read"].as_u64().unwrap());
+    let suspects = out["suspect_pages"].as_array().unwrap();
+    assert_eq!(suspects.len(), 1, "{out}");
+    assert_eq!(suspects[0]["path"], victim.as_str());
+    assert_eq!(suspects[0]["block"], 0);
     // The index covers PGDATA and the tablespace (through its link), and every object is there.
     let ix = read_index(tool.store_path(), "b1");
     let entries = ix["entries"].as_array().unwrap();

@@ -9,6 +9,7 @@ pub mod delta;
 pub mod fetch;
 pub mod format;
 pub mod manifest;
+pub mod pages;
 pub mod plan;
 pub mod render;
 pub mod restore;

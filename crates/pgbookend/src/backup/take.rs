@@ -49,6 +49,8 @@ pub struct BackupReport {
     pub bytes_stored: u64,
     pub objects: u64,
     pub seconds: f64,
+    /// Pages whose checksum failed twice with the same bytes.
+    pub suspect_pages: Vec<super::pages::Suspect>,
     /// The stop's rendering (its JSON is the stop report).
     pub stop: Output,
 }
@@ -157,6 +159,10 @@ pub fn backup(
             )));
         }
     }
+    let suspect_pages = counters
+        .suspects
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
     Ok(Outcome::Done(Box::new(BackupReport {
         id,
         stores: stores.iter().map(Store::url).collect(),
@@ -165,6 +171,7 @@ pub fn backup(
         bytes_stored: counters.bytes_stored.load(Ordering::Relaxed),
         objects: counters.objects.load(Ordering::Relaxed),
         seconds: t0.elapsed().as_secs_f64(),
+        suspect_pages,
         stop,
     })))
 }
@@ -182,6 +189,7 @@ fn copy_with_progress(
     counters: &Counters,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Copied> {
+    let pages = super::pages::settings(std::path::Path::new(pgdata))?;
     let planned = plan::plan(std::path::Path::new(pgdata))?;
     let files_total = planned
         .iter()
@@ -192,6 +200,7 @@ fn copy_with_progress(
         jobs: opts.jobs,
         compression: opts.compression,
         level: opts.level,
+        pages,
     };
     let t0 = Instant::now();
     std::thread::scope(|s| {
