@@ -60,6 +60,9 @@ enum Cmd {
     /// Run one whole backup around COMMAND (the copy): start, COMMAND, then stop if it
     /// exits 0 (and --then CMD) or abort if it fails; exits with COMMAND's code on failure.
     Run(RunArgs),
+    /// Take a whole backup without a backup program: start, copy PGDATA and its
+    /// tablespaces into the stores (compressed, hashed, in parallel), stop.
+    Backup(BackupArgs),
     /// Stop a backup and write its bundle: the post-backup hook. Run again on a rescuable
     /// backup (exit 7), it completes the bundle as `rescue` does. Of a backup that start
     /// skipped (--only-on), it exits 0 and does nothing.
@@ -96,6 +99,9 @@ enum Cmd {
     },
     /// Turn a restored copy into a data directory that recovers correctly, or refuse.
     Prepare(PrepareArgs),
+    /// Restore a built-in backup (`pgbookend backup`) from a store into a data directory,
+    /// then prepare it exactly as `prepare` does; `--delta` re-seeds an existing copy.
+    Restore(RestoreArgs),
     /// Check a restored copy against its bundle (every check of prepare, read-only), or
     /// one bundle on its own (--store/--bundle with --id).
     Verify(PrepareArgs),
@@ -515,6 +521,76 @@ fn report_output(r: pgbookend::restore::Report, verb: &str) -> Result<Output, Er
     Ok(Output { json, human, error })
 }
 
+/// Options of `restore`: prepare's, plus the copy's own.
+#[derive(Args, Debug)]
+struct RestoreArgs {
+    #[command(flatten)]
+    prepare: PrepareArgs,
+    /// Objects fetched and written in parallel.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: u16,
+    /// Restore into an existing copy of this cluster: keep files whose size and SHA-256
+    /// match, rewrite the others, remove what the backup does not have.
+    #[arg(long)]
+    delta: bool,
+}
+
+impl RestoreArgs {
+    fn run(self, cfg: &Config) -> Result<Output, Error> {
+        if self.prepare.bundle.is_some() || self.prepare.dry_run {
+            return Err(Error::usage(
+                "restore takes no --bundle or --dry-run: it reads the bundle from --store",
+            ));
+        }
+        if self.prepare.pgdata.is_none() {
+            return Err(Error::usage("restore needs --pgdata DIR: where to restore"));
+        }
+        // Every byte was checked against its SHA-256 on the way: no page check by default.
+        let pages_given = self.prepare.no_check_pages || self.prepare.check_pages.is_some();
+        let mut prepare = self.prepare.options("prepare", cfg)?;
+        if !pages_given {
+            prepare.check_pages = PageCheckMode::Off;
+        }
+        let opts = pgbookend::backup::restore::RestoreOptions {
+            prepare,
+            jobs: usize::from(self.jobs),
+            delta: self.delta,
+        };
+        let r = pgbookend::backup::restore::restore(&opts)?;
+        let mut human = format!(
+            "restored backup {} from {} into {}: {} files, {} in {:.1} s ({} objects, {} fetched)\n",
+            r.id,
+            r.store,
+            r.pgdata,
+            r.files,
+            pgbookend::output::human_bytes(r.bytes),
+            r.seconds,
+            r.objects_fetched,
+            pgbookend::output::human_bytes(r.bytes_fetched)
+        );
+        for (oid, to) in &r.tablespaces {
+            human.push_str(&format!("tablespace {oid} restored into {to}\n"));
+        }
+        if let Some(d) = &r.delta {
+            human.push_str(&format!(
+                "delta: {} files kept, {} rewritten, {} entries removed\n",
+                d.kept, d.rewritten, d.removed
+            ));
+        }
+        human.push_str(&pgbookend::restore::render(&r.prepare, "prepare"));
+        human.push_str(&format!(
+            "\nwrote {} (check the directory with pg_verifybackup)\n",
+            r.backup_manifest
+        ));
+        let json = serde_json::to_value(&r).map_err(|e| Error::internal(e.to_string()))?;
+        Ok(Output {
+            json,
+            human,
+            error: None,
+        })
+    }
+}
+
 /// Options of `drill`.
 #[derive(Args, Debug)]
 struct DrillArgs {
@@ -755,6 +831,58 @@ struct RunArgs {
     command: Vec<std::ffi::OsString>,
 }
 
+/// Options of `backup`: those of start, the copy's, and those of stop.
+#[derive(Args, Debug)]
+struct BackupArgs {
+    #[command(flatten)]
+    start: StartArgs,
+    /// Threads that compress and store objects (default 2).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    jobs: usize,
+    /// zstd (level 3), zstd:LEVEL (1-19) or none.
+    #[arg(long, value_name = "HOW", default_value = "zstd")]
+    compress: String,
+    /// Do not wait for the server to archive the stop segment (see stop).
+    #[arg(long, conflicts_with = "wait_archive")]
+    no_wait_archive: bool,
+    /// Wait for the server to archive the stop segment (see stop).
+    #[arg(long)]
+    wait_archive: bool,
+    /// How long stop waits for archiving before failing (exit 5), e.g. 10m.
+    #[arg(long, value_name = "DUR")]
+    archive_timeout: Option<String>,
+}
+
+/// `backup`: the built-in copy, with progress on stderr.
+fn backup_command(
+    run: &RunDir,
+    cfg: &Config,
+    a: BackupArgs,
+    json: bool,
+) -> pgbookend::error::Result<Output> {
+    use pgbookend::backup::take;
+    let (compression, level) = take::parse_compress(&a.compress)?;
+    let opts = take::BackupOptions {
+        start: a.start.options(),
+        jobs: a.jobs,
+        compression,
+        level,
+        wait_archive: match (a.wait_archive, a.no_wait_archive) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+        archive_timeout: a.archive_timeout,
+    };
+    let mut bar = pgbookend::backup::render::ProgressLine::new();
+    let out = take::backup(run, cfg, opts, &mut |p| bar.show(p));
+    bar.finish();
+    Ok(match out? {
+        take::Outcome::Skipped(o) => o,
+        take::Outcome::Done(r) => pgbookend::backup::render::summary(&r, json),
+    })
+}
+
 /// `run` exits with its own code: COMMAND's when COMMAND failed.
 fn run_command(
     run: &RunDir,
@@ -985,7 +1113,7 @@ fn dispatch(
 ) -> pgbookend::error::Result<Output> {
     match command {
         Cmd::Start(a) => commands::start(run, cfg, a.options()),
-        Cmd::Run(_) | Cmd::ArchivePush(_) | Cmd::ArchiveGet(_) => {
+        Cmd::Run(_) | Cmd::Backup(_) | Cmd::ArchivePush(_) | Cmd::ArchiveGet(_) => {
             unreachable!("handled in main")
         }
         Cmd::Stop {
@@ -1008,6 +1136,7 @@ fn dispatch(
             .options("prepare", cfg)
             .and_then(|o| pgbookend::restore::exec::prepare(&o))
             .and_then(|r| report_output(r, "prepare")),
+        Cmd::Restore(a) => a.run(cfg),
         Cmd::Verify(a) => {
             let copy = a.pgdata.is_some();
             a.options("verify", cfg).and_then(|o| {
@@ -1104,6 +1233,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Cmd::Run(a) => return run_command(&run, &cfg, a, json, &hooks),
+        Cmd::Backup(a) => backup_command(&run, &cfg, a, json),
         Cmd::ArchivePush(a) => return archive_push(&cfg, a, json, &hooks),
         Cmd::ArchiveGet(a) => return archive_get(&cfg, a, json),
         Cmd::ArchivePrefetch(a) => return archive_prefetch(&cfg, a),

@@ -4,4 +4,15 @@
 //!
 //! `format` is the stored form both sides share.
 
+pub mod copy;
+pub mod delta;
+pub mod fetch;
 pub mod format;
+pub mod manifest;
+pub mod pages;
+pub mod plan;
+pub mod render;
+pub mod restore;
+pub mod sink;
+pub mod stored_manifest;
+pub mod take;

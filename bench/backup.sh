@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# bench/backup.sh — issue 13: `pgbookend backup` (zstd 3, 2 jobs, local store, fsync of every
+# object) side by side, in one run, with the floor `tar | zstd -3 -T2`,
+# `pg_basebackup -Ft --compress=client-zstd:3` and pgBackRest full (zst level 3,
+# process-max 2). Target: pgbookend <= 1.15x the floor, >= 1.8x faster than pgBackRest,
+# faster than pg_basebackup.
+#
+# One throwaway PostgreSQL 15 cluster with data checksums; pgbench -i -s SCALE (100: about
+# 1.7 GB), CHECKPOINT, every file read once (warm cache); then --runs times each, rotating
+# the order. Each backup goes to a fresh directory, removed after the run. Reports medians
+# and peak RSS (/usr/bin/time -v).
+#
+# Usage: bench/backup.sh [--bin BIN] [--scale N] [--runs N] [--tmpdir DIR] [--keep]
+#   --bin defaults to this tree's release build (built here).
+# Everything it starts (the server) is stopped by pid on exit, also on failure.
+set -euo pipefail
+
+SCALE=100
+RUNS=3
+TMPBASE=${TMPDIR:-/tmp}
+KEEP=0
+BIN=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --bin) BIN=$2; shift 2 ;;
+    --scale) SCALE=$2; shift 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
+    --tmpdir) TMPBASE=$2; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) echo "backup.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+NAME=backup.sh
+PGBIN=/usr/lib/postgresql/15/bin
+. "$(dirname "$0")/lib.sh"
+[ -x "$PGBIN/postgres" ] || die "PostgreSQL 15 missing in $PGBIN"
+[ -n "${EPOCHREALTIME:-}" ] || die "needs bash >= 5"
+command -v pgbackrest >/dev/null || die "pgbackrest missing"
+command -v zstd >/dev/null || die "zstd missing"
+bench_need_time
+bench_room $((SCALE * 17 * 1024 * 4))
+
+if [ -z "$BIN" ]; then
+  bench_build
+  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/pgbookend
+fi
+[ -x "$BIN" ] || die "$BIN is not an executable"
+bench_workdir backup
+cp "$BIN" "$WORK/pgbookend"
+BIN=$WORK/pgbookend
+export PGBOOKEND_RUN_DIR=$WORK/run PGBOOKEND_STATE_DIR=$WORK/state
+
+mkdir -p "$WORK/pgbr/repo" "$WORK/pgbr/log" "$WORK/pgbr/spool"
+cat >"$WORK/pgbr/pgbackrest.conf" <<CONF
+[global]
+repo1-path=$WORK/pgbr/repo
+log-path=$WORK/pgbr/log
+spool-path=$WORK/pgbr/spool
+lock-path=$WORK/pgbr/spool
+compress-type=zst
+compress-level=3
+process-max=2
+start-fast=y
+log-level-console=warn
+[b]
+pg1-path=$WORK/data
+pg1-socket-path=$WORK/sock
+pg1-port=5432
+pg1-user=postgres
+CONF
+[ "$(id -u)" = 0 ] && chown -R postgres: "$WORK/pgbr"
+OWNER=(); if [ "$(id -u)" = 0 ]; then OWNER=(runuser -u postgres --); fi
+PGBR=("${OWNER[@]}" pgbackrest --config="$WORK/pgbr/pgbackrest.conf" --stanza=b)
+
+bench_start_cluster -k -- -c archive_mode=on \
+  -c "archive_command='pgbackrest --config=$WORK/pgbr/pgbackrest.conf --stanza=b archive-push %p'" \
+  -c max_wal_size=4GB
+note "PostgreSQL $PGV, pgbench scale $SCALE, pgBackRest $(pgbackrest version | awk '{ print $2 }')"
+"${PGBR[@]}" stanza-create >/dev/null
+as_owner "$PGBIN/pgbench" -i -q -s "$SCALE" >/dev/null 2>&1
+q -c CHECKPOINT
+SIZE=$(du -sb "$WORK/data" | awk '{ print $1 }')
+note "data directory: $((SIZE / 1048576)) MiB"
+find "$WORK/data" -type f -exec cat {} + >/dev/null
+
+mkdir -p "$WORK/out"
+[ "$(id -u)" = 0 ] && chown postgres: "$WORK/out"
+run_one() {
+  local tool=$1 n=$2 dest="$WORK/out/$1-$2"
+  case "$tool" in
+    pgbookend)
+      mkdir -p "$dest"
+      timed "$BIN" backup --id "b$n" --store "$dest" --jobs 2 --compress zstd:3 --json ;;
+    floor)
+      mkdir -p "$dest"
+      timed bash -c "tar -cf - -C '$WORK' --exclude='data/pg_wal/*' data | zstd -3 -T2 -q -o '$dest/data.tar.zst' && sync -f '$dest/data.tar.zst'" ;;
+    basebackup)
+      timed "${OWNER[@]}" "$PGBIN/pg_basebackup" -D "$dest" -Ft --compress=client-zstd:3 -c fast ;;
+    pgbackrest)
+      timed "${PGBR[@]}" --type=full backup ;;
+  esac
+  [ "$RC" = 0 ] || { cat "$WORK/err.txt" >&2; die "$tool run $n failed ($RC)"; }
+  echo "$US" >>"$WORK/us-$tool"
+  echo "$HWM" >>"$WORK/rss-$tool"
+  [ "$tool" = pgbookend ] && grep -o '"bytes_stored": [0-9]*' "$WORK/out.txt" >&2
+  rm -rf "$dest"
+  if [ "$tool" = pgbackrest ]; then "${PGBR[@]}" --repo1-retention-full=1 expire >/dev/null 2>&1 || true; fi
+}
+TOOLS=(pgbookend floor basebackup pgbackrest)
+for n in $(seq "$RUNS"); do
+  for i in 0 1 2 3; do
+    t=${TOOLS[$(((i + n) % 4))]}
+    run_one "$t" "$n"
+    note "run $n $t: $(sec "$US")"
+  done
+done
+printf '%-12s %10s %8s %10s\n' tool median ratio peak_rss
+floor=$(median <"$WORK/us-floor")
+for t in "${TOOLS[@]}"; do
+  m=$(median <"$WORK/us-$t")
+  printf '%-12s %10s %8s %8s MB\n' "$t" "$(sec "$m")" "$(awk -v a="$m" -v b="$floor" 'BEGIN { printf "%.2fx", a / b }')" \
+    "$(( $(median <"$WORK/rss-$t") / 1024 ))"
+done
