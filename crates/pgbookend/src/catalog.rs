@@ -42,6 +42,8 @@ pub struct BundleInfo {
     /// Unix seconds of the newest file or object.
     pub modified: i64,
     pub location: String,
+    /// A built-in backup (`pgbookend backup`): `data/<id>/index.json` exists beside it.
+    pub built_in: bool,
 }
 
 impl BundleInfo {
@@ -122,6 +124,7 @@ fn assemble(
             problem,
             objects,
             modified,
+            built_in: false,
         });
     }
     out.sort_by(|a, b| (a.time(), &a.id).cmp(&(b.time(), &b.id)));
@@ -191,13 +194,25 @@ pub fn scan_store(store: &Store) -> Result<(Vec<BundleInfo>, Vec<String>)> {
             })?;
             for i in &mut infos {
                 i.objects.retain(|o| !o.0.is_empty());
+                i.built_in = local_data_dir(root, &i.id).is_some_and(|d| {
+                    std::fs::symlink_metadata(d.join(crate::backup::format::INDEX))
+                        .is_ok_and(|m| m.is_file())
+                });
             }
             Ok((infos, skipped))
         }
         Store::S3(u) => {
             let c = crate::store::s3::Client::open(u)?;
-            let entries = c
-                .list()?
+            let listed = c.list()?;
+            let built_in: std::collections::HashSet<String> = listed
+                .iter()
+                .filter_map(|o| {
+                    let rest = o.key.strip_prefix(crate::id::DATA_DIR)?.strip_prefix('/')?;
+                    let id = rest.strip_suffix(crate::backup::format::INDEX)?;
+                    id.strip_suffix('/').map(str::to_string)
+                })
+                .collect();
+            let entries = listed
                 .into_iter()
                 .filter_map(|o| {
                     let (id, rel) = o.key.split_once('/')?;
@@ -205,10 +220,40 @@ pub fn scan_store(store: &Store) -> Result<(Vec<BundleInfo>, Vec<String>)> {
                     Some((id.to_string(), rel.to_string(), o.size, o.modified))
                 })
                 .collect();
-            let infos = assemble(store, entries, |id| {
+            let mut infos = assemble(store, entries, |id| {
                 c.get_small(&format!("{id}/{MANIFEST}"), MAX_MANIFEST_BYTES)
             })?;
+            for i in &mut infos {
+                i.built_in = built_in.contains(&i.id);
+            }
             Ok((infos, Vec::new()))
+        }
+    }
+}
+
+/// `<root>/data/<id>` when it is a real directory (a link is never followed).
+fn local_data_dir(root: &Path, id: &str) -> Option<std::path::PathBuf> {
+    let d = root.join(crate::id::DATA_DIR).join(id);
+    let data_ok =
+        std::fs::symlink_metadata(root.join(crate::id::DATA_DIR)).is_ok_and(|m| m.is_dir());
+    (data_ok && std::fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir())).then_some(d)
+}
+
+/// Removes a built-in backup's data, `data/<id>/` (absent: nothing to do).
+fn remove_data(store: &Store, id: &str) -> Result<()> {
+    match store {
+        Store::Local(root) => match local_data_dir(root, id) {
+            Some(d) => crate::fsutil::remove_tree(&d),
+            None => Ok(()),
+        },
+        Store::S3(u) => {
+            let c = crate::store::s3::Client::open(u)?;
+            let keys: Vec<String> = c
+                .list_below(&format!("{}/{id}", crate::id::DATA_DIR))?
+                .into_iter()
+                .map(|o| o.key)
+                .collect();
+            c.delete(&keys)
         }
     }
 }
@@ -254,11 +299,13 @@ pub fn remove(store: &Store, b: &BundleInfo) -> Result<()> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err("cannot remove", &m, e)),
             }
+            remove_data(store, &b.id)?;
             crate::fsutil::remove_tree(&dir)
         }
         Store::S3(u) => {
             let c = crate::store::s3::Client::open(u)?;
             c.delete(&[format!("{}/{MANIFEST}", b.id)])?;
+            remove_data(store, &b.id)?;
             let rest: Vec<String> = b
                 .objects
                 .iter()
@@ -281,6 +328,7 @@ fn summary(b: &BundleInfo) -> Value {
         "id": b.id,
         "complete": b.complete,
         "rescuable": b.rescuable(),
+        "copy": if b.built_in { "built-in" } else { "external" },
         "location": b.location,
         "size_bytes": b.size(),
         "objects": b.objects.len(),
@@ -493,6 +541,7 @@ pub fn show(url: &str, id: &str) -> Result<Output> {
     let json = json!({
         "store": store.url(),
         "id": b.id,
+        "copy": if b.built_in { "built-in" } else { "external" },
         "location": b.location,
         "complete": b.complete,
         "rescuable": b.rescuable(),
@@ -1015,6 +1064,7 @@ mod tests {
             objects,
             modified: t,
             location: String::new(),
+            built_in: false,
         }
     }
 

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 pub const FILE_LIST: &str = "files.zst";
 
 /// Directories whose contents a base backup leaves out (the directory itself is kept).
-const EXCLUDE_CONTENTS: &[&str] = &[
+pub(crate) const EXCLUDE_CONTENTS: &[&str] = &[
     "pg_wal",
     "pg_xlog",
     "pg_replslot",
@@ -38,7 +38,7 @@ const EXCLUDE_CONTENTS: &[&str] = &[
 ];
 
 /// Top-level files a base backup leaves out.
-const EXCLUDE_FILES: &[&str] = &[
+pub(crate) const EXCLUDE_FILES: &[&str] = &[
     "postmaster.pid",
     "postmaster.opts",
     "backup_label",
@@ -78,7 +78,7 @@ pub fn cmp_paths(a: &str, b: &str) -> Ordering {
 }
 
 /// `t<digits>_<digits>` with an optional fork/segment suffix: a temporary relation.
-fn is_temp_rel(name: &str) -> bool {
+pub(crate) fn is_temp_rel(name: &str) -> bool {
     let Some(rest) = name.strip_prefix('t') else {
         return false;
     };
@@ -92,7 +92,7 @@ fn is_temp_rel(name: &str) -> bool {
 }
 
 /// The relfilenode of a relation file name (`16384`, `16384_fsm`, `16384.2`), if it is one.
-fn relfilenode(name: &str) -> Option<&str> {
+pub(crate) fn relfilenode(name: &str) -> Option<&str> {
     let d = name.bytes().take_while(|b| b.is_ascii_digit()).count();
     if d == 0 {
         return None;

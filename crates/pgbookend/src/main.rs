@@ -60,6 +60,9 @@ enum Cmd {
     /// Run one whole backup around COMMAND (the copy): start, COMMAND, then stop if it
     /// exits 0 (and --then CMD) or abort if it fails; exits with COMMAND's code on failure.
     Run(RunArgs),
+    /// Take a whole backup without a backup program: start, copy PGDATA and its
+    /// tablespaces into the stores (compressed, hashed, in parallel), stop.
+    Backup(BackupArgs),
     /// Stop a backup and write its bundle: the post-backup hook. Run again on a rescuable
     /// backup (exit 7), it completes the bundle as `rescue` does. Of a backup that start
     /// skipped (--only-on), it exits 0 and does nothing.
@@ -828,6 +831,58 @@ struct RunArgs {
     command: Vec<std::ffi::OsString>,
 }
 
+/// Options of `backup`: those of start, the copy's, and those of stop.
+#[derive(Args, Debug)]
+struct BackupArgs {
+    #[command(flatten)]
+    start: StartArgs,
+    /// Threads that compress and store objects (default 2).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    jobs: usize,
+    /// zstd (level 3), zstd:LEVEL (1-19) or none.
+    #[arg(long, value_name = "HOW", default_value = "zstd")]
+    compress: String,
+    /// Do not wait for the server to archive the stop segment (see stop).
+    #[arg(long, conflicts_with = "wait_archive")]
+    no_wait_archive: bool,
+    /// Wait for the server to archive the stop segment (see stop).
+    #[arg(long)]
+    wait_archive: bool,
+    /// How long stop waits for archiving before failing (exit 5), e.g. 10m.
+    #[arg(long, value_name = "DUR")]
+    archive_timeout: Option<String>,
+}
+
+/// `backup`: the built-in copy, with progress on stderr.
+fn backup_command(
+    run: &RunDir,
+    cfg: &Config,
+    a: BackupArgs,
+    json: bool,
+) -> pgbookend::error::Result<Output> {
+    use pgbookend::backup::take;
+    let (compression, level) = take::parse_compress(&a.compress)?;
+    let opts = take::BackupOptions {
+        start: a.start.options(),
+        jobs: a.jobs,
+        compression,
+        level,
+        wait_archive: match (a.wait_archive, a.no_wait_archive) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+        archive_timeout: a.archive_timeout,
+    };
+    let mut bar = pgbookend::backup::render::ProgressLine::new();
+    let out = take::backup(run, cfg, opts, &mut |p| bar.show(p));
+    bar.finish();
+    Ok(match out? {
+        take::Outcome::Skipped(o) => o,
+        take::Outcome::Done(r) => pgbookend::backup::render::summary(&r, json),
+    })
+}
+
 /// `run` exits with its own code: COMMAND's when COMMAND failed.
 fn run_command(
     run: &RunDir,
@@ -1058,7 +1113,7 @@ fn dispatch(
 ) -> pgbookend::error::Result<Output> {
     match command {
         Cmd::Start(a) => commands::start(run, cfg, a.options()),
-        Cmd::Run(_) | Cmd::ArchivePush(_) | Cmd::ArchiveGet(_) => {
+        Cmd::Run(_) | Cmd::Backup(_) | Cmd::ArchivePush(_) | Cmd::ArchiveGet(_) => {
             unreachable!("handled in main")
         }
         Cmd::Stop {
@@ -1178,6 +1233,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Cmd::Run(a) => return run_command(&run, &cfg, a, json, &hooks),
+        Cmd::Backup(a) => backup_command(&run, &cfg, a, json),
         Cmd::ArchivePush(a) => return archive_push(&cfg, a, json, &hooks),
         Cmd::ArchiveGet(a) => return archive_get(&cfg, a, json),
         Cmd::ArchivePrefetch(a) => return archive_prefetch(&cfg, a),

@@ -4,8 +4,13 @@
 //!
 //! `format` is the stored form both sides share.
 
+pub mod copy;
 pub mod delta;
 pub mod fetch;
 pub mod format;
 pub mod manifest;
+pub mod plan;
+pub mod render;
 pub mod restore;
+pub mod sink;
+pub mod take;

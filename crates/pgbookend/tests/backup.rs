@@ -1,0 +1,152 @@
+//! End-to-end tests of `pgbookend backup` (the built-in copy): a backup under pgbench
+//! load with a tablespace lands in the store as objects, an index and a bundle, appears
+//! in `list` as built-in and is removed whole by `expire`; a failing store and a signal
+//! abort it and leave nothing behind.
+
+mod common;
+
+use common::{run_for, wait_until, Tool};
+use pgbookend_testkit::{Cluster, ClusterOptions};
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+
+fn cluster(major: u32) -> Cluster {
+    let c = Cluster::start(
+        ClusterOptions::new(major)
+            .data_checksums(true)
+            .tablespace(true),
+    );
+    c.pgbench_init(1);
+    c.psql("CREATE TABLE in_ts (i int PRIMARY KEY) TABLESPACE ts1; INSERT INTO in_ts SELECT generate_series(1, 5000)");
+    c
+}
+
+fn read_index(store: &Path, id: &str) -> Value {
+    let p = store.join("data").join(id).join("index.json");
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Nothing of backup `id` is left: no marker in PGDATA, no bundle, no data, no agent.
+#[track_caller]
+fn assert_nothing_left(c: &Cluster, tool: &Tool, id: &str) {
+    let store = tool.store_path();
+    assert!(!store.join("data").join(id).exists(), "data/{id} left");
+    assert!(
+        !store.join(id).join("bundle.json").exists(),
+        "a complete bundle of {id} was written"
+    );
+    assert!(
+        !c.pgdata().join("pg_backup_metadata").join(id).exists()
+            && !c.pgdata().join("backup_label").exists(),
+        "a marker was left in PGDATA"
+    );
+    let gone = wait_until(Duration::from_secs(30), || {
+        tool.agent_pid(id).is_none_or(|p| !common::is_our_agent(p))
+    });
+    assert!(gone, "the agent of {id} is still running");
+}
+
+fn backup_to_local_store(major: u32) {
+    let c = cluster(major);
+    let tool = Tool::new(&c);
+    let store = tool.store_path().display().to_string();
+    let bench = c.pgbench_background(2, 3);
+    let r = tool
+        .run(&[
+            "backup", "--id", "b1", "--store", &store, "--jobs", "2", "--json",
+        ])
+        .ok();
+    bench.wait().expect("pgbench");
+    let out = r.json();
+    assert_eq!(out["id"], "b1");
+    assert!(out["files"].as_u64().unwrap() > 500, "{out}");
+    assert!(out["bytes_stored"].as_u64().unwrap() < out["bytes_read"].as_u64().unwrap());
+    // The index covers PGDATA and the tablespace (through its link), and every object is there.
+    let ix = read_index(tool.store_path(), "b1");
+    let entries = ix["entries"].as_array().unwrap();
+    let has = |p: &dyn Fn(&Value) -> bool| entries.iter().any(p);
+    assert!(has(
+        &|e| e["path"] == "global/pg_control" && e["kind"] == "file"
+    ));
+    assert!(has(&|e| e["path"] == "pg_wal" && e["kind"] != "file"));
+    assert!(has(
+        &|e| e["kind"] == "link" && e["path"].as_str().unwrap().starts_with("pg_tblspc/")
+    ));
+    assert!(has(&|e| e["path"]
+        .as_str()
+        .unwrap()
+        .starts_with("pg_tblspc/")
+        && e["kind"] == "file"));
+    assert!(!has(
+        &|e| e["path"] == "postmaster.pid" || e["path"] == "backup_label"
+    ));
+    let objects = ix["objects"].as_array().unwrap();
+    assert_eq!(objects.len() as u64, out["objects"].as_u64().unwrap());
+    for o in objects {
+        let p = tool
+            .store_path()
+            .join("data/b1")
+            .join(o["name"].as_str().unwrap());
+        let len = std::fs::metadata(&p).unwrap().len();
+        assert_eq!(len, o["stored_size"].as_u64().unwrap(), "{}", p.display());
+    }
+    assert!(tool.bundle_dir("b1").join("bundle.json").is_file());
+    assert!(tool.bundle_dir("b1").join("backup_label").is_file());
+    // list shows it as built-in; expire removes its data with the bundle.
+    let list = tool.run(&["list", "--store", &store, "--json"]).ok().json();
+    let b = list["bundles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == "b1")
+        .cloned();
+    assert_eq!(b.expect("b1 listed")["copy"], "built-in", "{list}");
+    tool.run(&["backup", "--id", "b2", "--store", &store, "--json"])
+        .ok();
+    tool.run(&["expire", "--store", &store, "--keep-last", "1", "--json"])
+        .ok();
+    assert!(!tool.bundle_dir("b1").exists());
+    assert!(
+        !tool.store_path().join("data/b1").exists(),
+        "expire left data/b1"
+    );
+    assert!(tool.store_path().join("data/b2/index.json").is_file());
+}
+per_major!(backup_to_local_store, backup_to_local_store);
+
+/// Waits until the copy of `id` has stored its first object (it is mid-copy then: the
+/// slow compression level leaves several objects to go).
+#[track_caller]
+fn wait_first_object(tool: &Tool, id: &str, child: &mut std::process::Child) {
+    let first = tool.store_path().join("data").join(id).join("obj-000000");
+    let seen = wait_until(Duration::from_secs(60), || {
+        first.exists() || child.try_wait().ok().flatten().is_some()
+    });
+    assert!(seen && first.exists(), "the copy never stored an object");
+}
+
+fn sigterm_mid_copy_aborts(major: u32) {
+    let c = cluster(major);
+    let tool = Tool::new(&c);
+    let store = tool.store_path().display().to_string();
+    let mut child = tool
+        .cmd(&["backup", "--id", "s1", "--store", &store, "--jobs", "1"])
+        .args(["--compress", "zstd:19"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_first_object(&tool, "s1", &mut child);
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("interrupted by a signal"), "{stderr}");
+    assert_nothing_left(&c, &tool, "s1");
+    // The cluster takes the next backup at once: no backup is left in progress.
+    tool.run(&["backup", "--id", "s2", "--store", &store]).ok();
+}
+per_major!(sigterm_mid_copy_aborts, sigterm_mid_copy_aborts);
