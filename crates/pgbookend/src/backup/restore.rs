@@ -95,6 +95,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport> {
             )))
         }
     };
+    write_marker(&pgdata, &bundle, &url)?;
     let mut p = opts.prepare.clone();
     p.store = Some(url.clone());
     p.id = Some(id.clone());
@@ -140,6 +141,10 @@ fn write_copy(
     } else {
         (vec![true; ix.entries.len()], None)
     };
+    let mut rewrite = rewrite;
+    for (r, e) in rewrite.iter_mut().zip(&ix.entries) {
+        *r &= e.path != CONTROL;
+    }
     lay_out(ix, roots, targets, own, &rewrite)?;
     let wanted: Vec<usize> = ix
         .objects
@@ -477,6 +482,31 @@ fn settle(fd: i32, own: &Ownership, mode: u32, mtime: i64) -> std::io::Result<()
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The marker of the backup in the restored PGDATA, from its bundle: every file came
+/// from this backup's own stored copy, which is what the marker says of a copy (the
+/// copy leaves marker directories out, as a base backup does).
+fn write_marker(pgdata: &Path, m: &crate::bundle::Manifest, url: &str) -> Result<()> {
+    let mk = crate::marker::Marker {
+        format: 1,
+        id: m.id.clone(),
+        system_identifier: m.system_identifier.clone(),
+        pg_version_num: m.pg_version_num,
+        start_lsn: m.start_lsn.clone(),
+        start_wal_file: m.start_wal_file.clone(),
+        timeline: m.timeline,
+        start_time: m.start_time.clone(),
+        host: m.host.clone(),
+        pgdata: m.pgdata.clone(),
+        tool: m.tool.clone(),
+        tool_version: m.tool_version.clone(),
+        stores: vec![url.to_string()],
+        run_dir: String::new(),
+        agent_pid: 0,
+        token: hex::encode(crate::fsutil::random_bytes::<16>()),
+    };
+    crate::marker::write(pgdata, &mk)
 }
 
 /// Prepare refused the restored directory: it stays without pg_control (cannot start).
