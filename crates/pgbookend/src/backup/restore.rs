@@ -264,6 +264,20 @@ fn tablespace_targets(ix: &Index, remap: &[(u32, PathBuf)]) -> Result<BTreeMap<u
             out.insert(oid, to);
         }
     }
+    let orphan = ix.entries.iter().find(|e| {
+        fetch::tablespace_of(&e.path).is_some_and(|(o, _)| !out.contains_key(&o))
+            || (e.kind != Kind::Link && fetch::tablespace_oid(&e.path).is_some())
+    });
+    if let Some(e) = orphan {
+        return Err(Error::new(
+            Class::Check,
+            format!(
+                "the index of {} is not valid: {:?} is not inside a tablespace link",
+                ix.id, e.path
+            ),
+        )
+        .hint("the stored backup is damaged or was altered; restore another backup"));
+    }
     if let Some((o, _)) = remap.iter().find(|(o, _)| !out.contains_key(o)) {
         return Err(Error::usage(format!(
             "--tablespace {o}=…: the backup has no tablespace {o}"
