@@ -48,10 +48,28 @@ fn assert_nothing_left(c: &Cluster, tool: &Tool, id: &str) {
     assert!(gone, "the agent of {id} is still running");
 }
 
+fn flip_byte(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0xff], at).unwrap();
+    f.sync_all().unwrap();
+}
+
 fn backup_to_local_store(major: u32) {
     let c = cluster(major);
     let tool = Tool::new(&c);
     let store = tool.store_path().display().to_string();
+    // A page damaged on disk (clean in shared buffers after the checkpoint): the backup
+    // reads it twice, reports it as suspect and does not fail.
+    c.psql("CREATE TABLE victim AS SELECT generate_series(1, 1000) i; CHECKPOINT");
+    let victim = c.psql("SELECT pg_relation_filepath('victim')");
+    flip_byte(&c.pgdata().join(&victim), 4000);
     let bench = c.pgbench_background(2, 3);
     let r = tool
         .run(&[
@@ -63,6 +81,10 @@ fn backup_to_local_store(major: u32) {
     assert_eq!(out["id"], "b1");
     assert!(out["files"].as_u64().unwrap() > 500, "{out}");
     assert!(out["bytes_stored"].as_u64().unwrap() < out["bytes_read"].as_u64().unwrap());
+    let suspects = out["suspect_pages"].as_array().unwrap();
+    assert_eq!(suspects.len(), 1, "{out}");
+    assert_eq!(suspects[0]["path"], victim.as_str());
+    assert_eq!(suspects[0]["block"], 0);
     // The index covers PGDATA and the tablespace (through its link), and every object is there.
     let ix = read_index(tool.store_path(), "b1");
     let entries = ix["entries"].as_array().unwrap();
@@ -92,6 +114,10 @@ fn backup_to_local_store(major: u32) {
         let len = std::fs::metadata(&p).unwrap().len();
         assert_eq!(len, o["stored_size"].as_u64().unwrap(), "{}", p.display());
     }
+    let manifest =
+        std::fs::read_to_string(tool.store_path().join("data/b1/backup_manifest")).unwrap();
+    assert!(manifest.starts_with("{ \"PostgreSQL-Backup-Manifest-Version\": 1,"));
+    assert!(manifest.contains("\"Path\": \"backup_label\"") && manifest.contains("\"WAL-Ranges\""));
     assert!(tool.bundle_dir("b1").join("bundle.json").is_file());
     assert!(tool.bundle_dir("b1").join("backup_label").is_file());
     // list shows it as built-in; expire removes its data with the bundle.
@@ -150,3 +176,134 @@ fn sigterm_mid_copy_aborts(major: u32) {
     tool.run(&["backup", "--id", "s2", "--store", &store]).ok();
 }
 per_major!(sigterm_mid_copy_aborts, sigterm_mid_copy_aborts);
+
+/// A small tmpfs mounted for one test (unmounted on drop, also on failure).
+struct SmallFs {
+    dir: pgbookend_testkit::TempDir,
+}
+
+impl SmallFs {
+    fn mount(mb: u32) -> SmallFs {
+        let dir = pgbookend_testkit::temp_dir("smallfs");
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mb}m,mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot mount a tmpfs");
+        SmallFs { dir }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The store fills up mid-copy (a 20 MB file system, objects stored uncompressed):
+/// `backup` fails naming the store, aborts the backup and removes what it wrote.
+fn store_full_mid_copy_aborts(major: u32) {
+    let c = cluster(major);
+    let tool = Tool::new(&c);
+    let fs = SmallFs::mount(20);
+    let store = fs.dir.path().display().to_string();
+    let r = tool.run(&[
+        "backup",
+        "--id",
+        "f1",
+        "--store",
+        &store,
+        "--compress",
+        "none",
+        "--jobs",
+        "2",
+    ]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr.contains(&store) && r.stderr.contains("aborted"),
+        "{r:?}"
+    );
+    assert!(!fs.dir.path().join("data/f1").exists(), "data/f1 left");
+    assert!(!fs.dir.path().join("f1/bundle.json").exists());
+    let status = tool.status("f1");
+    assert!(status.all().contains("abort"), "{status:?}");
+    assert_nothing_left(&c, &tool, "f1");
+}
+per_major!(store_full_mid_copy_aborts, store_full_mid_copy_aborts);
+
+/// A backup into an S3 store (the local S3 server) and a local one at once: both get
+/// the same objects and index; `list` on S3 shows it as built-in; `expire` removes its
+/// data from S3 with the bundle.
+#[test]
+fn backup_to_s3() {
+    let Some(major) = pgbookend_testkit::majors().last().copied() else {
+        return;
+    };
+    let s3 = pgbookend_testkit::S3Server::start();
+    s3.create_bucket("bk-test");
+    let c = Cluster::start(ClusterOptions::new(major).tablespace(true));
+    c.pgbench_init(1);
+    let mut tool = Tool::new(&c);
+    let aws = pgbookend_testkit::temp_dir("aws");
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "AKIABACKUPTEST".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "secret".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT_URL", s3.endpoint()),
+        ("TMPDIR", aws.path().display().to_string()),
+        (
+            "AWS_CONFIG_FILE",
+            aws.path().join("c").display().to_string(),
+        ),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            aws.path().join("k").display().to_string(),
+        ),
+    ] {
+        tool.env.push((k.into(), v));
+    }
+    let url = "s3://bk-test/pg";
+    let local = tool.store_path().display().to_string();
+    for id in ["s1", "s2"] {
+        tool.run(&[
+            "backup", "--id", id, "--store", url, "--store", &local, "--json",
+        ])
+        .ok();
+    }
+    let keys = s3.keys("bk-test", "pg/data/s1/");
+    let local_objs = std::fs::read_dir(tool.store_path().join("data/s1"))
+        .unwrap()
+        .count();
+    assert_eq!(keys.len(), local_objs, "{keys:?}");
+    let ix = s3.get("bk-test", "pg/data/s1/index.json").unwrap();
+    assert_eq!(
+        ix,
+        std::fs::read(tool.store_path().join("data/s1/index.json")).unwrap()
+    );
+    let list = tool.run(&["list", "--store", url, "--json"]).ok().json();
+    let b = list["bundles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == "s1")
+        .cloned();
+    assert_eq!(b.expect("s1 listed")["copy"], "built-in", "{list}");
+    tool.run(&["expire", "--store", url, "--keep-last", "1", "--json"])
+        .ok();
+    assert!(
+        s3.keys("bk-test", "pg/data/s1/").is_empty(),
+        "expire left data/s1 in S3"
+    );
+    assert!(s3.keys("bk-test", "pg/s1/").is_empty());
+    assert!(!s3.keys("bk-test", "pg/data/s2/").is_empty());
+}

@@ -4,9 +4,11 @@
 //! store. A bounded channel keeps at most about `2 × jobs` objects in memory.
 
 use super::format::{object_name, Compression, Entry, Kind, Object, Piece, CHUNK_BYTES};
+use super::pages::{self, PageSettings, Suspect};
 use super::plan::Planned;
 use super::sink::Sink;
 use crate::error::{io_err, Error, Result};
+use pgbookend_formats::page::BLCKSZ;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -19,6 +21,8 @@ pub struct CopySettings {
     pub jobs: usize,
     pub compression: Compression,
     pub level: i32,
+    /// Page checks of relation files (data checksums on).
+    pub pages: Option<PageSettings>,
 }
 
 /// Counters shared with the progress reporter.
@@ -28,6 +32,8 @@ pub struct Counters {
     pub bytes_stored: AtomicU64,
     pub files: AtomicU64,
     pub objects: AtomicU64,
+    /// Pages whose checksum failed twice with the same bytes.
+    pub suspects: Mutex<Vec<Suspect>>,
 }
 
 /// What the copy produced: the index's entries and objects.
@@ -270,12 +276,22 @@ fn read_file(pl: &Planned, index: u32, p: &mut Packer) -> Result<Option<Entry>> 
     }
     let mut hash = Sha256::new();
     let mut size = 0u64;
+    let rel = p
+        .shared
+        .settings
+        .pages
+        .and_then(|ps| pages::relation_segment(&pl.path).map(|seg| (ps, seg)));
+    // Relation files are read a whole number of pages at a time, so that each read
+    // starts on a page boundary.
+    let align = if rel.is_some() { BLCKSZ } else { 1 };
+    let mut suspects = Vec::new();
     loop {
         p.check()?;
-        if p.current.bytes.len() as u64 >= CHUNK_BYTES {
+        if CHUNK_BYTES as usize - p.current.bytes.len() < align {
             p.flush()?;
         }
-        let room = CHUNK_BYTES as usize - p.current.bytes.len();
+        let mut room = CHUNK_BYTES as usize - p.current.bytes.len();
+        room -= room % align;
         let start = p.current.bytes.len();
         p.current.bytes.resize(start + room, 0);
         let n = read_some(&mut f, &mut p.current.bytes[start..]);
@@ -283,6 +299,10 @@ fn read_file(pl: &Planned, index: u32, p: &mut Packer) -> Result<Option<Entry>> 
         let n = n.map_err(|e| io_err("cannot read", &pl.abs, e))?;
         if n == 0 {
             break;
+        }
+        if let Some((ps, seg)) = rel {
+            let buf = &mut p.current.bytes[start..start + n];
+            pages::check(&f, buf, size, seg, ps, &pl.path, &mut suspects);
         }
         hash.update(&p.current.bytes[start..start + n]);
         add_piece(&mut p.current.pieces, index, size, n as u64);
@@ -293,6 +313,15 @@ fn read_file(pl: &Planned, index: u32, p: &mut Packer) -> Result<Option<Entry>> 
             .fetch_add(n as u64, Ordering::Relaxed);
     }
     p.shared.counters.files.fetch_add(1, Ordering::Relaxed);
+    if !suspects.is_empty() {
+        let mut all = p
+            .shared
+            .counters
+            .suspects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        all.extend(suspects);
+    }
     Ok(Some(Entry {
         path: pl.path.clone(),
         kind: Kind::File,

@@ -83,11 +83,18 @@ pub fn summary(r: &BackupReport, _json: bool) -> Output {
         "bytes_stored": r.bytes_stored,
         "objects": r.objects,
         "seconds": r.seconds,
-        "suspect_pages": [],
+        "suspect_pages": r.suspect_pages,
         "stop": r.stop.json,
     });
+    let mut suspects = String::new();
+    for s in &r.suspect_pages {
+        suspects.push_str(&format!(
+            "suspect page: {} block {} ({}): the same bad bytes were read twice\n",
+            s.path, s.block, s.problem
+        ));
+    }
     let human = format!(
-        "backup {}: {} files, {} read, {} stored in {} objects, {:.1}s ({}/s)\n{}",
+        "backup {}: {} files, {} read, {} stored in {} objects, {:.1}s ({}/s)\n{suspects}{}",
         r.id,
         r.files,
         human_bytes(r.bytes_read),

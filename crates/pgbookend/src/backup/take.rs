@@ -49,6 +49,8 @@ pub struct BackupReport {
     pub bytes_stored: u64,
     pub objects: u64,
     pub seconds: f64,
+    /// Pages whose checksum failed twice with the same bytes.
+    pub suspect_pages: Vec<super::pages::Suspect>,
     /// The stop's rendering (its JSON is the stop report).
     pub stop: Output,
 }
@@ -131,9 +133,10 @@ pub fn backup(
         Ok(c) => c,
         Err(e) => return Err(fail(rd, &id, &sinks, e)),
     };
-    if let Err(e) = write_index(&sinks, &id, opts.compression, copied) {
-        return Err(fail(rd, &id, &sinks, e));
-    }
+    let index = match write_index(&sinks, &id, opts.compression, copied) {
+        Ok(ix) => ix,
+        Err(e) => return Err(fail(rd, &id, &sinks, e)),
+    };
     if INTERRUPTED.load(Ordering::SeqCst) {
         return Err(fail(rd, &id, &sinks, interrupted()));
     }
@@ -147,6 +150,19 @@ pub fn backup(
         Ok(s) => s,
         Err(e) => return Err(fail(rd, &id, &sinks, e)),
     };
+    let mut stop = stopped.output;
+    if let Some(report) = &stopped.report {
+        let written = super::stored_manifest::write(&stores, &sinks, &id, &index.entries, report);
+        if let (Err(e), None) = (written, &stop.error) {
+            stop.error = Some(e.hint(format!(
+                "backup {id} is complete, but its backup_manifest was not stored: a restore writes one from the index"
+            )));
+        }
+    }
+    let suspect_pages = counters
+        .suspects
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
     Ok(Outcome::Done(Box::new(BackupReport {
         id,
         stores: stores.iter().map(Store::url).collect(),
@@ -155,7 +171,8 @@ pub fn backup(
         bytes_stored: counters.bytes_stored.load(Ordering::Relaxed),
         objects: counters.objects.load(Ordering::Relaxed),
         seconds: t0.elapsed().as_secs_f64(),
-        stop: stopped.output,
+        suspect_pages,
+        stop,
     })))
 }
 
@@ -172,6 +189,7 @@ fn copy_with_progress(
     counters: &Counters,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Copied> {
+    let pages = super::pages::settings(std::path::Path::new(pgdata))?;
     let planned = plan::plan(std::path::Path::new(pgdata))?;
     let files_total = planned
         .iter()
@@ -182,6 +200,7 @@ fn copy_with_progress(
         jobs: opts.jobs,
         compression: opts.compression,
         level: opts.level,
+        pages,
     };
     let t0 = Instant::now();
     std::thread::scope(|s| {
@@ -212,7 +231,7 @@ fn copy_with_progress(
     })
 }
 
-fn write_index(sinks: &[Sink], id: &str, compression: Compression, c: Copied) -> Result<()> {
+fn write_index(sinks: &[Sink], id: &str, compression: Compression, c: Copied) -> Result<Index> {
     let ix = Index {
         format: FORMAT,
         id: id.to_string(),
@@ -226,7 +245,7 @@ fn write_index(sinks: &[Sink], id: &str, compression: Compression, c: Copied) ->
     for s in sinks {
         s.put(INDEX, bytes.clone())?;
     }
-    Ok(())
+    Ok(ix)
 }
 
 /// Aborts the backup and removes its data from every store; returns `e` with what
