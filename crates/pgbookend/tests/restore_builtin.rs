@@ -91,7 +91,8 @@ impl Fixture {
         assert!(ok, "WAL {seg} was not archived");
     }
 
-    /// `restore` into `<work>/<name>/{data,ts}` with the tablespace remapped.
+    /// `restore` into `<work>/<name>/{data,ts}` with the tablespace remapped (of the
+    /// backup by its ID, unless `extra` gives a `--target` to pick it by).
     fn restore(&self, name: &str, extra: &[&str]) -> (Run, PathBuf, PathBuf) {
         let data = self.work.path().join(name).join("data");
         let ts = self.work.path().join(name).join("ts");
@@ -106,8 +107,6 @@ impl Fixture {
             "restore",
             "--store",
             &store,
-            "--id",
-            &self.id,
             "--pgdata",
             &d,
             "--tablespace",
@@ -116,6 +115,9 @@ impl Fixture {
             &archive,
             "--json",
         ];
+        if !extra.contains(&"--target") {
+            args.extend_from_slice(&["--id", &self.id]);
+        }
         args.extend_from_slice(extra);
         (self.tool.run(&args), data, ts)
     }
@@ -384,6 +386,10 @@ fn builtin_restore(major: u32) {
     restored_is_right(&f, &restored);
     restored.stop();
     drop(restored);
+
+    // Without --id, --target picks the newest built-in backup before it.
+    let (r, _, _) = f.restore("picked", &["--target", "latest"]);
+    assert_eq!(r.ok().json()["id"], "b1");
 
     // A byte flipped in the object that holds PG_VERSION: refused, naming the file;
     // what was written is removed.
