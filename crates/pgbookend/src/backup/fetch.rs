@@ -18,6 +18,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+/// The copy's own pg_control: never restored from the store (prepare installs the
+/// bundle's, taken after stop).
+pub const CONTROL: &str = "global/pg_control";
+
 /// The largest stored object accepted: an object holds at most `CHUNK_BYTES`, and zstd
 /// adds far less than an eighth to incompressible data. Bounds the memory of each job.
 pub const MAX_STORED_BYTES: u64 = super::format::CHUNK_BYTES + super::format::CHUNK_BYTES / 8;

@@ -23,9 +23,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The copy's own pg_control: never restored from the store (prepare installs the
-/// bundle's, taken after stop).
-pub const CONTROL: &str = "global/pg_control";
+pub use super::fetch::CONTROL;
 
 /// What `restore` is asked to do.
 #[derive(Debug, Clone)]
