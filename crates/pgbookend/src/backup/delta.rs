@@ -4,9 +4,8 @@
 //! targets. The copy's pg_control is removed first, so that a delta restore that fails
 //! part-way leaves a directory that cannot start.
 
-use super::fetch::{self, Roots};
+use super::fetch::{self, Roots, CONTROL};
 use super::format::{Index, Kind};
-use super::restore::CONTROL;
 use crate::error::{io_err, Result};
 use crate::fsutil::Dir;
 use serde::Serialize;

@@ -18,6 +18,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+/// The copy's own pg_control: never restored from the store (prepare installs the
+/// bundle's, taken after stop).
+pub const CONTROL: &str = "global/pg_control";
+
+/// The largest stored object accepted: an object holds at most `CHUNK_BYTES`, and zstd
+/// adds far less than an eighth to incompressible data. Bounds the memory of each job.
+pub const MAX_STORED_BYTES: u64 = super::format::CHUNK_BYTES + super::format::CHUNK_BYTES / 8;
+
 /// Where the entries of the index go: PGDATA, and each tablespace's directory (entries
 /// `pg_tblspc/<oid>/…` are written beneath it).
 pub struct Roots {
@@ -206,6 +214,12 @@ fn fetch_one(
             "the stored backup is damaged: restore another backup, or this one from another store",
         )
     };
+    if o.stored_size > MAX_STORED_BYTES {
+        return Err(damaged(format!(
+            "claims {} stored bytes, more than any object can hold",
+            o.stored_size
+        )));
+    }
     let bytes = read_capped(handle, dir, &o.name, o.stored_size)
         .map_err(|e| damaged(format!("cannot be read ({})", e.message)))?
         .ok_or_else(|| damaged("is missing".into()))?;

@@ -23,9 +23,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The copy's own pg_control: never restored from the store (prepare installs the
-/// bundle's, taken after stop).
-pub const CONTROL: &str = "global/pg_control";
+pub use super::fetch::CONTROL;
 
 /// What `restore` is asked to do.
 #[derive(Debug, Clone)]
@@ -95,6 +93,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport> {
             )))
         }
     };
+    write_marker(&pgdata, &bundle, &url)?;
     let mut p = opts.prepare.clone();
     p.store = Some(url.clone());
     p.id = Some(id.clone());
@@ -140,6 +139,10 @@ fn write_copy(
     } else {
         (vec![true; ix.entries.len()], None)
     };
+    let mut rewrite = rewrite;
+    for (r, e) in rewrite.iter_mut().zip(&ix.entries) {
+        *r &= e.path != CONTROL;
+    }
     lay_out(ix, roots, targets, own, &rewrite)?;
     let wanted: Vec<usize> = ix
         .objects
@@ -258,6 +261,20 @@ fn tablespace_targets(ix: &Index, remap: &[(u32, PathBuf)]) -> Result<BTreeMap<u
                 .unwrap_or_else(|| PathBuf::from(e.target.clone().unwrap_or_default()));
             out.insert(oid, to);
         }
+    }
+    let orphan = ix.entries.iter().find(|e| {
+        fetch::tablespace_of(&e.path).is_some_and(|(o, _)| !out.contains_key(&o))
+            || (e.kind != Kind::Link && fetch::tablespace_oid(&e.path).is_some())
+    });
+    if let Some(e) = orphan {
+        return Err(Error::new(
+            Class::Check,
+            format!(
+                "the index of {} is not valid: {:?} is not inside a tablespace link",
+                ix.id, e.path
+            ),
+        )
+        .hint("the stored backup is damaged or was altered; restore another backup"));
     }
     if let Some((o, _)) = remap.iter().find(|(o, _)| !out.contains_key(o)) {
         return Err(Error::usage(format!(
@@ -477,6 +494,31 @@ fn settle(fd: i32, own: &Ownership, mode: u32, mtime: i64) -> std::io::Result<()
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The marker of the backup in the restored PGDATA, from its bundle: every file came
+/// from this backup's own stored copy, which is what the marker says of a copy (the
+/// copy leaves marker directories out, as a base backup does).
+fn write_marker(pgdata: &Path, m: &crate::bundle::Manifest, url: &str) -> Result<()> {
+    let mk = crate::marker::Marker {
+        format: 1,
+        id: m.id.clone(),
+        system_identifier: m.system_identifier.clone(),
+        pg_version_num: m.pg_version_num,
+        start_lsn: m.start_lsn.clone(),
+        start_wal_file: m.start_wal_file.clone(),
+        timeline: m.timeline,
+        start_time: m.start_time.clone(),
+        host: m.host.clone(),
+        pgdata: m.pgdata.clone(),
+        tool: m.tool.clone(),
+        tool_version: m.tool_version.clone(),
+        stores: vec![url.to_string()],
+        run_dir: String::new(),
+        agent_pid: 0,
+        token: hex::encode(crate::fsutil::random_bytes::<16>()),
+    };
+    crate::marker::write(pgdata, &mk)
 }
 
 /// Prepare refused the restored directory: it stays without pg_control (cannot start).
