@@ -142,15 +142,20 @@ fn backup_to_local_store(major: u32) {
 }
 per_major!(backup_to_local_store, backup_to_local_store);
 
-/// Waits until the copy of `id` has stored its first object (it is mid-copy then: the
-/// slow compression level leaves several objects to go).
+/// Waits until the copy of `id` has begun (its `data/<id>/` exists: the sink opens it
+/// just before the first file is read), with the backup still running. The slow
+/// compression level keeps the copy going long after that.
 #[track_caller]
-fn wait_first_object(tool: &Tool, id: &str, child: &mut std::process::Child) {
-    let first = tool.store_path().join("data").join(id).join("obj-000000");
-    let seen = wait_until(Duration::from_secs(60), || {
-        first.exists() || child.try_wait().ok().flatten().is_some()
+fn wait_copy_begun(tool: &Tool, id: &str, child: &mut std::process::Child) {
+    let dir = tool.store_path().join("data").join(id);
+    let seen = wait_until(Duration::from_secs(120), || {
+        dir.exists() || child.try_wait().ok().flatten().is_some()
     });
-    assert!(seen && first.exists(), "the copy never stored an object");
+    let running = child.try_wait().ok().flatten().is_none();
+    assert!(
+        seen && dir.exists() && running,
+        "the copy never began (backup still running: {running})"
+    );
 }
 
 fn sigterm_mid_copy_aborts(major: u32) {
@@ -164,7 +169,7 @@ fn sigterm_mid_copy_aborts(major: u32) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_first_object(&tool, "s1", &mut child);
+    wait_copy_begun(&tool, "s1", &mut child);
     // SAFETY: a signal to the child this test started.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
