@@ -1,11 +1,12 @@
 //! End-to-end tests of `pgbookend backup` (the built-in copy): a backup under pgbench
 //! load with a tablespace lands in the store as objects, an index and a bundle, appears
-//! in `list` as built-in and is removed whole by `expire`; a failing store and a signal
-//! abort it and leave nothing behind.
+//! in `list` as built-in and is removed whole by `expire`; a restore from an S3 store
+//! writes the same files as one from a local store; a full store, an S3 store that
+//! vanishes mid-copy and a signal abort it and leave nothing behind.
 
 mod common;
 
-use common::{run_for, wait_until, Tool};
+use common::{run_for, wait_until, Run, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions};
 use serde_json::Value;
 use std::path::Path;
@@ -246,9 +247,99 @@ fn store_full_mid_copy_aborts(major: u32) {
 }
 per_major!(store_full_mid_copy_aborts, store_full_mid_copy_aborts);
 
+/// A tool whose S3 client talks to `endpoint` (the local S3 server, or a gate to it).
+fn s3_tool(c: &Cluster, endpoint: &str, aws: &Path) -> Tool {
+    let mut tool = Tool::new(c);
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "AKIABACKUPTEST".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "secret".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT_URL", endpoint.to_string()),
+        ("TMPDIR", aws.display().to_string()),
+        ("AWS_CONFIG_FILE", aws.join("c").display().to_string()),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            aws.join("k").display().to_string(),
+        ),
+    ] {
+        tool.env.push((k.into(), v));
+    }
+    tool
+}
+
+/// Every regular file below `root` (relative path → bytes), links as `-> target`.
+fn tree_of(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.is_symlink() {
+                let t = std::fs::read_link(&p).unwrap();
+                out.insert(rel, format!("-> {}", t.display()).into_bytes());
+            } else if md.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// `restore` of `id` from `store` into `<base>/data` with the tablespace in `<base>/ts`.
+fn restore_into(tool: &Tool, store: &str, id: &str, base: &Path, ts_oid: &str) -> Run {
+    let (data, ts) = (base.join("data"), base.join("ts"));
+    let (d, tsa) = (
+        data.display().to_string(),
+        format!("{ts_oid}={}", ts.display()),
+    );
+    tool.run(&[
+        "restore",
+        "--store",
+        store,
+        "--id",
+        id,
+        "--pgdata",
+        &d,
+        "--tablespace",
+        &tsa,
+        "--json",
+    ])
+}
+
+/// The files two restores wrote, compared: the same paths and the same bytes, except
+/// the recovery settings (they name the store the restore came from), what names each
+/// restore's own tablespace directory (the link, `tablespace_map`), and `backup_manifest`
+/// (it records those files' sizes and times).
+#[track_caller]
+fn assert_same_restore(a: &Path, b: &Path) {
+    let own = |k: &str| {
+        k.ends_with("postgresql.auto.conf")
+            || k.starts_with("data/pg_tblspc/")
+            || k == "data/tablespace_map"
+            || k == "data/backup_manifest"
+    };
+    let (ta, tb) = (tree_of(a), tree_of(b));
+    let ka: Vec<_> = ta.keys().collect();
+    let kb: Vec<_> = tb.keys().collect();
+    assert_eq!(ka, kb, "the two restores hold different files");
+    let differ: Vec<_> = ta
+        .iter()
+        .filter(|(k, v)| tb[*k] != **v)
+        .map(|(k, _)| k.clone())
+        .filter(|k| !own(k))
+        .collect();
+    assert!(differ.is_empty(), "files differ: {differ:?}");
+    assert!(ta.len() > 500, "only {} files restored", ta.len());
+}
+
 /// A backup into an S3 store (the local S3 server) and a local one at once: both get
-/// the same objects and index; `list` on S3 shows it as built-in; `expire` removes its
-/// data from S3 with the bundle.
+/// the same objects and index; `list` on S3 shows it as built-in; `restore` from S3
+/// writes the same files as `restore` from the local store; `expire` removes its data
+/// from S3 with the bundle.
 #[test]
 fn backup_to_s3() {
     let Some(major) = pgbookend_testkit::majors().last().copied() else {
@@ -258,25 +349,8 @@ fn backup_to_s3() {
     s3.create_bucket("bk-test");
     let c = Cluster::start(ClusterOptions::new(major).tablespace(true));
     c.pgbench_init(1);
-    let mut tool = Tool::new(&c);
     let aws = pgbookend_testkit::temp_dir("aws");
-    for (k, v) in [
-        ("AWS_ACCESS_KEY_ID", "AKIABACKUPTEST".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "secret".to_string()),
-        ("AWS_REGION", "us-east-1".to_string()),
-        ("AWS_ENDPOINT_URL", s3.endpoint()),
-        ("TMPDIR", aws.path().display().to_string()),
-        (
-            "AWS_CONFIG_FILE",
-            aws.path().join("c").display().to_string(),
-        ),
-        (
-            "AWS_SHARED_CREDENTIALS_FILE",
-            aws.path().join("k").display().to_string(),
-        ),
-    ] {
-        tool.env.push((k.into(), v));
-    }
+    let tool = s3_tool(&c, &s3.endpoint(), aws.path());
     let url = "s3://bk-test/pg";
     let local = tool.store_path().display().to_string();
     for id in ["s1", "s2"] {
@@ -303,6 +377,26 @@ fn backup_to_s3() {
         .find(|b| b["id"] == "s1")
         .cloned();
     assert_eq!(b.expect("s1 listed")["copy"], "built-in", "{list}");
+    let ts_oid = c.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+    let work = pgbookend_testkit::temp_dir("bkrs");
+    if let Some((_, uid, gid)) = pgbookend_testkit::server_user() {
+        std::os::unix::fs::chown(work.path(), Some(uid), Some(gid)).unwrap();
+    }
+    let (from_s3, from_local) = (work.path().join("s3"), work.path().join("local"));
+    for (base, store) in [(&from_s3, url), (&from_local, local.as_str())] {
+        std::fs::create_dir(base).unwrap();
+        if let Some((_, uid, gid)) = pgbookend_testkit::server_user() {
+            std::os::unix::fs::chown(base, Some(uid), Some(gid)).unwrap();
+        }
+        let r = restore_into(&tool, store, "s2", base, ts_oid.trim());
+        assert_eq!(r.code, 0, "restore from {store}: {r:?}");
+    }
+    assert_same_restore(&from_s3, &from_local);
+    let map = std::fs::read_to_string(from_s3.join("data/tablespace_map")).unwrap();
+    assert!(
+        map.contains(&from_s3.join("ts").display().to_string()),
+        "{map}"
+    );
     tool.run(&["expire", "--store", url, "--keep-last", "1", "--json"])
         .ok();
     assert!(
@@ -311,4 +405,56 @@ fn backup_to_s3() {
     );
     assert!(s3.keys("bk-test", "pg/s1/").is_empty());
     assert!(!s3.keys("bk-test", "pg/data/s2/").is_empty());
+}
+
+/// The S3 store becomes unreachable mid-copy (a gate in front of the S3 server is cut
+/// once the first object is there): `backup` fails naming the store, the backup is
+/// aborted (no marker, no agent), and the store shows no complete bundle: no
+/// bundle.json, no index, and `list` does not show it as complete.
+#[test]
+fn s3_unreachable_mid_copy_aborts() {
+    let Some(major) = pgbookend_testkit::majors().last().copied() else {
+        return;
+    };
+    let s3 = pgbookend_testkit::S3Server::start();
+    s3.create_bucket("bk-cut");
+    let c = cluster(major);
+    let aws = pgbookend_testkit::temp_dir("aws");
+    let mut gate = pgbookend_testkit::Gate::open(s3.port());
+    let tool = s3_tool(&c, &gate.endpoint(), aws.path());
+    let url = "s3://bk-cut/pg";
+    let child = tool
+        .cmd(&["backup", "--id", "u1", "--store", url, "--jobs", "1"])
+        .args(["--compress", "zstd:19"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = wait_until(Duration::from_secs(180), || {
+        !s3.keys("bk-cut", "pg/data/u1/").is_empty()
+    });
+    assert!(first, "no object of u1 reached the S3 server");
+    gate.cut();
+    let r: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr.contains(url) && r.stderr.contains("aborted"),
+        "{r:?}"
+    );
+    let keys = s3.keys("bk-cut", "pg/");
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k.ends_with("bundle.json") || k.ends_with("index.json")),
+        "{keys:?}"
+    );
+    assert_nothing_left(&c, &tool, "u1");
+    let direct = s3_tool(&c, &s3.endpoint(), aws.path());
+    let l = direct.run(&["list", "--store", url, "--json"]).ok().json();
+    let complete = l["bundles"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|b| b["id"] == "u1" && b["complete"] == true);
+    assert!(!complete, "{l}");
 }
