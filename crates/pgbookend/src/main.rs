@@ -38,11 +38,11 @@ struct Cli {
     /// S3 stores: path-style addressing (endpoint/bucket/key; the default with an endpoint).
     #[arg(long, global = true)]
     s3_path_style: bool,
-    /// After stop or run succeeds: run CMD (sh -c) with the JSON report on stdin and
+    /// After stop, run or backup succeeds: run CMD (sh -c) with the JSON report on stdin and
     /// PGBOOKEND_EVENT/STATUS/EXIT_CODE/ID/ERROR in its environment (config on_success).
     #[arg(long, global = true, value_name = "CMD")]
     on_success: Option<String>,
-    /// After stop, run or archive-push fails: run CMD as --on-success does (config
+    /// After stop, run, backup or archive-push fails: run CMD as --on-success does (config
     /// on_failure). Neither changes pgbookend's exit code.
     #[arg(long, global = true, value_name = "CMD")]
     on_failure: Option<String>,
@@ -1227,8 +1227,10 @@ fn main() -> ExitCode {
         Ok(h) => h,
         Err(e) => return fail(&e, json),
     };
-    let stop_id = match &cli.command {
-        Cmd::Stop { id, .. } => Some(id.clone()),
+    // The commands whose end is notified here (run and archive-push notify themselves).
+    let notified = match &cli.command {
+        Cmd::Stop { id, .. } => Some(("stop", Some(id.clone()))),
+        Cmd::Backup(a) => Some(("backup", a.start.id.clone())),
         _ => None,
     };
     let result = match cli.command {
@@ -1254,15 +1256,9 @@ fn main() -> ExitCode {
             (code, serde_json::json!({ "error": &e }), Some(e))
         }
     };
-    if stop_id.is_some() {
-        notify(
-            &hooks,
-            "stop",
-            stop_id.as_deref(),
-            code,
-            &report,
-            error.as_ref(),
-        );
+    if let Some((event, id)) = notified {
+        let id = id.or_else(|| report["id"].as_str().map(str::to_string));
+        notify(&hooks, event, id.as_deref(), code, &report, error.as_ref());
     }
     ExitCode::from(code)
 }

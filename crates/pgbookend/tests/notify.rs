@@ -1,4 +1,4 @@
-//! `--on-success` / `--on-failure` after `stop` and `run`: the report on stdin, the facts in
+//! `--on-success` / `--on-failure` after `stop`, `run` and `backup`: the report on stdin, the facts in
 //! the environment, a time bound that kills the command's whole process group, and never a
 //! change to pgbookend's exit code.
 
@@ -124,6 +124,63 @@ fn notifications_after_stop_and_run() {
         "the command's child {pid} must be gone"
     );
     assert!(tool.bundle_dir("n-3").join("bundle.json").exists());
+}
+
+/// `backup` notifies as `stop` does: a built-in backup runs the success command with its
+/// own report (event `backup`, its ID); one into a store that is not a directory runs the
+/// failure command with the exit code the user sees.
+#[test]
+fn notifications_after_backup() {
+    let major = *pgbookend_testkit::majors().last().expect("a major");
+    let c = Cluster::start(ClusterOptions::new(major));
+    let tool = Tool::new(&c);
+    let dir = pgbookend_testkit::temp_dir("notifybk");
+    let d = |n: &str| dir.path().join(n).display().to_string();
+    let hook = |tag: &str| format!("cat > {0}.json; env > {0}.env", d(tag));
+    let store = tool.store_path().display().to_string();
+    let b = tool
+        .run(&[
+            "backup",
+            "--id",
+            "nb-1",
+            "--store",
+            &store,
+            "--json",
+            "--on-success",
+            &hook("ok"),
+            "--on-failure",
+            &hook("bad"),
+        ])
+        .ok();
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(d("ok.json")).unwrap()).unwrap();
+    assert_eq!(report, b.json());
+    let env = env_of(Path::new(&d("ok.env")));
+    for (k, v) in [
+        ("PGBOOKEND_EVENT", "backup"),
+        ("PGBOOKEND_STATUS", "success"),
+        ("PGBOOKEND_ID", "nb-1"),
+    ] {
+        assert!(has(&env, k, v), "{k}={v} in {env:?}");
+    }
+    assert!(!Path::new(&d("bad.json")).exists());
+
+    // Without --id the ID comes from the report; a file as the store fails the backup.
+    let not_dir = dir.path().join("plain-file");
+    std::fs::write(&not_dir, b"x").unwrap();
+    let r = tool.run(&[
+        "backup",
+        "--store",
+        &not_dir.display().to_string(),
+        "--on-failure",
+        &hook("fail"),
+    ]);
+    assert_ne!(r.code, 0, "{r:?}");
+    let env = env_of(Path::new(&d("fail.env")));
+    assert!(has(&env, "PGBOOKEND_EVENT", "backup"), "{env:?}");
+    assert!(has(&env, "PGBOOKEND_STATUS", "failure"), "{env:?}");
+    let code = r.code.to_string();
+    assert!(has(&env, "PGBOOKEND_EXIT_CODE", &code), "{env:?}");
 }
 
 /// `archive-push` notifies on failure only: a real push into a store that is not a
