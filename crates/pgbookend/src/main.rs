@@ -839,7 +839,7 @@ struct BackupArgs {
     /// Threads that compress and store objects (default 2).
     #[arg(long, value_name = "N", default_value_t = 2)]
     jobs: usize,
-    /// zstd (level 3), zstd:LEVEL (1-19) or none.
+    /// zstd (level 3), zstd:LEVEL (1-19), lz4 (faster, larger) or none.
     #[arg(long, value_name = "HOW", default_value = "zstd")]
     compress: String,
     /// Do not wait for the server to archive the stop segment (see stop).

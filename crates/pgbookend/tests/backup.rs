@@ -337,8 +337,8 @@ fn assert_same_restore(a: &Path, b: &Path) {
 }
 
 /// A backup into an S3 store (the local S3 server) and a local one at once: both get
-/// the same objects and index; `list` on S3 shows it as built-in; `restore` from S3
-/// writes the same files as `restore` from the local store; `expire` removes its data
+/// the same objects and index; `list` on S3 shows it as built-in; `restore` of an
+/// LZ4-compressed backup from S3 writes the same files as `restore` from the local store; `expire` removes its data
 /// from S3 with the bundle.
 #[test]
 fn backup_to_s3() {
@@ -353,11 +353,22 @@ fn backup_to_s3() {
     let tool = s3_tool(&c, &s3.endpoint(), aws.path());
     let url = "s3://bk-test/pg";
     let local = tool.store_path().display().to_string();
-    for id in ["s1", "s2"] {
+    // s2 is compressed with LZ4 (s1 with zstd, the default); both restore the same way.
+    for (id, how) in [("s1", "zstd"), ("s2", "lz4")] {
         tool.run(&[
-            "backup", "--id", id, "--store", url, "--store", &local, "--json",
+            "backup",
+            "--id",
+            id,
+            "--store",
+            url,
+            "--store",
+            &local,
+            "--compress",
+            how,
+            "--json",
         ])
         .ok();
+        assert_eq!(read_index(tool.store_path(), id)["compression"], how);
     }
     let keys = s3.keys("bk-test", "pg/data/s1/");
     let local_objs = std::fs::read_dir(tool.store_path().join("data/s1"))

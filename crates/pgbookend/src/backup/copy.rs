@@ -146,6 +146,7 @@ fn store_unit(shared: &Shared, unit: Unit) -> Result<(usize, Object)> {
     let stored = match shared.settings.compression {
         Compression::Zstd => zstd::bulk::compress(&unit.bytes, shared.settings.level)
             .map_err(|e| Error::internal(format!("cannot compress: {e}")))?,
+        Compression::Lz4 => lz4(&unit.bytes)?,
         Compression::None => unit.bytes,
     };
     let name = object_name(unit.number);
@@ -168,6 +169,20 @@ fn store_unit(shared: &Shared, unit: Unit) -> Result<(usize, Object)> {
             pieces: unit.pieces,
         },
     ))
+}
+
+/// One LZ4 frame of `bytes`, with its content checksum.
+fn lz4(bytes: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Write;
+    let info = lz4_flex::frame::FrameInfo::new().content_checksum(true);
+    let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(
+        info,
+        Vec::with_capacity(bytes.len() / 2 + 1024),
+    );
+    enc.write_all(bytes)
+        .map_err(|e| Error::internal(format!("cannot compress: {e}")))?;
+    enc.finish()
+        .map_err(|e| Error::internal(format!("cannot compress: {e}")))
 }
 
 /// The reader's object being filled.

@@ -238,6 +238,7 @@ fn fetch_one(
             zstd::stream::read::Decoder::with_buffer(&bytes[..])
                 .map_err(|e| damaged(format!("cannot be decompressed ({e})")))?,
         ),
+        Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(&bytes[..])),
         Compression::None => Box::new(&bytes[..]),
     };
     let mut buf = vec![0u8; 1 << 20];

@@ -41,6 +41,8 @@ pub const MAX_PATH_BYTES: usize = 1024;
 pub enum Compression {
     /// One zstd frame, with its content checksum.
     Zstd,
+    /// One LZ4 frame, with its content checksum (faster, larger).
+    Lz4,
     /// Stored as they are.
     None,
 }

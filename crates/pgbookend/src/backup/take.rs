@@ -61,16 +61,17 @@ pub enum Outcome {
     Skipped(Output),
 }
 
-/// Parses `--compress`: `zstd`, `zstd:LEVEL` (1-19) or `none`.
+/// Parses `--compress`: `zstd`, `zstd:LEVEL` (1-19), `lz4` or `none`.
 pub fn parse_compress(s: &str) -> Result<(Compression, i32)> {
     let bad = || {
         Error::usage(format!(
-            "--compress {s:?}: expected zstd, zstd:LEVEL (1-19) or none"
+            "--compress {s:?}: expected zstd, zstd:LEVEL (1-19), lz4 or none"
         ))
     };
     match s.split_once(':') {
         None if s == "zstd" => Ok((Compression::Zstd, 3)),
         None if s == "none" => Ok((Compression::None, 0)),
+        None if s == "lz4" => Ok((Compression::Lz4, 0)),
         Some(("zstd", l)) => match l.parse::<i32>() {
             Ok(l) if (1..=19).contains(&l) => Ok((Compression::Zstd, l)),
             _ => Err(bad()),
