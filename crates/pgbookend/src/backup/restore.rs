@@ -441,24 +441,29 @@ fn parent_of<'a>(root: &Dir, rel: &'a str) -> Result<(Dir, &'a str)> {
     Ok((d, name))
 }
 
-/// Owner, mode, modification time and fsync of every written file, then of every
-/// directory (deepest first), then of the roots.
+/// Owner, mode, modification time and fsync of every written file (and of a file
+/// `--delta` kept whose owner, mode or time differ), then of every directory (deepest
+/// first), then of the roots.
 fn finish(ix: &Index, roots: &Roots, own: &Ownership, rewrite: &[bool], jobs: usize) -> Result<()> {
-    let files: Vec<&Entry> = ix
+    let files: Vec<(&Entry, bool)> = ix
         .entries
         .iter()
         .enumerate()
-        .filter(|(n, e)| e.kind == Kind::File && rewrite[*n] && e.path != CONTROL)
-        .map(|(_, e)| e)
+        .filter(|(_, e)| e.kind == Kind::File && e.path != CONTROL)
+        .map(|(n, e)| (e, rewrite[n]))
         .collect();
     fetch::par_each(files.len(), jobs, &|n| {
-        let e = files[n];
+        let (e, written) = files[n];
         let full = fetch::display(roots, &e.path);
         let Some((root, rel)) = roots.locate(&e.path) else {
             return Ok(());
         };
         let f = fetch::open_write(root, rel).map_err(|err| io_err("cannot open", &full, err))?;
-        settle(f.as_raw_fd(), own, e.mode & 0o640 | 0o600, e.mtime)
+        let mode = e.mode & 0o640 | 0o600;
+        if !written && settled(&f, own, mode, e.mtime) {
+            return Ok(());
+        }
+        settle(f.as_raw_fd(), own, mode, e.mtime)
             .and_then(|()| f.sync_all())
             .map_err(|err| io_err("cannot finish", &full, err))
     })?;
@@ -479,6 +484,14 @@ fn finish(ix: &Index, roots: &Roots, own: &Ownership, rewrite: &[bool], jobs: us
             .map_err(|err| io_err("cannot fsync", d.path(), err))?;
     }
     Ok(())
+}
+
+/// Whether a kept file already has the owner, mode and modification time it would get.
+fn settled(f: &std::fs::File, own: &Ownership, mode: u32, mtime: i64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    f.metadata().is_ok_and(|m| {
+        m.uid() == own.uid && m.gid() == own.gid && m.mode() & 0o7777 == mode && m.mtime() == mtime
+    })
 }
 
 /// Owner, mode and times through a descriptor.
