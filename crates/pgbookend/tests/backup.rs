@@ -469,3 +469,61 @@ fn s3_unreachable_mid_copy_aborts() {
         .any(|b| b["id"] == "u1" && b["complete"] == true);
     assert!(!complete, "{l}");
 }
+
+/// An index altered in the store cannot aim `restore` outside its targets: a tablespace
+/// link retargeted at another directory is refused (not empty; and `--delta` refuses a
+/// directory that is not a tablespace copy, instead of sweeping it), and an entry that
+/// climbs out of PGDATA makes the index invalid. Nothing is written or removed.
+#[test]
+fn altered_index_is_refused() {
+    let Some(major) = pgbookend_testkit::majors().last().copied() else {
+        return;
+    };
+    let c = cluster(major);
+    let tool = Tool::new(&c);
+    let store = tool.store_path().display().to_string();
+    tool.run(&["backup", "--id", "h1", "--store", &store]).ok();
+    let ix_path = tool.store_path().join("data/h1/index.json");
+    let original = std::fs::read_to_string(&ix_path).unwrap();
+    let work = pgbookend_testkit::temp_dir("hostile");
+    let victim = work.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("precious"), b"keep me").unwrap();
+    let pgdata = work.path().join("data");
+    let d = pgdata.display().to_string();
+
+    // The tablespace link now points at the victim directory.
+    let mut ix: Value = serde_json::from_str(&original).unwrap();
+    for e in ix["entries"].as_array_mut().unwrap() {
+        if e["kind"] == "link" && e["path"].as_str().unwrap().starts_with("pg_tblspc/") {
+            e["target"] = Value::String(victim.display().to_string());
+        }
+    }
+    std::fs::write(&ix_path, serde_json::to_vec(&ix).unwrap()).unwrap();
+    let plain = tool.run(&["restore", "--store", &store, "--id", "h1", "--pgdata", &d]);
+    assert_eq!(plain.code, 6, "{plain:?}");
+    assert!(plain.stderr.contains("is not empty"), "{plain:?}");
+    let delta = tool.run(&[
+        "restore", "--store", &store, "--id", "h1", "--pgdata", &d, "--delta",
+    ]);
+    assert_eq!(delta.code, 6, "{delta:?}");
+    assert!(
+        delta.stderr.contains("does not look like a copy") && delta.stderr.contains("precious"),
+        "{delta:?}"
+    );
+    assert_eq!(std::fs::read(victim.join("precious")).unwrap(), b"keep me");
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 1);
+    assert!(!pgdata.exists(), "nothing was created");
+
+    // An entry that climbs out of PGDATA: the index is refused as a whole.
+    let escaped = original.replacen("\"path\":\"PG_VERSION\"", "\"path\":\"../PG_VERSION\"", 1);
+    assert_ne!(escaped, original, "the index names PG_VERSION");
+    std::fs::write(&ix_path, escaped).unwrap();
+    let r = tool.run(&["restore", "--store", &store, "--id", "h1", "--pgdata", &d]);
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(
+        r.stderr.contains("is not valid") && r.stderr.contains("../PG_VERSION"),
+        "{r:?}"
+    );
+    assert!(!pgdata.exists() && !work.path().join("PG_VERSION").exists());
+}

@@ -324,8 +324,37 @@ fn refuse_unsafe(pgdata: &Path, targets: &BTreeMap<u32, PathBuf>, delta: bool) -
                 "give a new or empty directory, or --delta to re-seed an existing copy of this cluster",
             );
         }
+        if let (true, Some(odd)) = (delta, not_a_copy(p, n == 0)) {
+            return refuse(
+                format!("{what} {}: --delta removes what the backup does not have, and this directory does not look like a copy of a cluster ({odd})", p.display()),
+                "give --delta only a data directory (or tablespace directory) of this cluster, or restore into a new directory",
+            );
+        }
     }
     Ok(())
+}
+
+/// Why a non-empty directory is not a copy `--delta` may sweep (`None`: it is, or it is
+/// empty): PGDATA must hold `PG_VERSION`; a tablespace directory only `PG_<major>_<catalog>`
+/// directories. The tablespace targets may come from the stored index: this keeps an
+/// altered index from aiming the sweep at any other directory.
+fn not_a_copy(p: &Path, is_pgdata: bool) -> Option<String> {
+    let names: Vec<String> = std::fs::read_dir(p)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    if is_pgdata {
+        let version = std::fs::symlink_metadata(p.join("PG_VERSION")).is_ok_and(|m| m.is_file());
+        return (!version).then(|| "it has no PG_VERSION".to_string());
+    }
+    names
+        .iter()
+        .find(|n| !pgbookend_formats::version::is_tablespace_version_dir(n))
+        .map(|n| format!("it holds {n:?}, not only PG_<major>_<catalog> directories"))
 }
 
 fn has_entries(p: &Path) -> bool {
