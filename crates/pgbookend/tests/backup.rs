@@ -67,7 +67,8 @@ fn backup_to_local_store(major: u32) {
     let tool = Tool::new(&c);
     let store = tool.store_path().display().to_string();
     // A page damaged on disk (clean in shared buffers after the checkpoint): the backup
-    // reads it twice, reports it as suspect and does not fail.
+    // reads it twice, reports it as suspect (corrupt: no WAL of the window rewrites it)
+    // and does not fail.
     c.psql("CREATE TABLE victim AS SELECT generate_series(1, 1000) i; CHECKPOINT");
     let victim = c.psql("SELECT pg_relation_filepath('victim')");
     flip_byte(&c.pgdata().join(&victim), 4000);
@@ -86,6 +87,11 @@ fn backup_to_local_store(major: u32) {
     assert_eq!(suspects.len(), 1, "{out}");
     assert_eq!(suspects[0]["path"], victim.as_str());
     assert_eq!(suspects[0]["block"], 0);
+    // Nothing in the window wrote to that table: the WAL does not repair it.
+    assert!(
+        suspects[0]["wal"].as_str().unwrap().starts_with("corrupt"),
+        "{out}"
+    );
     // The index covers PGDATA and the tablespace (through its link), and every object is there.
     let ix = read_index(tool.store_path(), "b1");
     let entries = ix["entries"].as_array().unwrap();

@@ -8,6 +8,7 @@ pub mod copy;
 pub mod delta;
 pub mod fetch;
 pub mod format;
+pub mod judge;
 pub mod manifest;
 pub mod pages;
 pub mod plan;

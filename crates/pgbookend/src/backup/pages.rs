@@ -22,6 +22,8 @@ pub struct Suspect {
     pub path: String,
     pub block: u32,
     pub problem: String,
+    /// What the WAL of the window says of it (filled after stop: see `judge`).
+    pub wal: Option<String>,
 }
 
 /// Reads pg_control of `pgdata`: page checks when data checksums are on.
@@ -90,6 +92,7 @@ pub fn check(
             path: path.to_string(),
             block,
             problem: format!("{:?}", v.verdict),
+            wal: None,
         });
     }
 }

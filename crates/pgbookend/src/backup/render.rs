@@ -89,8 +89,11 @@ pub fn summary(r: &BackupReport, _json: bool) -> Output {
     let mut suspects = String::new();
     for s in &r.suspect_pages {
         suspects.push_str(&format!(
-            "suspect page: {} block {} ({}): the same bad bytes were read twice\n",
-            s.path, s.block, s.problem
+            "suspect page: {} block {} ({}): the same bad bytes were read twice; {}\n",
+            s.path,
+            s.block,
+            s.problem,
+            s.wal.as_deref().unwrap_or("not judged")
         ));
     }
     let human = format!(

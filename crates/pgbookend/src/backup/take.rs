@@ -160,10 +160,11 @@ pub fn backup(
             )));
         }
     }
-    let suspect_pages = counters
+    let mut suspect_pages = counters
         .suspects
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
+    super::judge::judge(&stores, &id, &mut suspect_pages);
     Ok(Outcome::Done(Box::new(BackupReport {
         id,
         stores: stores.iter().map(Store::url).collect(),
