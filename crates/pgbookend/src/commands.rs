@@ -431,10 +431,15 @@ pub fn stop_backup(
         archive_timeout_ms: timeout.as_millis() as u64,
     };
     match protocol::call(&entry.socket(), &req, None)? {
-        Some(Response::Stopped { report, error }) => Ok(Stopped {
-            output: stop_output(&report, error),
-            report: Some(*report),
-        }),
+        Some(Response::Stopped { report, error }) => {
+            // The agent exits right after this answer: `stop` returns once it has, so
+            // that a `rescue` or `status` run next never finds it still alive.
+            entry.wait_agent_gone(AGENT_EXIT);
+            Ok(Stopped {
+                output: stop_output(&report, error),
+                report: Some(*report),
+            })
+        }
         Some(Response::Error { error }) => Err(error),
         Some(_) => Err(Error::internal(
             "the agent gave an unexpected answer to stop",
@@ -443,15 +448,13 @@ pub fn stop_backup(
     }
 }
 
+/// How long `stop` waits for an agent that has answered to exit.
+const AGENT_EXIT: Duration = Duration::from_secs(5);
+
 /// Why a backup without a live agent cannot be stopped (or aborted).
 fn settled_error(entry: &Entry, id: &str) -> Error {
     // The agent may be exiting right now; its lock tells.
-    for _ in 0..50 {
-        if !entry.agent_alive() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    entry.wait_agent_gone(AGENT_EXIT);
     let Some(st) = entry.read_state() else {
         return Error::void(format!(
             "backup {id} is void: its agent is gone and left no state. No bundle exists."

@@ -596,7 +596,8 @@ pub fn command(
 fn rescue_copy(run: &crate::rundir::RunDir, id: &str) -> Result<PathBuf> {
     crate::id::validate(id)?;
     let entry = run.entry(id);
-    if entry.agent_alive() {
+    // An agent that has just answered `stop` exits within moments.
+    if !entry.wait_agent_gone(std::time::Duration::from_secs(5)) {
         return Err(Error::usage(format!(
             "backup {id} still has a live agent: its stop may still be writing the bundle"
         ))

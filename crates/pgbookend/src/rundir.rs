@@ -213,6 +213,21 @@ impl Entry {
         self.liveness() == Liveness::Alive
     }
 
+    /// Waits (at most `timeout`) for the agent to release its lock, as it does right after
+    /// its last answer; true once no agent holds it.
+    pub fn wait_agent_gone(&self, timeout: std::time::Duration) -> bool {
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            if !self.agent_alive() {
+                return true;
+            }
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Whether an agent holds this entry's lock, provably does not (no lock file, or the
     /// lock is free), or cannot be told (no permission, a link or a non-file where the
     /// lock should be). Never follows a link in the entry and never blocks on a FIFO.
