@@ -409,6 +409,62 @@ fn backup_to_s3() {
         assert_eq!(r.code, 0, "restore from {store}: {r:?}");
     }
     assert_same_restore(&from_s3, &from_local);
+    // Without --id, --target picks the newest built-in backup that ends before it.
+    let s1_stop = std::fs::read_to_string(tool.bundle_dir("s1").join("bundle.json")).unwrap();
+    let s1_stop: Value = serde_json::from_str(&s1_stop).unwrap();
+    let lsn = format!("lsn={}", s1_stop["stop_lsn"].as_str().unwrap());
+    let picked = work.path().join("picked");
+    let (p, tsa) = (
+        picked.join("data").display().to_string(),
+        format!("{}={}", ts_oid.trim(), picked.join("ts").display()),
+    );
+    // The parent of --pgdata must exist: the error says so.
+    let r = tool.run(&[
+        "restore",
+        "--store",
+        &local,
+        "--id",
+        "s1",
+        "--pgdata",
+        &p,
+        "--tablespace",
+        &tsa,
+    ]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("not its parent"), "{r:?}");
+    assert!(!picked.exists());
+    std::fs::create_dir(&picked).unwrap();
+    if let Some((_, uid, gid)) = pgbookend_testkit::server_user() {
+        std::os::unix::fs::chown(&picked, Some(uid), Some(gid)).unwrap();
+    }
+    let (p, tsa) = (
+        picked.join("data").display().to_string(),
+        format!("{}={}", ts_oid.trim(), picked.join("ts").display()),
+    );
+    for (target, want) in [
+        (lsn.as_str(), Some("s1")),
+        ("time=2001-01-01T00:00:00Z", None),
+    ] {
+        let r = tool.run(&[
+            "restore",
+            "--store",
+            &local,
+            "--target",
+            target,
+            "--pgdata",
+            &p,
+            "--tablespace",
+            &tsa,
+            "--json",
+        ]);
+        match want {
+            Some(id) => assert_eq!(r.ok().json()["id"], id),
+            None => {
+                assert_ne!(r.code, 0, "{r:?}");
+                assert!(r.stderr.contains("2001-01-01"), "{r:?}");
+            }
+        }
+    }
     let map = std::fs::read_to_string(from_s3.join("data/tablespace_map")).unwrap();
     assert!(
         map.contains(&from_s3.join("ts").display().to_string()),

@@ -81,7 +81,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport> {
     let targets = tablespace_targets(&ix, &opts.prepare.tablespaces)?;
     refuse_unsafe(&pgdata, &targets, opts.delta)?;
     let parent = pgdata.parent().unwrap_or(Path::new("/"));
-    let own = Ownership::of_dir(parent)?;
+    let own = Ownership::of_dir(parent).map_err(|e| {
+        e.hint(format!(
+            "restore creates the data directory itself but not its parent: create {} (owned by the cluster's user, whose owner the restored files get)",
+            parent.display()
+        ))
+    })?;
     let (roots, created) = open_roots(&pgdata, &targets, &own)?;
     let written = match write_copy(opts, &handle, &ix, &roots, &targets, &own) {
         Ok(w) => w,
@@ -208,8 +213,9 @@ fn pick_id(opts: &RestoreOptions, store: &Store, handle: &Handle) -> Result<Stri
         .map(|m| m.id.clone())
         .ok_or_else(|| {
             Error::usage(format!(
-                "store {} holds no built-in backup that stops before the target",
-                store.url()
+                "store {} holds no built-in backup that stops before the target {}",
+                store.url(),
+                opts.prepare.target.as_deref().unwrap_or("")
             ))
             .hint("list the store's backups with pgbookend list, and give --id ID")
         })
