@@ -49,19 +49,6 @@ fn assert_nothing_left(c: &Cluster, tool: &Tool, id: &str) {
     assert!(gone, "the agent of {id} is still running");
 }
 
-fn flip_byte(path: &Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    f.write_all_at(&[b[0] ^ 0xff], at).unwrap();
-    f.sync_all().unwrap();
-}
-
 fn backup_to_local_store(major: u32) {
     let c = cluster(major);
     let tool = Tool::new(&c);
@@ -71,7 +58,7 @@ fn backup_to_local_store(major: u32) {
     // and does not fail.
     c.psql("CREATE TABLE victim AS SELECT generate_series(1, 1000) i; CHECKPOINT");
     let victim = c.psql("SELECT pg_relation_filepath('victim')");
-    flip_byte(&c.pgdata().join(&victim), 4000);
+    common::flip_byte(&c.pgdata().join(&victim), 4000, 0xff);
     let bench = c.pgbench_background(2, 3);
     let r = tool
         .run(&[

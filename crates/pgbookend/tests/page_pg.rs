@@ -86,15 +86,6 @@ fn accounts_path(c: &Cluster) -> String {
     c.psql("SELECT pg_relation_filepath('pgbench_accounts')")
 }
 
-fn flip_byte(path: &Path, offset: u64) -> u8 {
-    let mut buf = std::fs::read(path).expect("read file to flip");
-    let i = usize::try_from(offset).expect("offset");
-    let before = buf[i];
-    buf[i] ^= 0xFF;
-    std::fs::write(path, &buf).expect("write flipped file");
-    before
-}
-
 /// pgbench -i, CHECKPOINT, clean stop: every page of every relation file under base/ is Ok or
 /// New with a matching checksum; on 15 pg_checksums agrees. Then one byte flipped in block 3 of
 /// pgbench_accounts: exactly that block is BadChecksum, and on 15 pg_checksums reports the same
@@ -134,7 +125,7 @@ fn pages_of_a_clean_cluster(major: u32) {
     let target = c.pgdata().join(&rel);
     let block = 3u32;
     let offset = u64::from(block) * BLCKSZ as u64 + 4000;
-    flip_byte(&target, offset);
+    common::flip_byte(&target, offset, 0xff);
     let t = classify(&files, true);
     assert_eq!(t.bad.len(), 1, "exactly one bad page: {:?}", t.bad);
     let (path, bad_block, verdict) = &t.bad[0];

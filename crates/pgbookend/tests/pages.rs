@@ -132,18 +132,6 @@ fn digest(root: &Path) -> String {
 }
 
 /// XORs one byte of a file.
-fn flip(path: &Path, at: u64) {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x5A;
-    f.write_all_at(&b, at).unwrap();
-}
-
 /// tar, rsync and cp copies taken while pgbench writes: no page is corrupt, none is late.
 fn good_copies(major: u32) {
     let s = Setup::new(major, true);
@@ -243,7 +231,7 @@ fn flipped_byte(major: u32) {
     s.c.psql("UPDATE hot SET t = repeat('w', 60)");
     let data = s.cp_copy("flip");
     s.tool.stop("flip", &[]).ok();
-    flip(&data.join(&cold), PAGE + 5000);
+    common::flip_byte(&data.join(&cold), PAGE + 5000, 0x5A);
     let r = s.verify(&data, &[]);
     assert_eq!(r.code, 6, "{r:?}");
     let p = pages(&r);
@@ -266,8 +254,8 @@ fn flipped_byte(major: u32) {
     );
     assert_eq!(digest(&data), before, "a refused prepare changes nothing");
     // Undo it; the same flip in a page of `hot`, which the window rewrote.
-    flip(&data.join(&cold), PAGE + 5000);
-    flip(&data.join(&hot), PAGE + 5000);
+    common::flip_byte(&data.join(&cold), PAGE + 5000, 0x5A);
+    common::flip_byte(&data.join(&hot), PAGE + 5000, 0x5A);
     let r = s.verify(&data, &[]).ok();
     let p = pages(&r);
     assert_eq!(p["corrupt_count"], 0, "{p}");

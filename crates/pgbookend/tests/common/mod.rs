@@ -344,3 +344,18 @@ pub fn make_standby(primary: &Cluster) -> Cluster {
     );
     standby
 }
+
+/// XORs the byte at `at` of `path` with `mask` in place (fsynced); returns its old value.
+pub fn flip_byte(path: &Path, at: u64, mask: u8) -> u8 {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ mask], at).unwrap();
+    f.sync_all().unwrap();
+    b[0]
+}
