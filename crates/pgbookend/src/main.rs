@@ -256,7 +256,7 @@ impl CheckArgs {
             },
             timeout,
             run_dir: run.root.clone(),
-            state_dir: pgbookend::live::state_root(),
+            state_dir: pgbookend::config::state_root(),
             config_path,
             config_has_secret: cfg
                 .conninfo

@@ -2,7 +2,7 @@
 //! `pg_backup_stop` returns, building a bundle from it into the stores, and completing
 //! a partial bundle later (`pgbookend rescue --id ID`).
 //!
-//! The rescue copy is `<state>/rescue/<id>/` (state: see [`crate::live::state_root`]):
+//! The rescue copy is `<state>/rescue/<id>/` (state: see [`crate::config::state_root`]):
 //! `backup_label`, `tablespace_map`, `pg_control`, the file list once made, and
 //! `rescue.json` (every fact needed to finish). It holds no WAL: that is read from
 //! `pg_wal` or the archive when the bundle is built. A bundle written for remote stores
@@ -55,7 +55,7 @@ pub struct Facts {
 
 /// `<state>/rescue`.
 pub fn root() -> PathBuf {
-    crate::live::state_root().join("rescue")
+    crate::config::state_root().join("rescue")
 }
 
 /// Creates `dir` and its parents, the last one private (0700).

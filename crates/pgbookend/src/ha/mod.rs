@@ -84,7 +84,7 @@ impl Skip {
 
 /// `<state>/skipped`.
 pub fn dir() -> PathBuf {
-    crate::live::state_root().join("skipped")
+    crate::config::state_root().join("skipped")
 }
 
 /// The skip directory, created private (0700) if needed and refused if someone else
@@ -93,7 +93,7 @@ fn open_dir(create: bool) -> Result<Option<Dir>> {
     let d = dir();
     let mut created = false;
     if create && std::fs::symlink_metadata(&d).is_err() {
-        let root = crate::live::state_root();
+        let root = crate::config::state_root();
         if let Some(parent) = root.parent().filter(|p| !p.exists()) {
             std::fs::create_dir_all(parent).map_err(|e| io_err("cannot create", parent, e))?;
         }

@@ -5,9 +5,9 @@
 //! Exit classes: a refusal before any change is `check` (6, nothing changed); a failure
 //! after the journal was written is `unfinished` (8, run prepare again).
 
+use crate::datadir::MARKER_DIR;
 use crate::error::{io_err, Class, Error, Result};
 use crate::fsutil::Ownership;
-use crate::marker;
 use crate::nofollow::{Dir, Kind};
 use crate::restore::journal::{self as prepare_journal, Journal};
 use crate::restore::{examine, Action, Loaded, PlanExtra, PrepareOptions, Report};
@@ -121,7 +121,7 @@ fn unfinished(e: Error, opts: &PrepareOptions, j: &Journal) -> Error {
     out.hint(format!(
         "the copy is half-prepared (journal {}/{}/{}/{}): guard refuses to start it",
         opts.pgdata.display(),
-        marker::DIR,
+        MARKER_DIR,
         j.id,
         prepare_journal::FILE
     ))
@@ -134,7 +134,7 @@ fn unfinished(e: Error, opts: &PrepareOptions, j: &Journal) -> Error {
 /// The last step: the markers and the journal go, so the copy counts as prepared.
 fn finish(pgdata: &Path) -> Result<()> {
     let root = Dir::open_given(pgdata)?;
-    root.remove(marker::DIR)?;
+    root.remove(MARKER_DIR)?;
     root.fsync()
 }
 
