@@ -10,10 +10,10 @@ use crate::bundle::{WalArchive, WalMode};
 use crate::error::{class_name, io_err, Class, Error, Result};
 use crate::filelist::{self, FILE_LIST};
 use crate::marker::{self, Marker};
+use crate::pg::session::Session;
 use crate::protocol::{Request, Response};
 use crate::rescue;
 use crate::rundir::{Entry, RunDir};
-use crate::session::Session;
 use crate::state::{AgentState, Phase, StopReport, StoreOutcome};
 use crate::timefmt::{now_unix, rfc3339};
 use crate::walcollect;
@@ -513,7 +513,7 @@ impl Agent {
             pg_version_num: self.state.pg_version_num.unwrap_or(0),
             system_identifier: sysid.to_string(),
             pgdata: pgdata.display().to_string(),
-            tablespaces: crate::datadir::tablespace_dirs(&pgdata),
+            tablespaces: crate::pg::datadir::tablespace_dirs(&pgdata),
             backup_from,
             stores: self.cfg.stores.clone(),
             removed_stale_markers: removed,
@@ -918,7 +918,7 @@ impl Agent {
     /// server's files, from the stop call's answer and `pg_control`.
     fn facts_of(
         &mut self,
-        res: &crate::session::StopResult,
+        res: &crate::pg::session::StopResult,
         stop_unix: i64,
         pgdata: &Path,
     ) -> Result<(rescue::Facts, rescue::Saved)> {
@@ -1012,7 +1012,7 @@ impl Agent {
     /// in pg_wal on the stop timeline (a timeline switch since then keeps the stop point).
     fn replay_beyond(
         &self,
-        res: &crate::session::StopResult,
+        res: &crate::pg::session::StopResult,
         stop_tli: u32,
         seg: u32,
         pgdata: &Path,
@@ -1036,7 +1036,7 @@ impl Agent {
     /// directory (else the run directory), and into each local store. Records where.
     fn save_label(
         &mut self,
-        res: &crate::session::StopResult,
+        res: &crate::pg::session::StopResult,
         stop_unix: i64,
         pgdata: &Path,
     ) -> Result<(rescue::Facts, PathBuf)> {
@@ -1098,7 +1098,7 @@ impl Agent {
 
     fn finish(
         &mut self,
-        res: &crate::session::StopResult,
+        res: &crate::pg::session::StopResult,
         stop_unix: i64,
         wait_archive: Option<bool>,
         archive_timeout: Duration,
@@ -1480,7 +1480,10 @@ fn check_peer(stream: &UnixStream) -> std::result::Result<(), String> {
 }
 
 /// The tablespaces of the server's tablespace_map (none when it is empty).
-fn tablespaces_of(res: &crate::session::StopResult, major: u32) -> Result<Vec<bundle::Tablespace>> {
+fn tablespaces_of(
+    res: &crate::pg::session::StopResult,
+    major: u32,
+) -> Result<Vec<bundle::Tablespace>> {
     if res.spcmapfile.is_empty() {
         return Ok(Vec::new());
     }

@@ -254,7 +254,7 @@ fn started_output(
     for (name, why) in &foreign {
         human.push_str(&format!(
             "warning: ignored the foreign marker directory {name:?} in {}: {why} (never used; `pgbookend cleanup --pgdata` removes it)\n",
-            crate::datadir::MARKER_DIR
+            crate::pg::datadir::MARKER_DIR
         ));
     }
     for e in unreachable {
@@ -790,7 +790,7 @@ pub fn cleanup(run: &RunDir, pgdata: Option<&std::path::Path>) -> Result<Output>
         let what = if *removed { "removed" } else { "left alone" };
         human.push_str(&format!(
             "{what} the foreign marker directory {name:?} in {} (its contents are never used): {why}\n",
-            crate::datadir::MARKER_DIR
+            crate::pg::datadir::MARKER_DIR
         ));
     }
     for e in &removed_entries {

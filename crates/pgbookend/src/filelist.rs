@@ -34,7 +34,7 @@ pub(crate) const EXCLUDE_CONTENTS: &[&str] = &[
     "pg_serial",
     "pg_snapshots",
     "pg_subtrans",
-    crate::datadir::MARKER_DIR,
+    crate::pg::datadir::MARKER_DIR,
 ];
 
 /// Top-level files a base backup leaves out.

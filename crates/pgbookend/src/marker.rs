@@ -19,8 +19,8 @@ use std::ffi::OsStr;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-// The directory under PGDATA that holds markers (named in `crate::datadir`).
-use crate::datadir::MARKER_DIR as DIR;
+// The directory under PGDATA that holds markers (named in `crate::pg::datadir`).
+use crate::pg::datadir::MARKER_DIR as DIR;
 /// The marker's file name inside `<DIR>/<id>/`.
 pub const FILE: &str = "backup.json";
 /// The largest marker file read; a bigger one is foreign.

@@ -209,7 +209,8 @@ pub fn new_skip(id: &str, only_on: Role, role: Role) -> Skip {
 /// The role of the server `conninfo` reaches, from `pg_is_in_recovery()` on a short
 /// session of its own (closed before any backup starts).
 pub fn role_now(conninfo: Option<&str>, id: &str) -> Result<Role> {
-    let mut s = crate::session::Session::connect(conninfo, id, std::time::Duration::from_secs(10))?;
+    let mut s =
+        crate::pg::session::Session::connect(conninfo, id, std::time::Duration::from_secs(10))?;
     Ok(Role::of_recovery(s.in_recovery()?))
 }
 

@@ -5,10 +5,10 @@
 //! Exit classes: a refusal before any change is `check` (6, nothing changed); a failure
 //! after the journal was written is `unfinished` (8, run prepare again).
 
-use crate::datadir::MARKER_DIR;
 use crate::error::{io_err, Class, Error, Result};
 use crate::fsutil::Ownership;
 use crate::nofollow::{Dir, Kind};
+use crate::pg::datadir::MARKER_DIR;
 use crate::restore::journal::{self as prepare_journal, Journal};
 use crate::restore::{examine, Action, Loaded, PlanExtra, PrepareOptions, Report};
 use pgbookend_formats::control;

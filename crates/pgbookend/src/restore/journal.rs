@@ -6,10 +6,10 @@
 //! `guard` refuses to let a server start on it, and `prepare` run again with the same
 //! remaps redoes the plan (every step can be repeated) and finishes the job.
 
-use crate::datadir::MARKER_DIR;
 use crate::error::{Class, Error, Result};
 use crate::fsutil::Ownership;
 use crate::nofollow::{Dir, Kind};
+use crate::pg::datadir::MARKER_DIR;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

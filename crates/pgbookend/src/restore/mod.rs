@@ -1505,7 +1505,7 @@ pub fn render(report: &Report, verb: &str) -> String {
         out.push_str(&format!(
             "  - finally remove {}/{} (the copy's markers and prepare's journal)\n",
             report.pgdata,
-            crate::datadir::MARKER_DIR
+            crate::pg::datadir::MARKER_DIR
         ));
     }
     if let Some(r) = &report.recovery {
