@@ -631,11 +631,11 @@ fn marker_json_hostile_bytes() {
     let base = br#"{"format":1,"id":"m1","system_identifier":"1","pg_version_num":150004,"start_lsn":"0/1",
 "start_wal_file":"000000010000000000000001","timeline":1,"start_time":"t","host":"h","pgdata":"/d","tool":"pgbookend",
 "tool_version":"0","stores":["/s"],"run_dir":"/r","agent_pid":1,"token":"t"}"#;
-    assert!(serde_json::from_slice::<pgbookend::marker::Marker>(base).is_ok());
+    assert!(serde_json::from_slice::<pgbookend::agent::marker::Marker>(base).is_ok());
     let mut rng = Rng(7);
     for _ in 0..3000 {
         let b = rng.mutate(base);
-        if let Ok(m) = serde_json::from_slice::<pgbookend::marker::Marker>(&b) {
+        if let Ok(m) = serde_json::from_slice::<pgbookend::agent::marker::Marker>(&b) {
             if m.id.contains('/') {
                 assert!(pgbookend::id::validate(&m.id).is_err());
             }

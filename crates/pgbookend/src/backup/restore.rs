@@ -500,7 +500,7 @@ fn settle(fd: i32, own: &Ownership, mode: u32, mtime: i64) -> std::io::Result<()
 /// from this backup's own stored copy, which is what the marker says of a copy (the
 /// copy leaves marker directories out, as a base backup does).
 fn write_marker(pgdata: &Path, m: &crate::bundle::Manifest, url: &str) -> Result<()> {
-    let mk = crate::marker::Marker {
+    let mk = crate::agent::marker::Marker {
         format: 1,
         id: m.id.clone(),
         system_identifier: m.system_identifier.clone(),
@@ -518,7 +518,7 @@ fn write_marker(pgdata: &Path, m: &crate::bundle::Manifest, url: &str) -> Result
         agent_pid: 0,
         token: hex::encode(crate::fsutil::random_bytes::<16>()),
     };
-    crate::marker::write(pgdata, &mk)
+    crate::agent::marker::write(pgdata, &mk)
 }
 
 /// Prepare refused the restored directory: it stays without pg_control (cannot start).

@@ -6,9 +6,9 @@
 use super::format::{Entry, Kind, BACKUP_MANIFEST};
 use super::manifest::{self, ManifestFile, WalRange};
 use super::sink::Sink;
+use crate::agent::state::StopReport;
 use crate::bundle_read::MAX_TEXT_BYTES;
 use crate::error::{io_err, Error, Result};
-use crate::state::StopReport;
 use crate::store::Store;
 
 /// Reads a small file of the bundle of `id` (`None` when it has none).

@@ -17,11 +17,11 @@ pub mod journal;
 pub mod pitr;
 pub mod safety;
 
+use crate::agent::marker;
 use crate::bundle::{self, Manifest, WalMode};
 use crate::bundle_read;
 use crate::error::{Error, Result};
 use crate::fsutil::Ownership;
-use crate::marker;
 use crate::problem::{problem, Problem};
 use crate::store::Store;
 use crate::walcollect;

@@ -6,15 +6,15 @@
 //! line on its stdout: ready, or why not. From then on the agent lives alone: its log is
 //! `<run-dir>/<id>/agent.log`, its state `<run-dir>/<id>/state.json`.
 
+use crate::agent::marker::{self, Marker};
+use crate::agent::protocol::{Request, Response};
+use crate::agent::rescue;
+use crate::agent::rundir::{Entry, RunDir};
+use crate::agent::state::{AgentState, Phase, StopReport, StoreOutcome};
 use crate::bundle::{WalArchive, WalMode};
 use crate::error::{class_name, io_err, Class, Error, Result};
 use crate::filelist::{self, FILE_LIST};
-use crate::marker::{self, Marker};
 use crate::pg::session::Session;
-use crate::protocol::{Request, Response};
-use crate::rescue;
-use crate::rundir::{Entry, RunDir};
-use crate::state::{AgentState, Phase, StopReport, StoreOutcome};
 use crate::timefmt::{now_unix, rfc3339};
 use crate::walcollect;
 use crate::{bundle, TOOL, VERSION};
@@ -305,7 +305,7 @@ pub fn main() -> i32 {
             if let Some(pgdata) = &agent.pgdata {
                 if agent.marker_written {
                     let _ = marker::remove(pgdata, &agent.cfg.id);
-                    crate::live::remove(&agent.cfg.id, &agent.token);
+                    crate::agent::live::remove(&agent.cfg.id, &agent.token);
                 }
             }
             let code = e.class().exit_code();
@@ -407,7 +407,7 @@ impl Agent {
             listener: None,
             heartbeat_pending: None,
             slot: None,
-            token: crate::live::token(),
+            token: crate::agent::live::token(),
         }
     }
 
@@ -582,7 +582,7 @@ impl Agent {
         };
         self.marker_written = true;
         marker::write(pgdata, &m)?;
-        crate::live::write(&crate::live::Live {
+        crate::agent::live::write(&crate::agent::live::Live {
             id: self.cfg.id.clone(),
             token: self.token.clone(),
             pgdata: pgdata.display().to_string(),
@@ -617,7 +617,7 @@ impl Agent {
                 tracing::error!("cannot remove the marker: {e}");
             }
         }
-        crate::live::remove(&self.cfg.id, &self.token);
+        crate::agent::live::remove(&self.cfg.id, &self.token);
         self.state.state = phase;
         self.state.failure = Some(why);
         self.save();
@@ -896,7 +896,7 @@ impl Agent {
                 tracing::error!("cannot remove the marker: {e}");
             }
         }
-        crate::live::remove(&self.cfg.id, &self.token);
+        crate::agent::live::remove(&self.cfg.id, &self.token);
         self.state.state = Phase::Rescuable;
         self.state.failure = Some(why.clone());
         self.save();
@@ -1259,7 +1259,7 @@ impl Agent {
         if let Err(e) = marker::remove(pgdata, &self.cfg.id) {
             tracing::error!("cannot remove the marker: {e}");
         }
-        crate::live::remove(&self.cfg.id, &self.token);
+        crate::agent::live::remove(&self.cfg.id, &self.token);
         let _ = std::fs::remove_file(self.entry.dir.join(START_LIST));
         let wal_bytes: u64 = manifest
             .wal

@@ -8,12 +8,12 @@
 //! `pg_wal` or the archive when the bundle is built. A bundle written for remote stores
 //! only is staged in `<state>/rescue/<id>/stage/<id>/`, on storage with room.
 
+use crate::agent::state::StoreOutcome;
 use crate::bundle::WalMode;
 use crate::bundle::{self, Manifest, WalEntry};
 use crate::error::{io_err, Class, Error, Result};
 use crate::fault::fault;
 use crate::fsutil::{self, Ownership};
-use crate::state::StoreOutcome;
 use crate::store::Store;
 use crate::walcollect;
 use pgbookend_formats::lsn::Lsn;
@@ -517,7 +517,7 @@ pub fn refuse_leftovers(id: &str, stores: &[String]) -> Result<()> {
 
 /// Where the rescue copy of `id` is: the state directory, else the run-directory entry
 /// (where an agent saves it when the state directory cannot be written).
-pub fn locate(run: &crate::rundir::RunDir, id: &str) -> Option<PathBuf> {
+pub fn locate(run: &crate::agent::rundir::RunDir, id: &str) -> Option<PathBuf> {
     [root().join(id), run.entry(id).dir.join("rescue").join(id)]
         .into_iter()
         .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
@@ -527,7 +527,7 @@ pub fn locate(run: &crate::rundir::RunDir, id: &str) -> Option<PathBuf> {
 /// from its rescue copy and the WAL that still exists, `bundle.json` last, then removes
 /// the rescue copy; or says exactly why it cannot.
 pub fn command(
-    run: &crate::rundir::RunDir,
+    run: &crate::agent::rundir::RunDir,
     id: &str,
     stores: Vec<String>,
     archive: Option<PathBuf>,
@@ -572,10 +572,10 @@ pub fn command(
         });
     }
     fsutil::remove_tree(&saved)?;
-    crate::live::remove(id, &facts.token);
+    crate::agent::live::remove(id, &facts.token);
     let entry = run.entry(id);
     if let Some(mut st) = entry.read_state() {
-        st.state = crate::state::Phase::Stopped;
+        st.state = crate::agent::state::Phase::Stopped;
         st.rescue = None;
         st.failure = None;
         st.updated = crate::timefmt::now_unix();
@@ -593,7 +593,7 @@ pub fn command(
 }
 
 /// The rescue copy of backup `id`, once no agent can still be writing its bundle.
-fn rescue_copy(run: &crate::rundir::RunDir, id: &str) -> Result<PathBuf> {
+fn rescue_copy(run: &crate::agent::rundir::RunDir, id: &str) -> Result<PathBuf> {
     crate::id::validate(id)?;
     let entry = run.entry(id);
     if entry.agent_alive() {
