@@ -11,8 +11,8 @@
 //! interrupted removal leaves a partial bundle, never a complete-looking incomplete one.
 //! A `<store>/<id>` that is a symbolic link is never followed: skipped and reported.
 
-use crate::bundle::{Manifest, MANIFEST};
-use crate::bundle_read::MAX_MANIFEST_BYTES;
+use crate::bundle::manifest::{Manifest, MANIFEST};
+use crate::bundle::read::MAX_MANIFEST_BYTES;
 use crate::error::{io_err, Error, Result};
 use crate::output::{human_bytes, Output};
 use crate::store::Store;
@@ -99,7 +99,7 @@ fn assemble(
                     serde_json::from_slice::<Value>(&bytes),
                 ) {
                     (Ok(m), Ok(v)) if m.id == id => {
-                        match crate::bundle_check::manifest_problems(&m).first() {
+                        match crate::bundle::check::manifest_problems(&m).first() {
                             None => {
                                 manifest = Some(m);
                                 raw = Some(v);
@@ -186,7 +186,7 @@ pub fn scan_store(store: &Store) -> Result<(Vec<BundleInfo>, Vec<String>)> {
             let mut infos = assemble(store, entries, |id| {
                 // No link followed, and no more read than a bundle.json may hold.
                 let dir = root.join(id);
-                match crate::bundle_read::read_capped(&dir, MANIFEST, MAX_MANIFEST_BYTES) {
+                match crate::bundle::read::read_capped(&dir, MANIFEST, MAX_MANIFEST_BYTES) {
                     Ok(b) => Ok(Some(b)),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                     Err(e) => Err(io_err("cannot read", &dir.join(MANIFEST), e)),

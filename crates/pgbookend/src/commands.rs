@@ -6,7 +6,7 @@ use crate::agent::protocol::{self, Request, Response};
 use crate::agent::rundir::{Entry, Liveness, RunDir};
 use crate::agent::serve::{self, AgentConfig};
 use crate::agent::state::{AgentState, Phase, StopReport};
-use crate::bundle::{WalArchive, WalMode};
+use crate::bundle::manifest::{WalArchive, WalMode};
 use crate::config::{conninfo_has_password, Config};
 use crate::error::{Class, Error, Result};
 use crate::output::{human_bytes, Output};
@@ -211,8 +211,8 @@ fn wal_settings(
 ) -> Result<(WalMode, Option<PathBuf>)> {
     let wal_mode = WalMode::parse(flag_wal.or(cfg.wal.as_deref()).unwrap_or("collect"))?;
     let archive_dir = match (wal_mode, flag_archive.or_else(|| cfg.archive.clone())) {
-        (WalMode::Archive, Some(d)) => Some(crate::walcollect::archive_dir_arg(&d)?),
-        (_, Some(d)) => Some(crate::walcollect::archive_dir_arg(&d)?),
+        (WalMode::Archive, Some(d)) => Some(crate::bundle::walcollect::archive_dir_arg(&d)?),
+        (_, Some(d)) => Some(crate::bundle::walcollect::archive_dir_arg(&d)?),
         (_, None) => None,
     };
     Ok((wal_mode, archive_dir))

@@ -9,8 +9,6 @@ pub mod agent;
 pub mod archive;
 pub mod backup;
 pub mod bundle;
-pub mod bundle_check;
-pub mod bundle_read;
 pub mod catalog;
 pub mod check;
 pub mod commands;
@@ -18,7 +16,6 @@ pub mod config;
 pub mod drill;
 pub mod error;
 pub mod fault;
-pub mod filelist;
 pub mod fsutil;
 pub mod ha;
 pub mod id;
@@ -36,7 +33,6 @@ pub mod shellword;
 pub mod store;
 pub mod timefmt;
 pub mod verify;
-pub mod walcollect;
 
 /// The tool's name, as recorded in markers and bundles.
 pub const TOOL: &str = "pgbookend";

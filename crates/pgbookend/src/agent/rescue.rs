@@ -9,13 +9,13 @@
 //! only is staged in `<state>/rescue/<id>/stage/<id>/`, on storage with room.
 
 use crate::agent::state::StoreOutcome;
-use crate::bundle::WalMode;
-use crate::bundle::{self, Manifest, WalEntry};
+use crate::bundle::manifest::WalMode;
+use crate::bundle::manifest::{self, Manifest, WalEntry};
+use crate::bundle::walcollect;
 use crate::error::{io_err, Class, Error, Result};
 use crate::fault::fault;
 use crate::fsutil::{self, Ownership};
 use crate::store::Store;
-use crate::walcollect;
 use pgbookend_formats::lsn::Lsn;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ pub const SAVED: &[&str] = &[
     "backup_label",
     "tablespace_map",
     "pg_control",
-    crate::filelist::FILE_LIST,
+    crate::bundle::filelist::FILE_LIST,
 ];
 
 /// The server's small files of a stopped backup, by name, as saved.
@@ -320,9 +320,9 @@ pub fn build(dest: &Path, plan: &Plan, check: &mut dyn FnMut() -> Result<()>) ->
     check()?;
     fault("during-upload");
     fsutil::fsync_dir(dest)?;
-    m.files = bundle::hash_files(dest)?;
+    m.files = manifest::hash_files(dest)?;
     let bytes = serde_json::to_vec_pretty(&m).map_err(|e| Error::internal(e.to_string()))?;
-    fsutil::write_atomic(&dest.join(bundle::MANIFEST), &bytes, &own)?;
+    fsutil::write_atomic(&dest.join(manifest::MANIFEST), &bytes, &own)?;
     Ok(m)
 }
 
@@ -504,7 +504,7 @@ pub fn refuse_leftovers(id: &str, stores: &[String]) -> Result<()> {
             continue;
         };
         let dir = root.join(id);
-        if present(&dir) && !dir.join(bundle::MANIFEST).exists() {
+        if present(&dir) && !dir.join(manifest::MANIFEST).exists() {
             return Err(Error::usage(format!(
                 "{} holds a partial bundle of an earlier backup with ID {id}",
                 dir.display()

@@ -11,13 +11,14 @@ use crate::agent::protocol::{Request, Response};
 use crate::agent::rescue;
 use crate::agent::rundir::{Entry, RunDir};
 use crate::agent::state::{AgentState, Phase, StopReport, StoreOutcome};
-use crate::bundle::{WalArchive, WalMode};
+use crate::bundle::filelist::{self, FILE_LIST};
+use crate::bundle::manifest;
+use crate::bundle::manifest::{WalArchive, WalMode};
+use crate::bundle::walcollect;
 use crate::error::{class_name, io_err, Class, Error, Result};
-use crate::filelist::{self, FILE_LIST};
 use crate::pg::session::Session;
 use crate::timefmt::{now_unix, rfc3339};
-use crate::walcollect;
-use crate::{bundle, TOOL, VERSION};
+use crate::{TOOL, VERSION};
 use pgbookend_formats::{control, label, lsn::Lsn, tablespace_map, wal};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -949,8 +950,8 @@ impl Agent {
         };
         let seg = ctl.xlog_seg_size;
         let tablespaces = tablespaces_of(res, ctl.major)?;
-        let manifest = bundle::Manifest {
-            format: bundle::FORMAT,
+        let manifest = manifest::Manifest {
+            format: manifest::FORMAT,
             id: self.cfg.id.clone(),
             system_identifier: ctl.system_identifier.to_string(),
             pg_version_num: self.state.pg_version_num.unwrap_or(0),
@@ -1079,7 +1080,7 @@ impl Agent {
         let dest = saved.join(FILE_LIST);
         std::fs::rename(&tmp, &dest).map_err(|e| io_err("cannot rename", &tmp, e))?;
         crate::fsutil::fsync_dir(saved)?;
-        facts.manifest.file_list = Some(bundle::FileList {
+        facts.manifest.file_list = Some(manifest::FileList {
             name: FILE_LIST.into(),
             count,
         });
@@ -1249,7 +1250,7 @@ impl Agent {
     fn conclude(
         &mut self,
         pgdata: &Path,
-        manifest: bundle::Manifest,
+        manifest: manifest::Manifest,
         w: rescue::Written,
         error: Option<Error>,
         (wal_archive, wal_detail): (WalArchive, Option<String>),
@@ -1483,7 +1484,7 @@ fn check_peer(stream: &UnixStream) -> std::result::Result<(), String> {
 fn tablespaces_of(
     res: &crate::pg::session::StopResult,
     major: u32,
-) -> Result<Vec<bundle::Tablespace>> {
+) -> Result<Vec<manifest::Tablespace>> {
     if res.spcmapfile.is_empty() {
         return Ok(Vec::new());
     }
@@ -1494,7 +1495,7 @@ fn tablespaces_of(
             })?
             .entries
             .into_iter()
-            .map(|(oid, path)| bundle::Tablespace { oid, path })
+            .map(|(oid, path)| manifest::Tablespace { oid, path })
             .collect(),
     )
 }

@@ -235,7 +235,11 @@ fn read_index(handle: &Handle, store: &Store, id: &str) -> Result<Index> {
 }
 
 /// The bundle's manifest (checked as prepare checks it), for the WAL range.
-fn bundle_manifest(store: &Store, id: &str, scratch: &Path) -> Result<crate::bundle::Manifest> {
+fn bundle_manifest(
+    store: &Store,
+    id: &str,
+    scratch: &Path,
+) -> Result<crate::bundle::manifest::Manifest> {
     let dir = store.fetch_bundle(id, scratch)?;
     prep::load_bundle(&dir, Some(id), false)
         .map(|l| l.manifest)
@@ -499,7 +503,7 @@ fn settle(fd: i32, own: &Ownership, mode: u32, mtime: i64) -> std::io::Result<()
 /// The marker of the backup in the restored PGDATA, from its bundle: every file came
 /// from this backup's own stored copy, which is what the marker says of a copy (the
 /// copy leaves marker directories out, as a base backup does).
-fn write_marker(pgdata: &Path, m: &crate::bundle::Manifest, url: &str) -> Result<()> {
+fn write_marker(pgdata: &Path, m: &crate::bundle::manifest::Manifest, url: &str) -> Result<()> {
     let mk = crate::agent::marker::Marker {
         format: 1,
         id: m.id.clone(),
@@ -544,7 +548,7 @@ fn prepare_refused(r: &prep::Report, pgdata: &Path) -> Error {
 fn write_manifest(
     pgdata: &Dir,
     ix: &Index,
-    bundle: &crate::bundle::Manifest,
+    bundle: &crate::bundle::manifest::Manifest,
     own: &Ownership,
 ) -> Result<PathBuf> {
     const FROM_DISK: [&str; 4] = [

@@ -304,7 +304,7 @@ fn write_wal(dir: &Dir, name: &str, loaded: &Loaded, own: &Ownership) -> Result<
     // Bounded: no WAL file is larger than a segment, whatever its compressed form claims.
     let limit = u64::from(loaded.manifest.wal_segment_size);
     dir.write_with(name, own, |out, tmp| {
-        let (_, sha) = crate::bundle_read::copy_wal(&loaded.dir, rel, limit, out)
+        let (_, sha) = crate::bundle::read::copy_wal(&loaded.dir, rel, limit, out)
             .map_err(|e| wal_copy_error(name, &stored, tmp, e))?;
         if Some(sha) != w.sha256 {
             return Err(Error::new(
