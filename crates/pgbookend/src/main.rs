@@ -712,7 +712,7 @@ struct ExpireArgs {
 
 impl ExpireArgs {
     fn run(self) -> Result<Output, Error> {
-        use pgbookend::catalog::{expire, Policy};
+        use pgbookend::catalog::expire::{expire, Policy};
         let policy = match (self.keep_last, self.keep_within) {
             (Some(n), _) => Policy::KeepLast(n),
             (_, Some(d)) => Policy::KeepWithin(
