@@ -11,12 +11,12 @@ fn main() {
         std::process::exit(2);
     }
     let res = match args.get(3) {
-        Some(start) => pgbookend::filelist::intersect_walk(
+        Some(start) => pgbookend::bundle::filelist::intersect_walk(
             Path::new(&args[1]),
             Path::new(start),
             Path::new(&args[2]),
         ),
-        None => pgbookend::filelist::walk_to(Path::new(&args[1]), Path::new(&args[2])),
+        None => pgbookend::bundle::filelist::walk_to(Path::new(&args[1]), Path::new(&args[2])),
     };
     match res {
         Ok(n) => println!("{n}"),

@@ -1,15 +1,15 @@
 //! The user-visible commands of the hook pair: `start`, `stop`, `status`, `abort`, `cleanup`.
 //! Each returns a value to print (human or JSON) or an [`Error`] whose class is the exit code.
 
-use crate::agent::{self, AgentConfig};
-use crate::bundle::{WalArchive, WalMode};
+use crate::agent::marker;
+use crate::agent::protocol::{self, Request, Response};
+use crate::agent::rundir::{Entry, Liveness, RunDir};
+use crate::agent::serve::{self, AgentConfig};
+use crate::agent::state::{AgentState, Phase, StopReport};
+use crate::bundle::manifest::{WalArchive, WalMode};
 use crate::config::{conninfo_has_password, Config};
 use crate::error::{Class, Error, Result};
-use crate::marker;
 use crate::output::{human_bytes, Output};
-use crate::protocol::{self, Request, Response};
-use crate::rundir::{Entry, Liveness, RunDir};
-use crate::state::{AgentState, Phase, StopReport};
 use crate::store::{default_store, Store};
 use crate::timefmt::{human_duration, now_unix, parse_duration, rfc3339};
 use serde_json::{json, Value};
@@ -43,7 +43,7 @@ fn duration_opt(flag: &str, value: Option<&str>, default: &str) -> Result<Durati
 
 /// What `start` returns to `run`: the agent's answer as a value, and its rendering.
 pub struct Started {
-    pub ready: agent::Ready,
+    pub ready: serve::Ready,
     pub output: Output,
 }
 
@@ -131,7 +131,7 @@ pub fn start_backup(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Be
         s3: crate::store::s3::settings(),
         only_on,
     };
-    let ready = agent::spawn(&acfg, &entry, lock)?;
+    let ready = serve::spawn(&acfg, &entry, lock)?;
     let output = started_output(
         &ready,
         &unreachable,
@@ -189,7 +189,7 @@ fn check_stores(
         }
         other => other,
     };
-    crate::rescue::refuse_leftovers(id, &stores)?;
+    crate::agent::rescue::refuse_leftovers(id, &stores)?;
     let n_stores = stores.len();
     if n_stores - unreachable.len() < min_stores.unwrap_or(n_stores) {
         let mut e = unreachable.remove(0);
@@ -211,8 +211,8 @@ fn wal_settings(
 ) -> Result<(WalMode, Option<PathBuf>)> {
     let wal_mode = WalMode::parse(flag_wal.or(cfg.wal.as_deref()).unwrap_or("collect"))?;
     let archive_dir = match (wal_mode, flag_archive.or_else(|| cfg.archive.clone())) {
-        (WalMode::Archive, Some(d)) => Some(crate::walcollect::archive_dir_arg(&d)?),
-        (_, Some(d)) => Some(crate::walcollect::archive_dir_arg(&d)?),
+        (WalMode::Archive, Some(d)) => Some(crate::bundle::walcollect::archive_dir_arg(&d)?),
+        (_, Some(d)) => Some(crate::bundle::walcollect::archive_dir_arg(&d)?),
         (_, None) => None,
     };
     Ok((wal_mode, archive_dir))
@@ -221,7 +221,7 @@ fn wal_settings(
 /// The report of `start`: the agent's answer, what must be copied, warnings about stale or
 /// foreign markers and unreachable stores.
 fn started_output(
-    ready: &agent::Ready,
+    ready: &serve::Ready,
     unreachable: &[Error],
     min_stores: usize,
     n_stores: usize,
@@ -254,7 +254,7 @@ fn started_output(
     for (name, why) in &foreign {
         human.push_str(&format!(
             "warning: ignored the foreign marker directory {name:?} in {}: {why} (never used; `pgbookend cleanup --pgdata` removes it)\n",
-            marker::DIR
+            crate::pg::datadir::MARKER_DIR
         ));
     }
     for e in unreachable {
@@ -420,7 +420,7 @@ pub fn stop_backup(
             .read_state()
             .is_some_and(|st| st.state == Phase::Rescuable)
     {
-        let output = crate::rescue::command(run, id, Vec::new(), None)?;
+        let output = crate::agent::rescue::command(run, id, Vec::new(), None)?;
         return Ok(Stopped {
             report: None,
             output,
@@ -793,7 +793,7 @@ pub fn cleanup(run: &RunDir, pgdata: Option<&std::path::Path>) -> Result<Output>
         let what = if *removed { "removed" } else { "left alone" };
         human.push_str(&format!(
             "{what} the foreign marker directory {name:?} in {} (its contents are never used): {why}\n",
-            marker::DIR
+            crate::pg::datadir::MARKER_DIR
         ));
     }
     for e in &removed_entries {

@@ -156,6 +156,25 @@ pub fn conninfo_has_password(conninfo: &str) -> bool {
     false
 }
 
+/// pgbookend's persistent state directory (live records, rescue copies): on persistent
+/// storage with room, unlike the run directory (often a small tmpfs under `/run`).
+/// `$PGBOOKEND_STATE_DIR`, else `/var/lib/pgbookend` for root, else
+/// `$XDG_STATE_HOME/pgbookend` or `~/.local/state/pgbookend`.
+pub fn state_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("PGBOOKEND_STATE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/pgbookend");
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("pgbookend");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".local/state/pgbookend")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,12 +1,12 @@
 //! The `pgbookend` command line: parses arguments and prints what the engine returns.
 
 use clap::{Args, Parser, Subcommand};
+use pgbookend::agent::rundir::RunDir;
 use pgbookend::commands::{self, StartOptions};
 use pgbookend::config::Config;
 use pgbookend::error::{Class, Error};
 use pgbookend::output::Output;
 use pgbookend::restore::PrepareOptions;
-use pgbookend::rundir::RunDir;
 use pgbookend::verify::PageCheckMode;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -256,7 +256,7 @@ impl CheckArgs {
             },
             timeout,
             run_dir: run.root.clone(),
-            state_dir: pgbookend::live::state_root(),
+            state_dir: pgbookend::config::state_root(),
             config_path,
             config_has_secret: cfg
                 .conninfo
@@ -712,7 +712,7 @@ struct ExpireArgs {
 
 impl ExpireArgs {
     fn run(self) -> Result<Output, Error> {
-        use pgbookend::catalog::{expire, Policy};
+        use pgbookend::catalog::expire::{expire, Policy};
         let policy = match (self.keep_last, self.keep_within) {
             (Some(n), _) => Policy::KeepLast(n),
             (_, Some(d)) => Policy::KeepWithin(
@@ -1173,7 +1173,7 @@ fn dispatch(
             id,
             stores,
             archive,
-        } => pgbookend::rescue::command(run, &id, stores, archive),
+        } => pgbookend::agent::rescue::command(run, &id, stores, archive),
         Cmd::Metrics { stores, output } => {
             let urls = if stores.is_empty() {
                 cfg.store.clone()
@@ -1197,15 +1197,15 @@ fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     if args
         .next()
-        .is_some_and(|a| a == pgbookend::agent::SUBCOMMAND)
+        .is_some_and(|a| a == pgbookend::agent::serve::SUBCOMMAND)
         && args.next().is_some()
         && args.next().is_none()
     {
-        return ExitCode::from(pgbookend::agent::main() as u8);
+        return ExitCode::from(pgbookend::agent::serve::main() as u8);
     }
     let cli = Cli::parse();
     if let Cmd::Agent { .. } = cli.command {
-        return ExitCode::from(pgbookend::agent::main() as u8);
+        return ExitCode::from(pgbookend::agent::serve::main() as u8);
     }
     pgbookend::logging::init_command();
     let json = cli.json;

@@ -15,13 +15,13 @@
 //! `PGBOOKEND_BUNDLE` (the bundle directory in the first local store) and
 //! `PGBOOKEND_STOP_LSN`.
 
-use crate::agent::Ready;
+use crate::agent::rundir::{Entry, RunDir};
+use crate::agent::serve::Ready;
+use crate::agent::state::{Phase, StopReport};
 use crate::commands::{self, StartOptions};
 use crate::config::Config;
 use crate::error::{Class, Error, Result};
 use crate::output::Output;
-use crate::rundir::{Entry, RunDir};
-use crate::state::{Phase, StopReport};
 use serde_json::{json, Value};
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{run_for, Run, Tool};
-use pgbookend::bundle::FileEntry;
+use pgbookend::bundle::manifest::FileEntry;
 use pgbookend::store::s3::{Client, Credentials, S3Url, Settings};
 use pgbookend_testkit::{Cluster, ClusterOptions, Gate, S3Server, TempDir};
 use serde_json::Value;

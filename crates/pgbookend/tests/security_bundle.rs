@@ -8,7 +8,7 @@ mod common;
 
 use common::tree::digest;
 use common::{run_for, Run, Tool};
-use pgbookend::bundle::Manifest;
+use pgbookend::bundle::manifest::Manifest;
 use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -562,7 +562,7 @@ fn bundle_json_hostile_bytes() {
             rng.mutate(base)
         };
         if let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) {
-            let problems = pgbookend::bundle_check::manifest_problems(&m);
+            let problems = pgbookend::bundle::check::manifest_problems(&m);
             let hostile = m
                 .wal
                 .iter()
@@ -611,7 +611,7 @@ fn file_list_hostile_bytes() {
             zstd::stream::encode_all(&raw[..], 1).unwrap()
         };
         std::fs::write(&p, &bytes).unwrap();
-        if let Ok(it) = pgbookend::filelist::read(&p) {
+        if let Ok(it) = pgbookend::bundle::filelist::read(&p) {
             for r in it.take(100) {
                 let _ = r;
             }
@@ -619,10 +619,13 @@ fn file_list_hostile_bytes() {
     }
     let one = zstd::stream::encode_all(&vec![b'a'; 64 << 20][..], 3).unwrap();
     std::fs::write(&p, one.repeat(4)).unwrap();
-    let first = pgbookend::filelist::read(&p).unwrap().next().unwrap();
+    let first = pgbookend::bundle::filelist::read(&p)
+        .unwrap()
+        .next()
+        .unwrap();
     assert!(first.unwrap_err().message.contains("longer than"));
     std::os::unix::fs::symlink("/etc/hostname", dir.path().join("link.zst")).unwrap();
-    assert!(pgbookend::filelist::read(&dir.path().join("link.zst")).is_err());
+    assert!(pgbookend::bundle::filelist::read(&dir.path().join("link.zst")).is_err());
 }
 
 /// The marker JSON: random and hostile bytes never panic its parser.
@@ -631,11 +634,11 @@ fn marker_json_hostile_bytes() {
     let base = br#"{"format":1,"id":"m1","system_identifier":"1","pg_version_num":150004,"start_lsn":"0/1",
 "start_wal_file":"000000010000000000000001","timeline":1,"start_time":"t","host":"h","pgdata":"/d","tool":"pgbookend",
 "tool_version":"0","stores":["/s"],"run_dir":"/r","agent_pid":1,"token":"t"}"#;
-    assert!(serde_json::from_slice::<pgbookend::marker::Marker>(base).is_ok());
+    assert!(serde_json::from_slice::<pgbookend::agent::marker::Marker>(base).is_ok());
     let mut rng = Rng(7);
     for _ in 0..3000 {
         let b = rng.mutate(base);
-        if let Ok(m) = serde_json::from_slice::<pgbookend::marker::Marker>(&b) {
+        if let Ok(m) = serde_json::from_slice::<pgbookend::agent::marker::Marker>(&b) {
             if m.id.contains('/') {
                 assert!(pgbookend::id::validate(&m.id).is_err());
             }

@@ -4,7 +4,7 @@
 //! finished but not archived yet, within a time bound.
 
 use super::{layout, push, Settings};
-use crate::bundle::WalEntry;
+use crate::bundle::manifest::WalEntry;
 use crate::error::{Class, Error, Result};
 use crate::store::objects::Handle;
 use pgbookend_formats::walname::WalName;

@@ -4,7 +4,7 @@
 //! success; the same name with other bytes is refused, and nothing is overwritten.
 
 use super::{cluster_id, layout, ClusterId, Settings};
-use crate::bundle::FileEntry;
+use crate::bundle::manifest::FileEntry;
 use crate::error::{io_err, Class, Error, Result};
 use crate::fsutil::Dir;
 use crate::store::objects::Handle;

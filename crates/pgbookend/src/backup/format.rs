@@ -160,7 +160,7 @@ impl Index {
         for e in &self.entries {
             check_path(&e.path)?;
             if let Some(p) = prev {
-                if crate::filelist::cmp_paths(p, &e.path) != std::cmp::Ordering::Less {
+                if crate::bundle::filelist::cmp_paths(p, &e.path) != std::cmp::Ordering::Less {
                     return Err(format!("entries not sorted or repeated at {:?}", e.path));
                 }
             }

@@ -6,8 +6,10 @@
 //! not followed. Nothing else that is a link is followed or stored.
 
 use super::format::Kind;
+use crate::bundle::filelist::{
+    cmp_paths, is_temp_rel, relfilenode, EXCLUDE_CONTENTS, EXCLUDE_FILES,
+};
 use crate::error::{io_err, Error, Result};
-use crate::filelist::{cmp_paths, is_temp_rel, relfilenode, EXCLUDE_CONTENTS, EXCLUDE_FILES};
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -241,7 +241,11 @@ fn read_index(handle: &Handle, store: &Store, id: &str) -> Result<Index> {
 }
 
 /// The bundle's manifest (checked as prepare checks it), for the WAL range.
-fn bundle_manifest(store: &Store, id: &str, scratch: &Path) -> Result<crate::bundle::Manifest> {
+fn bundle_manifest(
+    store: &Store,
+    id: &str,
+    scratch: &Path,
+) -> Result<crate::bundle::manifest::Manifest> {
     let dir = store.fetch_bundle(id, scratch)?;
     prep::load_bundle(&dir, Some(id), false)
         .map(|l| l.manifest)
@@ -547,8 +551,8 @@ fn settle(fd: i32, own: &Ownership, mode: u32, mtime: i64) -> std::io::Result<()
 /// The marker of the backup in the restored PGDATA, from its bundle: every file came
 /// from this backup's own stored copy, which is what the marker says of a copy (the
 /// copy leaves marker directories out, as a base backup does).
-fn write_marker(pgdata: &Path, m: &crate::bundle::Manifest, url: &str) -> Result<()> {
-    let mk = crate::marker::Marker {
+fn write_marker(pgdata: &Path, m: &crate::bundle::manifest::Manifest, url: &str) -> Result<()> {
+    let mk = crate::agent::marker::Marker {
         format: 1,
         id: m.id.clone(),
         system_identifier: m.system_identifier.clone(),
@@ -566,7 +570,7 @@ fn write_marker(pgdata: &Path, m: &crate::bundle::Manifest, url: &str) -> Result
         agent_pid: 0,
         token: hex::encode(crate::fsutil::random_bytes::<16>()),
     };
-    crate::marker::write(pgdata, &mk)
+    crate::agent::marker::write(pgdata, &mk)
 }
 
 /// Prepare refused the restored directory: it stays without pg_control (cannot start).
@@ -592,7 +596,7 @@ fn prepare_refused(r: &prep::Report, pgdata: &Path) -> Error {
 fn write_manifest(
     pgdata: &Dir,
     ix: &Index,
-    bundle: &crate::bundle::Manifest,
+    bundle: &crate::bundle::manifest::Manifest,
     own: &Ownership,
 ) -> Result<PathBuf> {
     const FROM_DISK: [&str; 4] = [

@@ -6,9 +6,9 @@
 use super::format::{Entry, Kind, BACKUP_MANIFEST};
 use super::manifest::{self, ManifestFile, WalRange};
 use super::sink::Sink;
-use crate::bundle_read::MAX_TEXT_BYTES;
+use crate::agent::state::StopReport;
+use crate::bundle::read::MAX_TEXT_BYTES;
 use crate::error::{io_err, Error, Result};
-use crate::state::StopReport;
 use crate::store::Store;
 
 /// Reads a small file of the bundle of `id` (`None` when it has none).
@@ -16,7 +16,7 @@ fn bundle_file(store: &Store, id: &str, name: &str) -> Result<Option<Vec<u8>>> {
     match store {
         Store::Local(root) => {
             let dir = root.join(id);
-            match crate::bundle_read::read_capped(&dir, name, MAX_TEXT_BYTES) {
+            match crate::bundle::read::read_capped(&dir, name, MAX_TEXT_BYTES) {
                 Ok(b) => Ok(Some(b)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(io_err("cannot read", &dir.join(name), e)),

@@ -2,7 +2,7 @@
 //! the run and state directories; the config file's mode.
 
 use super::Line;
-use crate::bundle::FileEntry;
+use crate::bundle::manifest::FileEntry;
 use crate::fsutil::{self, Dir, NotPrivate};
 use crate::store::objects::Handle;
 use crate::store::Store;

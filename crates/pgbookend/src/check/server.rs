@@ -10,7 +10,7 @@
 
 use super::{Line, Options, WalMode};
 use crate::archive::layout;
-use crate::pq::Conn;
+use crate::pg::pq::Conn;
 use crate::store::objects::Handle;
 use crate::store::Store;
 use pgbookend_formats::version;

@@ -4,7 +4,7 @@
 
 use super::server::Server;
 use crate::error::Result;
-use crate::pq::Conn;
+use crate::pg::pq::Conn;
 use serde::{Deserialize, Serialize};
 
 /// At most this many failures are kept (and counted beyond): memory stays bounded however

@@ -215,7 +215,7 @@ fn kill_server_in(data: &Path) {
 
 /// The copy's major from its `PG_VERSION`, checked.
 fn copy_major(pgdata: &Path) -> Result<u32> {
-    let text = crate::bundle_read::read_capped(pgdata, "PG_VERSION", 64).map_err(|e| {
+    let text = crate::bundle::read::read_capped(pgdata, "PG_VERSION", 64).map_err(|e| {
         Error::usage(format!(
             "{} is not a PostgreSQL data directory (PG_VERSION: {e})",
             pgdata.display()
@@ -432,7 +432,7 @@ fn exercise(ctx: &Ctx, rec: &mut Record) -> Result<()> {
     let sock = scratch.path.join("sock");
     let log = scratch.path.join("server.log");
     let label =
-        crate::bundle_read::read_capped(data, "backup_label", crate::bundle_read::MAX_TEXT_BYTES)
+        crate::bundle::read::read_capped(data, "backup_label", crate::bundle::read::MAX_TEXT_BYTES)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .and_then(|t| BackupLabel::parse(&t).ok());

@@ -111,7 +111,7 @@ fn write_local(dir: &Path, bytes: &[u8]) -> Result<String> {
 pub fn last(store: &Store, id: &str) -> Option<(String, String)> {
     let bytes = match store {
         Store::Local(root) => {
-            crate::bundle_read::read_capped(&root.join(id), RECORD, MAX_RECORD_BYTES).ok()?
+            crate::bundle::read::read_capped(&root.join(id), RECORD, MAX_RECORD_BYTES).ok()?
         }
         Store::S3(u) => crate::store::s3::Client::open(u)
             .ok()?

@@ -3,7 +3,7 @@
 //! recovered and opened, and always stopped (fast, then immediate, then killed).
 
 use crate::error::{Class, Error, Result};
-use crate::pq::Conn;
+use crate::pg::pq::Conn;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -84,7 +84,7 @@ impl Skip {
 
 /// `<state>/skipped`.
 pub fn dir() -> PathBuf {
-    crate::live::state_root().join("skipped")
+    crate::config::state_root().join("skipped")
 }
 
 /// The skip directory, created private (0700) if needed and refused if someone else
@@ -93,7 +93,7 @@ fn open_dir(create: bool) -> Result<Option<Dir>> {
     let d = dir();
     let mut created = false;
     if create && std::fs::symlink_metadata(&d).is_err() {
-        let root = crate::live::state_root();
+        let root = crate::config::state_root();
         if let Some(parent) = root.parent().filter(|p| !p.exists()) {
             std::fs::create_dir_all(parent).map_err(|e| io_err("cannot create", parent, e))?;
         }
@@ -209,7 +209,8 @@ pub fn new_skip(id: &str, only_on: Role, role: Role) -> Skip {
 /// The role of the server `conninfo` reaches, from `pg_is_in_recovery()` on a short
 /// session of its own (closed before any backup starts).
 pub fn role_now(conninfo: Option<&str>, id: &str) -> Result<Role> {
-    let mut s = crate::session::Session::connect(conninfo, id, std::time::Duration::from_secs(10))?;
+    let mut s =
+        crate::pg::session::Session::connect(conninfo, id, std::time::Duration::from_secs(10))?;
     Ok(Role::of_recovery(s.in_recovery()?))
 }
 

@@ -6,9 +6,9 @@
 pub mod archive;
 pub mod expo;
 
+use crate::agent::rundir::RunDir;
 use crate::catalog::{self, BundleInfo};
 use crate::error::Result;
-use crate::rundir::RunDir;
 use crate::store::Store;
 use crate::timefmt::now_unix;
 use std::collections::BTreeMap;

@@ -7,8 +7,8 @@
 
 use crate::error::{io_err, Class, Error, Result};
 use crate::fsutil::Ownership;
-use crate::marker;
 use crate::nofollow::{Dir, Kind};
+use crate::pg::datadir::MARKER_DIR;
 use crate::restore::journal::{self as prepare_journal, Journal};
 use crate::restore::{examine, Action, Loaded, PlanExtra, PrepareOptions, Report};
 use pgbookend_formats::control;
@@ -121,7 +121,7 @@ fn unfinished(e: Error, opts: &PrepareOptions, j: &Journal) -> Error {
     out.hint(format!(
         "the copy is half-prepared (journal {}/{}/{}/{}): guard refuses to start it",
         opts.pgdata.display(),
-        marker::DIR,
+        MARKER_DIR,
         j.id,
         prepare_journal::FILE
     ))
@@ -134,7 +134,7 @@ fn unfinished(e: Error, opts: &PrepareOptions, j: &Journal) -> Error {
 /// The last step: the markers and the journal go, so the copy counts as prepared.
 fn finish(pgdata: &Path) -> Result<()> {
     let root = Dir::open_given(pgdata)?;
-    root.remove(marker::DIR)?;
+    root.remove(MARKER_DIR)?;
     root.fsync()
 }
 
@@ -304,7 +304,7 @@ fn write_wal(dir: &Dir, name: &str, loaded: &Loaded, own: &Ownership) -> Result<
     // Bounded: no WAL file is larger than a segment, whatever its compressed form claims.
     let limit = u64::from(loaded.manifest.wal_segment_size);
     dir.write_with(name, own, |out, tmp| {
-        let (_, sha) = crate::bundle_read::copy_wal(&loaded.dir, rel, limit, out)
+        let (_, sha) = crate::bundle::read::copy_wal(&loaded.dir, rel, limit, out)
             .map_err(|e| wal_copy_error(name, &stored, tmp, e))?;
         if Some(sha) != w.sha256 {
             return Err(Error::new(

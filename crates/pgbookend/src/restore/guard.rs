@@ -3,9 +3,9 @@
 //! start would "recover" from the wrong checkpoint and corrupt data silently), nor on a
 //! half-prepared copy (a `prepare` journal is present: exit 8, run prepare again).
 
+use crate::agent::live;
+use crate::agent::marker::{self, Marker};
 use crate::error::{Class, Error, Result};
-use crate::live;
-use crate::marker::{self, Marker};
 use crate::restore::running_postmaster;
 use serde_json::{json, Value};
 use std::fs;
@@ -19,7 +19,7 @@ fn agent_alive(m: &Marker) -> bool {
     }
     let cmd = fs::read(format!("/proc/{}/cmdline", m.agent_pid)).unwrap_or_default();
     let cmd = String::from_utf8_lossy(&cmd);
-    cmd.contains(crate::agent::SUBCOMMAND) && cmd.contains(&m.id)
+    cmd.contains(crate::agent::serve::SUBCOMMAND) && cmd.contains(&m.id)
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {

@@ -8,8 +8,8 @@
 
 use crate::error::{Class, Error, Result};
 use crate::fsutil::Ownership;
-use crate::marker;
 use crate::nofollow::{Dir, Kind};
+use crate::pg::datadir::MARKER_DIR;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -69,7 +69,7 @@ impl Journal {
     /// Writes the journal durably into the backup's marker directory (created if missing).
     pub fn save(&self, pgdata: &Path, own: &Ownership) -> Result<()> {
         crate::id::validate(&self.id)?;
-        let top = Dir::open_given(pgdata)?.make_dir(marker::DIR, own)?;
+        let top = Dir::open_given(pgdata)?.make_dir(MARKER_DIR, own)?;
         let dir = top.make_dir(&self.id, own)?;
         let data = serde_json::to_vec_pretty(self).map_err(|e| Error::internal(e.to_string()))?;
         dir.write(FILE, &data, own)
@@ -88,7 +88,7 @@ fn remaps(tablespaces: &[(u32, PathBuf)]) -> Vec<(u32, String)> {
 /// The journal of a half-prepared copy, if there is one: `Ok(None)` when the copy holds
 /// none, an error when one exists but cannot be read (still a half-prepared copy).
 pub fn find(pgdata: &Path) -> Result<Option<(PathBuf, Journal)>> {
-    let Ok(top) = Dir::open_given(pgdata).and_then(|d| d.sub(marker::DIR)) else {
+    let Ok(top) = Dir::open_given(pgdata).and_then(|d| d.sub(MARKER_DIR)) else {
         return Ok(None);
     };
     for name in top.names()? {

@@ -17,14 +17,14 @@ pub mod journal;
 pub mod pitr;
 pub mod safety;
 
-use crate::bundle::{self, Manifest, WalMode};
-use crate::bundle_read;
+use crate::agent::marker;
+use crate::bundle::manifest::{self, Manifest, WalMode};
+use crate::bundle::read;
+use crate::bundle::walcollect;
 use crate::error::{Error, Result};
 use crate::fsutil::Ownership;
-use crate::marker;
 use crate::problem::{problem, Problem};
 use crate::store::Store;
-use crate::walcollect;
 use pgbookend_formats::walname::{self, WalName};
 use pgbookend_formats::{
     control, label::BackupLabel, lsn::Lsn, tablespace_map::TablespaceMap, wal,
@@ -87,7 +87,7 @@ pub fn load_bundle(
     deep: bool,
 ) -> std::result::Result<Loaded, Vec<Problem>> {
     let manifest = read_manifest(dir)?;
-    let mut problems = crate::bundle_check::manifest_problems(&manifest);
+    let mut problems = crate::bundle::check::manifest_problems(&manifest);
     if let Some(id) = id {
         if manifest.id != id {
             problems.push(problem(
@@ -105,7 +105,7 @@ pub fn load_bundle(
         return Err(problems);
     }
     for (name, entry) in &manifest.files {
-        match bundle_read::matches(dir, name, entry.size, &entry.sha256) {
+        match read::matches(dir, name, entry.size, &entry.sha256) {
             Ok(true) => {}
             Ok(false) => problems.push(problem(
                 "bundle_checksum",
@@ -120,19 +120,19 @@ pub fn load_bundle(
         }
     }
     let read_text = |name: &str| {
-        bundle_read::read_capped(dir, name, bundle_read::MAX_TEXT_BYTES)
+        read::read_capped(dir, name, read::MAX_TEXT_BYTES)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
     };
     let label_text = read_text("backup_label").unwrap_or_default();
     let label = check_label(&label_text, &manifest, &mut problems);
     let map_text = read_text("tablespace_map");
-    problems.extend(crate::bundle_check::map_problem(
+    problems.extend(crate::bundle::check::map_problem(
         map_text.as_deref(),
         &manifest,
     ));
-    let control_bytes = bundle_read::read_capped(dir, "pg_control", bundle_read::MAX_CONTROL_BYTES)
-        .unwrap_or_default();
+    let control_bytes =
+        read::read_capped(dir, "pg_control", read::MAX_CONTROL_BYTES).unwrap_or_default();
     let control = check_control(&control_bytes, &manifest, &mut problems);
     problems.extend(wal_range_problems(&manifest));
     if deep {
@@ -155,9 +155,9 @@ pub fn load_bundle(
 
 /// `bundle.json`, read without following a link and only up to its size cap.
 fn read_manifest(dir: &Path) -> std::result::Result<Manifest, Vec<Problem>> {
-    let mpath = dir.join(bundle::MANIFEST);
+    let mpath = dir.join(manifest::MANIFEST);
     let bytes =
-        bundle_read::read_capped(dir, bundle::MANIFEST, bundle_read::MAX_MANIFEST_BYTES)
+        read::read_capped(dir, manifest::MANIFEST, read::MAX_MANIFEST_BYTES)
             .map_err(|e| {
                 vec![problem(
                 "bundle_manifest",
@@ -247,7 +247,7 @@ fn bundle_wal_problems(dir: &Path, m: &Manifest) -> Vec<Problem> {
         let (Some(stored), Some(sum)) = (&w.stored, &w.sha256) else {
             continue;
         };
-        let why = match bundle_read::wal_digest(dir, stored, limit) {
+        let why = match read::wal_digest(dir, stored, limit) {
             Ok((n, s)) if w.size.is_none_or(|z| z == n) && s == *sum => continue,
             Ok(_) => "does not decompress to its recorded size and SHA-256".to_string(),
             Err(e) => format!("cannot be decompressed: {e}"),
@@ -699,7 +699,7 @@ fn missing_files(
 ) -> Result<(u64, Vec<String>)> {
     let mut count = 0u64;
     let mut named = Vec::new();
-    for p in crate::filelist::read(list)? {
+    for p in crate::bundle::filelist::read(list)? {
         let p = p?;
         if p == "global/pg_control" {
             continue; // replaced by the bundle's
@@ -1505,7 +1505,7 @@ pub fn render(report: &Report, verb: &str) -> String {
         out.push_str(&format!(
             "  - finally remove {}/{} (the copy's markers and prepare's journal)\n",
             report.pgdata,
-            marker::DIR
+            crate::pg::datadir::MARKER_DIR
         ));
     }
     if let Some(r) = &report.recovery {
@@ -1550,7 +1550,7 @@ pub fn verify_copy(opts: &PrepareOptions) -> Result<Report> {
 /// or over-long line is the answer.
 fn count_list(path: &Path) -> Result<u64> {
     let mut n = 0u64;
-    for p in crate::filelist::read(path)? {
+    for p in crate::bundle::filelist::read(path)? {
         p?;
         n += 1;
     }

@@ -9,7 +9,7 @@
 
 use super::PrepareOptions;
 use crate::archive::layout::Index;
-use crate::bundle::{Manifest, WalMode};
+use crate::bundle::manifest::{Manifest, WalMode};
 use crate::problem::{problem, Problem};
 use crate::store::objects::Handle;
 use crate::store::Store;

@@ -286,7 +286,12 @@ pub fn layout_problems(inp: &LayoutInput<'_>) -> Vec<Problem> {
             .map(|m| m.file_type().is_symlink())
             .unwrap_or(false)
     };
-    for name in ["global", "pg_tblspc", crate::marker::DIR, "pg_wal"] {
+    for name in [
+        "global",
+        "pg_tblspc",
+        crate::pg::datadir::MARKER_DIR,
+        "pg_wal",
+    ] {
         let q = inp.pgdata.join(name);
         if name == "pg_wal" && inp.waldir.is_some() {
             continue;

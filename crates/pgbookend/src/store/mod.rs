@@ -75,9 +75,9 @@ impl Store {
     /// also when an S3 store cannot be reached: see [`Store::preflight`]).
     pub fn has_bundle(&self, id: &str) -> bool {
         match self {
-            Store::Local(p) => p.join(id).join(crate::bundle::MANIFEST).exists(),
+            Store::Local(p) => p.join(id).join(crate::bundle::manifest::MANIFEST).exists(),
             Store::S3(u) => s3::Client::open(u)
-                .and_then(|c| c.head(&format!("{id}/{}", crate::bundle::MANIFEST)))
+                .and_then(|c| c.head(&format!("{id}/{}", crate::bundle::manifest::MANIFEST)))
                 .map(|h| h.is_some())
                 .unwrap_or(false),
         }
@@ -89,11 +89,11 @@ impl Store {
     /// environment error if the store cannot be used.
     pub fn preflight(&self, id: &str) -> Result<()> {
         let exists = match self {
-            Store::Local(p) => p.join(id).join(crate::bundle::MANIFEST).exists(),
+            Store::Local(p) => p.join(id).join(crate::bundle::manifest::MANIFEST).exists(),
             Store::S3(u) => s3::Client::open(u)?
                 .list_below(id)?
                 .iter()
-                .any(|o| o.key == format!("{id}/{}", crate::bundle::MANIFEST)),
+                .any(|o| o.key == format!("{id}/{}", crate::bundle::manifest::MANIFEST)),
         };
         if exists {
             return Err(Error::usage(format!(
@@ -127,11 +127,11 @@ impl Store {
                     )
                     .hint("someone altered the store: check it, and use another store's copy of the bundle"));
                 }
-                if !dir.join(crate::bundle::MANIFEST).is_file() {
+                if !dir.join(crate::bundle::manifest::MANIFEST).is_file() {
                     return Err(Error::usage(format!(
                         "store {} holds no complete bundle of backup {id} (no {})",
                         root.display(),
-                        dir.join(crate::bundle::MANIFEST).display()
+                        dir.join(crate::bundle::manifest::MANIFEST).display()
                     ))
                     .hint("check the backup ID and the store; a bundle without bundle.json is partial and unusable"));
                 }
@@ -155,7 +155,7 @@ impl Store {
         &self,
         id: &str,
         from: &Path,
-        manifest: &crate::bundle::Manifest,
+        manifest: &crate::bundle::manifest::Manifest,
     ) -> Result<String> {
         crate::id::validate(id)?;
         if manifest.id != id {
@@ -167,7 +167,7 @@ impl Store {
         if let Some(bad) = manifest
             .files
             .keys()
-            .find_map(|n| crate::bundle_check::check_rel_path(n).err())
+            .find_map(|n| crate::bundle::check::check_rel_path(n).err())
         {
             return Err(Error::new(
                 crate::error::Class::Check,
@@ -203,7 +203,7 @@ impl Store {
                 }
                 let bytes = serde_json::to_vec_pretty(manifest)
                     .map_err(|e| Error::internal(e.to_string()))?;
-                fsutil::write_atomic(&dir.join(crate::bundle::MANIFEST), &bytes, &own)?;
+                fsutil::write_atomic(&dir.join(crate::bundle::manifest::MANIFEST), &bytes, &own)?;
                 Ok(dir.display().to_string())
             }
             Store::S3(u) => s3::upload_bundle(u, id, from, manifest),

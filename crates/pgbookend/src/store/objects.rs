@@ -4,7 +4,7 @@
 //! exists under a name already holds those bytes.
 
 use super::{s3, Store};
-use crate::bundle::FileEntry;
+use crate::bundle::manifest::FileEntry;
 use crate::error::{io_err, Class, Error, Result};
 use crate::fsutil::{self, Dir, Ownership};
 use sha2::Digest;

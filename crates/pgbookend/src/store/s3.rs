@@ -18,7 +18,7 @@
 //! The agent is synchronous and must stay small while it holds a backup: a current-thread
 //! tokio runtime is built inside each [`Client`], only when an S3 store is used.
 
-use crate::bundle::{FileEntry, Manifest, MANIFEST};
+use crate::bundle::manifest::{FileEntry, Manifest, MANIFEST};
 use crate::error::{io_err, Class, Error, Result};
 use crate::fsutil::{self, Ownership};
 use futures_util::StreamExt;
@@ -1012,7 +1012,7 @@ pub fn fetch_bundle_with(c: &Client, id: &str, scratch: &Path) -> Result<PathBuf
     let mbytes = c
         .get_small(
             &format!("{id}/{MANIFEST}"),
-            crate::bundle_read::MAX_MANIFEST_BYTES,
+            crate::bundle::read::MAX_MANIFEST_BYTES,
         )?
         .ok_or_else(|| {
         Error::usage(format!(
@@ -1043,7 +1043,7 @@ pub fn fetch_bundle_with(c: &Client, id: &str, scratch: &Path) -> Result<PathBuf
     }
     // Checked before anything it lists is downloaded: a hostile bundle.json must not
     // decide what (or how much) is fetched.
-    if let Some(p) = crate::bundle_check::manifest_problems(&manifest).first() {
+    if let Some(p) = crate::bundle::check::manifest_problems(&manifest).first() {
         return Err(Error::new(
             Class::Check,
             format!("{}{MANIFEST}: {}", c.url.bundle_location(id), p.message),

@@ -7,11 +7,11 @@
 //! set; a relation created or truncated, and a database created or dropped, in the
 //! window counts as touched in every block.
 
-use crate::bundle::WalMode;
-use crate::bundle_read;
+use crate::bundle::manifest::WalMode;
+use crate::bundle::read;
+use crate::bundle::walcollect;
 use crate::error::{Class, Error, Result};
 use crate::verify::CopyToCheck;
-use crate::walcollect;
 use pgbookend_formats::walreader::{Detail, Record, RelFileLocator, WalReader};
 use pgbookend_formats::{wal, Lsn};
 use std::collections::{BTreeMap, HashSet};
@@ -133,7 +133,7 @@ pub fn read_window(copy: &CopyToCheck) -> Result<Option<Window>> {
     };
     let seg_size = m.wal_segment_size;
     // One file per segment number: after a timeline switch, the newer timeline's.
-    let mut segs: BTreeMap<u64, (u32, &crate::bundle::WalEntry)> = BTreeMap::new();
+    let mut segs: BTreeMap<u64, (u32, &crate::bundle::manifest::WalEntry)> = BTreeMap::new();
     for w in &m.wal {
         if let Some((tli, segno)) = wal::parse_file_name(&w.name, seg_size) {
             if segs.get(&segno).is_none_or(|(t, _)| *t < tli) {
@@ -196,7 +196,7 @@ pub fn read_window(copy: &CopyToCheck) -> Result<Option<Window>> {
 fn read_segment(
     source: &Source,
     bundle_dir: &Path,
-    entry: &crate::bundle::WalEntry,
+    entry: &crate::bundle::manifest::WalEntry,
     limit: u64,
     buf: &mut Vec<u8>,
 ) -> Result<bool> {
@@ -209,7 +209,7 @@ fn read_segment(
                     format!("WAL file {} is not stored in the bundle", entry.name),
                 )
             })?;
-            bundle_read::copy_wal(bundle_dir, stored, limit, buf).map_err(io)?;
+            read::copy_wal(bundle_dir, stored, limit, buf).map_err(io)?;
         }
         Source::Archive(dir) => {
             let Some(name) = walcollect::find_in_archive(dir, &entry.name) else {
@@ -218,11 +218,11 @@ fn read_segment(
                     format!("not in {}", dir.display()),
                 )));
             };
-            let f = bundle_read::open_in(dir, &name).map_err(io)?;
+            let f = read::open_in(dir, &name).map_err(io)?;
             if name == entry.name {
                 f.take(limit + 1).read_to_end(buf).map_err(io)?;
             } else if name.ends_with(".zst") || name.ends_with(".zstd") {
-                let dec = bundle_read::bounded_decoder(f).map_err(io)?;
+                let dec = read::bounded_decoder(f).map_err(io)?;
                 let mut w = CappedWriter { out: buf, limit };
                 std::io::copy(&mut dec.take(limit + 1), &mut w).map_err(io)?;
             } else {

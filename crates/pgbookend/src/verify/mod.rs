@@ -13,7 +13,7 @@ pub mod blockset;
 pub mod report;
 pub mod scan;
 
-use crate::bundle::Manifest;
+use crate::bundle::manifest::Manifest;
 use crate::error::{Error, Result};
 use crate::problem::{problem, Problem};
 use pgbookend_formats::control::ControlFile;

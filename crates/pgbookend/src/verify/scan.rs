@@ -220,7 +220,7 @@ fn targets(input: &ScanInput, list: &Path) -> Result<(Vec<Dir>, Vec<Target>, Out
     let mut out = Outcome::default();
     let mut rels = Vec::new();
     let mut unlogged: HashSet<RelFileLocator> = HashSet::new();
-    for p in crate::filelist::read(list)? {
+    for p in crate::bundle::filelist::read(list)? {
         let p = p?;
         if let Some(r) = parse_rel_path(&p) {
             if r.fork == 3 {

@@ -6,18 +6,19 @@
 //! line on its stdout: ready, or why not. From then on the agent lives alone: its log is
 //! `<run-dir>/<id>/agent.log`, its state `<run-dir>/<id>/state.json`.
 
-use crate::bundle::{WalArchive, WalMode};
+use crate::agent::marker::{self, Marker};
+use crate::agent::protocol::{Request, Response};
+use crate::agent::rescue;
+use crate::agent::rundir::{Entry, RunDir};
+use crate::agent::state::{AgentState, Phase, StopReport, StoreOutcome};
+use crate::bundle::filelist::{self, FILE_LIST};
+use crate::bundle::manifest;
+use crate::bundle::manifest::{WalArchive, WalMode};
+use crate::bundle::walcollect;
 use crate::error::{class_name, io_err, Class, Error, Result};
-use crate::filelist::{self, FILE_LIST};
-use crate::marker::{self, Marker};
-use crate::protocol::{Request, Response};
-use crate::rescue;
-use crate::rundir::{Entry, RunDir};
-use crate::session::Session;
-use crate::state::{AgentState, Phase, StopReport, StoreOutcome};
+use crate::pg::session::Session;
 use crate::timefmt::{now_unix, rfc3339};
-use crate::walcollect;
-use crate::{bundle, TOOL, VERSION};
+use crate::{TOOL, VERSION};
 use pgbookend_formats::{control, label, lsn::Lsn, tablespace_map, wal};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -305,7 +306,7 @@ pub fn main() -> i32 {
             if let Some(pgdata) = &agent.pgdata {
                 if agent.marker_written {
                     let _ = marker::remove(pgdata, &agent.cfg.id);
-                    crate::live::remove(&agent.cfg.id, &agent.token);
+                    crate::agent::live::remove(&agent.cfg.id, &agent.token);
                 }
             }
             let code = e.class().exit_code();
@@ -407,7 +408,7 @@ impl Agent {
             listener: None,
             heartbeat_pending: None,
             slot: None,
-            token: crate::live::token(),
+            token: crate::agent::live::token(),
         }
     }
 
@@ -513,7 +514,7 @@ impl Agent {
             pg_version_num: self.state.pg_version_num.unwrap_or(0),
             system_identifier: sysid.to_string(),
             pgdata: pgdata.display().to_string(),
-            tablespaces: crate::datadir::tablespace_dirs(&pgdata),
+            tablespaces: crate::pg::datadir::tablespace_dirs(&pgdata),
             backup_from,
             stores: self.cfg.stores.clone(),
             removed_stale_markers: removed,
@@ -582,7 +583,7 @@ impl Agent {
         };
         self.marker_written = true;
         marker::write(pgdata, &m)?;
-        crate::live::write(&crate::live::Live {
+        crate::agent::live::write(&crate::agent::live::Live {
             id: self.cfg.id.clone(),
             token: self.token.clone(),
             pgdata: pgdata.display().to_string(),
@@ -617,7 +618,7 @@ impl Agent {
                 tracing::error!("cannot remove the marker: {e}");
             }
         }
-        crate::live::remove(&self.cfg.id, &self.token);
+        crate::agent::live::remove(&self.cfg.id, &self.token);
         self.state.state = phase;
         self.state.failure = Some(why);
         self.save();
@@ -896,7 +897,7 @@ impl Agent {
                 tracing::error!("cannot remove the marker: {e}");
             }
         }
-        crate::live::remove(&self.cfg.id, &self.token);
+        crate::agent::live::remove(&self.cfg.id, &self.token);
         self.state.state = Phase::Rescuable;
         self.state.failure = Some(why.clone());
         self.save();
@@ -918,7 +919,7 @@ impl Agent {
     /// server's files, from the stop call's answer and `pg_control`.
     fn facts_of(
         &mut self,
-        res: &crate::session::StopResult,
+        res: &crate::pg::session::StopResult,
         stop_unix: i64,
         pgdata: &Path,
     ) -> Result<(rescue::Facts, rescue::Saved)> {
@@ -949,8 +950,8 @@ impl Agent {
         };
         let seg = ctl.xlog_seg_size;
         let tablespaces = tablespaces_of(res, ctl.major)?;
-        let manifest = bundle::Manifest {
-            format: bundle::FORMAT,
+        let manifest = manifest::Manifest {
+            format: manifest::FORMAT,
             id: self.cfg.id.clone(),
             system_identifier: ctl.system_identifier.to_string(),
             pg_version_num: self.state.pg_version_num.unwrap_or(0),
@@ -1012,7 +1013,7 @@ impl Agent {
     /// in pg_wal on the stop timeline (a timeline switch since then keeps the stop point).
     fn replay_beyond(
         &self,
-        res: &crate::session::StopResult,
+        res: &crate::pg::session::StopResult,
         stop_tli: u32,
         seg: u32,
         pgdata: &Path,
@@ -1036,7 +1037,7 @@ impl Agent {
     /// directory (else the run directory), and into each local store. Records where.
     fn save_label(
         &mut self,
-        res: &crate::session::StopResult,
+        res: &crate::pg::session::StopResult,
         stop_unix: i64,
         pgdata: &Path,
     ) -> Result<(rescue::Facts, PathBuf)> {
@@ -1079,7 +1080,7 @@ impl Agent {
         let dest = saved.join(FILE_LIST);
         std::fs::rename(&tmp, &dest).map_err(|e| io_err("cannot rename", &tmp, e))?;
         crate::fsutil::fsync_dir(saved)?;
-        facts.manifest.file_list = Some(bundle::FileList {
+        facts.manifest.file_list = Some(manifest::FileList {
             name: FILE_LIST.into(),
             count,
         });
@@ -1098,7 +1099,7 @@ impl Agent {
 
     fn finish(
         &mut self,
-        res: &crate::session::StopResult,
+        res: &crate::pg::session::StopResult,
         stop_unix: i64,
         wait_archive: Option<bool>,
         archive_timeout: Duration,
@@ -1249,7 +1250,7 @@ impl Agent {
     fn conclude(
         &mut self,
         pgdata: &Path,
-        manifest: bundle::Manifest,
+        manifest: manifest::Manifest,
         w: rescue::Written,
         error: Option<Error>,
         (wal_archive, wal_detail): (WalArchive, Option<String>),
@@ -1259,7 +1260,7 @@ impl Agent {
         if let Err(e) = marker::remove(pgdata, &self.cfg.id) {
             tracing::error!("cannot remove the marker: {e}");
         }
-        crate::live::remove(&self.cfg.id, &self.token);
+        crate::agent::live::remove(&self.cfg.id, &self.token);
         let _ = std::fs::remove_file(self.entry.dir.join(START_LIST));
         let wal_bytes: u64 = manifest
             .wal
@@ -1480,7 +1481,10 @@ fn check_peer(stream: &UnixStream) -> std::result::Result<(), String> {
 }
 
 /// The tablespaces of the server's tablespace_map (none when it is empty).
-fn tablespaces_of(res: &crate::session::StopResult, major: u32) -> Result<Vec<bundle::Tablespace>> {
+fn tablespaces_of(
+    res: &crate::pg::session::StopResult,
+    major: u32,
+) -> Result<Vec<manifest::Tablespace>> {
     if res.spcmapfile.is_empty() {
         return Ok(Vec::new());
     }
@@ -1491,7 +1495,7 @@ fn tablespaces_of(res: &crate::session::StopResult, major: u32) -> Result<Vec<bu
             })?
             .entries
             .into_iter()
-            .map(|(oid, path)| bundle::Tablespace { oid, path })
+            .map(|(oid, path)| manifest::Tablespace { oid, path })
             .collect(),
     )
 }

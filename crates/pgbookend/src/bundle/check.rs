@@ -7,7 +7,7 @@
 //! directories must be plain absolute paths, and counts and sizes are capped. Each refusal
 //! names the field.
 
-use crate::bundle::{Manifest, WalEntry, WalMode};
+use crate::bundle::manifest::{Manifest, WalEntry, WalMode};
 use crate::problem::Problem;
 use pgbookend_formats::tablespace_map::TablespaceMap;
 use pgbookend_formats::walname::{WalKind, WalName, MAX_RANGE_SEGMENTS};
@@ -149,13 +149,13 @@ fn check_sha(out: &mut Vec<Problem>, name: &str, v: &str) {
 /// Every problem with the manifest's own fields; empty when it may be used.
 pub fn manifest_problems(m: &Manifest) -> Vec<Problem> {
     let mut out = Vec::new();
-    if m.format != crate::bundle::FORMAT {
+    if m.format != crate::bundle::manifest::FORMAT {
         out.push(field(
             "format",
             format!(
                 "{} is not a format this version reads ({})",
                 m.format,
-                crate::bundle::FORMAT
+                crate::bundle::manifest::FORMAT
             ),
         ));
     }
@@ -381,7 +381,7 @@ fn wal_entry_problem(w: &WalEntry, seg_size: u32) -> Result<(), String> {
         }
     }
     if let Some(a) = &w.archived_as {
-        let ok = crate::walcollect::ARCHIVE_SUFFIXES
+        let ok = crate::bundle::walcollect::ARCHIVE_SUFFIXES
             .iter()
             .any(|suf| *a == format!("{name}{suf}"));
         if !ok {
@@ -473,7 +473,7 @@ mod tests {
     #[test]
     fn map_must_agree_with_manifest() {
         let mut m: Manifest =
-            serde_json::from_str(include_str!("../tests/data/manifest.json")).unwrap();
+            serde_json::from_str(include_str!("../../tests/data/manifest.json")).unwrap();
         assert!(
             manifest_problems(&m).is_empty(),
             "{:?}",
@@ -494,7 +494,7 @@ mod tests {
     #[test]
     fn archive_stores_are_checked() {
         let mut m: Manifest =
-            serde_json::from_str(include_str!("../tests/data/manifest.json")).unwrap();
+            serde_json::from_str(include_str!("../../tests/data/manifest.json")).unwrap();
         m.wal_mode = "archive".into();
         m.archive_stores = vec![
             "/var/lib/pgbookend".into(),

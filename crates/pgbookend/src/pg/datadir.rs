@@ -1,6 +1,11 @@
-//! Facts read from a live PostgreSQL data directory (not from a copy): its tablespace links.
+//! Facts read from a live PostgreSQL data directory (not from a copy): its tablespace links;
+//! and the name of pgbookend's own directory in it.
 
 use std::path::Path;
+
+/// The directory under PGDATA that holds markers (and `prepare`'s journal); the server
+/// ignores it, the file list leaves it out.
+pub const MARKER_DIR: &str = "pg_backup_metadata";
 
 /// The tablespace directories of a data directory: the targets of its `pg_tblspc` links,
 /// sorted by OID. Used by the agent to report them at start, and so given to COMMAND.

@@ -34,7 +34,7 @@ pub(crate) const EXCLUDE_CONTENTS: &[&str] = &[
     "pg_serial",
     "pg_snapshots",
     "pg_subtrans",
-    crate::marker::DIR,
+    crate::pg::datadir::MARKER_DIR,
 ];
 
 /// Top-level files a base backup leaves out.
@@ -250,8 +250,8 @@ pub const MAX_LINE: u64 = 2 * 4096 + 1;
 /// ends the reading with an error, and memory stays bounded by one line.
 pub fn read(path: &Path) -> Result<impl Iterator<Item = Result<String>>> {
     let f = open_list(path)?;
-    let dec =
-        crate::bundle_read::bounded_decoder(f).map_err(|e| io_err("cannot decompress", path, e))?;
+    let dec = crate::bundle::read::bounded_decoder(f)
+        .map_err(|e| io_err("cannot decompress", path, e))?;
     let p = path.to_path_buf();
     let mut r = BufReader::new(dec);
     let mut done = false;

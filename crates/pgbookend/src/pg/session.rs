@@ -3,7 +3,7 @@
 //! (`pg_start_backup`/`pg_stop_backup` or `pg_backup_start`/`pg_backup_stop`).
 
 use crate::error::{Error, Result};
-use crate::pq::{Conn, PqError};
+use crate::pg::pq::{Conn, PqError};
 use pgbookend_formats::lsn::Lsn;
 use pgbookend_formats::version;
 use std::path::PathBuf;

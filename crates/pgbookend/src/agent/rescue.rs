@@ -2,20 +2,20 @@
 //! `pg_backup_stop` returns, building a bundle from it into the stores, and completing
 //! a partial bundle later (`pgbookend rescue --id ID`).
 //!
-//! The rescue copy is `<state>/rescue/<id>/` (state: see [`crate::live::state_root`]):
+//! The rescue copy is `<state>/rescue/<id>/` (state: see [`crate::config::state_root`]):
 //! `backup_label`, `tablespace_map`, `pg_control`, the file list once made, and
 //! `rescue.json` (every fact needed to finish). It holds no WAL: that is read from
 //! `pg_wal` or the archive when the bundle is built. A bundle written for remote stores
 //! only is staged in `<state>/rescue/<id>/stage/<id>/`, on storage with room.
 
-use crate::bundle::WalMode;
-use crate::bundle::{self, Manifest, WalEntry};
+use crate::agent::state::StoreOutcome;
+use crate::bundle::manifest::WalMode;
+use crate::bundle::manifest::{self, Manifest, WalEntry};
+use crate::bundle::walcollect;
 use crate::error::{io_err, Class, Error, Result};
 use crate::fault::fault;
 use crate::fsutil::{self, Ownership};
-use crate::state::StoreOutcome;
 use crate::store::Store;
-use crate::walcollect;
 use pgbookend_formats::lsn::Lsn;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ pub const SAVED: &[&str] = &[
     "backup_label",
     "tablespace_map",
     "pg_control",
-    crate::filelist::FILE_LIST,
+    crate::bundle::filelist::FILE_LIST,
 ];
 
 /// The server's small files of a stopped backup, by name, as saved.
@@ -55,7 +55,7 @@ pub struct Facts {
 
 /// `<state>/rescue`.
 pub fn root() -> PathBuf {
-    crate::live::state_root().join("rescue")
+    crate::config::state_root().join("rescue")
 }
 
 /// Creates `dir` and its parents, the last one private (0700).
@@ -320,9 +320,9 @@ pub fn build(dest: &Path, plan: &Plan, check: &mut dyn FnMut() -> Result<()>) ->
     check()?;
     fault("during-upload");
     fsutil::fsync_dir(dest)?;
-    m.files = bundle::hash_files(dest)?;
+    m.files = manifest::hash_files(dest)?;
     let bytes = serde_json::to_vec_pretty(&m).map_err(|e| Error::internal(e.to_string()))?;
-    fsutil::write_atomic(&dest.join(bundle::MANIFEST), &bytes, &own)?;
+    fsutil::write_atomic(&dest.join(manifest::MANIFEST), &bytes, &own)?;
     Ok(m)
 }
 
@@ -504,7 +504,7 @@ pub fn refuse_leftovers(id: &str, stores: &[String]) -> Result<()> {
             continue;
         };
         let dir = root.join(id);
-        if present(&dir) && !dir.join(bundle::MANIFEST).exists() {
+        if present(&dir) && !dir.join(manifest::MANIFEST).exists() {
             return Err(Error::usage(format!(
                 "{} holds a partial bundle of an earlier backup with ID {id}",
                 dir.display()
@@ -517,7 +517,7 @@ pub fn refuse_leftovers(id: &str, stores: &[String]) -> Result<()> {
 
 /// Where the rescue copy of `id` is: the state directory, else the run-directory entry
 /// (where an agent saves it when the state directory cannot be written).
-pub fn locate(run: &crate::rundir::RunDir, id: &str) -> Option<PathBuf> {
+pub fn locate(run: &crate::agent::rundir::RunDir, id: &str) -> Option<PathBuf> {
     [root().join(id), run.entry(id).dir.join("rescue").join(id)]
         .into_iter()
         .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
@@ -527,7 +527,7 @@ pub fn locate(run: &crate::rundir::RunDir, id: &str) -> Option<PathBuf> {
 /// from its rescue copy and the WAL that still exists, `bundle.json` last, then removes
 /// the rescue copy; or says exactly why it cannot.
 pub fn command(
-    run: &crate::rundir::RunDir,
+    run: &crate::agent::rundir::RunDir,
     id: &str,
     stores: Vec<String>,
     archive: Option<PathBuf>,
@@ -572,10 +572,10 @@ pub fn command(
         });
     }
     fsutil::remove_tree(&saved)?;
-    crate::live::remove(id, &facts.token);
+    crate::agent::live::remove(id, &facts.token);
     let entry = run.entry(id);
     if let Some(mut st) = entry.read_state() {
-        st.state = crate::state::Phase::Stopped;
+        st.state = crate::agent::state::Phase::Stopped;
         st.rescue = None;
         st.failure = None;
         st.updated = crate::timefmt::now_unix();
@@ -593,7 +593,7 @@ pub fn command(
 }
 
 /// The rescue copy of backup `id`, once no agent can still be writing its bundle.
-fn rescue_copy(run: &crate::rundir::RunDir, id: &str) -> Result<PathBuf> {
+fn rescue_copy(run: &crate::agent::rundir::RunDir, id: &str) -> Result<PathBuf> {
     crate::id::validate(id)?;
     let entry = run.entry(id);
     // An agent that has just answered `stop` exits within moments.

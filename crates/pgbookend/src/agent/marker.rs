@@ -11,16 +11,16 @@
 //! directory descriptors. A marker is written whole into `.tmp-<random>/` and renamed to
 //! `<id>/`, so no reader ever sees a half-written marker under a backup's name.
 
+use crate::agent::rundir::{Liveness, RunDir};
 use crate::error::{io_err, Error, Result};
 use crate::fsutil::{self, Dir, Ownership};
-use crate::rundir::{Liveness, RunDir};
 use serde::{Deserialize, Serialize};
 use std::ffi::OsStr;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-/// The directory under PGDATA that holds markers.
-pub const DIR: &str = "pg_backup_metadata";
+// The directory under PGDATA that holds markers (named in `crate::pg::datadir`).
+use crate::pg::datadir::MARKER_DIR as DIR;
 /// The marker's file name inside `<DIR>/<id>/`.
 pub const FILE: &str = "backup.json";
 /// The largest marker file read; a bigger one is foreign.
@@ -188,7 +188,7 @@ pub fn remove(pgdata: &Path, id: &str) -> Result<()> {
             return Ok(());
         }
         if token_ok(&m.token) {
-            crate::live::remove(&m.id, &m.token);
+            crate::agent::live::remove(&m.id, &m.token);
         }
     }
     top.remove_tree(id)
@@ -364,7 +364,7 @@ pub fn sweep(pgdata: &Path, keep: Option<&str>, remove_foreign: bool) -> Result<
         }
         if let Ok(m) = &m {
             if token_ok(&m.token) {
-                crate::live::remove(&m.id, &m.token);
+                crate::agent::live::remove(&m.id, &m.token);
             }
         }
         // A marker that cannot be removed is reported, not a reason to fail a backup.

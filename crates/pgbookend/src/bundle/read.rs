@@ -2,7 +2,7 @@
 //! into a read elsewhere, an endless read or an allocation beyond a cap.
 //!
 //! Every file is opened by a path relative to the bundle directory that was checked
-//! before ([`crate::bundle_check::check_rel_path`]), one component at a time with
+//! before ([`crate::bundle::check::check_rel_path`]), one component at a time with
 //! `O_NOFOLLOW`, and must be a regular file; sizes are taken from the open descriptor
 //! before anything is read, and WAL is decompressed in pieces with a cap on the output
 //! and on the decoder's window.

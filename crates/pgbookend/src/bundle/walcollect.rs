@@ -1,7 +1,7 @@
 //! The WAL of the backup window: which files it is, collecting them into the bundle
 //! (zstd), or confirming that an archive directory holds them.
 
-use crate::bundle::WalEntry;
+use crate::bundle::manifest::WalEntry;
 use crate::error::{io_err, Error, Result};
 use crate::fsutil::{self, Ownership};
 use pgbookend_formats::{lsn::Lsn, wal};

@@ -4,9 +4,9 @@
 //! An agent is alive exactly while it holds the exclusive lock on `<id>/lock`; this
 //! survives PID reuse and needs no cooperation from a dead process.
 
+use crate::agent::state::AgentState;
 use crate::error::{io_err, Error, Result};
 use crate::fsutil::{self, Dir, NotPrivate, Ownership};
-use crate::state::AgentState;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

@@ -1,8 +1,8 @@
 //! The agent's control protocol: one JSON request line, one JSON response line, over
 //! the agent's Unix socket. Documented in `docs/protocol.md`.
 
+use crate::agent::state::{AgentState, StopReport};
 use crate::error::{Error, Result};
-use crate::state::{AgentState, StopReport};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;

@@ -1,6 +1,6 @@
 //! What an agent records about its backup (`state.json`) and what `stop` reports.
 
-use crate::bundle::{WalArchive, WalMode};
+use crate::bundle::manifest::{WalArchive, WalMode};
 use serde::{Deserialize, Serialize};
 
 /// Where a backup is in its life.
