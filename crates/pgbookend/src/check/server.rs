@@ -60,7 +60,11 @@ pub fn check(o: &Options) -> Vec<Line> {
         return vec![Line::fail(
             "connection",
             format!("server_version_num {} is not supported", c.server_version()),
-            "pgbookend supports PostgreSQL 13 to 18",
+            format!(
+                "pgbookend supports PostgreSQL {} to {}",
+                version::OLDEST_MAJOR,
+                version::NEWEST_MAJOR
+            ),
         )];
     };
     let mut lines = vec![Line::ok(
