@@ -264,6 +264,85 @@ fn expire_keeps_wal_of_kept(major: u32) {
 }
 per_major!(expire_keeps_wal_of_kept_t, expire_keeps_wal_of_kept);
 
+/// `expire --keep-last 1 --keep-wal-for DUR`: the newest bundle that stopped at least DUR
+/// ago is kept as the base of the window, with the WAL from its start; the older bundle
+/// and the WAL before that base go. DUR is chosen at run time to fall in a 20-second gap
+/// between the second and third bundles, so the test does not depend on how fast the
+/// machine is.
+#[test]
+fn keep_wal_for_keeps_the_window() {
+    let Some(major) = pgbookend_testkit::majors().last().copied() else {
+        return;
+    };
+    let (c, tool) = archived_cluster(major);
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let mut gap = (0, 0);
+    for (i, id) in ["w1", "w2", "w3"].into_iter().enumerate() {
+        if i == 2 {
+            gap.0 = unix();
+            std::thread::sleep(Duration::from_secs(20));
+            gap.1 = unix();
+        }
+        tool.start(id, &[]).ok();
+        tool.stop(id, &[]).ok();
+        switch_and_wait(&c);
+    }
+    let read = |id: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(tool.bundle_dir(id).join("bundle.json")).unwrap())
+            .unwrap()
+    };
+    let base_from = read("w2")["start_wal_file"].as_str().unwrap().to_string();
+    let before = archived_segments(tool.store_path());
+    assert!(before.iter().any(|s| *s < base_from), "{before:?}");
+    // The window's edge (now - DUR) lands in the middle of the gap.
+    let dur = format!("{}s", unix() - (gap.0 + gap.1) / 2);
+    let s = tool.store_path().display().to_string();
+    let out = tool
+        .run(&[
+            "expire",
+            "--store",
+            &s,
+            "--keep-last",
+            "1",
+            "--keep-wal-for",
+            &dur,
+            "--json",
+        ])
+        .ok()
+        .json();
+    let ids = |k: &str| -> Vec<String> {
+        out[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                b.get("id")
+                    .unwrap_or(b)
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(ids("kept"), ["w2", "w3"], "{out}");
+    let w2 = &out["kept"][0]["reason"];
+    assert!(w2.as_str().unwrap().contains("--keep-wal-for"), "{out}");
+    assert_eq!(
+        out["wal_removed"][0]["kept_from"],
+        base_from.as_str(),
+        "{out}"
+    );
+    assert!(!tool.bundle_dir("w1").exists());
+    let after = archived_segments(tool.store_path());
+    assert!(after.iter().all(|s| *s >= base_from), "{after:?}");
+    assert!(after.contains(&base_from), "{after:?}");
+}
+
 /// A timeline switch: one copy of a backup restored to `latest` opens on timeline 2 and
 /// archives into the same store (its `.history` file too); a second copy of the same
 /// backup (taken on timeline 1) restored to `latest` follows the archived history onto
