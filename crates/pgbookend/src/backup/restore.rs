@@ -441,6 +441,10 @@ fn parent_of<'a>(root: &Dir, rel: &'a str) -> Result<(Dir, &'a str)> {
     Ok((d, name))
 }
 
+/// Threads that fsync the restored files at the end: an fsync waits for the disk, not
+/// for a CPU, and the filesystem commits concurrent fsyncs together.
+const SYNC_THREADS: usize = 8;
+
 /// Owner, mode, modification time and fsync of every written file, then of every
 /// directory (deepest first), then of the roots.
 fn finish(ix: &Index, roots: &Roots, own: &Ownership, rewrite: &[bool], jobs: usize) -> Result<()> {
@@ -451,7 +455,7 @@ fn finish(ix: &Index, roots: &Roots, own: &Ownership, rewrite: &[bool], jobs: us
         .filter(|(n, e)| e.kind == Kind::File && rewrite[*n] && e.path != CONTROL)
         .map(|(_, e)| e)
         .collect();
-    fetch::par_each(files.len(), jobs, &|n| {
+    fetch::par_each(files.len(), jobs.max(SYNC_THREADS), &|n| {
         let e = files[n];
         let full = fetch::display(roots, &e.path);
         let Some((root, rel)) = roots.locate(&e.path) else {
