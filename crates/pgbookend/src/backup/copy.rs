@@ -105,7 +105,8 @@ pub fn copy(
     let (tx, rx) = mpsc::sync_channel::<Unit>(jobs);
     let rx = Mutex::new(rx);
     // Buffers go back to the reader through `free`: the reader makes a new one only when
-    // every buffer is in use, so there are never more than `2 × jobs + 1`.
+    // every buffer is in use (one being filled, `jobs` in the channel, one per worker
+    // being compressed), so there are never more than `2 × jobs + 1`.
     let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
     let entries = std::thread::scope(|s| {
         for _ in 0..jobs {
@@ -240,17 +241,20 @@ impl Packer<'_> {
         if self.current.filled == 0 {
             return Ok(());
         }
-        let bytes = self.free.try_recv().unwrap_or_else(|_| new_buffer());
+        // The next buffer is taken after the send: while the send waits, a worker may
+        // hand one back, and the reader holds only one buffer at a time.
         let next = Unit {
             number: self.current.number + 1,
-            bytes,
+            bytes: Vec::new(),
             filled: 0,
             pieces: Vec::new(),
         };
         let unit = std::mem::replace(&mut self.current, next);
         self.tx
             .send(unit)
-            .map_err(|_| Error::internal("the copy's workers are gone"))
+            .map_err(|_| Error::internal("the copy's workers are gone"))?;
+        self.current.bytes = self.free.try_recv().unwrap_or_else(|_| new_buffer());
+        Ok(())
     }
 
     fn check(&self) -> Result<()> {
