@@ -112,7 +112,8 @@ bench_start_cluster() {
 # q: psql -At on the cluster ($PSQL if set: the npm server builds have no psql).
 q() { "${PSQL:-$PGBIN/psql}" -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
 
-# timed CMD... -> US (wall), HWM (peak RSS kB), RC; output in $WORK/out.txt, err.txt.
+# timed CMD... -> US (wall), HWM (peak RSS kB), CPU (user + system seconds, of the
+# command and its children), RC; output in $WORK/out.txt, err.txt.
 timed() {
   local a b
   a=$(now_us)
@@ -121,6 +122,7 @@ timed() {
   b=$(now_us)
   US=$((b - a))
   HWM=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$WORK/time.txt")
+  CPU=$(awk -F': ' '/User time/ { u = $2 } /System time/ { s = $2 } END { printf "%.2f", u + s }' "$WORK/time.txt")
 }
 # median [DECIMALS] < numbers, one per line (0 decimals by default).
 median() { sort -g | awk -v d="${1:-0}" '{ v[NR] = $1 } END { n = NR; if (n % 2) m = v[(n + 1) / 2]; else m = (v[n / 2] + v[n / 2 + 1]) / 2; printf("%." d "f\n", m) }'; }

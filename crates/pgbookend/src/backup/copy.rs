@@ -2,6 +2,12 @@
 //! hashing each whole file, and packs their bytes into objects of at most
 //! [`CHUNK_BYTES`]; `jobs` worker threads compress each object and write it to every
 //! store. A bounded channel keeps at most about `2 × jobs` objects in memory.
+//!
+//! CPU per byte is what limits a backup on a small machine, so nothing is done twice:
+//! the reader reads straight into buffers that the workers hand back once an object is
+//! compressed (no zero-filling, no fresh pages per object), each worker keeps one zstd
+//! context and one output buffer for the whole copy, and an object is written to the
+//! sinks from that buffer without a copy.
 
 use super::format::{object_name, Compression, Entry, Kind, Object, Piece, CHUNK_BYTES};
 use super::pages::{self, PageSettings, Suspect};
@@ -45,8 +51,15 @@ pub struct Copied {
 /// One object on its way to the workers.
 struct Unit {
     number: u64,
+    /// A buffer of [`CHUNK_BYTES`] bytes; the object is its first `filled`.
     bytes: Vec<u8>,
+    filled: usize,
     pieces: Vec<Piece>,
+}
+
+/// A new buffer of [`CHUNK_BYTES`] bytes (zeroed by the allocator, once in its life).
+fn new_buffer() -> Vec<u8> {
+    vec![0u8; CHUNK_BYTES as usize]
 }
 
 /// Shared state of one copy.
@@ -91,11 +104,17 @@ pub fn copy(
     };
     let (tx, rx) = mpsc::sync_channel::<Unit>(jobs);
     let rx = Mutex::new(rx);
+    // Buffers go back to the reader through `free`: the reader makes a new one only when
+    // every buffer is in use (one being filled, `jobs` in the channel, one per worker
+    // being compressed), so there are never more than `2 × jobs + 1`.
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
     let entries = std::thread::scope(|s| {
         for _ in 0..jobs {
-            s.spawn(|| worker(&shared, &rx));
+            let free = free_tx.clone();
+            s.spawn(|| worker(&shared, &rx, free));
         }
-        let r = read_all(planned, &shared, tx);
+        drop(free_tx);
+        let r = read_all(planned, &shared, tx, free_rx);
         if let Err(e) = &r {
             shared.fail(e.clone());
         }
@@ -120,7 +139,18 @@ pub fn copy(
     Ok(Copied { entries, objects })
 }
 
-fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Unit>>) {
+fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Unit>>, free: mpsc::Sender<Vec<u8>>) {
+    let mut z = match shared.settings.compression {
+        Compression::Zstd => match zstd::bulk::Compressor::new(shared.settings.level) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                shared.fail(Error::internal(format!("cannot compress: {e}")));
+                None
+            }
+        },
+        Compression::Lz4 | Compression::None => None,
+    };
+    let mut out = Vec::new();
     loop {
         let unit = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
             Ok(u) => u,
@@ -129,7 +159,8 @@ fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Unit>>) {
         if shared.failed.load(Ordering::SeqCst) {
             continue;
         }
-        match store_unit(shared, unit) {
+        let r = store_unit(shared, unit, z.as_mut(), &mut out, &free);
+        match r {
             Ok((n, o)) => {
                 let mut objs = shared.objects.lock().unwrap_or_else(|p| p.into_inner());
                 if objs.len() <= n {
@@ -142,18 +173,49 @@ fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Unit>>) {
     }
 }
 
-fn store_unit(shared: &Shared, unit: Unit) -> Result<(usize, Object)> {
-    let stored = match shared.settings.compression {
-        Compression::Zstd => zstd::bulk::compress(&unit.bytes, shared.settings.level)
-            .map_err(|e| Error::internal(format!("cannot compress: {e}")))?,
-        Compression::Lz4 => lz4(&unit.bytes)?,
-        Compression::None => unit.bytes,
+/// Compresses `unit` (with `z`, into `out`) and writes it to every sink; its buffer goes
+/// back to the reader through `free`.
+fn store_unit(
+    shared: &Shared,
+    unit: Unit,
+    z: Option<&mut zstd::bulk::Compressor<'static>>,
+    out: &mut Vec<u8>,
+    free: &mpsc::Sender<Vec<u8>>,
+) -> Result<(usize, Object)> {
+    let Unit {
+        number,
+        bytes,
+        filled,
+        pieces,
+    } = unit;
+    let stored: &[u8] = match (shared.settings.compression, z) {
+        (Compression::Zstd, Some(z)) => {
+            out.clear();
+            out.reserve(zstd::zstd_safe::compress_bound(filled));
+            z.compress_to_buffer(&bytes[..filled], out)
+                .map_err(|e| Error::internal(format!("cannot compress: {e}")))?;
+            // The reader may be waiting for a buffer: give this one back at once.
+            let _ = free.send(bytes);
+            out
+        }
+        (Compression::Zstd, None) => return Err(Error::internal("no zstd context")),
+        (Compression::Lz4, _) => {
+            out.clear();
+            lz4(&bytes[..filled], out)?;
+            let _ = free.send(bytes);
+            out
+        }
+        (Compression::None, _) => {
+            *out = bytes;
+            out.truncate(filled);
+            out
+        }
     };
-    let name = object_name(unit.number);
-    let sha256 = hex::encode(Sha256::digest(&stored));
+    let name = object_name(number);
+    let sha256 = hex::encode(Sha256::digest(stored));
     let stored_size = stored.len() as u64;
     for sink in shared.sinks {
-        sink.put(&name, stored.clone())?;
+        sink.put(&name, stored)?;
     }
     shared
         .counters
@@ -161,52 +223,56 @@ fn store_unit(shared: &Shared, unit: Unit) -> Result<(usize, Object)> {
         .fetch_add(stored_size, Ordering::Relaxed);
     shared.counters.objects.fetch_add(1, Ordering::Relaxed);
     Ok((
-        unit.number as usize,
+        number as usize,
         Object {
             name,
             stored_size,
             sha256,
-            pieces: unit.pieces,
+            pieces,
         },
     ))
 }
 
-/// One LZ4 frame of `bytes`, with its content checksum.
-fn lz4(bytes: &[u8]) -> Result<Vec<u8>> {
+/// One LZ4 frame of `bytes`, with its content checksum, into `out`.
+fn lz4(bytes: &[u8], out: &mut Vec<u8>) -> Result<()> {
     use std::io::Write;
     let info = lz4_flex::frame::FrameInfo::new().content_checksum(true);
-    let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(
-        info,
-        Vec::with_capacity(bytes.len() / 2 + 1024),
-    );
+    let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, out);
     enc.write_all(bytes)
         .map_err(|e| Error::internal(format!("cannot compress: {e}")))?;
     enc.finish()
-        .map_err(|e| Error::internal(format!("cannot compress: {e}")))
+        .map_err(|e| Error::internal(format!("cannot compress: {e}")))?;
+    Ok(())
 }
 
 /// The reader's object being filled.
 struct Packer<'a> {
     shared: &'a Shared<'a>,
     tx: mpsc::SyncSender<Unit>,
+    free: mpsc::Receiver<Vec<u8>>,
     current: Unit,
 }
 
 impl Packer<'_> {
     /// Sends the current object (if it holds anything) and starts the next one.
     fn flush(&mut self) -> Result<()> {
-        if self.current.bytes.is_empty() {
+        if self.current.filled == 0 {
             return Ok(());
         }
+        // The next buffer is taken after the send: while the send waits, a worker may
+        // hand one back, and the reader holds only one buffer at a time.
         let next = Unit {
             number: self.current.number + 1,
-            bytes: Vec::with_capacity(CHUNK_BYTES as usize),
+            bytes: Vec::new(),
+            filled: 0,
             pieces: Vec::new(),
         };
         let unit = std::mem::replace(&mut self.current, next);
         self.tx
             .send(unit)
-            .map_err(|_| Error::internal("the copy's workers are gone"))
+            .map_err(|_| Error::internal("the copy's workers are gone"))?;
+        self.current.bytes = self.free.try_recv().unwrap_or_else(|_| new_buffer());
+        Ok(())
     }
 
     fn check(&self) -> Result<()> {
@@ -227,13 +293,16 @@ fn read_all(
     planned: &[Planned],
     shared: &Shared,
     tx: mpsc::SyncSender<Unit>,
+    free: mpsc::Receiver<Vec<u8>>,
 ) -> Result<Vec<Entry>> {
     let mut p = Packer {
         shared,
         tx,
+        free,
         current: Unit {
             number: 0,
-            bytes: Vec::with_capacity(CHUNK_BYTES as usize),
+            bytes: new_buffer(),
+            filled: 0,
             pieces: Vec::new(),
         },
     };
@@ -302,16 +371,15 @@ fn read_file(pl: &Planned, index: u32, p: &mut Packer) -> Result<Option<Entry>> 
     let mut suspects = Vec::new();
     loop {
         p.check()?;
-        if CHUNK_BYTES as usize - p.current.bytes.len() < align {
+        if CHUNK_BYTES as usize - p.current.filled < align {
             p.flush()?;
         }
-        let mut room = CHUNK_BYTES as usize - p.current.bytes.len();
+        let mut room = CHUNK_BYTES as usize - p.current.filled;
         room -= room % align;
-        let start = p.current.bytes.len();
-        p.current.bytes.resize(start + room, 0);
-        let n = read_some(&mut f, &mut p.current.bytes[start..]);
-        p.current.bytes.truncate(start + *n.as_ref().unwrap_or(&0));
-        let n = n.map_err(|e| io_err("cannot read", &pl.abs, e))?;
+        let start = p.current.filled;
+        let n = read_some(&mut f, &mut p.current.bytes[start..start + room])
+            .map_err(|e| io_err("cannot read", &pl.abs, e))?;
+        p.current.filled = start + n;
         if n == 0 {
             break;
         }

@@ -167,8 +167,9 @@ impl Write for Capped {
 
 /// Reads an object whole into memory, at most `cap` bytes (`None`: it does not exist).
 pub fn read_capped(handle: &Handle, dir: &str, name: &str, cap: u64) -> Result<Option<Vec<u8>>> {
+    // Room for a whole object at once (no regrowth copies), never more than one object's.
     let mut w = Capped {
-        buf: Vec::new(),
+        buf: Vec::with_capacity(cap.min(MAX_STORED_BYTES) as usize),
         cap,
     };
     if handle.get_into(dir, name, &mut w)? {

@@ -480,6 +480,10 @@ fn parent_of<'a>(root: &Dir, rel: &'a str) -> Result<(Dir, &'a str)> {
     Ok((d, name))
 }
 
+/// Threads that fsync the restored files at the end: an fsync waits for the disk, not
+/// for a CPU, and the filesystem commits concurrent fsyncs together.
+const SYNC_THREADS: usize = 8;
+
 /// Owner, mode, modification time and fsync of every written file (and of a file
 /// `--delta` kept whose owner, mode or time differ), then of every directory (deepest
 /// first), then of the roots.
@@ -491,7 +495,7 @@ fn finish(ix: &Index, roots: &Roots, own: &Ownership, rewrite: &[bool], jobs: us
         .filter(|(_, e)| e.kind == Kind::File && e.path != CONTROL)
         .map(|(n, e)| (e, rewrite[n]))
         .collect();
-    fetch::par_each(files.len(), jobs, &|n| {
+    fetch::par_each(files.len(), jobs.max(SYNC_THREADS), &|n| {
         let (e, written) = files[n];
         let full = fetch::display(roots, &e.path);
         let Some((root, rel)) = roots.locate(&e.path) else {

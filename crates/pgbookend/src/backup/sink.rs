@@ -62,10 +62,12 @@ impl Sink {
     }
 
     /// Stores `bytes` as `data/<id>/<name>`, durably.
-    pub fn put(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+    pub fn put(&self, name: &str, bytes: &[u8]) -> Result<()> {
         match self {
-            Sink::Local { dir, own, .. } => put_local(dir, name, &bytes, own),
-            Sink::S3 { client, id } => client.put_bytes(&format!("{DATA_DIR}/{id}/{name}"), bytes),
+            Sink::Local { dir, own, .. } => put_local(dir, name, bytes, own),
+            Sink::S3 { client, id } => {
+                client.put_bytes(&format!("{DATA_DIR}/{id}/{name}"), bytes.to_vec())
+            }
         }
     }
 

@@ -72,7 +72,7 @@ pub fn write(
     };
     let bytes = manifest::render(&files, &[wal]);
     for s in sinks {
-        s.put(BACKUP_MANIFEST, bytes.clone())?;
+        s.put(BACKUP_MANIFEST, &bytes)?;
     }
     Ok(())
 }

@@ -245,7 +245,7 @@ fn write_index(sinks: &[Sink], id: &str, compression: Compression, c: Copied) ->
     // What is written must read back as a valid index.
     Index::parse(&bytes, id)?;
     for s in sinks {
-        s.put(INDEX, bytes.clone())?;
+        s.put(INDEX, &bytes)?;
     }
     Ok(ix)
 }
