@@ -819,3 +819,79 @@ pub fn cleanup(run: &RunDir, pgdata: Option<&std::path::Path>) -> Result<Output>
         error: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::state::StoreOutcome;
+
+    /// A stop report with fixed values: two stores, one of which failed.
+    fn report(wal_mode: WalMode, wal_archive: WalArchive) -> StopReport {
+        StopReport {
+            id: "nightly-20261130".into(),
+            system_identifier: "7312345678901234567".into(),
+            pg_version_num: 150004,
+            timeline: 2,
+            start_lsn: "0/2000028".into(),
+            stop_lsn: "0/3000100".into(),
+            start_wal_file: "000000020000000000000002".into(),
+            stop_wal_file: "000000020000000000000003".into(),
+            backup_from: "primary".into(),
+            start_time: "2026-11-30 12:00:00 UTC".into(),
+            stop_time: "2026-11-30 12:03:25 UTC".into(),
+            window_s: 205.25,
+            duration_s: 1.5,
+            wal_mode,
+            wal_segments: 2,
+            wal_bytes_stored: 3 << 20,
+            file_list_count: Some(1234),
+            wal_archive,
+            wal_archive_detail: None,
+            stores: vec![
+                StoreOutcome {
+                    store: "/srv/backups".into(),
+                    ok: true,
+                    location: Some("/srv/backups/nightly-20261130".into()),
+                    error: None,
+                },
+                StoreOutcome {
+                    store: "s3://bucket/pg".into(),
+                    ok: false,
+                    location: None,
+                    error: Some("connection refused".into()),
+                },
+            ],
+            min_stores: 1,
+            rescue: None,
+        }
+    }
+
+    #[test]
+    fn stop_report_collect_with_one_store_failed() {
+        let out = stop_output(&report(WalMode::Collect, WalArchive::Archived), None);
+        assert!(out.error.is_none());
+        insta::assert_snapshot!("stop_collect_human", out.human);
+        insta::assert_json_snapshot!("stop_collect_json", out.json);
+    }
+
+    #[test]
+    fn stop_report_rescuable_with_its_error() {
+        let mut r = report(WalMode::Archive, WalArchive::NotConfirmed);
+        r.min_stores = 2;
+        r.rescue = Some("/var/lib/pgbookend/rescue/nightly-20261130".into());
+        let error = Error::new(Class::Rescuable, "backup nightly-20261130 is RESCUABLE")
+            .hint("run `pgbookend rescue --id nightly-20261130`");
+        let out = stop_output(&r, Some(error));
+        insta::assert_snapshot!("stop_rescuable_human", out.human);
+        insta::assert_json_snapshot!("stop_rescuable_json", out.json);
+    }
+
+    #[test]
+    fn stop_report_without_wal() {
+        let mut r = report(WalMode::None, WalArchive::ArchivingOff);
+        r.stores.truncate(1);
+        r.file_list_count = None;
+        let out = stop_output(&r, None);
+        insta::assert_snapshot!("stop_wal_none_human", out.human);
+    }
+}
