@@ -574,7 +574,11 @@ fn stop_output(r: &StopReport, error: Option<Error>) -> Output {
 }
 
 fn describe(st: &AgentState, alive: bool) -> (Value, String) {
-    let now = now_unix();
+    describe_at(st, alive, now_unix())
+}
+
+/// The JSON and human line of one backup's state, as of `now` (Unix seconds).
+fn describe_at(st: &AgentState, alive: bool, now: i64) -> (Value, String) {
     let elapsed = st.start_time.map(|t| now - t);
     let hb_age = st.last_heartbeat.map(|t| now - t);
     let json = json!({
@@ -884,6 +888,48 @@ mod tests {
         let out = stop_output(&r, Some(error));
         insta::assert_snapshot!("stop_rescuable_human", out.human);
         insta::assert_json_snapshot!("stop_rescuable_json", out.json);
+    }
+
+    /// A running backup's state at fixed times.
+    fn running() -> AgentState {
+        AgentState {
+            id: "nightly-20261130".into(),
+            state: Phase::Running,
+            agent_pid: 4242,
+            pgdata: Some("/var/lib/postgresql/15/main".into()),
+            stores: vec!["/srv/backups".into()],
+            server: Some("/var/run/postgresql".into()),
+            pg_version_num: Some(150004),
+            system_identifier: Some("7312345678901234567".into()),
+            start_lsn: Some("0/2000028".into()),
+            start_wal_file: Some("000000010000000000000002".into()),
+            timeline: Some(1),
+            backup_from: Some("primary".into()),
+            start_time: Some(1_795_000_000),
+            last_heartbeat: Some(1_795_000_590),
+            heartbeat_interval_ms: 10_000,
+            timeout_ms: 86_400_000,
+            failure: None,
+            stop: None,
+            rescue: None,
+            updated: 1_795_000_590,
+        }
+    }
+
+    #[test]
+    fn status_snapshots() {
+        let now = 1_795_000_600;
+        let (json, human) = describe_at(&running(), true, now);
+        insta::assert_snapshot!("status_running_human", human);
+        insta::assert_json_snapshot!("status_running_json", json);
+        let mut st = running();
+        st.state = Phase::Rescuable;
+        st.failure =
+            Some("the bundle could not be written to: /srv/backups (No space left)".into());
+        st.rescue = Some("/var/lib/pgbookend/rescue/nightly-20261130".into());
+        st.stop = Some(report(WalMode::Collect, WalArchive::Archived));
+        let (_, human) = describe_at(&st, false, now);
+        insta::assert_snapshot!("status_rescuable_human", human);
     }
 
     #[test]
