@@ -574,7 +574,11 @@ fn stop_output(r: &StopReport, error: Option<Error>) -> Output {
 }
 
 fn describe(st: &AgentState, alive: bool) -> (Value, String) {
-    let now = now_unix();
+    describe_at(st, alive, now_unix())
+}
+
+/// The JSON and human line of one backup's state, as of `now` (Unix seconds).
+fn describe_at(st: &AgentState, alive: bool, now: i64) -> (Value, String) {
     let elapsed = st.start_time.map(|t| now - t);
     let hb_age = st.last_heartbeat.map(|t| now - t);
     let json = json!({
@@ -818,4 +822,122 @@ pub fn cleanup(run: &RunDir, pgdata: Option<&std::path::Path>) -> Result<Output>
         human,
         error: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::state::StoreOutcome;
+
+    /// A stop report with fixed values: two stores, one of which failed.
+    fn report(wal_mode: WalMode, wal_archive: WalArchive) -> StopReport {
+        StopReport {
+            id: "nightly-20261130".into(),
+            system_identifier: "7312345678901234567".into(),
+            pg_version_num: 150004,
+            timeline: 2,
+            start_lsn: "0/2000028".into(),
+            stop_lsn: "0/3000100".into(),
+            start_wal_file: "000000020000000000000002".into(),
+            stop_wal_file: "000000020000000000000003".into(),
+            backup_from: "primary".into(),
+            start_time: "2026-11-30 12:00:00 UTC".into(),
+            stop_time: "2026-11-30 12:03:25 UTC".into(),
+            window_s: 205.25,
+            duration_s: 1.5,
+            wal_mode,
+            wal_segments: 2,
+            wal_bytes_stored: 3 << 20,
+            file_list_count: Some(1234),
+            wal_archive,
+            wal_archive_detail: None,
+            stores: vec![
+                StoreOutcome {
+                    store: "/srv/backups".into(),
+                    ok: true,
+                    location: Some("/srv/backups/nightly-20261130".into()),
+                    error: None,
+                },
+                StoreOutcome {
+                    store: "s3://bucket/pg".into(),
+                    ok: false,
+                    location: None,
+                    error: Some("connection refused".into()),
+                },
+            ],
+            min_stores: 1,
+            rescue: None,
+        }
+    }
+
+    #[test]
+    fn stop_report_collect_with_one_store_failed() {
+        let out = stop_output(&report(WalMode::Collect, WalArchive::Archived), None);
+        assert!(out.error.is_none());
+        insta::assert_snapshot!("stop_collect_human", out.human);
+        insta::assert_json_snapshot!("stop_collect_json", out.json);
+    }
+
+    #[test]
+    fn stop_report_rescuable_with_its_error() {
+        let mut r = report(WalMode::Archive, WalArchive::NotConfirmed);
+        r.min_stores = 2;
+        r.rescue = Some("/var/lib/pgbookend/rescue/nightly-20261130".into());
+        let error = Error::new(Class::Rescuable, "backup nightly-20261130 is RESCUABLE")
+            .hint("run `pgbookend rescue --id nightly-20261130`");
+        let out = stop_output(&r, Some(error));
+        insta::assert_snapshot!("stop_rescuable_human", out.human);
+        insta::assert_json_snapshot!("stop_rescuable_json", out.json);
+    }
+
+    /// A running backup's state at fixed times.
+    fn running() -> AgentState {
+        AgentState {
+            id: "nightly-20261130".into(),
+            state: Phase::Running,
+            agent_pid: 4242,
+            pgdata: Some("/var/lib/postgresql/15/main".into()),
+            stores: vec!["/srv/backups".into()],
+            server: Some("/var/run/postgresql".into()),
+            pg_version_num: Some(150004),
+            system_identifier: Some("7312345678901234567".into()),
+            start_lsn: Some("0/2000028".into()),
+            start_wal_file: Some("000000010000000000000002".into()),
+            timeline: Some(1),
+            backup_from: Some("primary".into()),
+            start_time: Some(1_795_000_000),
+            last_heartbeat: Some(1_795_000_590),
+            heartbeat_interval_ms: 10_000,
+            timeout_ms: 86_400_000,
+            failure: None,
+            stop: None,
+            rescue: None,
+            updated: 1_795_000_590,
+        }
+    }
+
+    #[test]
+    fn status_snapshots() {
+        let now = 1_795_000_600;
+        let (json, human) = describe_at(&running(), true, now);
+        insta::assert_snapshot!("status_running_human", human);
+        insta::assert_json_snapshot!("status_running_json", json);
+        let mut st = running();
+        st.state = Phase::Rescuable;
+        st.failure =
+            Some("the bundle could not be written to: /srv/backups (No space left)".into());
+        st.rescue = Some("/var/lib/pgbookend/rescue/nightly-20261130".into());
+        st.stop = Some(report(WalMode::Collect, WalArchive::Archived));
+        let (_, human) = describe_at(&st, false, now);
+        insta::assert_snapshot!("status_rescuable_human", human);
+    }
+
+    #[test]
+    fn stop_report_without_wal() {
+        let mut r = report(WalMode::None, WalArchive::ArchivingOff);
+        r.stores.truncate(1);
+        r.file_list_count = None;
+        let out = stop_output(&r, None);
+        insta::assert_snapshot!("stop_wal_none_human", out.human);
+    }
 }

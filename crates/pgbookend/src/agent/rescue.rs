@@ -556,20 +556,9 @@ pub fn command(
         archive: archive.as_deref(),
     };
     let w = write_stores(&plan, &stores, &mut || Ok(()));
-    let json = serde_json::json!({
-        "id": id,
-        "rescue_copy": saved.display().to_string(),
-        "wal_files": window.len(),
-        "stores": w.outcomes,
-        "min_stores": required_stores(&facts, &w),
-    });
-    let human = outcome_lines(&w);
-    if let Some(e) = not_rescued(id, &facts, &w, &saved) {
-        return Ok(crate::output::Output {
-            json,
-            human: format!("backup {id} NOT rescued\n{human}"),
-            error: Some(e),
-        });
+    let out = report(id, &facts, &saved, window.len(), &w);
+    if out.error.is_some() {
+        return Ok(out);
     }
     fsutil::remove_tree(&saved)?;
     crate::agent::live::remove(id, &facts.token);
@@ -581,15 +570,41 @@ pub fn command(
         st.updated = crate::timefmt::now_unix();
         let _ = entry.write_state(&st);
     }
-    Ok(crate::output::Output {
+    Ok(out)
+}
+
+/// The report of `rescue` (JSON, human, and the error when too few stores took the
+/// bundle) from what writing the stores did with the `wal_files` WAL files of the window.
+fn report(
+    id: &str,
+    facts: &Facts,
+    saved: &Path,
+    wal_files: usize,
+    w: &Written,
+) -> crate::output::Output {
+    let json = serde_json::json!({
+        "id": id,
+        "rescue_copy": saved.display().to_string(),
+        "wal_files": wal_files,
+        "stores": w.outcomes,
+        "min_stores": required_stores(facts, w),
+    });
+    let human = outcome_lines(w);
+    if let Some(e) = not_rescued(id, facts, w, saved) {
+        return crate::output::Output {
+            json,
+            human: format!("backup {id} NOT rescued\n{human}"),
+            error: Some(e),
+        };
+    }
+    crate::output::Output {
         json,
         human: format!(
-            "backup {id} rescued: its bundle is complete ({} WAL file{})\n{human}",
-            window.len(),
-            if window.len() == 1 { "" } else { "s" }
+            "backup {id} rescued: its bundle is complete ({wal_files} WAL file{})\n{human}",
+            if wal_files == 1 { "" } else { "s" }
         ),
         error: None,
-    })
+    }
 }
 
 /// The rescue copy of backup `id`, once no agent can still be writing its bundle.
@@ -636,10 +651,7 @@ fn archived_now(
 
 /// How many stores must take the bundle.
 fn required_stores(facts: &Facts, w: &Written) -> usize {
-    facts
-        .min_stores
-        .unwrap_or(w.outcomes.len())
-        .clamp(1, w.outcomes.len().max(1))
+    crate::agent::verdict::required_stores(facts.min_stores, w.outcomes.len())
 }
 
 /// One line per store: where the bundle is, or why it is not there.
@@ -683,4 +695,59 @@ fn not_rescued(id: &str, facts: &Facts, w: &Written, saved: &Path) -> Option<Err
     Some(e.hint(format!(
         "fix the cause and run `pgbookend rescue --id {id}` again"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(min_stores: Option<usize>) -> Facts {
+        Facts {
+            format: 1,
+            id: "b1".into(),
+            stores: vec!["/srv/a".into(), "/srv/full".into()],
+            min_stores,
+            wal_mode: WalMode::Collect,
+            archive_dir: None,
+            start_tli: 1,
+            manifest: serde_json::from_str(include_str!("../../tests/data/manifest.json")).unwrap(),
+            token: "t".into(),
+        }
+    }
+
+    fn written() -> Written {
+        Written {
+            outcomes: vec![
+                StoreOutcome {
+                    store: "/srv/a".into(),
+                    ok: true,
+                    location: Some("/srv/a/b1".into()),
+                    error: None,
+                },
+                StoreOutcome {
+                    store: "/srv/full".into(),
+                    ok: false,
+                    location: None,
+                    error: Some("No space left on device".into()),
+                },
+            ],
+            hints: vec!["free space in /srv/full".into()],
+            manifest: None,
+        }
+    }
+
+    #[test]
+    fn report_snapshots() {
+        let saved = Path::new("/var/lib/pgbookend/rescue/b1");
+        let out = report("b1", &facts(None), saved, 3, &written());
+        let e = out
+            .error
+            .expect("one of two stores is not enough by default");
+        insta::assert_snapshot!("rescue_not_rescued_human", out.human);
+        insta::assert_json_snapshot!("rescue_not_rescued_json", out.json);
+        insta::assert_json_snapshot!("rescue_not_rescued_error", e);
+        let out = report("b1", &facts(Some(1)), saved, 1, &written());
+        assert!(out.error.is_none());
+        insta::assert_snapshot!("rescue_rescued_human", out.human);
+    }
 }

@@ -10,7 +10,8 @@ use crate::agent::marker::{self, Marker};
 use crate::agent::protocol::{Request, Response};
 use crate::agent::rescue;
 use crate::agent::rundir::{Entry, RunDir};
-use crate::agent::state::{AgentState, Phase, StopReport, StoreOutcome};
+use crate::agent::state::{AgentState, Phase, StopReport};
+use crate::agent::verdict;
 use crate::bundle::filelist::{self, FILE_LIST};
 use crate::bundle::manifest;
 use crate::bundle::manifest::{WalArchive, WalMode};
@@ -1182,67 +1183,32 @@ impl Agent {
         wal_detail: &Option<String>,
         archive_timeout: Duration,
     ) -> Option<Error> {
-        let outcomes = &w.outcomes;
-        let written = outcomes.iter().filter(|o| o.ok).count();
-        let required = self
-            .cfg
-            .min_stores
-            .unwrap_or(outcomes.len())
-            .clamp(1, outcomes.len().max(1));
-        let failed: Vec<&StoreOutcome> = outcomes.iter().filter(|o| !o.ok).collect();
-        if written >= required {
-            if !failed.is_empty() {
+        let facts = verdict::StopFacts {
+            id: &self.cfg.id,
+            min_stores: self.cfg.min_stores,
+            saved,
+            stop_wal_file,
+            wal_archive,
+            wal_detail: wal_detail.as_deref(),
+            archive_timeout,
+        };
+        let v = verdict::stop(&facts, w);
+        if v.in_enough_stores {
+            let outcomes = &w.outcomes;
+            if outcomes.iter().any(|o| !o.ok) {
                 tracing::warn!(
-                    "the bundle is in {written} of {} stores (--min-stores {required})",
-                    outcomes.len()
+                    "the bundle is in {} of {} stores (--min-stores {})",
+                    outcomes.iter().filter(|o| o.ok).count(),
+                    outcomes.len(),
+                    verdict::required_stores(self.cfg.min_stores, outcomes.len())
                 );
             }
             if let Err(e) = crate::fsutil::remove_tree(saved) {
                 tracing::warn!("cannot remove the rescue copy: {e}");
             }
             self.state.rescue = None;
-            return (wal_archive == WalArchive::NotConfirmed).then(|| {
-                Error::new(
-                    Class::WalNotSafe,
-                    format!(
-                        "the bundle is written, but WAL segment {stop_wal_file} was not archived within --archive-timeout ({}); the backup is not restorable until it is",
-                        crate::timefmt::human_duration(archive_timeout)
-                    ),
-                )
-                .hint("check archive_command and the server log; pg_stat_archiver shows the last failure")
-                .hint(wal_detail.clone().unwrap_or_default())
-            });
         }
-        let names: Vec<String> = failed
-            .iter()
-            .map(|o| format!("{} ({})", o.store, o.error.as_deref().unwrap_or("?")))
-            .collect();
-        let mut e = Error::new(
-            Class::Rescuable,
-            format!(
-                "the bundle could not be written to: {}; the label is saved in {} and the bundle is rescuable",
-                names.join("; "),
-                saved.display()
-            ),
-        );
-        if written > 0 {
-            let good: Vec<&str> = outcomes
-                .iter()
-                .filter_map(|o| o.location.as_deref())
-                .collect();
-            e.message.push_str(&format!(
-                "; it is in {written} of {} stores, fewer than --min-stores {required}",
-                outcomes.len()
-            ));
-            e = e.hint(format!("the bundle is complete in {}", good.join(", ")));
-        }
-        for h in &w.hints {
-            e = e.hint(h.clone());
-        }
-        Some(e.hint(format!(
-            "once the cause is fixed (e.g. space freed), run `pgbookend rescue --id {}`",
-            self.cfg.id
-        )))
+        v.error
     }
 
     /// Removes the marker, records the final state and builds `stop`'s answer.
@@ -1270,11 +1236,7 @@ impl Agent {
             .map(|f| f.size)
             .sum();
         let outcomes = w.outcomes;
-        let required = self
-            .cfg
-            .min_stores
-            .unwrap_or(outcomes.len())
-            .clamp(1, outcomes.len().max(1));
+        let required = verdict::required_stores(self.cfg.min_stores, outcomes.len());
         let report = StopReport {
             id: self.cfg.id.clone(),
             system_identifier: manifest.system_identifier.clone(),

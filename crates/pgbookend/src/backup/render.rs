@@ -113,3 +113,53 @@ pub fn summary(r: &BackupReport, _json: bool) -> Output {
         error: r.stop.error.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::pages::Suspect;
+    use crate::error::Error;
+
+    /// A finished backup with fixed numbers, one suspect page, and a stop that failed.
+    fn report() -> BackupReport {
+        BackupReport {
+            id: "b-20261130".into(),
+            stores: vec!["/srv/backups".into(), "s3://bucket/pg".into()],
+            files: 1532,
+            bytes_read: 5 << 30,
+            bytes_stored: 1536 << 20,
+            objects: 48,
+            seconds: 64.0,
+            suspect_pages: vec![
+                Suspect {
+                    path: "base/5/16384".into(),
+                    block: 7,
+                    problem: "checksum 0x1234, expected 0xabcd".into(),
+                    wal: Some("corrupt: the window's WAL does not rewrite it".into()),
+                },
+                Suspect {
+                    path: "base/5/16390.1".into(),
+                    block: 131071,
+                    problem: "bad page header".into(),
+                    wal: None,
+                },
+            ],
+            stop: Output {
+                json: json!({"id": "b-20261130", "stop_lsn": "0/9000100"}),
+                human: "backup b-20261130 stopped at 0/9000100\n".into(),
+                error: Some(Error::env("bundle NOT written to s3://bucket/pg")),
+            },
+        }
+    }
+
+    #[test]
+    fn summary_human_and_json() {
+        let out = summary(&report(), false);
+        assert_eq!(
+            out.error.map(|e| e.message).as_deref(),
+            Some("bundle NOT written to s3://bucket/pg")
+        );
+        insta::assert_snapshot!("summary_human", out.human);
+        insta::assert_json_snapshot!("summary_json", out.json);
+    }
+}

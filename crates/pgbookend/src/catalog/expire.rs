@@ -196,6 +196,33 @@ pub fn expire(
             Err(e) => error = Some(e),
         }
     }
+    let done = Applied {
+        removed,
+        wal_removed,
+        human,
+    };
+    let (json, human) = report(&store.url(), policy, dry_run, &plan, &skipped, done);
+    Ok(Output { json, human, error })
+}
+
+/// What applying a plan did: the removed bundles and WAL (JSON records), and the human
+/// lines written so far.
+struct Applied {
+    removed: Vec<Value>,
+    wal_removed: Vec<Value>,
+    human: String,
+}
+
+/// The report of `expire` (JSON and human), from the plan and what applying it did.
+fn report(
+    store: &str,
+    policy: Policy,
+    dry_run: bool,
+    plan: &ExpirePlan<'_>,
+    skipped: &[String],
+    done: Applied,
+) -> (Value, String) {
+    let mut human = done.human;
     for (b, reason) in &plan.keep {
         human.push_str(&format!("kept {}: {reason}\n", b.id));
     }
@@ -204,21 +231,21 @@ pub fn expire(
             human.push_str(&format!("partial bundle {}: {reason}\n", b.id));
         }
     }
-    for sk in &skipped {
+    for sk in skipped {
         human.push_str(&format!("skipped {sk}\n"));
     }
-    if targets.is_empty() {
+    if plan.targets().is_empty() {
         human.push_str("nothing to remove\n");
     }
     let json = json!({
-        "store": store.url(),
+        "store": store,
         "dry_run": dry_run,
         "policy": match policy {
             Policy::KeepLast(n) => json!({"keep_last": n}),
             Policy::KeepWithin(d) => json!({"keep_within_s": d.as_secs()}),
         },
-        "removed": removed,
-        "wal_removed": wal_removed,
+        "removed": done.removed,
+        "wal_removed": done.wal_removed,
         "kept": plan.keep.iter().map(|(b, r)| json!({"id": b.id, "reason": r})).collect::<Vec<_>>(),
         "skipped": skipped,
         "partial": plan.partial.iter().map(|(b, rm, r)| json!({
@@ -230,7 +257,7 @@ pub fn expire(
             "reason": r,
         })).collect::<Vec<_>>(),
     });
-    Ok(Output { json, human, error })
+    (json, human)
 }
 
 /// `--keep-wal-for DUR`: the newest complete bundle of each cluster that stopped at least
@@ -488,6 +515,76 @@ mod tests {
         );
         assert!(plan.targets()[0].1.starts_with("partial: no bundle.json"));
         assert_eq!(ids(plan.keep.iter().map(|r| r.0)), ["c"]);
+    }
+
+    /// Two clusters of complete bundles, a young and an old partial bundle and an old
+    /// rescuable one, at fixed times.
+    fn store_of_bundles(now: i64) -> Vec<BundleInfo> {
+        let day = PARTIAL_GRACE.as_secs() as i64;
+        let mut all: Vec<BundleInfo> = (0..5)
+            .map(|i| info(&format!("a{i}"), "111", now - (5 - i) * day, true, false))
+            .collect();
+        all.push(info("b0", "222", now - 40 * day, true, false));
+        all.push(info("b1", "222", now - 30 * day, true, false));
+        all.push(info("young", "", now - 3600, false, false));
+        all.push(info("old", "", now - 2 * day, false, false));
+        all.push(info("rescuable", "", now - 3 * day, false, true));
+        all
+    }
+
+    /// The plan as lines: each decision and its reason, in the plan's order.
+    fn plan_lines(plan: &ExpirePlan<'_>) -> String {
+        let mut s = String::new();
+        for (b, why) in &plan.remove {
+            s.push_str(&format!("remove {}: {why}\n", b.id));
+        }
+        for (b, why) in &plan.keep {
+            s.push_str(&format!("keep {}: {why}\n", b.id));
+        }
+        for (b, rm, why) in &plan.partial {
+            let what = if *rm { "remove" } else { "keep" };
+            s.push_str(&format!("partial {what} {}: {why}\n", b.id));
+        }
+        for (b, why) in plan.targets() {
+            s.push_str(&format!("target {}: {why}\n", b.id));
+        }
+        s
+    }
+
+    #[test]
+    fn plan_snapshots() {
+        let now = 1_800_000_000;
+        let all = store_of_bundles(now);
+        let plan = plan_expire(&all, Policy::KeepLast(2), now, false, false);
+        insta::assert_snapshot!("plan_keep_last_2", plan_lines(&plan));
+        let plan = plan_expire(&all, Policy::KeepLast(3), now, true, false);
+        insta::assert_snapshot!("plan_keep_last_3_partial", plan_lines(&plan));
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let plan = plan_expire(&all, Policy::KeepWithin(week), now, true, true);
+        insta::assert_snapshot!("plan_keep_within_week_all", plan_lines(&plan));
+        let mut plan = plan_expire(&all, Policy::KeepLast(1), now, false, false);
+        keep_wal_window(&mut plan, Duration::from_secs(2 * 24 * 3600 + 60), now);
+        insta::assert_snapshot!("plan_keep_wal_for", plan_lines(&plan));
+    }
+
+    #[test]
+    fn report_of_a_dry_run() {
+        let now = 1_800_000_000;
+        let all = store_of_bundles(now);
+        let store = Store::Local("/srv/backups".into());
+        let policy = Policy::KeepLast(2);
+        let plan = plan_expire(&all, policy, now, true, false);
+        let (removed, human, error) = apply_expire(&store, &plan.targets(), true);
+        assert!(error.is_none());
+        let done = Applied {
+            removed,
+            wal_removed: Vec::new(),
+            human,
+        };
+        let skipped = ["not-a-bundle (not a backup ID)".to_string()];
+        let (json, human) = report(&store.url(), policy, true, &plan, &skipped, done);
+        insta::assert_snapshot!("report_dry_run_human", human);
+        insta::assert_json_snapshot!("report_dry_run_json", json);
     }
 
     #[test]

@@ -372,10 +372,28 @@ pub fn list(url: &str) -> Result<Output> {
     let store = parse_store(url)?;
     let (bundles, skipped) = scan_store(&store)?;
     let archives = read_archives(&store, &bundles);
+    let drills: Vec<_> = bundles.iter().map(|b| last_drill(&store, b)).collect();
+    let (json, human) = list_report(&store.url(), &bundles, &skipped, &archives, &drills);
+    Ok(Output {
+        json,
+        human,
+        error: None,
+    })
+}
+
+/// The report of `list` (JSON and human): the bundles with their last drills (in the
+/// same order), the skipped names and the archives read.
+fn list_report(
+    store: &str,
+    bundles: &[BundleInfo],
+    skipped: &[String],
+    archives: &[ArchiveView],
+    drills: &[Option<(String, String)>],
+) -> (Value, String) {
     let complete = bundles.iter().filter(|b| b.complete).count();
     let mut human = format!(
         "{}: {} bundle{} ({complete} complete, {} partial)\n",
-        store.url(),
+        store,
         bundles.len(),
         if bundles.len() == 1 { "" } else { "s" },
         bundles.len() - complete
@@ -386,7 +404,7 @@ pub fn list(url: &str) -> Result<Output> {
             "{:<w$}  {:<9}  {:<20}  {:>2}  {:<20}  {:>10}  WAL\n",
             "ID", "STATE", "STOPPED", "PG", "SYSTEM IDENTIFIER", "SIZE"
         ));
-        for b in &bundles {
+        for (i, b) in bundles.iter().enumerate() {
             let (state, stopped, pg, sysid, wal) = match &b.manifest {
                 Some(m) => (
                     "complete",
@@ -413,11 +431,11 @@ pub fn list(url: &str) -> Result<Output> {
                     b.problem.clone().unwrap_or_else(|| "no bundle.json".into()),
                 ),
             };
-            let wal = match recoverable(&archives, b) {
+            let wal = match recoverable(archives, b) {
                 Some(r) => format!("{wal}; WAL archived to {r}"),
                 None => wal,
             };
-            let wal = match last_drill(&store, b) {
+            let wal = match &drills[i] {
                 Some((verdict, at)) => format!("{wal}; last drill {verdict} {at}"),
                 None => wal,
             };
@@ -428,26 +446,22 @@ pub fn list(url: &str) -> Result<Output> {
             ));
         }
     }
-    for sk in &skipped {
+    for sk in skipped {
         human.push_str(&format!("skipped {sk}\n"));
     }
-    human.push_str(&archives_human(&archives));
+    human.push_str(&archives_human(archives));
     let json = json!({
-        "store": store.url(),
-        "bundles": bundles.iter().map(|b| {
+        "store": store,
+        "bundles": bundles.iter().zip(drills).map(|(b, d)| {
             let mut v = summary(b);
-            v["last_drill"] = drill_json(last_drill(&store, b));
-            v["recoverable_to"] = json!(recoverable(&archives, b));
+            v["last_drill"] = drill_json(d.clone());
+            v["recoverable_to"] = json!(recoverable(archives, b));
             v
         }).collect::<Vec<_>>(),
         "skipped": skipped,
         "archives": archives.iter().map(archive_json).collect::<Vec<_>>(),
     });
-    Ok(Output {
-        json,
-        human,
-        error: None,
-    })
+    (json, human)
 }
 
 /// One cluster's WAL archive in a store, read for `list`.
@@ -537,8 +551,19 @@ pub fn show(url: &str, id: &str) -> Result<Output> {
     crate::id::validate(id)?;
     let store = parse_store(url)?;
     let b = scan_one(&store, id)?;
+    let drill = last_drill(&store, &b);
+    let (json, human) = show_report(&store.url(), &b, &drill);
+    Ok(Output {
+        json,
+        human,
+        error: None,
+    })
+}
+
+/// The report of `show` (JSON and human): one bundle and its last drill.
+fn show_report(store: &str, b: &BundleInfo, drill: &Option<(String, String)>) -> (Value, String) {
     let json = json!({
-        "store": store.url(),
+        "store": store,
         "id": b.id,
         "copy": if b.built_in { "built-in" } else { "external" },
         "location": b.location,
@@ -549,7 +574,7 @@ pub fn show(url: &str, id: &str) -> Result<Output> {
         "problem": b.problem,
         "objects": b.objects.iter().map(|(n, s)| json!({"name": n, "size": s})).collect::<Vec<_>>(),
         "bundle": b.raw,
-        "last_drill": drill_json(last_drill(&store, &b)),
+        "last_drill": drill_json(drill.clone()),
     });
     let mut h = String::new();
     match &b.manifest {
@@ -612,7 +637,7 @@ pub fn show(url: &str, id: &str) -> Result<Output> {
             h.push_str(&format!("  last written {}\n", rfc3339(b.modified)));
         }
     }
-    if let Some((verdict, at)) = last_drill(&store, &b) {
+    if let Some((verdict, at)) = drill {
         h.push_str(&format!("  last drill: {verdict} at {at}\n"));
     }
     h.push_str(&format!(
@@ -621,11 +646,7 @@ pub fn show(url: &str, id: &str) -> Result<Output> {
         b.objects.len(),
         if b.objects.len() == 1 { "" } else { "s" }
     ));
-    Ok(Output {
-        json,
-        human: h,
-        error: None,
-    })
+    (json, h)
 }
 
 /// One bundle of a store (complete or partial), or a usage error naming the ID.
@@ -671,6 +692,104 @@ fn scan_one(store: &Store, id: &str) -> Result<BundleInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn manifest(id: &str) -> Manifest {
+        let mut m: Manifest =
+            serde_json::from_str(include_str!("../../tests/data/manifest.json")).unwrap();
+        m.id = id.into();
+        m
+    }
+
+    /// A complete bundle, a rescuable one and a partial one, with fixed sizes and times.
+    fn bundles() -> Vec<BundleInfo> {
+        let m = manifest("nightly-1");
+        let complete = BundleInfo {
+            id: "nightly-1".into(),
+            complete: true,
+            raw: Some(serde_json::to_value(&m).unwrap()),
+            manifest: Some(m),
+            problem: None,
+            objects: vec![
+                ("backup_label".into(), 230),
+                ("bundle.json".into(), 2048),
+                ("files.zst".into(), 40_960),
+                ("wal/000000010000000000000002.zst".into(), 1_048_576),
+            ],
+            modified: 1_795_000_000,
+            location: "/srv/backups/nightly-1".into(),
+            built_in: false,
+        };
+        let rescuable = BundleInfo {
+            id: "nightly-2".into(),
+            complete: false,
+            manifest: None,
+            raw: None,
+            problem: None,
+            objects: vec![("backup_label".into(), 230)],
+            modified: 1_795_086_400,
+            location: "/srv/backups/nightly-2".into(),
+            built_in: false,
+        };
+        let partial = BundleInfo {
+            id: "nightly-3".into(),
+            complete: false,
+            manifest: None,
+            raw: None,
+            problem: Some("bundle.json does not parse: expected value at line 1".into()),
+            objects: vec![("bundle.json".into(), 7)],
+            modified: 1_795_172_800,
+            location: "/srv/backups/nightly-3".into(),
+            built_in: true,
+        };
+        vec![complete, rescuable, partial]
+    }
+
+    /// The archive of the complete bundle's cluster: timeline 1 from segment 2 with 5
+    /// missing, and timeline 2 (with its history file) from segment 8.
+    fn archive() -> ArchiveView {
+        let mut index = crate::archive::layout::Index::default();
+        for (tli, seg) in [(1, 2), (1, 3), (1, 4), (1, 6), (2, 8), (2, 9)] {
+            index.segments.insert((tli, seg));
+            let name = pgbookend_formats::wal::file_name(tli, seg, 16 << 20);
+            let w = pgbookend_formats::walname::WalName::parse(&name).unwrap();
+            index.objects.push(("d".into(), name, w));
+        }
+        index.histories.insert(2);
+        ArchiveView {
+            sysid: "7312345678901234567".into(),
+            seg_size: 16 << 20,
+            index,
+        }
+    }
+
+    #[test]
+    fn list_snapshots() {
+        let all = bundles();
+        let skipped = ["not a bundle: lost+found".to_string()];
+        let drills = [
+            Some(("passed".to_string(), "2026-12-01T03:00:00Z".to_string())),
+            None,
+            None,
+        ];
+        let (json, human) = list_report("/srv/backups", &all, &skipped, &[archive()], &drills);
+        insta::assert_snapshot!("list_human", human);
+        insta::assert_json_snapshot!("list_json", json);
+        let (_, empty) = list_report("s3://bucket/pg", &[], &[], &[], &[]);
+        insta::assert_snapshot!("list_empty_human", empty);
+    }
+
+    #[test]
+    fn show_snapshots() {
+        let all = bundles();
+        let drill = Some(("failed".to_string(), "2026-12-01T03:00:00Z".to_string()));
+        let (json, human) = show_report("/srv/backups", &all[0], &drill);
+        insta::assert_snapshot!("show_complete_human", human);
+        insta::assert_json_snapshot!("show_complete_json", json);
+        let (_, human) = show_report("/srv/backups", &all[1], &None);
+        insta::assert_snapshot!("show_rescuable_human", human);
+        let (_, human) = show_report("/srv/backups", &all[2], &None);
+        insta::assert_snapshot!("show_partial_human", human);
+    }
 
     #[test]
     fn rfc3339_round_trips() {

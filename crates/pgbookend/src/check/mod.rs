@@ -174,3 +174,43 @@ pub fn render(r: &Report) -> String {
     });
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(lines: Vec<Line>) -> Report {
+        Report {
+            ok: lines.iter().all(|l| l.status != Status::Fail),
+            lines,
+        }
+    }
+
+    #[test]
+    fn render_snapshots() {
+        let passed = report(vec![
+            Line::ok("connection", "PostgreSQL 15.4 on /var/run/postgresql"),
+            Line::warn(
+                "archive_timeout",
+                "0 (off)",
+                "set archive_timeout so that a quiet server still archives",
+            ),
+        ]);
+        insta::assert_snapshot!("check_passed_human", render(&passed));
+        insta::assert_json_snapshot!("check_passed_json", passed);
+        let failed = report(vec![
+            Line::ok("connection", "PostgreSQL 15.4 on /var/run/postgresql"),
+            Line::fail(
+                "archive_mode",
+                "off",
+                "set archive_mode = on and restart, or use --wal collect",
+            ),
+            Line::fail(
+                "store",
+                "/srv/backups is not writable",
+                "chown it to postgres",
+            ),
+        ]);
+        insta::assert_snapshot!("check_failed_human", render(&failed));
+    }
+}

@@ -1605,3 +1605,188 @@ pub fn verify_bundle(store: Option<&str>, bundle_dir: Option<&Path>, id: &str) -
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::manifest::WalEntry;
+
+    fn manifest() -> Manifest {
+        serde_json::from_str(include_str!("../../tests/data/manifest.json")).unwrap()
+    }
+
+    /// A WAL entry as `collect` records it, stored in the bundle.
+    fn stored(name: &str) -> WalEntry {
+        WalEntry {
+            name: name.into(),
+            size: Some(16 << 20),
+            sha256: Some("5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef".into()),
+            stored: Some(format!("wal/{name}.zst")),
+            archived_as: None,
+        }
+    }
+
+    /// A collect-mode manifest whose window is `start` .. `stop` and whose WAL list is
+    /// `names`, each stored in the bundle.
+    fn window(start: &str, stop: &str, names: &[&str]) -> Manifest {
+        let mut m = manifest();
+        m.start_wal_file = start.into();
+        m.stop_wal_file = stop.into();
+        m.wal = names.iter().map(|n| stored(n)).collect();
+        for w in &m.wal {
+            let entry = m.files["backup_label"].clone();
+            m.files.insert(w.stored.clone().unwrap(), entry);
+        }
+        m
+    }
+
+    fn lines(problems: &[Problem]) -> String {
+        if problems.is_empty() {
+            return "(no problems)\n".into();
+        }
+        problems
+            .iter()
+            .map(|p| format!("{}: {}\n  hint: {}\n", p.check, p.message, p.hint))
+            .collect()
+    }
+
+    #[test]
+    fn wal_range_problems_snapshots() {
+        let (a, b, c, d) = (
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000010000000000000005",
+        );
+        let mut out = String::new();
+        let mut case = |name: &str, m: &Manifest| {
+            out.push_str(&format!("== {name}\n{}", lines(&wal_range_problems(m))));
+        };
+        case("contiguous", &window(a, d, &[a, b, c, d]));
+        case("a gap", &window(a, d, &[a, b, d]));
+        case("one more than the window", &window(a, c, &[a, b, c, d]));
+        case("stop before start", &window(c, a, &[a]));
+        case("not a segment name", &window("00000001.history", a, &[a]));
+        // A promotion in the window: the last segment is on the new timeline, with its
+        // history file.
+        let switched = "000000020000000000000003";
+        case(
+            "timeline switch",
+            &window(a, switched, &[a, "00000002.history", switched]),
+        );
+        let mut m = window(a, b, &[a, b]);
+        m.files.remove("wal/000000010000000000000003.zst");
+        m.wal[0].stored = None;
+        case("collect mode, files not stored", &m);
+        let mut m = window(a, b, &[a, b]);
+        m.wal_mode = "archive".into();
+        m.wal[1].stored = None;
+        case("archive mode, not stored", &m);
+        insta::assert_snapshot!("wal_range_problems", out);
+    }
+
+    /// The last steps of a plan, for a remapped copy restored as a standby from the
+    /// bundle's WAL.
+    fn finish_actions() -> Vec<Action> {
+        let m = window(
+            "000000010000000000000002",
+            "000000010000000000000003",
+            &["000000010000000000000002", "000000010000000000000003"],
+        );
+        let f = Finish {
+            pgdata: Path::new("/srv/restore/15/main"),
+            m: &m,
+            remapped: true,
+            has_map: true,
+            wal_from_bundle: true,
+            standby: true,
+            copy_control_note: "the copy's own pg_control is older than the backup's stop".into(),
+        };
+        let target = BTreeMap::from([
+            ("recovery_target_timeline".to_string(), "latest".to_string()),
+            ("restore_command".to_string(), "false".to_string()),
+        ]);
+        let mut actions = Vec::new();
+        plan_finish(&f, &target, &mut actions);
+        actions
+    }
+
+    #[test]
+    fn plan_finish_snapshot() {
+        let f = finish_actions();
+        insta::assert_snapshot!(
+            "plan_finish",
+            f.iter().map(|a| a.describe() + "\n").collect::<String>()
+        );
+        insta::assert_json_snapshot!("plan_finish_json", f);
+    }
+
+    /// A dry run of prepare with every kind of action, a warning and a recovery.
+    fn dry_run() -> Report {
+        let mut r = Report::new(
+            Some("b-20261130".into()),
+            Path::new("/srv/restore/15/main"),
+            true,
+        );
+        r.bundle = Some("/srv/backups/b-20261130".into());
+        r.warnings
+            .push("tablespace 16400 stays at /ts, its original location".into());
+        r.actions = vec![
+            Action::Remove {
+                path: "/srv/restore/15/main/postmaster.pid".into(),
+                why: "left by the copied server".into(),
+            },
+            Action::ClearDir {
+                path: "/srv/restore/15/main/pg_replslot".into(),
+                why: "replication slots of the source".into(),
+            },
+            Action::ReplaceLink {
+                path: "/srv/restore/15/main/pg_stat_tmp".into(),
+                why: "a link in the copy".into(),
+            },
+            Action::MoveTablespace {
+                oid: 16400,
+                from: "/srv/restore/15/main/pg_tblspc/16400".into(),
+                to: "/srv/ts".into(),
+            },
+            Action::LinkTablespace {
+                oid: 16400,
+                to: "/srv/ts".into(),
+            },
+            Action::LinkWal {
+                to: "/srv/wal".into(),
+            },
+        ];
+        r.actions.extend(finish_actions());
+        r.recovery = Some("recovery replays WAL to the end of the backup".into());
+        r.start_command = Some("pg_ctlcluster 15 main start".into());
+        r
+    }
+
+    #[test]
+    fn prepare_report_snapshots() {
+        let r = dry_run();
+        insta::assert_snapshot!("prepare_dry_run_human", render(&r, "prepare"));
+        insta::assert_json_snapshot!("prepare_dry_run_json", r);
+        let mut done = dry_run();
+        done.dry_run = false;
+        done.done = true;
+        done.pitr = Some(pitr::PitrReport {
+            store: "s3://bucket/pg".into(),
+            picked: Some("b-20261130".into()),
+            picked_stop_time: Some("2026-11-30 12:01:00 UTC".into()),
+            archive_from: "000000010000000000000002".into(),
+            archive_to: None,
+            restore_command: "pgbookend archive-get --store s3://bucket/pg %f %p".into(),
+        });
+        insta::assert_snapshot!("prepare_done_human", render(&done, "prepare"));
+        let mut refused = dry_run();
+        refused.problems = wal_range_problems(&window(
+            "000000010000000000000002",
+            "000000010000000000000004",
+            &["000000010000000000000002", "000000010000000000000004"],
+        ));
+        insta::assert_snapshot!("verify_refused_human", render(&refused, "verify"));
+        insta::assert_json_snapshot!("verify_refused_json", refused);
+    }
+}

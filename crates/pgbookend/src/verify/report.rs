@@ -184,3 +184,74 @@ pub fn human(r: &PageReport) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sampled page check with fixed numbers: two corrupt pages, one page read after
+    /// stop, a pg_control past stop, unlogged files skipped.
+    fn report() -> PageReport {
+        PageReport {
+            mode: "sample:25%".into(),
+            checksums: true,
+            files: 812,
+            pages: 104_857,
+            bytes: 104_857 * 8192,
+            new_pages: 311,
+            torn_covered: 4,
+            corrupt_count: 2,
+            corrupt: vec![
+                Corrupt {
+                    file: "base/5/16384".into(),
+                    page: 7,
+                    block: 7,
+                    found: "checksum 0x1234, expected 0xabcd".into(),
+                },
+                Corrupt {
+                    file: "base/5/16390.1".into(),
+                    page: 3,
+                    block: 131_075,
+                    found: "bad page header".into(),
+                },
+            ],
+            late_count: 1,
+            late_first: Some(Late {
+                file: "base/5/16402".into(),
+                page: 0,
+                block: 0,
+                lsn: "0/9000200".into(),
+            }),
+            control_after_stop: Some("0/9000300".into()),
+            unlogged_files: 3,
+            wal_records: 5120,
+            wal_blocks: 777,
+            wal_whole: 2,
+            block_set_bytes: 65_536,
+            threads: 2,
+            seconds: 3.25,
+            scan_seconds: 2.5,
+            mb_per_s: 343.6,
+            skipped: vec!["pg_tblspc/16400: not in the copy".into()],
+            stop: "0/9000100".into(),
+        }
+    }
+
+    #[test]
+    fn human_json_and_problems() {
+        let r = report();
+        insta::assert_snapshot!("page_report_human", human(&r));
+        insta::assert_json_snapshot!("page_report_json", r);
+        let problems: String = r
+            .problems("/srv/restore".into())
+            .iter()
+            .map(|p| format!("{}: {}\n  hint: {}\n", p.check, p.message, p.hint))
+            .collect();
+        insta::assert_snapshot!("page_report_problems", problems);
+        let mut clean = report();
+        clean.checksums = false;
+        clean.mode = "full".into();
+        clean.unlogged_files = 0;
+        insta::assert_snapshot!("page_report_human_no_checksums", human(&clean));
+    }
+}
