@@ -400,10 +400,7 @@ fn list_report(
     );
     if !bundles.is_empty() {
         let w = bundles.iter().map(|b| b.id.len()).max().unwrap_or(2).max(2);
-        human.push_str(&format!(
-            "{:<w$}  {:<9}  {:<20}  {:>2}  {:<20}  {:>10}  WAL\n",
-            "ID", "STATE", "STOPPED", "PG", "SYSTEM IDENTIFIER", "SIZE"
-        ));
+        let mut rows = Vec::with_capacity(bundles.len());
         for (i, b) in bundles.iter().enumerate() {
             let (state, stopped, pg, sysid, wal) = match &b.manifest {
                 Some(m) => (
@@ -439,8 +436,16 @@ fn list_report(
                 Some((verdict, at)) => format!("{wal}; last drill {verdict} {at}"),
                 None => wal,
             };
+            rows.push((b, state, stopped, pg, sysid, wal));
+        }
+        let t = rows.iter().map(|r| r.2.len()).max().unwrap_or(0).max(7);
+        human.push_str(&format!(
+            "{:<w$}  {:<9}  {:<t$}  {:>2}  {:<20}  {:>10}  WAL\n",
+            "ID", "STATE", "STOPPED", "PG", "SYSTEM IDENTIFIER", "SIZE"
+        ));
+        for (b, state, stopped, pg, sysid, wal) in rows {
             human.push_str(&format!(
-                "{:<w$}  {state:<9}  {stopped:<20}  {pg:>2}  {sysid:<20}  {:>10}  {wal}\n",
+                "{:<w$}  {state:<9}  {stopped:<t$}  {pg:>2}  {sysid:<20}  {:>10}  {wal}\n",
                 b.id,
                 human_bytes(b.size())
             ));

@@ -282,6 +282,30 @@ fn wal_range_problems(m: &Manifest) -> Vec<Problem> {
                 .iter()
                 .filter(|w| !w.name.ends_with(".history"))
                 .map(|w| parse(&w.name));
+            let tli = |n: &str| WalName::parse(n).ok().map(|w| w.timeline());
+            let (first_tli, last_tli) = (tli(&m.start_wal_file), tli(&last_file));
+            // Timelines only go up along the window, from the start file's to the last's.
+            let mut at = first_tli;
+            let timelines_ok = m
+                .wal
+                .iter()
+                .filter(|w| !w.name.ends_with(".history"))
+                .all(|w| {
+                    let t = tli(&w.name);
+                    let ok = t >= at && t <= last_tli;
+                    at = t;
+                    ok
+                });
+            if !timelines_ok {
+                out.push(problem(
+                    "bundle_wal_range",
+                    format!(
+                        "bundle.json lists WAL segments on timelines outside {} .. {}",
+                        m.start_wal_file, last_file
+                    ),
+                    "the bundle is damaged or altered; use another copy of it",
+                ));
+            }
             if !have.eq(want.map(Some)) {
                 out.push(problem(
                     "bundle_wal_range",
@@ -1673,6 +1697,11 @@ mod tests {
         case(
             "timeline switch",
             &window(a, switched, &[a, "00000002.history", switched]),
+        );
+        // The right numbers on the wrong timeline.
+        case(
+            "segments on another timeline",
+            &window(a, c, &[a, "000000030000000000000003", c]),
         );
         let mut m = window(a, b, &[a, b]);
         m.files.remove("wal/000000010000000000000003.zst");
