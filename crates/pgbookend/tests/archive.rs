@@ -531,6 +531,13 @@ fn async_push_under_load(major: u32) {
     assert_ne!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("spool full"), "{r:?}");
     assert!(tiny_pusher.ready().is_empty());
+    // Within the limit: spooled (--json, checked against the schema), then pushed.
+    let r = run_in(
+        scratch.path(),
+        &[&args[..4], &args[6..], &["--json"]].concat(),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["already_pushed"], false, "{r:?}");
     tiny_pusher.wait_drained();
 }
 per_major!(async_push_under_load_t, async_push_under_load);
