@@ -396,19 +396,66 @@ fn push_one(s: &Settings, spool: &Spool, job: &Job) -> Result<()> {
 }
 
 /// Removes `ok/` markers older than [`STALE`] (PostgreSQL never asked for them: the
-/// server archived the file some other way, or was reset).
+/// server archived the file some other way, or was reset), and temporary files of
+/// `ready/` and `ok/` as old (left by a call or a pusher that died while writing).
 fn remove_stale(spool: &Spool) {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    for n in names_in(&spool.ok) {
-        let old = spool
-            .ok
-            .lstat(&n)
-            .is_ok_and(|st| now.saturating_sub(st.st_mtime as u64) > STALE.as_secs());
-        if old {
-            let _ = spool.ok.unlink(&n);
+    for (dir, all) in [(&spool.ok, true), (&spool.ready, false)] {
+        for e in dir.entries().unwrap_or_default() {
+            let temp = e.to_str().is_some_and(|n| n.starts_with('.'));
+            let old = dir
+                .lstat(&e)
+                .is_ok_and(|st| now.saturating_sub(st.st_mtime as u64) > STALE.as_secs());
+            if old && (all || temp) {
+                let _ = dir.unlink(&e);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The spool is made 0700 with its subdirectories; only WAL names count as ready
+    /// (temporary and foreign entries neither count nor get pushed), oldest first; fresh
+    /// markers and temporary files survive the stale sweep.
+    #[test]
+    fn spool_layout_and_ready_list() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("a/spool");
+        let sp = Spool::open(&root, 42).unwrap();
+        for d in ["", "ready", "ok"] {
+            let m = std::fs::metadata(root.join("42").join(d)).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o700, "{d}");
+        }
+        let ready = root.join("42/ready");
+        std::fs::write(ready.join("000000010000000000000002"), [0u8; 10]).unwrap();
+        std::fs::write(ready.join("000000010000000000000001"), [0u8; 5]).unwrap();
+        std::fs::write(ready.join(".000000010000000000000003.tmp-x"), [0u8; 7]).unwrap();
+        std::fs::write(ready.join("notes.txt"), [0u8; 7]).unwrap();
+        let (names, bytes) = sp.ready();
+        assert_eq!(
+            names,
+            ["000000010000000000000001", "000000010000000000000002"]
+        );
+        assert_eq!(bytes, 15);
+        std::fs::write(root.join("42/ok/000000010000000000000009"), "abc").unwrap();
+        assert_eq!(
+            sp.marker("000000010000000000000009").as_deref(),
+            Some("abc")
+        );
+        remove_stale(&sp);
+        assert!(sp.marker("000000010000000000000009").is_some());
+        assert!(ready.join(".000000010000000000000003.tmp-x").exists());
+        assert!(sp.error().is_none());
+        sp.set_error("store down");
+        assert_eq!(sp.error().as_deref(), Some("store down"));
+        sp.clear_error();
+        assert!(sp.error().is_none());
     }
 }
