@@ -576,12 +576,15 @@ fn async_store_outage(major: u32) {
     chmod_dirs(&dir, 0o555);
     let guard = Writable(dir.clone());
     let bench = a.c.pgbench_background(2, 5);
-    // The first segment is acknowledged from the spool (its push then fails); the next
-    // one meets the recorded failure.
+    // Segments are acknowledged from the spool until the pusher has met the read-only
+    // store and recorded it; a segment after that fails. Switch until one does.
     a.c.psql("CREATE TABLE outage AS SELECT 1 AS i; SELECT pg_switch_wal()");
-    a.c.psql("INSERT INTO outage VALUES (2); SELECT pg_switch_wal()");
     assert!(
-        wait_until(Duration::from_secs(60), || a.failed_count() > 0),
+        wait_until(Duration::from_secs(60), || {
+            a.c.psql("INSERT INTO outage VALUES (2); SELECT pg_switch_wal()");
+            std::thread::sleep(Duration::from_millis(500));
+            a.failed_count() > 0
+        }),
         "archiving must fail while the store is read-only: spool {:?}, error {:?}\n{}",
         pusher.ready(),
         std::fs::read_to_string(pusher.spool.join("error")),
