@@ -531,6 +531,15 @@ fn async_push_under_load(major: u32) {
     assert_ne!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("spool full"), "{r:?}");
     assert!(tiny_pusher.ready().is_empty());
+    // Another cluster's segment is refused before it is acknowledged (exit 6), as in sync.
+    let mut foreign = std::fs::read(scratch.path().join(&rel)).unwrap();
+    foreign[24] ^= 0x01;
+    let frel = "pg_wal/0000000100000000000000F0";
+    std::fs::write(scratch.path().join(frel), &foreign).unwrap();
+    let r = run_in(scratch.path(), &[&args[..4], &args[6..8], &[frel]].concat());
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(r.stderr.contains("system identifier"), "{r:?}");
+    assert!(tiny_pusher.ready().is_empty());
     // Within the limit: spooled (--json, checked against the schema), then pushed.
     let r = run_in(
         scratch.path(),

@@ -240,7 +240,7 @@ fn pack(
 }
 
 /// Refuses a segment that another cluster, another major or another segment size wrote.
-fn check_header(first: &[u8], path: &Path, id: &ClusterId) -> Result<()> {
+pub(super) fn check_header(first: &[u8], path: &Path, id: &ClusterId) -> Result<()> {
     let bad = |why: String| {
         Error::new(Class::Check, format!("{}: {why}", path.display()))
             .hint("only this cluster's WAL is archived under its system identifier; check archive_command and the data directory")

@@ -232,6 +232,7 @@ pub fn submit(s: &Settings, o: &Options, path: &Path) -> Result<Queued> {
         .metadata()
         .map_err(|e| io_err("cannot read", path, e))?
         .len();
+    check_before_spooling(&src, path, &name, &id, size)?;
     let (_, used) = spool.ready();
     if used + size > o.max {
         spool.kick();
@@ -251,6 +252,40 @@ pub fn submit(s: &Settings, o: &Options, path: &Path) -> Result<Queued> {
     })?;
     spool.kick();
     Ok(done(false))
+}
+
+/// The checks of a synchronous push that need no compression, done before the file is
+/// acknowledged: a segment (or `.partial`) is exactly one segment long and its header
+/// names this cluster; any other file is at most a segment long. A file the pusher would
+/// refuse is never acknowledged.
+fn check_before_spooling(
+    src: &std::fs::File,
+    path: &Path,
+    name: &WalName,
+    id: &super::ClusterId,
+    size: u64,
+) -> Result<()> {
+    use pgbookend_formats::walname::WalKind;
+    use std::os::unix::fs::FileExt;
+    let seg = u64::from(id.seg_size);
+    let segment_like = matches!(name.kind(), WalKind::Segment | WalKind::Partial);
+    if (segment_like && size != seg) || size > seg {
+        return Err(Error::new(
+            crate::error::Class::Check,
+            format!(
+                "{} has {size} bytes; a WAL segment of this cluster has {seg}",
+                path.display()
+            ),
+        )
+        .hint("a short segment is damaged or still being written: it is not archived"));
+    }
+    if segment_like {
+        let mut first = vec![0u8; 8192.min(size as usize)];
+        src.read_exact_at(&mut first, 0)
+            .map_err(|e| io_err("cannot read", path, e))?;
+        push::check_header(&first, path, id)?;
+    }
+    Ok(())
 }
 
 fn sha256_of(r: &mut dyn Read) -> std::io::Result<String> {
