@@ -7,6 +7,11 @@ use crate::procfs::{self, all_processes, signal};
 use crate::tempdir::{owner_pid, remove_tree};
 use crate::{tmp_roots, DIR_PREFIX};
 
+/// The hidden subcommands of pgbookend's detached workers (`archive::prefetch` and
+/// `archive::spool`): such a process whose working directory is in a harness directory
+/// is reaped with it.
+const WORKERS: [&str; 2] = ["__archive-prefetch", "__archive-pusher"];
+
 /// What [`reap_leftovers`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Reaped {
@@ -17,7 +22,7 @@ pub struct Reaped {
 }
 
 /// Cleans up after test processes that were killed (timeouts, SIGKILL, abort) and so could not
-/// run their Drops: kills postgres processes whose data dir (`-D` argument or working dir) is
+/// run their Drops: kills postgres processes (and pgbookend's detached archive workers) whose data dir (`-D` argument or working dir) is
 /// in a `pgbookend-test.*` directory (in /tmp, /dev/shm or [`crate::tmp_root`]) whose owning test process no longer runs, then removes
 /// those directories (and the template cache, unless a test process is active). Directories
 /// of live test processes are left alone, so it is safe while other suites run; meant for CI's
@@ -71,11 +76,17 @@ pub(crate) fn reap_where(mut pick: impl FnMut(&Path, Option<i32>) -> bool) -> Re
     let inside = |p: &Path| dirs.iter().any(|d| p.starts_with(d));
     let mut victims = Vec::new();
     for p in all_processes() {
-        // postgres servers, and the S3 servers of tests (moto_server, run from a harness dir).
+        // postgres servers, the S3 servers of tests (moto_server, run from a harness dir),
+        // and pgbookend's detached workers (the archive-get prefetch worker and the
+        // archive-push --async pusher, which run in the data directory they serve).
         let comm = procfs::comm(p.pid);
+        let worker = comm.as_deref() == Some("pgbookend")
+            && procfs::cmdline(p.pid)
+                .iter()
+                .any(|a| WORKERS.contains(&a.as_str()));
         if p.state == 'Z'
             || p.state == 'X'
-            || !matches!(comm.as_deref(), Some("postgres") | Some("moto_server"))
+            || !(worker || matches!(comm.as_deref(), Some("postgres") | Some("moto_server")))
         {
             continue;
         }
@@ -181,6 +192,39 @@ mod tests {
         // SAFETY: valid out pointer.
         let exists = unsafe { libc::shmctl(shmid, libc::IPC_STAT, &mut ds) } == 0;
         assert!(!exists, "shared memory of the reaped server leaked");
+    }
+
+    /// A process named pgbookend running a worker subcommand in a harness directory is
+    /// killed with it (a shell copied as `pgbookend`, blocked in `read`, stands in for a
+    /// pusher); its siblings of other names are not the reaper's business.
+    #[test]
+    fn reaps_a_forgotten_worker() {
+        let dir = crate::temp_dir("worker");
+        let base = dir.path().to_path_buf();
+        let exe = base.join("pgbookend");
+        std::fs::copy("/bin/sh", &exe).unwrap();
+        let mut child = std::process::Command::new(&exe)
+            .args(["-c", "read x", "__archive-pusher"])
+            .current_dir(&base)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // As if the test process had been killed: no Drop runs.
+        std::mem::forget(dir);
+        // spawn returns once the exec has replaced the memory, a moment before the
+        // kernel sets the new name: wait for it.
+        for _ in 0..500 {
+            if procfs::comm(pid).as_deref() == Some("pgbookend") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let reaped = reap_where(|d, _| d == base);
+        assert!(reaped.killed.contains(&pid), "{reaped:?}");
+        let status = child.wait().unwrap();
+        assert!(!status.success());
+        assert!(!base.exists());
     }
 
     #[test]

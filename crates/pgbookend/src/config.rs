@@ -59,6 +59,16 @@ pub struct Config {
     pub archive_get_prefetch: Option<u32>,
     /// How many of them it fetches at once (`--jobs`); default the number of cores.
     pub archive_get_jobs: Option<usize>,
+    /// `archive-push` returns once the file is durable in a local spool and a background
+    /// pusher stores it (`--async`); default false.
+    pub archive_async: Option<bool>,
+    /// The spool of the asynchronous mode (`--spool`); default `<state dir>/archive-spool`.
+    pub archive_spool: Option<String>,
+    /// Bytes the spool may hold before `archive-push --async` fails (`--spool-max`);
+    /// default 1 GiB.
+    pub archive_spool_max: Option<u64>,
+    /// Parallel pushes of the asynchronous pusher (`--jobs`); default 2.
+    pub archive_push_jobs: Option<usize>,
     /// Take backups only on a server of this role (`--only-on`): primary or standby.
     pub only_on: Option<String>,
 }
@@ -92,7 +102,7 @@ impl Config {
                 path.display(),
                 e.message()
             ))
-            .hint("keys: store, run_dir, pgdata, conninfo, heartbeat, timeout, archive_timeout, wal, archive, min_stores, s3_endpoint, s3_region, s3_path_style, s3_retry_timeout, archive_store, archive_compress_level, archive_min_stores, on_success, on_failure, notify_timeout, only_on, archive_get_prefetch, archive_get_jobs")
+            .hint("keys: store, run_dir, pgdata, conninfo, heartbeat, timeout, archive_timeout, wal, archive, min_stores, s3_endpoint, s3_region, s3_path_style, s3_retry_timeout, archive_store, archive_compress_level, archive_min_stores, on_success, on_failure, notify_timeout, only_on, archive_get_prefetch, archive_get_jobs, archive_async, archive_spool, archive_spool_max, archive_push_jobs")
         })
     }
 }

@@ -168,6 +168,8 @@ enum Cmd {
     Check(CheckArgs),
     /// archive_command: archive one WAL file into every archive store, durably and
     /// verified (`archive_command = 'pgbookend archive-push %p'`). Silent on success.
+    /// With --async, returns once the file is durable in a local spool and a background
+    /// pusher stores it.
     ArchivePush(ArchivePushArgs),
     /// restore_command: restore one archived WAL file, checked, into %p
     /// (`restore_command = 'pgbookend archive-get %f %p'`). Exit 1 when no store has it.
@@ -175,6 +177,9 @@ enum Cmd {
     /// The prefetch worker `archive-get --prefetch` starts (internal).
     #[command(name = "__archive-prefetch", hide = true)]
     ArchivePrefetch(ArchiveGetArgs),
+    /// The pusher `archive-push --async` starts (internal).
+    #[command(name = "__archive-pusher", hide = true)]
+    ArchivePusher(ArchivePushArgs),
     #[command(name = "__agent", hide = true)]
     Agent { id: String },
 }
@@ -197,6 +202,51 @@ struct ArchivePushArgs {
     /// zstd level, 1 to 19 (default: config archive_compress_level, else 3).
     #[arg(long, value_name = "N")]
     compress_level: Option<i32>,
+    /// Return once the file is durable in a local spool; a background pusher (started on
+    /// demand, exits when idle) stores it (default: config archive_async, else off).
+    #[arg(long = "async", overrides_with = "no_async")]
+    async_: bool,
+    /// Push synchronously even if the config says archive_async = true.
+    #[arg(long = "no-async")]
+    no_async: bool,
+    /// The asynchronous spool (default: config archive_spool, else
+    /// <state dir>/archive-spool); one subdirectory per cluster.
+    #[arg(long, value_name = "DIR")]
+    spool: Option<PathBuf>,
+    /// Fail instead of spooling when the spool would hold more than N bytes (default:
+    /// config archive_spool_max, else 1 GiB).
+    #[arg(long, value_name = "N")]
+    spool_max: Option<u64>,
+    /// Parallel pushes of the pusher (default: config archive_push_jobs, else 2).
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+}
+
+impl ArchivePushArgs {
+    fn settings(&self, cfg: &Config) -> Result<pgbookend::archive::Settings, Error> {
+        pgbookend::archive::Settings::resolve(
+            cfg,
+            &self.stores,
+            self.compress_level,
+            self.min_stores,
+            self.pgdata.as_deref(),
+        )
+    }
+
+    /// The asynchronous mode's options, when it is on.
+    fn spool(&self, cfg: &Config) -> Result<Option<pgbookend::archive::spool::Options>, Error> {
+        let on = !self.no_async && (self.async_ || cfg.archive_async.unwrap_or(false));
+        if !on {
+            return Ok(None);
+        }
+        pgbookend::archive::spool::Options::resolve(
+            cfg,
+            self.spool.as_deref(),
+            self.spool_max,
+            self.jobs,
+        )
+        .map(Some)
+    }
 }
 
 /// Options of `check`.
@@ -311,15 +361,21 @@ fn archive_push(
     json: bool,
     hooks: &pgbookend::notify::Hooks,
 ) -> ExitCode {
-    use pgbookend::archive::{push, Settings};
-    let r = Settings::resolve(
-        cfg,
-        &a.stores,
-        a.compress_level,
-        a.min_stores,
-        a.pgdata.as_deref(),
-    )
-    .and_then(|s| push::push(&s, &a.path));
+    use pgbookend::archive::{push, spool};
+    let queued = a.settings(cfg).and_then(|s| match a.spool(cfg)? {
+        Some(o) => spool::submit(&s, &o, &a.path).map(Err),
+        None => push::push(&s, &a.path).map(Ok),
+    });
+    let r = match queued {
+        Ok(Err(q)) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&q).unwrap_or_default());
+            }
+            return ExitCode::SUCCESS;
+        }
+        Ok(Ok(r)) => Ok(r),
+        Err(e) => Err(e),
+    };
     match r {
         Ok(r) => {
             for (url, e) in &r.failed {
@@ -341,6 +397,17 @@ fn archive_push(
             code
         }
     }
+}
+
+/// The detached pusher an earlier `archive-push --async` started (hidden): no output.
+fn archive_pusher(cfg: &Config, a: ArchivePushArgs) -> ExitCode {
+    if let (Ok(s), Ok(o)) = (
+        a.settings(cfg),
+        pgbookend::archive::spool::Options::resolve(cfg, a.spool.as_deref(), a.spool_max, a.jobs),
+    ) {
+        pgbookend::archive::spool::work(&s, &o);
+    }
+    ExitCode::SUCCESS
 }
 
 /// The detached prefetch worker an earlier `archive-get` started (hidden): no output at all.
@@ -1185,7 +1252,8 @@ fn dispatch(
         Cmd::Agent { .. }
         | Cmd::Completions { .. }
         | Cmd::Manpages { .. }
-        | Cmd::ArchivePrefetch(_) => {
+        | Cmd::ArchivePrefetch(_)
+        | Cmd::ArchivePusher(_) => {
             unreachable!("handled above")
         }
     }
@@ -1239,6 +1307,7 @@ fn main() -> ExitCode {
         Cmd::ArchivePush(a) => return archive_push(&cfg, a, json, &hooks),
         Cmd::ArchiveGet(a) => return archive_get(&cfg, a, json),
         Cmd::ArchivePrefetch(a) => return archive_prefetch(&cfg, a),
+        Cmd::ArchivePusher(a) => return archive_pusher(&cfg, a),
         command => dispatch(command, &run, &cfg, json),
     };
     let (code, report, error) = match result {

@@ -26,6 +26,16 @@ struct Archived {
 
 impl Archived {
     fn start(major: u32, config: impl FnOnce(&Path) -> String, env: &str) -> Archived {
+        Self::start_with(major, config, env, "")
+    }
+
+    /// As [`Archived::start`], with `flags` given to archive-push before `%p`.
+    fn start_with(
+        major: u32,
+        config: impl FnOnce(&Path) -> String,
+        env: &str,
+        flags: &str,
+    ) -> Archived {
         let store = pgbookend_testkit::temp_dir("arch");
         let cfg = pgbookend_testkit::temp_dir("archcfg");
         let file = cfg.path().join("pgbookend.toml");
@@ -35,7 +45,7 @@ impl Archived {
             ClusterOptions::new(major)
                 .conf("archive_mode = on")
                 .conf(format!(
-                    "archive_command = '{prefix} {} archive-push %p'",
+                    "archive_command = '{prefix} {} archive-push {flags} %p'",
                     common::bin().display()
                 ))
                 // No checkpoint during the test: the segments marked .done stay in pg_wal.
@@ -399,6 +409,218 @@ fn store_outage(major: u32) {
     assert!(a.c.server_log().contains("archive command failed"));
 }
 per_major!(store_outage_t, store_outage);
+
+/// The asynchronous pusher of one spool directory: its pid from the pid file, and on
+/// Drop (also when a test fails) it is killed if it still runs.
+struct Pusher {
+    spool: PathBuf,
+}
+
+impl Pusher {
+    /// The spool of cluster `c` under the spool root `root`.
+    fn of(root: &Path, c: &Cluster) -> Pusher {
+        Pusher {
+            spool: root.join(c.system_identifier().to_string()),
+        }
+    }
+
+    /// The pid of a running (not zombie) pusher of this spool.
+    fn pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.spool.join("pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        cmdline
+            .split(|b| *b == 0)
+            .any(|a| a == b"__archive-pusher")
+            .then_some(pid)
+    }
+
+    fn ready(&self) -> Vec<String> {
+        std::fs::read_dir(self.spool.join("ready"))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until the spool is empty and the pusher has exited by itself.
+    fn wait_drained(&self) {
+        assert!(
+            wait_until(Duration::from_secs(120), || self.ready().is_empty()),
+            "the spool never drained: {:?}",
+            self.ready()
+        );
+        assert!(
+            wait_until(Duration::from_secs(60), || self.pid().is_none()),
+            "the pusher did not exit when idle"
+        );
+    }
+}
+
+impl Drop for Pusher {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: plain kill of a pusher this test's server started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A cluster archiving with `archive-push --async --store <local>` into a spool root.
+fn archived_async(major: u32, spool: &Path) -> Archived {
+    let sp = spool.display().to_string();
+    Archived::start_with(
+        major,
+        move |s| {
+            format!(
+                "archive_store = [\"{}\"]\narchive_spool = \"{sp}\"\n",
+                s.display()
+            )
+        },
+        "",
+        "--async",
+    )
+}
+
+/// pgbench (20 s: shorter than the 60 s, to keep the suite quick) with
+/// `archive-push --async`: once the spool has drained, every `.done` segment is in the
+/// store and byte-identical after archive-get, no attempt failed, and the pusher exits
+/// by itself. Then a spool that would exceed --spool-max: refused, nothing written.
+fn async_push_under_load(major: u32) {
+    let root = pgbookend_testkit::temp_dir("spool");
+    let a = archived_async(major, root.path());
+    let pusher = Pusher::of(root.path(), &a.c);
+    a.c.pgbench_init(1);
+    a.c.pgbench_background(2, 20).wait().expect("pgbench");
+    a.switch_and_wait();
+    pusher.wait_drained();
+    assert_eq!(a.failed_count(), 0, "{}", a.c.server_log());
+    all_done_restore_identically(&a, &a.store());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&pusher.spool)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+
+    // Spool full: a limit below one segment refuses the file and writes nothing.
+    let scratch = scratch_pgdata(&a.c);
+    let seg = a.done()[0].clone();
+    let rel = format!("pg_wal/{seg}");
+    std::fs::copy(a.c.pgdata().join(&rel), scratch.path().join(&rel)).unwrap();
+    let tiny = pgbookend_testkit::temp_dir("tinyspool");
+    let tiny_pusher = Pusher::of(tiny.path(), &a.c);
+    let t = tiny.path().display().to_string();
+    let store = a.store();
+    let args = [
+        "archive-push",
+        "--async",
+        "--spool",
+        &t,
+        "--spool-max",
+        "1000",
+        "--store",
+        &store,
+        &rel,
+    ];
+    let r = run_in(scratch.path(), &args);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("spool full"), "{r:?}");
+    assert!(tiny_pusher.ready().is_empty());
+    // Another cluster's segment is refused before it is acknowledged (exit 6), as in sync.
+    let mut foreign = std::fs::read(scratch.path().join(&rel)).unwrap();
+    foreign[24] ^= 0x01;
+    let frel = "pg_wal/0000000100000000000000F0";
+    std::fs::write(scratch.path().join(frel), &foreign).unwrap();
+    let r = run_in(scratch.path(), &[&args[..4], &args[6..8], &[frel]].concat());
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(r.stderr.contains("system identifier"), "{r:?}");
+    assert!(tiny_pusher.ready().is_empty());
+    // Within the limit: spooled (--json, checked against the schema), then pushed.
+    let r = run_in(
+        scratch.path(),
+        &[&args[..4], &args[6..], &["--json"]].concat(),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["already_pushed"], false, "{r:?}");
+    tiny_pusher.wait_drained();
+}
+per_major!(async_push_under_load_t, async_push_under_load);
+
+/// Sets every directory of a tree to `mode` (the store made read-only and back).
+fn chmod_dirs(dir: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            chmod_dirs(&e.path(), mode);
+        }
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Makes a store writable again on Drop.
+struct Writable(PathBuf);
+
+impl Drop for Writable {
+    fn drop(&mut self) {
+        chmod_dirs(&self.0, 0o755);
+    }
+}
+
+/// The store made read-only (every directory 0555; the server runs as its own user, so
+/// the mode binds archive-push and its pusher) under load with `--async`: archive-push
+/// starts failing, and after the mode is restored the spool drains and every `.done`
+/// segment is in the store, byte-identical.
+fn async_store_outage(major: u32) {
+    let root = pgbookend_testkit::temp_dir("spool");
+    let a = archived_async(major, root.path());
+    let pusher = Pusher::of(root.path(), &a.c);
+    a.c.pgbench_init(1);
+    a.switch_and_wait();
+    let dir = a.store.path().to_path_buf();
+    chmod_dirs(&dir, 0o555);
+    let guard = Writable(dir.clone());
+    let bench = a.c.pgbench_background(2, 5);
+    // Segments are acknowledged from the spool until the pusher has met the read-only
+    // store and recorded it; a segment after that fails. Switch until one does.
+    a.c.psql("CREATE TABLE outage AS SELECT 1 AS i; SELECT pg_switch_wal()");
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            a.c.psql("INSERT INTO outage VALUES (2); SELECT pg_switch_wal()");
+            std::thread::sleep(Duration::from_millis(500));
+            a.failed_count() > 0
+        }),
+        "archiving must fail while the store is read-only: spool {:?}, error {:?}\n{}",
+        pusher.ready(),
+        std::fs::read_to_string(pusher.spool.join("error")),
+        a.c.server_log()
+    );
+    bench.wait().expect("pgbench");
+    assert!(pusher.spool.join("error").exists());
+    drop(guard);
+    // The pusher retries with a back-off; once it has stored the spool, the server's next
+    // attempt (woken by the switch) succeeds.
+    assert!(
+        wait_until(Duration::from_secs(60), || !pusher
+            .spool
+            .join("error")
+            .exists()),
+        "the pusher did not recover: {:?}",
+        std::fs::read_to_string(pusher.spool.join("error"))
+    );
+    let last = a.switch_and_wait();
+    pusher.wait_drained();
+    assert!(!pusher.spool.join("error").exists());
+    let done = a.done();
+    assert!(done.contains(&last), "{last} not marked archived: {done:?}");
+    all_done_restore_identically(&a, &a.store());
+    assert!(a.c.server_log().contains("archive command failed"));
+}
+per_major!(async_store_outage_t, async_store_outage);
 
 /// A backup restored with prepare and `restore_command = pgbookend archive-get %f %p`
 /// replays the archive to its end: rows written after the backup come back.

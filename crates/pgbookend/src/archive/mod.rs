@@ -5,8 +5,9 @@
 //! hash), [`push`] checks, compresses and stores a file in every store, [`get`] finds,
 //! unpacks and checks one. Both run with the data directory as their working directory
 //! and learn the cluster (system identifier, segment size) from its `global/pg_control`.
-//! Later steps of issue 11 (asynchronous pushing, point-in-time selection, retention,
-//! `check`) build on [`layout`] and [`Settings`].
+//! [`spool`] is the asynchronous mode of `archive-push`: a durable local spool and a
+//! detached pusher that stores its files through [`push`]. Later steps of issue 11
+//! (point-in-time selection, retention, `check`) build on [`layout`] and [`Settings`].
 
 pub mod confirm;
 pub mod get;
@@ -14,6 +15,7 @@ pub mod layout;
 pub mod prefetch;
 pub mod push;
 pub mod retain;
+pub mod spool;
 
 use crate::config::Config;
 use crate::error::{Class, Error, Result};
@@ -178,4 +180,54 @@ fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     std::fs::File::open(path)?.take(cap).read_to_end(&mut buf)?;
     Ok(buf)
+}
+
+/// Takes the exclusive advisory lock on `name` in `dir` (created 0600 if missing, never
+/// through a link) if nobody holds it; released when the file is dropped.
+pub(crate) fn try_flock(dir: &crate::fsutil::Dir, name: &str) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let _ = dir.create_file(name, 0o600);
+    let f = dir.open_file(name).ok()?;
+    // SAFETY: flock on an fd we own.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    (r == 0).then_some(f)
+}
+
+/// Starts this command line again with the subcommand `from` replaced by the hidden
+/// `to`, detached: its own process group, no standard streams (its output must not land
+/// in the server log), inherited descriptors closed at exec. The worker gets the same
+/// arguments, never an environment flag (one leaking into the server's environment
+/// would turn every call into a worker).
+pub(crate) fn spawn_detached(from: &str, to: &str) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    let mut swapped = false;
+    let args = std::env::args_os().skip(1).map(|a| {
+        if !swapped && a == from {
+            swapped = true;
+            to.into()
+        } else {
+            a
+        }
+    });
+    cmd.args(args.collect::<Vec<std::ffi::OsString>>());
+    if !swapped {
+        return Err(std::io::Error::other(format!(
+            "{from} is not on the command line"
+        )));
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    // SAFETY: only an async-signal-safe syscall between fork and exec. CLOSE_RANGE_CLOEXEC
+    // (4) marks every inherited descriptor above 2 close-on-exec; failure is harmless.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32);
+            Ok(())
+        });
+    }
+    cmd.spawn().map(|_| ())
 }

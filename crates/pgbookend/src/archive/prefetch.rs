@@ -152,7 +152,7 @@ impl Spool {
             }
         }
         if self.try_lock().is_some() {
-            let _ = spawn_worker();
+            let _ = super::spawn_detached("archive-get", WORKER_SUBCOMMAND);
         }
     }
 
@@ -206,11 +206,7 @@ impl Spool {
 
     /// The worker's lock, if nobody holds it (released when dropped).
     fn try_lock(&self) -> Option<std::fs::File> {
-        let _ = self.dir.create_file(LOCK, 0o600);
-        let f = self.dir.open_file(LOCK).ok()?;
-        // SAFETY: flock on an fd we own.
-        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        (r == 0).then_some(f)
+        super::try_flock(&self.dir, LOCK)
     }
 
     /// Removes the spool when it holds no segment (the archive had nothing ahead), so that
@@ -246,41 +242,6 @@ fn is_sha(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// Starts this command line again as the detached worker: its own process group, no
-/// standard streams (its output must not land in the server log), inherited descriptors
-/// closed at exec.
-fn spawn_worker() -> io::Result<()> {
-    use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe()?;
-    let mut cmd = std::process::Command::new(exe);
-    let mut swapped = false;
-    let args = std::env::args_os().skip(1).map(|a| {
-        if !swapped && a == "archive-get" {
-            swapped = true;
-            WORKER_SUBCOMMAND.into()
-        } else {
-            a
-        }
-    });
-    cmd.args(args.collect::<Vec<std::ffi::OsString>>());
-    if !swapped {
-        return Err(io::Error::other("archive-get is not on the command line"));
-    }
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0);
-    // SAFETY: only an async-signal-safe syscall between fork and exec. CLOSE_RANGE_CLOEXEC
-    // (4) marks every inherited descriptor above 2 close-on-exec; failure is harmless.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32);
-            Ok(())
-        });
-    }
-    cmd.spawn().map(|_| ())
 }
 
 /// The worker: while the newest request moves, fetches the segments after it into the

@@ -86,7 +86,7 @@ pub fn push(s: &Settings, path: &Path) -> Result<Report> {
 }
 
 /// The checked WAL name of `%p`'s last component.
-fn wal_name_of(path: &Path) -> Result<WalName> {
+pub(super) fn wal_name_of(path: &Path) -> Result<WalName> {
     let last = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -98,7 +98,7 @@ fn wal_name_of(path: &Path) -> Result<WalName> {
 }
 
 /// Opens `%p` for reading: its directory as given, the file itself never through a link.
-fn open_source(path: &Path) -> Result<std::fs::File> {
+pub(super) fn open_source(path: &Path) -> Result<std::fs::File> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -240,7 +240,7 @@ fn pack(
 }
 
 /// Refuses a segment that another cluster, another major or another segment size wrote.
-fn check_header(first: &[u8], path: &Path, id: &ClusterId) -> Result<()> {
+pub(super) fn check_header(first: &[u8], path: &Path, id: &ClusterId) -> Result<()> {
     let bad = |why: String| {
         Error::new(Class::Check, format!("{}: {why}", path.display()))
             .hint("only this cluster's WAL is archived under its system identifier; check archive_command and the data directory")

@@ -1,0 +1,496 @@
+//! Asynchronous `archive-push` (`--async`, `archive_async = true`): the call PostgreSQL
+//! makes returns as soon as the file is durable in a local spool, and a background
+//! pusher stores the spool's files in the stores through [`push::push`], the very code
+//! of a synchronous push.
+//!
+//! The spool (`archive_spool`, default `<state dir>/archive-spool`) holds one 0700
+//! directory per system identifier with `ready/` (files copied by `archive-push`, each
+//! written to a temporary name, fsynced, renamed, the directory fsynced: nothing is
+//! acknowledged before it is durable), `ok/` (markers of files the pusher archived
+//! straight from `pg_wal` ahead of PostgreSQL's call, each holding the file's SHA-256),
+//! `error` (the pusher's last failure, removed at its next success), `lock` and `pid`.
+//!
+//! The pusher is the same command line run again as [`WORKER_SUBCOMMAND`], detached in
+//! its own process group (as [`super::prefetch`]'s worker); one runs per spool directory
+//! (an advisory lock on `lock`; `pid` holds its process id). It pushes `ready/` oldest name
+//! first, `jobs` at a time, then reads ahead what `pg_wal/archive_status/*.ready` lists;
+//! on a failure it records `error`, keeps the file and retries after a back-off; it exits
+//! after [`IDLE`] without work.
+
+use super::{cluster_id, push, Settings};
+use crate::config::Config;
+use crate::error::{io_err, Error, Result};
+use crate::fsutil::{self, Dir, Ownership};
+use pgbookend_formats::walname::WalName;
+use std::io::{Read, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The hidden subcommand of the pusher (`archive-push` replaced on the command line).
+pub const WORKER_SUBCOMMAND: &str = "__archive-pusher";
+/// The spool size above which `archive-push` refuses a file (1 GiB).
+pub const DEFAULT_MAX: u64 = 1 << 30;
+/// Parallel pushes of the pusher unless `--jobs` or `archive_push_jobs` says otherwise.
+pub const DEFAULT_JOBS: usize = 2;
+/// The most parallel pushes.
+pub const MAX_JOBS: usize = 16;
+/// How long the pusher waits without work before it exits.
+pub const IDLE: Duration = Duration::from_secs(10);
+/// The advisory lock of the pusher, in the spool directory.
+pub const LOCK: &str = "lock";
+/// The pid of the newest pusher, in the spool directory (check its command line: the
+/// pusher may have exited and the pid been reused).
+pub const PID: &str = "pid";
+const READY: &str = "ready";
+const OK: &str = "ok";
+const ERROR: &str = "error";
+/// Markers older than this are removed by the pusher.
+const STALE: Duration = Duration::from_secs(3600);
+
+/// Where and how the asynchronous mode spools.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The spool root (a directory per system identifier inside).
+    pub root: PathBuf,
+    /// `archive-push` fails when the spool would hold more than this many bytes.
+    pub max: u64,
+    /// The pusher's parallel pushes.
+    pub jobs: usize,
+}
+
+impl Options {
+    /// Flags win over the config file (`archive_spool`, `archive_spool_max`,
+    /// `archive_push_jobs`), which wins over the defaults.
+    pub fn resolve(
+        cfg: &Config,
+        root: Option<&Path>,
+        max: Option<u64>,
+        jobs: Option<usize>,
+    ) -> Result<Options> {
+        let root = root
+            .map(Path::to_path_buf)
+            .or_else(|| cfg.archive_spool.as_ref().map(PathBuf::from))
+            .unwrap_or_else(|| crate::config::state_root().join("archive-spool"));
+        let jobs = jobs.or(cfg.archive_push_jobs).unwrap_or(DEFAULT_JOBS);
+        if !(1..=MAX_JOBS).contains(&jobs) {
+            return Err(Error::usage(format!(
+                "push jobs {jobs}: expected 1 to {MAX_JOBS}"
+            )));
+        }
+        Ok(Options {
+            root,
+            max: max.or(cfg.archive_spool_max).unwrap_or(DEFAULT_MAX),
+            jobs,
+        })
+    }
+}
+
+/// What the foreground `archive-push --async` did.
+#[derive(Debug, serde::Serialize)]
+pub struct Queued {
+    /// The WAL file name.
+    pub name: String,
+    /// `true`: the pusher had already archived it from `pg_wal`; `false`: it is now
+    /// durable in the spool and the pusher stores it.
+    pub already_pushed: bool,
+    /// The spool directory.
+    pub spool: String,
+}
+
+/// One cluster's spool directory, opened (never through a link).
+struct Spool {
+    dir: Dir,
+    ready: Dir,
+    ok: Dir,
+}
+
+impl Spool {
+    /// Opens (creating, 0700) `root/<system identifier>` with `ready/` and `ok/`.
+    fn open(root: &Path, sysid: u64) -> Result<Spool> {
+        let own = Ownership::private();
+        if !root.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root)
+                .map_err(|e| io_err("cannot create the spool directory", root, e))?;
+        }
+        let base = Dir::open_follow(root).map_err(|e| io_err("cannot open", root, e))?;
+        let dir = fsutil::ensure_dir_at(&base, sysid.to_string().as_ref(), &own)?;
+        let ready = fsutil::ensure_dir_at(&dir, READY.as_ref(), &own)?;
+        let ok = fsutil::ensure_dir_at(&dir, OK.as_ref(), &own)?;
+        Ok(Spool { dir, ready, ok })
+    }
+
+    fn path(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    /// The SHA-256 an `ok/` marker of `name` holds.
+    fn marker(&self, name: &str) -> Option<String> {
+        read_small(&self.ok, name)
+    }
+
+    fn error(&self) -> Option<String> {
+        read_small(&self.dir, ERROR)
+    }
+
+    fn set_error(&self, msg: &str) {
+        let _ = fsutil::write_at(&self.dir, ERROR.as_ref(), &Ownership::private(), |f, p| {
+            f.write_all(msg.as_bytes())
+                .map_err(|e| io_err("cannot write", p, e))
+        });
+    }
+
+    fn clear_error(&self) {
+        if self.dir.unlink(ERROR).is_ok() {
+            let _ = self.dir.sync();
+        }
+    }
+
+    /// The WAL files waiting in `ready/`, oldest name first, and their total size.
+    fn ready(&self) -> (Vec<String>, u64) {
+        let mut names: Vec<String> = names_in(&self.ready)
+            .into_iter()
+            .filter(|n| WalName::parse(n).is_ok())
+            .collect();
+        names.sort();
+        let bytes = names
+            .iter()
+            .filter_map(|n| self.ready.lstat(n).ok())
+            .map(|st| st.st_size as u64)
+            .sum();
+        (names, bytes)
+    }
+
+    /// Starts the pusher unless one holds the lock. Best effort: a pusher that cannot
+    /// start leaves the files in `ready/` for the next call.
+    fn kick(&self) {
+        if let Some(lock) = super::try_flock(&self.dir, LOCK) {
+            drop(lock);
+            let _ = super::spawn_detached("archive-push", WORKER_SUBCOMMAND);
+        }
+    }
+}
+
+/// Reads a small file (at most 4 KiB) of `dir` as text, never through a link.
+fn read_small(dir: &Dir, name: &str) -> Option<String> {
+    let mut s = String::new();
+    dir.open_file(name)
+        .ok()?
+        .take(4096)
+        .read_to_string(&mut s)
+        .ok()?;
+    Some(s)
+}
+
+/// The entry names of `dir` that are valid UTF-8 and not temporary (`.`-prefixed).
+fn names_in(dir: &Dir) -> Vec<String> {
+    dir.entries()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| e.into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .collect()
+}
+
+/// The foreground `archive-push --async %p`: acknowledges a file the pusher already
+/// archived, reports the pusher's recorded failure, or copies the file durably into the
+/// spool (unless that would exceed the spool's limit); in every case makes sure the
+/// pusher runs.
+pub fn submit(s: &Settings, o: &Options, path: &Path) -> Result<Queued> {
+    let name = push::wal_name_of(path)?;
+    let id = cluster_id(&s.pgdata)?;
+    let spool = Spool::open(&o.root, id.system_identifier)?;
+    let n = name.to_string();
+    let done = |already_pushed| Queued {
+        name: n.clone(),
+        already_pushed,
+        spool: spool.path(),
+    };
+    if let Some(want) = spool.marker(&n) {
+        let mut src = push::open_source(path)?;
+        let got = sha256_of(&mut src).map_err(|e| io_err("cannot read", path, e))?;
+        if got == want.trim() {
+            let _ = spool.ok.unlink(&n);
+            let _ = spool.ok.sync();
+            return Ok(done(true));
+        }
+    }
+    if let Some(msg) = spool.error() {
+        spool.kick();
+        return Err(Error::env(format!(
+            "{n} is not archived: the asynchronous pusher cannot store files: {msg}"
+        ))
+        .hint("PostgreSQL retries archive_command; fix the store and the spool drains by itself"));
+    }
+    let mut src = push::open_source(path)?;
+    let size = src
+        .metadata()
+        .map_err(|e| io_err("cannot read", path, e))?
+        .len();
+    check_before_spooling(&src, path, &name, &id, size)?;
+    let (_, used) = spool.ready();
+    if used + size > o.max {
+        spool.kick();
+        return Err(Error::env(format!(
+            "{n} is not archived: spool full ({used} bytes in {}, limit {})",
+            spool.path(),
+            o.max
+        ))
+        .hint(
+            "the pusher is behind its stores: check them, or raise archive_spool_max (--spool-max)",
+        ));
+    }
+    fsutil::write_at(&spool.ready, n.as_ref(), &Ownership::private(), |f, tmp| {
+        std::io::copy(&mut src, f)
+            .map(|_| ())
+            .map_err(|e| io_err("cannot copy into", tmp, e))
+    })?;
+    spool.kick();
+    Ok(done(false))
+}
+
+/// The checks of a synchronous push that need no compression, done before the file is
+/// acknowledged: a segment (or `.partial`) is exactly one segment long and its header
+/// names this cluster; any other file is at most a segment long. A file the pusher would
+/// refuse is never acknowledged.
+fn check_before_spooling(
+    src: &std::fs::File,
+    path: &Path,
+    name: &WalName,
+    id: &super::ClusterId,
+    size: u64,
+) -> Result<()> {
+    use pgbookend_formats::walname::WalKind;
+    use std::os::unix::fs::FileExt;
+    let seg = u64::from(id.seg_size);
+    let segment_like = matches!(name.kind(), WalKind::Segment | WalKind::Partial);
+    if (segment_like && size != seg) || size > seg {
+        return Err(Error::new(
+            crate::error::Class::Check,
+            format!(
+                "{} has {size} bytes; a WAL segment of this cluster has {seg}",
+                path.display()
+            ),
+        )
+        .hint("a short segment is damaged or still being written: it is not archived"));
+    }
+    if segment_like {
+        let mut first = vec![0u8; 8192.min(size as usize)];
+        src.read_exact_at(&mut first, 0)
+            .map_err(|e| io_err("cannot read", path, e))?;
+        push::check_header(&first, path, id)?;
+    }
+    Ok(())
+}
+
+fn sha256_of(r: &mut dyn Read) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex::encode(h.finalize()));
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// One file for the pusher: from the spool, or read ahead from `pg_wal`.
+enum Job {
+    Spooled(String),
+    Ahead(String),
+}
+
+/// The pusher: pushes until idle for [`IDLE`], then exits. Returns silently on any
+/// setup failure (the next `archive-push` tries again).
+pub fn work(s: &Settings, o: &Options) {
+    let Ok(id) = cluster_id(&s.pgdata) else {
+        return;
+    };
+    let Ok(spool) = Spool::open(&o.root, id.system_identifier) else {
+        return;
+    };
+    for _ in 0..100_000 {
+        let Some(lock) = super::try_flock(&spool.dir, LOCK) else {
+            return;
+        };
+        let _ = fsutil::write_at(&spool.dir, PID.as_ref(), &Ownership::private(), |f, p| {
+            writeln!(f, "{}", std::process::id()).map_err(|e| io_err("cannot write", p, e))
+        });
+        run(s, o, &spool);
+        drop(lock);
+        // A file spooled while the lock was about to be released has no other pusher.
+        if spool.ready().0.is_empty() {
+            return;
+        }
+    }
+}
+
+/// The pusher's loop while it holds the lock.
+fn run(s: &Settings, o: &Options, spool: &Spool) {
+    let mut idle_since = Instant::now();
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let jobs = pending(s, spool);
+        if jobs.is_empty() {
+            spool.clear_error();
+            remove_stale(spool);
+            if idle_since.elapsed() >= IDLE {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        match push_all(s, o, spool, &jobs) {
+            None => {
+                spool.clear_error();
+                backoff = Duration::from_secs(1);
+            }
+            Some(msg) => {
+                spool.set_error(&msg);
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+        idle_since = Instant::now();
+    }
+}
+
+/// What there is to push: `ready/` oldest first, then the files `archive_status` marks
+/// `.ready` that are neither spooled nor already marked.
+fn pending(s: &Settings, spool: &Spool) -> Vec<Job> {
+    let (ready, _) = spool.ready();
+    let status = s.pgdata.join("pg_wal/archive_status");
+    let mut ahead: Vec<String> = std::fs::read_dir(status)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter_map(|n| n.strip_suffix(".ready").map(String::from))
+                .filter(|n| WalName::parse(n).is_ok())
+                .filter(|n| !ready.contains(n) && spool.marker(n).is_none())
+                .collect()
+        })
+        .unwrap_or_default();
+    ahead.sort();
+    ready
+        .into_iter()
+        .map(Job::Spooled)
+        .chain(ahead.into_iter().map(Job::Ahead))
+        .collect()
+}
+
+/// Pushes `jobs`, `o.jobs` at a time; the first failure's message, if any.
+fn push_all(s: &Settings, o: &Options, spool: &Spool, jobs: &[Job]) -> Option<String> {
+    let next = AtomicUsize::new(0);
+    let failure = Mutex::new(None::<String>);
+    std::thread::scope(|sc| {
+        for _ in 0..o.jobs.min(jobs.len()) {
+            sc.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(job) = jobs.get(i) else {
+                    return;
+                };
+                if let Err(e) = push_one(s, spool, job) {
+                    let mut f = failure.lock().unwrap_or_else(|p| p.into_inner());
+                    f.get_or_insert_with(|| e.to_string());
+                }
+            });
+        }
+    });
+    failure.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Pushes one file through [`push::push`]; a spooled file is removed (durably) after,
+/// a file read ahead gets its `ok/` marker (durably).
+fn push_one(s: &Settings, spool: &Spool, job: &Job) -> Result<()> {
+    match job {
+        Job::Spooled(n) => {
+            push::push(s, &spool.ready.display_path(n))?;
+            spool
+                .ready
+                .unlink(n)
+                .map_err(|e| io_err("cannot remove", &spool.ready.display_path(n), e))?;
+            spool
+                .ready
+                .sync()
+                .map_err(|e| io_err("cannot fsync directory", spool.ready.path(), e))
+        }
+        Job::Ahead(n) => {
+            let r = push::push(s, &s.pgdata.join("pg_wal").join(n))?;
+            fsutil::write_at(&spool.ok, n.as_ref(), &Ownership::private(), |f, p| {
+                f.write_all(r.sha256.as_bytes())
+                    .map_err(|e| io_err("cannot write", p, e))
+            })
+        }
+    }
+}
+
+/// Removes `ok/` markers older than [`STALE`] (PostgreSQL never asked for them: the
+/// server archived the file some other way, or was reset), and temporary files of
+/// `ready/` and `ok/` as old (left by a call or a pusher that died while writing).
+fn remove_stale(spool: &Spool) {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for (dir, all) in [(&spool.ok, true), (&spool.ready, false)] {
+        for e in dir.entries().unwrap_or_default() {
+            let temp = e.to_str().is_some_and(|n| n.starts_with('.'));
+            let old = dir
+                .lstat(&e)
+                .is_ok_and(|st| now.saturating_sub(st.st_mtime as u64) > STALE.as_secs());
+            if old && (all || temp) {
+                let _ = dir.unlink(&e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The spool is made 0700 with its subdirectories; only WAL names count as ready
+    /// (temporary and foreign entries neither count nor get pushed), oldest first; fresh
+    /// markers and temporary files survive the stale sweep.
+    #[test]
+    fn spool_layout_and_ready_list() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("a/spool");
+        let sp = Spool::open(&root, 42).unwrap();
+        for d in ["", "ready", "ok"] {
+            let m = std::fs::metadata(root.join("42").join(d)).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o700, "{d}");
+        }
+        let ready = root.join("42/ready");
+        std::fs::write(ready.join("000000010000000000000002"), [0u8; 10]).unwrap();
+        std::fs::write(ready.join("000000010000000000000001"), [0u8; 5]).unwrap();
+        std::fs::write(ready.join(".000000010000000000000003.tmp-x"), [0u8; 7]).unwrap();
+        std::fs::write(ready.join("notes.txt"), [0u8; 7]).unwrap();
+        let (names, bytes) = sp.ready();
+        assert_eq!(
+            names,
+            ["000000010000000000000001", "000000010000000000000002"]
+        );
+        assert_eq!(bytes, 15);
+        std::fs::write(root.join("42/ok/000000010000000000000009"), "abc").unwrap();
+        assert_eq!(
+            sp.marker("000000010000000000000009").as_deref(),
+            Some("abc")
+        );
+        remove_stale(&sp);
+        assert!(sp.marker("000000010000000000000009").is_some());
+        assert!(ready.join(".000000010000000000000003.tmp-x").exists());
+        assert!(sp.error().is_none());
+        sp.set_error("store down");
+        assert_eq!(sp.error().as_deref(), Some("store down"));
+        sp.clear_error();
+        assert!(sp.error().is_none());
+    }
+}
