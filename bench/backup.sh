@@ -11,8 +11,10 @@
 # of wall time and of CPU seconds (user + system, children included), and peak RSS
 # (/usr/bin/time -v). Without pgbackrest installed its row is left out.
 #
-# Usage: bench/backup.sh [--bin BIN] [--scale N] [--runs N] [--tmpdir DIR] [--keep]
+# Usage: bench/backup.sh [--bin BIN] [--scale N] [--runs N] [--tmpdir DIR] [--keep] [--s3]
 #   --bin defaults to this tree's release build (built here).
+#   --s3 adds `pgbookend backup` into the local S3 server (moto_server, started here and
+#   stopped by pid on exit) as the row `s3` (target: within 1.3x of the local store).
 # Everything it starts (the server) is stopped by pid on exit, also on failure.
 set -euo pipefail
 
@@ -21,6 +23,7 @@ RUNS=3
 TMPBASE=${TMPDIR:-/tmp}
 KEEP=0
 BIN=
+S3=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) BIN=$2; shift 2 ;;
@@ -28,7 +31,8 @@ while [ $# -gt 0 ]; do
     --runs) RUNS=$2; shift 2 ;;
     --tmpdir) TMPBASE=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --s3) S3=1; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "backup.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -99,6 +103,8 @@ run_one() {
     pgbookend)
       mkdir -p "$dest"
       timed "$BIN" backup --id "b$n" --store "$dest" --jobs 2 --compress zstd:3 --json ;;
+    s3)
+      timed "$BIN" backup --id "s$n" --store "s3://bench/run$n" --jobs 2 --compress zstd:3 --json ;;
     floor)
       mkdir -p "$dest"
       timed bash -c "tar -cf - -C '$WORK' --exclude='data/pg_wal/*' data | zstd -3 -T2 -q -o '$dest/data.tar.zst' && sync -f '$dest/data.tar.zst'" ;;
@@ -111,12 +117,17 @@ run_one() {
   echo "$US" >>"$WORK/us-$tool"
   echo "$HWM" >>"$WORK/rss-$tool"
   echo "$CPU" >>"$WORK/cpu-$tool"
-  [ "$tool" = pgbookend ] && grep -o '"bytes_stored": [0-9]*' "$WORK/out.txt" >&2
+  case "$tool" in pgbookend | s3) grep -o '"bytes_stored": [0-9]*' "$WORK/out.txt" >&2 ;; esac
   rm -rf "$dest"
   if [ "$tool" = pgbackrest ]; then "${PGBR[@]}" --repo1-retention-full=1 expire >/dev/null 2>&1 || true; fi
 }
 TOOLS=(pgbookend floor basebackup)
 [ "$HAVE_PGBR" = 1 ] && TOOLS+=(pgbackrest)
+if [ "$S3" = 1 ]; then
+  bench_start_moto
+  note "moto_server $MOTO_VERSION on $ENDPOINT (pid $MOTO_PID)"
+  TOOLS+=(s3)
+fi
 for n in $(seq "$RUNS"); do
   for i in "${!TOOLS[@]}"; do
     t=${TOOLS[$(((i + n) % ${#TOOLS[@]}))]}

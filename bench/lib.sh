@@ -60,10 +60,36 @@ bench_cleanup() {
   [ -n "$WORK" ] && stop_pm "$WORK/copy" "$PM2_PID"
   [ -n "$WORK" ] && stop_pm "$WORK/data" "$PM_PID" "${PM_STOP_MODE:-fast}"
   declare -F bench_cleanup_last >/dev/null && bench_cleanup_last
+  if alive "${MOTO_PID:-}"; then kill -TERM "$MOTO_PID" 2>/dev/null; sleep 0.5; alive "$MOTO_PID" && kill -KILL "$MOTO_PID"; fi
   if [ -n "$WORK" ] && [ -d "$WORK" ]; then
     if [ "$KEEP" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
   fi
   exit "$rc"
+}
+# bench_start_moto: starts the local S3 server (moto_server from scripts/install-deps) in
+# $WORK/moto on a free port, creates the bucket `bench`, exports the AWS_* settings that
+# point pgbookend at it and sets ENDPOINT, MOTO_PID (stopped by bench_cleanup) and
+# MOTO_VERSION.
+bench_start_moto() {
+  local dir port
+  if [ "$(id -u)" = 0 ]; then dir=${PGBOOKEND_MOTO_DIR:-/var/cache/pgbookend/moto}
+  else dir=${PGBOOKEND_MOTO_DIR:-$HOME/.cache/pgbookend/moto}; fi
+  local moto=${PGBOOKEND_MOTO_SERVER:-$dir/bin/moto_server}
+  [ -x "$moto" ] || moto=$(command -v moto_server || true)
+  [ -n "$moto" ] && [ -x "$moto" ] || die "moto_server missing (run scripts/install-deps)"
+  command -v curl >/dev/null || die "curl missing (run scripts/install-deps)"
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  mkdir -p "$WORK/moto"
+  (cd "$WORK/moto" && exec "$moto" -H 127.0.0.1 -p "$port" >"$WORK/moto.log" 2>&1) &
+  MOTO_PID=$!
+  ENDPOINT=http://127.0.0.1:$port
+  for _ in $(seq 300); do curl -sf -o /dev/null "$ENDPOINT/" && break; sleep 0.1; done
+  curl -sf -o /dev/null "$ENDPOINT/" || { cat "$WORK/moto.log" >&2; die "moto_server did not start"; }
+  curl -sf -o /dev/null -X PUT -H 'x-amz-acl: public-read-write' "$ENDPOINT/bench" || die "cannot create the bucket"
+  MOTO_VERSION=$("$(dirname "$moto")/python3" -c 'import moto; print(moto.__version__)' 2>/dev/null || echo "?")
+  export AWS_ACCESS_KEY_ID=AKIABENCH AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1
+  export AWS_ENDPOINT_URL=$ENDPOINT AWS_CONFIG_FILE=$WORK/none AWS_SHARED_CREDENTIALS_FILE=$WORK/none
+  unset AWS_PROFILE AWS_SESSION_TOKEN
 }
 trap bench_cleanup EXIT
 trap 'exit 130' INT

@@ -55,20 +55,11 @@ PSQL=$CLIENT_BIN/psql
 MOTO_PID=
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
-if [ "$(id -u)" = 0 ]; then MOTO_DIR=${PGBOOKEND_MOTO_DIR:-/var/cache/pgbookend/moto}
-else MOTO_DIR=${PGBOOKEND_MOTO_DIR:-$HOME/.cache/pgbookend/moto}; fi
-MOTO=${PGBOOKEND_MOTO_SERVER:-$MOTO_DIR/bin/moto_server}
-[ -x "$MOTO" ] || MOTO=$(command -v moto_server || true)
-for f in "$PGBIN/initdb" "$PGBIN/pg_ctl" "$PGBIN/postgres" "$PSQL" "$MOTO"; do
-  if [ -z "$f" ] || [ ! -x "$f" ]; then echo "s3.sh: ${f:-moto_server} missing (run scripts/install-deps)" >&2; exit 4; fi
+for f in "$PGBIN/initdb" "$PGBIN/pg_ctl" "$PGBIN/postgres" "$PSQL"; do
+  if [ -z "$f" ] || [ ! -x "$f" ]; then echo "s3.sh: $f missing (run scripts/install-deps)" >&2; exit 4; fi
 done
 command -v curl >/dev/null || { echo "s3.sh: curl missing (run scripts/install-deps)" >&2; exit 4; }
 [ -n "${EPOCHREALTIME:-}" ] || { echo "s3.sh: needs bash >= 5 (EPOCHREALTIME)" >&2; exit 4; }
-# The S3 server goes last, after the agents and the cluster (lib.sh's cleanup).
-bench_cleanup_last() {
-  if alive "$MOTO_PID"; then kill -TERM "$MOTO_PID" 2>/dev/null; sleep 0.5; alive "$MOTO_PID" && kill -KILL "$MOTO_PID"; fi
-}
-
 # ---------------------------------------------------------------- build
 if [ -n "$BIN_ARG" ]; then
   SRC_BIN=$BIN_ARG
@@ -89,18 +80,7 @@ mkdir -p "$WORK/samples" "$WORK/tmp" "$WORK/moto"
 export PGBOOKEND_STATE_DIR=$WORK/state
 
 # ---------------------------------------------------------------- S3 server
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-S3_PORT=$(free_port)
-(cd "$WORK/moto" && exec "$MOTO" -H 127.0.0.1 -p "$S3_PORT" >"$WORK/moto.log" 2>&1) &
-MOTO_PID=$!
-ENDPOINT=http://127.0.0.1:$S3_PORT
-for _ in $(seq 300); do curl -sf -o /dev/null "$ENDPOINT/" && break; sleep 0.1; done
-curl -sf -o /dev/null "$ENDPOINT/" || { cat "$WORK/moto.log" >&2; die "moto_server did not start"; }
-curl -sf -o /dev/null -X PUT -H 'x-amz-acl: public-read-write' "$ENDPOINT/bench" || die "cannot create the bucket"
-MOTO_VERSION=$("$(dirname "$MOTO")/python3" -c 'import moto; print(moto.__version__)' 2>/dev/null || echo "?")
-export AWS_ACCESS_KEY_ID=AKIABENCH AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1
-export AWS_ENDPOINT_URL=$ENDPOINT AWS_CONFIG_FILE=$WORK/none AWS_SHARED_CREDENTIALS_FILE=$WORK/none
-unset AWS_PROFILE AWS_SESSION_TOKEN
+bench_start_moto
 # Staging for S3-only stores goes to $TMPDIR: same disk as the local store.
 export TMPDIR=$WORK/tmp
 note "moto_server $MOTO_VERSION on $ENDPOINT (pid $MOTO_PID)"
