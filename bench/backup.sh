@@ -57,36 +57,10 @@ cp "$BIN" "$WORK/pgbookend"
 BIN=$WORK/pgbookend
 export PGBOOKEND_RUN_DIR=$WORK/run PGBOOKEND_STATE_DIR=$WORK/state
 
-mkdir -p "$WORK/pgbr/repo" "$WORK/pgbr/log" "$WORK/pgbr/spool"
-cat >"$WORK/pgbr/pgbackrest.conf" <<CONF
-[global]
-repo1-path=$WORK/pgbr/repo
-log-path=$WORK/pgbr/log
-spool-path=$WORK/pgbr/spool
-lock-path=$WORK/pgbr/spool
-compress-type=zst
-compress-level=3
-process-max=2
-start-fast=y
-log-level-console=warn
-[b]
-pg1-path=$WORK/data
-pg1-socket-path=$WORK/sock
-pg1-port=5432
-pg1-user=postgres
-CONF
-[ "$(id -u)" = 0 ] && chown -R postgres: "$WORK/pgbr"
-OWNER=(); if [ "$(id -u)" = 0 ]; then OWNER=(runuser -u postgres --); fi
-PGBR=("${OWNER[@]}" pgbackrest --config="$WORK/pgbr/pgbackrest.conf" --stanza=b)
-
+bench_pgbr_cluster
 if [ "$HAVE_PGBR" = 1 ]; then
-  bench_start_cluster -k -- -c archive_mode=on \
-    -c "archive_command='pgbackrest --config=$WORK/pgbr/pgbackrest.conf --stanza=b archive-push %p'" \
-    -c max_wal_size=4GB
   note "PostgreSQL $PGV, pgbench scale $SCALE, pgBackRest $(pgbackrest version | awk '{ print $2 }')"
-  "${PGBR[@]}" stanza-create >/dev/null
 else
-  bench_start_cluster -k -- -c max_wal_size=4GB
   note "PostgreSQL $PGV, pgbench scale $SCALE"
 fi
 as_owner "$PGBIN/pgbench" -i -q -s "$SCALE" >/dev/null 2>&1

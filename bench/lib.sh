@@ -66,6 +66,42 @@ bench_cleanup() {
   fi
   exit "$rc"
 }
+# bench_pgbr_cluster: a pgBackRest configuration in $WORK/pgbr (stanza b, zst level 3,
+# process-max 2), OWNER (the command prefix that runs as the server's owner) and PGBR (the
+# pgBackRest command line); then the cluster (bench_start_cluster -k), archiving through
+# pgBackRest with the stanza created when HAVE_PGBR=1, else not archiving.
+bench_pgbr_cluster() {
+  mkdir -p "$WORK/pgbr/repo" "$WORK/pgbr/log" "$WORK/pgbr/spool"
+  cat >"$WORK/pgbr/pgbackrest.conf" <<CONF
+[global]
+repo1-path=$WORK/pgbr/repo
+log-path=$WORK/pgbr/log
+spool-path=$WORK/pgbr/spool
+lock-path=$WORK/pgbr/spool
+compress-type=zst
+compress-level=3
+process-max=2
+start-fast=y
+log-level-console=warn
+[b]
+pg1-path=$WORK/data
+pg1-socket-path=$WORK/sock
+pg1-port=5432
+pg1-user=postgres
+CONF
+  [ "$(id -u)" = 0 ] && chown -R postgres: "$WORK/pgbr"
+  OWNER=(); if [ "$(id -u)" = 0 ]; then OWNER=(runuser -u postgres --); fi
+  PGBR=("${OWNER[@]}" pgbackrest --config="$WORK/pgbr/pgbackrest.conf" --stanza=b)
+  if [ "$HAVE_PGBR" = 1 ]; then
+    bench_start_cluster -k -- -c archive_mode=on \
+      -c "archive_command='pgbackrest --config=$WORK/pgbr/pgbackrest.conf --stanza=b archive-push %p'" \
+      -c max_wal_size=4GB
+    "${PGBR[@]}" stanza-create >/dev/null
+  else
+    bench_start_cluster -k -- -c max_wal_size=4GB
+  fi
+}
+
 # bench_start_moto: starts the local S3 server (moto_server from scripts/install-deps) in
 # $WORK/moto on a free port, creates the bucket `bench`, exports the AWS_* settings that
 # point pgbookend at it and sets ENDPOINT, MOTO_PID (stopped by bench_cleanup) and
