@@ -126,6 +126,9 @@ pub struct Cluster {
     waldir: Option<PathBuf>,
     /// `-c` options given to postgres at every start (adopted data dirs).
     extra_args: Vec<String>,
+    /// Environment given to postgres at every start (and so to its restore_command),
+    /// e.g. the S3 settings an `archive-get` from a test's S3 server needs.
+    server_env: Vec<(String, String)>,
     /// The postmaster when we started it (so we reap it: no zombies).
     child: Mutex<Option<Child>>,
     child_pid: AtomicI32,
@@ -196,6 +199,7 @@ impl Cluster {
             tablespace: opts.tablespace.then(|| base.join("ts1")),
             waldir: opts.separate_waldir.then(|| base.join("wal")),
             extra_args: Vec::new(),
+            server_env: Vec::new(),
             child: Mutex::new(None),
             child_pid: AtomicI32::new(0),
             base,
@@ -280,6 +284,7 @@ impl Cluster {
             tablespace: None,
             waldir: None,
             extra_args,
+            server_env: Vec::new(),
             child: Mutex::new(None),
             child_pid: AtomicI32::new(0),
         };
@@ -369,6 +374,7 @@ impl Cluster {
             .stdout(log)
             .stderr(log2);
         scrub_pg_env(&mut cmd);
+        cmd.envs(self.server_env.iter().map(|(k, v)| (k, v)));
         run_as_server_user(&mut cmd);
         let child =
             spawn_tied_to_process(cmd).map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
@@ -637,6 +643,12 @@ impl Cluster {
                 tail(&self.server_log(), 60)
             );
         }
+    }
+
+    /// Adds `key=value` to the server's environment from its next start on.
+    pub fn with_server_env(mut self, key: &str, value: &str) -> Self {
+        self.server_env.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// Starts an already initialised data dir (after [`Cluster::stop`], [`Cluster::kill9`], or

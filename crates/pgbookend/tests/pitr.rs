@@ -476,3 +476,84 @@ fn expire_wal_in_s3() {
         "the archive is no bundle: {list}"
     );
 }
+
+/// Point-in-time restore from an S3 store (one major: the S3 path does not depend on
+/// it): WAL archived into S3 by `archive-push`, a backup whose bundle is in S3 (copy by
+/// `cp` while it runs), three batches of rows; `prepare --store s3://… --target time=T2`
+/// with no `--id` picks the bundle itself and sets `archive-get` from S3 as the
+/// restore_command, and the restored server (S3 settings in its environment only) has
+/// batches 1 and 2 and not 3.
+#[test]
+fn pitr_from_s3() {
+    let Some(major) = pgbookend_testkit::majors().last().copied() else {
+        return;
+    };
+    let s3 = pgbookend_testkit::S3Server::start();
+    s3.create_bucket("pitrs3");
+    let url = "s3://pitrs3/pg";
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "pitrs3key".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "pitrs3secret".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT_URL", s3.endpoint()),
+        ("AWS_CONFIG_FILE", "/nonexistent".to_string()),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent".to_string()),
+    ];
+    let c = Cluster::start(ClusterOptions::new(major).conf("archive_mode = on"));
+    let mut tool = Tool::new(&c);
+    tool.env
+        .extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let prefix: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    c.psql(&format!(
+        "ALTER SYSTEM SET archive_command = '{} {} archive-push --store {url} %p'",
+        prefix.join(" "),
+        common::bin().display()
+    ));
+    c.psql("SELECT pg_reload_conf()");
+    c.psql("CREATE TABLE rows (batch int)");
+    tool.run(&["start", "--id", "base", "--store", url, "--json"])
+        .ok();
+    let work = pgbookend_testkit::temp_dir("s3copy");
+    let data = work.path().join("data");
+    assert!(common::cp_live(c.pgdata(), &data).unwrap().success());
+    tool.stop("base", &[]).ok();
+    c.psql("INSERT INTO rows SELECT 1 FROM generate_series(1, 10)");
+    switch_and_wait(&c);
+    c.psql("INSERT INTO rows SELECT 2 FROM generate_series(1, 10)");
+    let t2 = now_utc(&c);
+    c.psql("INSERT INTO rows SELECT 3 FROM generate_series(1, 10)");
+    switch_and_wait(&c);
+    assert!(!s3.keys("pitrs3", "pg/archive/").is_empty());
+
+    let d = data.display().to_string();
+    let target = format!("time={t2}");
+    let r = tool
+        .run(&[
+            "prepare", "--pgdata", &d, "--store", url, "--target", &target,
+        ])
+        .ok();
+    assert!(r.all().contains("picks backup base"), "{r:?}");
+    let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("archive-get") && auto.contains(url), "{auto}");
+    let mut restored =
+        pgbookend_testkit::Cluster::from_existing(major, data.clone(), work.path().join("run"));
+    for (k, v) in &env {
+        restored = restored.with_server_env(k, v);
+    }
+    restored
+        .start_again()
+        .unwrap_or_else(|log| panic!("the prepared copy did not start:\n{log}"));
+    common::wait_recovered(&restored);
+    assert_eq!(
+        restored
+            .psql("SELECT string_agg(DISTINCT batch::text, ',' ORDER BY batch::text) FROM rows"),
+        "1,2",
+        "{}",
+        restored.server_log()
+    );
+    assert!(
+        restored.server_log().contains("restored log file"),
+        "{}",
+        restored.server_log()
+    );
+}
