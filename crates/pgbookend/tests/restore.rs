@@ -25,19 +25,8 @@ impl Fixture {
     /// Starts a cluster (checksums, tablespace, archive), loads pgbench, starts a backup
     /// with `start_args`, runs `during` while pgbench writes, commits a row, stops.
     fn new(major: u32, id: &str, start_args: &[&str], during: impl FnOnce(&Fixture)) -> Fixture {
-        let c = Cluster::start(
-            ClusterOptions::new(major)
-                .data_checksums(true)
-                .tablespace(true)
-                .archive_dir(true),
-        );
-        c.pgbench_init(1);
-        c.psql("CREATE TABLE in_ts (i int PRIMARY KEY, t text) TABLESPACE ts1; INSERT INTO in_ts SELECT g, 'x' FROM generate_series(1, 5000) g");
+        let (c, ts_oid) = common::tablespace_cluster(major);
         c.psql("CREATE TABLE rows (t text)");
-        let ts_oid: u32 = c
-            .psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'")
-            .parse()
-            .unwrap();
         let tool = Tool::new(&c);
         let work = pgbookend_testkit::temp_dir("restore");
         let f = Fixture {

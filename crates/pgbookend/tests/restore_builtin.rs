@@ -6,7 +6,7 @@
 mod common;
 
 use common::{run_for, start_restored, Run, Tool};
-use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
+use pgbookend_testkit::{Cluster, TempDir};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,19 +29,8 @@ struct Fixture {
 
 impl Fixture {
     fn new(major: u32) -> Fixture {
-        let c = Cluster::start(
-            ClusterOptions::new(major)
-                .data_checksums(true)
-                .tablespace(true)
-                .archive_dir(true),
-        );
-        c.pgbench_init(1);
-        c.psql("CREATE TABLE in_ts (i int PRIMARY KEY, t text) TABLESPACE ts1; INSERT INTO in_ts SELECT g, 'x' FROM generate_series(1, 5000) g");
+        let (c, ts_oid) = common::tablespace_cluster(major);
         c.psql("CREATE TABLE ticks (n bigint PRIMARY KEY)");
-        let ts_oid: u32 = c
-            .psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'")
-            .parse()
-            .unwrap();
         let tool = Tool::new(&c);
         let work = pgbookend_testkit::temp_dir("rsbuiltin");
         if let Some((_, uid, gid)) = pgbookend_testkit::server_user() {

@@ -5,7 +5,7 @@
 pub mod schema;
 pub mod tree;
 
-use pgbookend_testkit::{Cluster, TempDir};
+use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -358,4 +358,22 @@ pub fn flip_byte(path: &Path, at: u64, mask: u8) -> u8 {
     f.write_all_at(&[b[0] ^ mask], at).unwrap();
     f.sync_all().unwrap();
     b[0]
+}
+
+/// A cluster with data checksums, an archive directory and a tablespace `ts1` holding
+/// table `in_ts` (5000 rows), loaded with pgbench scale 1; and the tablespace's OID.
+pub fn tablespace_cluster(major: u32) -> (Cluster, u32) {
+    let c = Cluster::start(
+        ClusterOptions::new(major)
+            .data_checksums(true)
+            .tablespace(true)
+            .archive_dir(true),
+    );
+    c.pgbench_init(1);
+    c.psql("CREATE TABLE in_ts (i int PRIMARY KEY, t text) TABLESPACE ts1; INSERT INTO in_ts SELECT g, 'x' FROM generate_series(1, 5000) g");
+    let ts_oid: u32 = c
+        .psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'")
+        .parse()
+        .unwrap();
+    (c, ts_oid)
 }
