@@ -266,9 +266,9 @@ per_major!(expire_keeps_wal_of_kept_t, expire_keeps_wal_of_kept);
 
 /// `expire --keep-last 1 --keep-wal-for DUR`: the newest bundle that stopped at least DUR
 /// ago is kept as the base of the window, with the WAL from its start; the older bundle
-/// and the WAL before that base go. DUR is chosen at run time to fall in a 20-second gap
-/// between the second and third bundles, so the test does not depend on how fast the
-/// machine is.
+/// and the WAL before that base go. DUR is chosen at run time so that the window's edge
+/// falls in the middle of a 20-second gap between the stop times the second and third
+/// bundles record, so the test does not depend on how fast the machine is.
 #[test]
 fn keep_wal_for_keeps_the_window() {
     let Some(major) = pgbookend_testkit::majors().last().copied() else {
@@ -281,12 +281,9 @@ fn keep_wal_for_keeps_the_window() {
             .unwrap()
             .as_secs()
     };
-    let mut gap = (0, 0);
     for (i, id) in ["w1", "w2", "w3"].into_iter().enumerate() {
         if i == 2 {
-            gap.0 = unix();
             std::thread::sleep(Duration::from_secs(20));
-            gap.1 = unix();
         }
         tool.start(id, &[]).ok();
         tool.stop(id, &[]).ok();
@@ -299,10 +296,18 @@ fn keep_wal_for_keeps_the_window() {
     let base_from = read("w2")["start_wal_file"].as_str().unwrap().to_string();
     let before = archived_segments(tool.store_path());
     assert!(before.iter().any(|s| *s < base_from), "{before:?}");
-    // The window's edge (now - DUR) lands in the middle of the gap.
-    let dur = format!("{}s", unix() - (gap.0 + gap.1) / 2);
+    // The window's edge (now - DUR) lands in the middle of the gap between the stop
+    // times the bundles record (those expire compares).
+    let stopped = |id: &str| {
+        let t = read(id)["stop_time"].as_str().unwrap().to_string();
+        pgbookend::timefmt::parse_rfc3339(&t).unwrap_or_else(|| panic!("{t}"))
+    };
+    let (t2, t3) = (stopped("w2"), stopped("w3"));
+    assert!(t3 - t2 >= 19, "w2 stopped at {t2}, w3 at {t3}");
+    let now = unix() as i64;
+    let dur = format!("{}s", now - (t2 + t3) / 2);
     let s = tool.store_path().display().to_string();
-    let out = tool
+    let run = tool
         .run(&[
             "expire",
             "--store",
@@ -313,8 +318,8 @@ fn keep_wal_for_keeps_the_window() {
             &dur,
             "--json",
         ])
-        .ok()
-        .json();
+        .ok();
+    let out = run.json();
     let ids = |k: &str| -> Vec<String> {
         out[k]
             .as_array()
@@ -329,7 +334,12 @@ fn keep_wal_for_keeps_the_window() {
             })
             .collect()
     };
-    assert_eq!(ids("kept"), ["w2", "w3"], "{out}");
+    assert_eq!(
+        ids("kept"),
+        ["w2", "w3"],
+        "w2 stopped at {t2}, w3 at {t3}, now {now}, --keep-wal-for {dur}: {out}\n{}",
+        run.stderr
+    );
     let w2 = &out["kept"][0]["reason"];
     assert!(w2.as_str().unwrap().contains("--keep-wal-for"), "{out}");
     assert_eq!(

@@ -266,9 +266,19 @@ fn report(
 fn keep_wal_window(plan: &mut ExpirePlan<'_>, d: Duration, now: i64) {
     let edge = now - d.as_secs() as i64;
     let sysid = |b: &BundleInfo| b.manifest.as_ref().map(|m| m.system_identifier.clone());
+    // Newer: a later stop time, or the same second and a later stop LSN.
+    let order = |b: &BundleInfo| {
+        let lsn = b.manifest.as_ref().and_then(|m| {
+            m.stop_lsn
+                .parse::<pgbookend_formats::Lsn>()
+                .ok()
+                .map(|l| l.0)
+        });
+        (b.time(), lsn.unwrap_or(0))
+    };
     let mut bases: BTreeMap<Option<String>, &BundleInfo> = BTreeMap::new();
     for (b, _) in plan.keep.iter().chain(plan.remove.iter()) {
-        if b.time() <= edge && bases.get(&sysid(b)).is_none_or(|o| o.time() < b.time()) {
+        if b.time() <= edge && bases.get(&sysid(b)).is_none_or(|o| order(o) < order(b)) {
             bases.insert(sysid(b), b);
         }
     }
@@ -437,6 +447,27 @@ mod tests {
 
     fn ids<'a>(list: impl IntoIterator<Item = &'a BundleInfo>) -> Vec<&'a str> {
         list.into_iter().map(|b| b.id.as_str()).collect()
+    }
+
+    /// Two bundles that stopped in the same second: the base of the `--keep-wal-for`
+    /// window is the later one (by stop LSN), whatever the order of their IDs.
+    #[test]
+    fn keep_wal_window_breaks_a_tie_by_stop_lsn() {
+        let now = 1_800_000_000;
+        let mut all = vec![
+            info("aa-early", "111", now - 100, true, false),
+            info("zz-late", "111", now - 100, true, false),
+            info("newest", "111", now, true, false),
+        ];
+        for (b, lsn) in all.iter_mut().zip(["0/3000100", "0/5000100", "0/7000100"]) {
+            if let Some(m) = b.manifest.as_mut() {
+                m.stop_lsn = lsn.into();
+            }
+        }
+        let mut plan = plan_expire(&all, Policy::KeepLast(1), now, false, false);
+        keep_wal_window(&mut plan, Duration::from_secs(50), now);
+        assert_eq!(ids(plan.keep.iter().map(|r| r.0)), ["zz-late", "newest"]);
+        assert_eq!(ids(plan.remove.iter().map(|r| r.0)), ["aa-early"]);
     }
 
     #[test]
