@@ -195,14 +195,16 @@ mod tests {
     }
 
     /// A process named pgbookend running a worker subcommand in a harness directory is
-    /// killed with it (a shell copied as `pgbookend`, blocked in `read`, stands in for a
+    /// killed with it (a shell run through a link named `pgbookend`, blocked in `read`, stands in for a
     /// pusher); its siblings of other names are not the reaper's business.
     #[test]
     fn reaps_a_forgotten_worker() {
         let dir = crate::temp_dir("worker");
         let base = dir.path().to_path_buf();
         let exe = base.join("pgbookend");
-        std::fs::copy("/bin/sh", &exe).unwrap();
+        // A link, not a copy: exec'ing a file this process just wrote can fail with
+        // ETXTBSY while another test thread forks (the write descriptor is briefly shared).
+        std::os::unix::fs::symlink("/bin/sh", &exe).unwrap();
         let mut child = std::process::Command::new(&exe)
             .args(["-c", "read x", "__archive-pusher"])
             .current_dir(&base)
