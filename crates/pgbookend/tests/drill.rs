@@ -153,6 +153,23 @@ fn drill_processes(work: &str) -> Vec<i32> {
     out
 }
 
+/// Whether a drill's server below `work` has said it is ready (its postmaster.pid).
+fn server_ready(work: &Path) -> bool {
+    std::fs::read_dir(work)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".pgbookend-drill.")
+        })
+        .any(|e| {
+            std::fs::read_to_string(e.path().join("data/postmaster.pid"))
+                .is_ok_and(|p| p.lines().nth(7).is_some_and(|l| l.trim() == "ready"))
+        })
+}
+
 /// A good copy: exit 0, every check reported, the record stored and shown, the copy
 /// unchanged, nothing left behind.
 fn drill_good_copy(major: u32) {
@@ -486,13 +503,13 @@ fn drill_sigterm(major: u32) {
     assert!(r.stderr.contains("interrupted"), "{r:?}");
     f.assert_nothing_left();
 
-    // Killed with SIGKILL: the server follows (parent-death signal), the scratch directory
-    // stays, and the next drill removes it, says so, and passes.
+    // Killed with SIGKILL once its server is open (held there): the server follows
+    // (parent-death signal), the scratch directory stays, and the next drill removes it,
+    // says so, and passes.
     let mut d = Running(cmd.spawn().unwrap());
     assert!(
-        common::wait_until(Duration::from_secs(60), || !drill_processes(&work)
-            .is_empty()),
-        "the drill server never started"
+        common::wait_until(Duration::from_secs(60), || server_ready(f.work.path())),
+        "the drill server never opened"
     );
     d.0.kill().unwrap();
     d.0.wait().unwrap();
