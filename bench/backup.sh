@@ -6,8 +6,9 @@
 # faster than pg_basebackup.
 #
 # One throwaway PostgreSQL 15 cluster with data checksums; pgbench -i -s SCALE (100: about
-# 1.7 GB), CHECKPOINT, every file read once (warm cache); then --runs times each, rotating
-# the order. Each backup goes to a fresh directory, removed after the run. Reports medians
+# 1.7 GB), CHECKPOINT, every file read once (warm cache); then --runs times each, in a
+# shuffled order; before each run the WAL archive catches up and dirty pages are written back
+# (bench_settle). Each backup goes to a fresh directory, removed after the run. Reports medians
 # of wall time and of CPU seconds (user + system, children included), and peak RSS
 # (/usr/bin/time -v). Without pgbackrest installed its row is left out.
 #
@@ -73,12 +74,16 @@ mkdir -p "$WORK/out"
 [ "$(id -u)" = 0 ] && chown postgres: "$WORK/out"
 run_one() {
   local tool=$1 n=$2 dest="$WORK/out/$1-$2"
+  bench_settle
   case "$tool" in
     pgbookend)
       mkdir -p "$dest"
       timed "$BIN" backup --id "b$n" --store "$dest" --jobs 2 --compress zstd:3 --json ;;
     s3)
-      timed "$BIN" backup --id "s$n" --store "s3://bench/run$n" --jobs 2 --compress zstd:3 --json ;;
+      local before
+      before=$(proc_cpu "$MOTO_PID")
+      timed "$BIN" backup --id "s$n" --store "s3://bench/run$n" --jobs 2 --compress zstd:3 --json
+      awk -v a="$(proc_cpu "$MOTO_PID")" -v b="$before" 'BEGIN { printf "%.2f\n", a - b }' >>"$WORK/cpu-moto" ;;
     floor)
       mkdir -p "$dest"
       timed bash -c "tar -cf - -C '$WORK' --exclude='data/pg_wal/*' data | zstd -3 -T2 -q -o '$dest/data.tar.zst' && sync -f '$dest/data.tar.zst'" ;;
@@ -103,8 +108,9 @@ if [ "$S3" = 1 ]; then
   TOOLS+=(s3)
 fi
 for n in $(seq "$RUNS"); do
-  for i in "${!TOOLS[@]}"; do
-    t=${TOOLS[$(((i + n) % ${#TOOLS[@]}))]}
+  # A new order each run (the same for a given run number), so that no tool always
+  # follows the same other one.
+  for t in $(printf '%s\n' "${TOOLS[@]}" | shuf --random-source=<(yes "$n")); do
     run_one "$t" "$n"
     note "run $n $t: $(sec "$US"), $CPU CPU-s"
   done
@@ -119,3 +125,6 @@ for t in "${TOOLS[@]}"; do
     "$c" "$(awk -v a="$c" -v b="$floor_cpu" 'BEGIN { printf "%.2fx", a / b }')" \
     "$(( $(median <"$WORK/rss-$t") / 1024 ))"
 done
+if [ "$S3" = 1 ]; then
+  echo "moto_server CPU-s during the s3 runs (median): $(median 2 <"$WORK/cpu-moto")"
+fi

@@ -102,6 +102,18 @@ CONF
   fi
 }
 
+# bench_settle: waits (up to 60 s) until the cluster in $WORK/data has archived every WAL
+# segment it marked ready, then writes back dirty pages, so that a timed run does not pay
+# for the archiving or the write-back of the one before it.
+bench_settle() {
+  local i
+  for i in $(seq 600); do
+    compgen -G "$WORK/data/pg_wal/archive_status/*.ready" >/dev/null || break
+    sleep 0.1
+  done
+  sync
+}
+
 # bench_start_moto: starts the local S3 server (moto_server from scripts/install-deps) in
 # $WORK/moto on a free port, creates the bucket `bench`, exports the AWS_* settings that
 # point pgbookend at it and sets ENDPOINT, MOTO_PID (stopped by bench_cleanup) and
@@ -126,6 +138,10 @@ bench_start_moto() {
   export AWS_ACCESS_KEY_ID=AKIABENCH AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1
   export AWS_ENDPOINT_URL=$ENDPOINT AWS_CONFIG_FILE=$WORK/none AWS_SHARED_CREDENTIALS_FILE=$WORK/none
   unset AWS_PROFILE AWS_SESSION_TOKEN
+}
+# proc_cpu PID: user + system CPU seconds used so far by process PID (from /proc).
+proc_cpu() {
+  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / hz }' "/proc/$1/stat"
 }
 trap bench_cleanup EXIT
 trap 'exit 130' INT

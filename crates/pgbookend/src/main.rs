@@ -903,7 +903,8 @@ struct RunArgs {
 struct BackupArgs {
     #[command(flatten)]
     start: StartArgs,
-    /// Threads that compress and store objects (default 2).
+    /// Threads that compress and store objects, and uploads at once to an S3 store
+    /// (default 2).
     #[arg(long, value_name = "N", default_value_t = 2)]
     jobs: usize,
     /// zstd (level 3), zstd:LEVEL (1-19), lz4 (faster, larger) or none.

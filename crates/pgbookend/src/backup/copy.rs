@@ -215,7 +215,7 @@ fn store_unit(
     let sha256 = hex::encode(Sha256::digest(stored));
     let stored_size = stored.len() as u64;
     for sink in shared.sinks {
-        sink.put(&name, stored)?;
+        sink.send(&name, stored)?;
     }
     shared
         .counters

@@ -1,12 +1,16 @@
 //! Where a built-in backup's objects go: `data/<id>/` of one store, local or S3.
 //! Local objects are written durably (temporary file `O_EXCL`, write, fsync, rename
-//! without replacing, fsync of the directory), beneath directory descriptors.
+//! without replacing, fsync of the directory), beneath directory descriptors. S3 objects
+//! are queued to the store's uploader ([`Uploads`]) so that the copy's workers keep
+//! compressing while objects travel; [`Sink::flush`] makes them durable.
 
 use super::format::DATA_DIR;
 use crate::error::{io_err, Error, Result};
 use crate::fsutil::{self, Dir, Ownership};
+use crate::store::uploads::Uploads;
 use crate::store::{s3, Store};
 use std::io::Write;
+use std::sync::Arc;
 
 /// One store's `data/<id>/`, open for writing.
 pub enum Sink {
@@ -19,14 +23,16 @@ pub enum Sink {
         id: String,
     },
     S3 {
-        client: Box<s3::Client>,
+        client: Arc<s3::Client>,
+        uploads: Uploads,
         id: String,
     },
 }
 
 impl Sink {
-    /// Opens (creating) `data/<id>/` in `store`; refuses one that already exists.
-    pub fn open(store: &Store, id: &str) -> Result<Sink> {
+    /// Opens (creating) `data/<id>/` in `store`; refuses one that already exists. An S3
+    /// store gets up to `in_flight` uploads at once.
+    pub fn open(store: &Store, id: &str, in_flight: usize) -> Result<Sink> {
         match store {
             Store::Local(p) => {
                 let root = Dir::open_follow(p).map_err(|e| {
@@ -54,21 +60,39 @@ impl Sink {
                     id: id.to_string(),
                 })
             }
-            Store::S3(u) => Ok(Sink::S3 {
-                client: Box::new(s3::Client::open(u)?),
-                id: id.to_string(),
-            }),
+            Store::S3(u) => {
+                let client = Arc::new(s3::Client::open(u)?);
+                Ok(Sink::S3 {
+                    uploads: Uploads::start(client.clone(), in_flight)?,
+                    client,
+                    id: id.to_string(),
+                })
+            }
         }
     }
 
-    /// Stores `bytes` as `data/<id>/<name>`, durably.
-    pub fn put(&self, name: &str, bytes: &[u8]) -> Result<()> {
+    /// Stores `bytes` as `data/<id>/<name>`: durably at once in a local store, queued in
+    /// an S3 store (durable after [`Sink::flush`]). An error may be an earlier object's.
+    pub fn send(&self, name: &str, bytes: &[u8]) -> Result<()> {
         match self {
             Sink::Local { dir, own, .. } => put_local(dir, name, bytes, own),
-            Sink::S3 { client, id } => {
-                client.put_bytes(&format!("{DATA_DIR}/{id}/{name}"), bytes.to_vec())
-            }
+            Sink::S3 { uploads, id, .. } => uploads.send(&format!("{DATA_DIR}/{id}/{name}"), bytes),
         }
+    }
+
+    /// Waits until every object sent is durable; the first failure, if any.
+    pub fn flush(&self) -> Result<()> {
+        match self {
+            Sink::Local { .. } => Ok(()),
+            Sink::S3 { uploads, .. } => uploads.flush(),
+        }
+    }
+
+    /// Stores `bytes` as `data/<id>/<name>`, durably, once everything sent before is.
+    pub fn put(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.flush()?;
+        self.send(name, bytes)?;
+        self.flush()
     }
 
     /// Removes `data/<id>/` and everything in it (after a failed backup).
@@ -81,7 +105,13 @@ impl Sink {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(io_err("cannot remove", &data.display_path(id), e)),
             },
-            Sink::S3 { client, id } => {
+            Sink::S3 {
+                client,
+                uploads,
+                id,
+            } => {
+                // Nothing may land after the listing: the uploads end first.
+                uploads.shutdown();
                 let keys: Vec<String> = client
                     .list_below(&format!("{DATA_DIR}/{id}"))?
                     .into_iter()

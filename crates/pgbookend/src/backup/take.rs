@@ -122,7 +122,7 @@ pub fn backup(
         .inspect_err(|_| abort_quietly(rd, &id))?;
     let mut sinks = Vec::new();
     for s in &stores {
-        match Sink::open(s, &id) {
+        match Sink::open(s, &id, opts.jobs) {
             Ok(sink) => sinks.push(sink),
             Err(e) => return Err(fail(rd, &id, &sinks, e)),
         }

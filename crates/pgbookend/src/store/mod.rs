@@ -3,11 +3,13 @@
 //! bundle under `<store>/<id>/`, `bundle.json` last.
 //!
 //! The room of the store backends: this file (the `Store` kinds and the local
-//! directory), `s3` (the S3 client, URLs, settings and credentials) and `objects` (single
+//! directory), `s3` (the S3 client, URLs, settings and credentials), `uploads` (queued,
+//! concurrent uploads into one S3 store, for the built-in backup) and `objects` (single
 //! objects of either kind, for the WAL archive).
 
 pub mod objects;
 pub mod s3;
+pub mod uploads;
 
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Ownership};

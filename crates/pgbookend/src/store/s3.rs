@@ -556,6 +556,11 @@ impl Client {
         })
     }
 
+    /// Runs `f` on this client's runtime, from a thread that does not otherwise use it.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
     fn path(&self, rel: &str) -> Result<ObjPath> {
         let key = self.url.key(rel);
         ObjPath::parse(&key)
@@ -723,19 +728,22 @@ impl Client {
                 .map_err(|e| io_err("cannot read", src, e))?;
             check_local(src, &buf, expect)?;
             let md5 = hex::encode(Md5::digest(&buf));
-            self.rt
+            let put = self
+                .rt
                 .block_on(self.store.put(&p, PutPayload::from(buf)))
                 .map_err(|e| self.fail(&format!("cannot upload {rel}"), &e))?;
-            md5
+            (md5, put.e_tag)
         } else {
             self.rt
                 .block_on(self.multipart(rel, &p, src, &mut f, expect))?
         };
-        self.verify(rel, &p, expect, &etag)
+        self.rt
+            .block_on(self.verify(rel, &p, expect, &etag.0, etag.1.as_deref()))
     }
 
     /// Uploads in parts of [`PART_SIZE`], at most [`PARTS_IN_FLIGHT`] at a time; returns
-    /// the ETag S3 computes for such an upload (MD5 of the parts' MD5s, `-N`).
+    /// the ETag S3 computes for such an upload (MD5 of the parts' MD5s, `-N`) and the one
+    /// the server answered.
     async fn multipart(
         &self,
         rel: &str,
@@ -743,13 +751,13 @@ impl Client {
         src: &Path,
         f: &mut std::fs::File,
         expect: &FileEntry,
-    ) -> Result<String> {
+    ) -> Result<(String, Option<String>)> {
         let mut up = self
             .store
             .put_multipart(p)
             .await
             .map_err(|e| self.fail(&format!("cannot start the upload of {rel}"), &e))?;
-        let res: Result<String> = async {
+        let res: Result<(String, Option<String>)> = async {
             let mut inflight = VecDeque::new();
             let mut md5s = Vec::new();
             let mut sha = Sha256::new();
@@ -779,10 +787,14 @@ impl Client {
                     src.display()
                 )));
             }
-            up.complete()
+            let put = up
+                .complete()
                 .await
                 .map_err(|e| self.fail(&format!("cannot complete the upload of {rel}"), &e))?;
-            Ok(format!("{}-{parts}", hex::encode(Md5::digest(&md5s))))
+            Ok((
+                format!("{}-{parts}", hex::encode(Md5::digest(&md5s))),
+                put.e_tag,
+            ))
         }
         .await;
         if res.is_err() {
@@ -809,25 +821,56 @@ impl Client {
 
     /// Uploads bytes held in memory (`bundle.json`) and verifies them.
     pub fn put_bytes(&self, rel: &str, data: Vec<u8>) -> Result<()> {
-        let expect = FileEntry {
-            size: data.len() as u64,
-            sha256: fsutil::sha256_hex(&data),
-        };
-        let md5 = hex::encode(Md5::digest(&data));
-        let p = self.path(rel)?;
-        self.rt
-            .block_on(self.store.put(&p, PutPayload::from(data)))
-            .map_err(|e| self.fail(&format!("cannot upload {rel}"), &e))?;
-        self.verify(rel, &p, &expect, &md5)
+        self.rt.block_on(self.put_checked(rel, data))
     }
 
-    /// Checks a stored object: its size, and its content through the ETag (an MD5 on most
-    /// servers) or, where the ETag is not one (SSE-KMS, some S3-compatibles), by reading
-    /// it back and comparing SHA-256.
-    fn verify(&self, rel: &str, p: &ObjPath, expect: &FileEntry, etag: &str) -> Result<()> {
+    /// Uploads bytes held in memory and verifies them (see [`Client::verify`]); runs on
+    /// this client's runtime (`put_bytes`, or the backup's uploader thread).
+    pub async fn put_checked(&self, rel: &str, data: Vec<u8>) -> Result<()> {
+        let md5 = hex::encode(Md5::digest(&data));
+        let size = data.len() as u64;
+        let p = self.path(rel)?;
+        let payload = PutPayload::from(data);
+        let put = self
+            .store
+            .put(&p, payload.clone())
+            .await
+            .map_err(|e| self.fail(&format!("cannot upload {rel}"), &e))?;
+        if etag_is(put.e_tag.as_deref(), &md5) {
+            return Ok(());
+        }
+        // The slow path needs the SHA-256 of what was sent.
+        let mut sha = Sha256::new();
+        for b in payload.iter() {
+            sha2::Digest::update(&mut sha, b);
+        }
+        let expect = FileEntry {
+            size,
+            sha256: hex::encode(sha2::Digest::finalize(sha)),
+        };
+        self.verify(rel, &p, &expect, &md5, None).await
+    }
+
+    /// Checks a stored object. The ETag the upload answered, when it is the MD5 the
+    /// client computed (`etag`: plain S3 without KMS, most S3-compatibles), proves what
+    /// the server stored. Otherwise the object's size and ETag are asked for, and where
+    /// the ETag is still not the expected one (SSE-KMS, some S3-compatibles) the object is
+    /// read back and its SHA-256 compared.
+    async fn verify(
+        &self,
+        rel: &str,
+        p: &ObjPath,
+        expect: &FileEntry,
+        etag: &str,
+        answered: Option<&str>,
+    ) -> Result<()> {
+        if etag_is(answered, etag) {
+            return Ok(());
+        }
         let meta = self
-            .rt
-            .block_on(self.store.head(p))
+            .store
+            .head(p)
+            .await
             .map_err(|e| self.fail(&format!("cannot check the uploaded {rel}"), &e))?;
         if meta.size != expect.size {
             return Err(Error::env(format!(
@@ -837,15 +880,10 @@ impl Client {
                 expect.size
             )));
         }
-        if meta
-            .e_tag
-            .as_deref()
-            .map(|t| t.trim_matches('"').eq_ignore_ascii_case(etag))
-            .unwrap_or(false)
-        {
+        if etag_is(meta.e_tag.as_deref(), etag) {
             return Ok(());
         }
-        let (n, sha) = self.read_hash(rel, p, None)?;
+        let (n, sha) = self.read_hash(rel, p, None).await?;
         if n != expect.size || sha != expect.sha256 {
             return Err(Error::env(format!(
                 "S3 store {}: the uploaded {rel} reads back different from what was sent",
@@ -857,33 +895,30 @@ impl Client {
     }
 
     /// Streams an object, hashing it, optionally into `dest`. Returns its size and SHA-256.
-    fn read_hash(
+    async fn read_hash(
         &self,
         rel: &str,
         p: &ObjPath,
         mut dest: Option<&mut std::fs::File>,
     ) -> Result<(u64, String)> {
-        self.rt.block_on(async {
-            let g = self
-                .store
-                .get(p)
-                .await
-                .map_err(|e| self.fail(&format!("cannot read {rel}"), &e))?;
-            let mut s = g.into_stream();
-            let mut sha = Sha256::new();
-            let mut n = 0u64;
-            while let Some(chunk) = s.next().await {
-                let chunk = chunk.map_err(|e| self.fail(&format!("cannot read {rel}"), &e))?;
-                sha2::Digest::update(&mut sha, &chunk);
-                n += chunk.len() as u64;
-                if let Some(d) = dest.as_deref_mut() {
-                    d.write_all(&chunk).map_err(|e| {
-                        Error::env(format!("cannot write the download of {rel}: {e}"))
-                    })?;
-                }
+        let g = self
+            .store
+            .get(p)
+            .await
+            .map_err(|e| self.fail(&format!("cannot read {rel}"), &e))?;
+        let mut s = g.into_stream();
+        let mut sha = Sha256::new();
+        let mut n = 0u64;
+        while let Some(chunk) = s.next().await {
+            let chunk = chunk.map_err(|e| self.fail(&format!("cannot read {rel}"), &e))?;
+            sha2::Digest::update(&mut sha, &chunk);
+            n += chunk.len() as u64;
+            if let Some(d) = dest.as_deref_mut() {
+                d.write_all(&chunk)
+                    .map_err(|e| Error::env(format!("cannot write the download of {rel}: {e}")))?;
             }
-            Ok((n, hex::encode(sha2::Digest::finalize(sha))))
-        })
+        }
+        Ok((n, hex::encode(sha2::Digest::finalize(sha))))
     }
 
     /// Streams the object `rel` into `w` (the WAL archive's reads: `w` decompresses and
@@ -927,7 +962,7 @@ impl Client {
                 .truncate(true)
                 .open(&tmp)
                 .map_err(|e| io_err("cannot create", &tmp, e))?;
-            let (n, sha) = self.read_hash(rel, &p, Some(&mut f))?;
+            let (n, sha) = self.rt.block_on(self.read_hash(rel, &p, Some(&mut f)))?;
             if n != expect.size || sha != expect.sha256 {
                 return Err(Error::new(
                     Class::Check,
@@ -948,6 +983,11 @@ impl Client {
         }
         res
     }
+}
+
+/// Whether a server's ETag (quoted or not) is `expected`.
+fn etag_is(answered: Option<&str>, expected: &str) -> bool {
+    answered.is_some_and(|t| t.trim_matches('"').eq_ignore_ascii_case(expected))
 }
 
 /// Reads up to `n` bytes (fewer only at the end of the file).
