@@ -10,7 +10,8 @@
 #   cp      cp SEG DST/ && sync DST/SEG
 #   zstd    zstd -3 -q -f SEG -o DST/SEG.zst && sync DST/SEG.zst
 #   push    (cwd = PGDATA) pgbookend archive-push SEG --store STORE   (a fresh store per round)
-#   get     (cwd = a scratch PGDATA with a copy of pg_control)
+#   get     (cwd = a scratch PGDATA with a copy of pg_control; pg_wal/RECOVERYXLOG removed
+#           before each call, as PostgreSQL does)
 #           pgbookend archive-get NAME pg_wal/RECOVERYXLOG --store STORE
 #   get --prefetch 8   the same, with the background worker fetching 8 segments ahead
 #   pgbr    pgbackrest archive-push SEG (zst level 3, a fresh repository and stanza per round)
@@ -126,7 +127,8 @@ get_side() { # get_side pgbookend|pgbr STORE -> segments/s
   fi
   sync
   t0=$(now_us)
-  as_owner bash -c 'cd '"$WORK"'/scratch && for f in '"$NAMES_LINE"'; do '"$cmd"' "$f" pg_wal/RECOVERYXLOG '"$([ "$tool" = pgbr ] || echo "--store $store")"' || exit 1; done'
+  # PostgreSQL removes %p before each call (RestoreArchivedFile): so does this loop.
+  as_owner bash -c 'cd '"$WORK"'/scratch && for f in '"$NAMES_LINE"'; do rm -f pg_wal/RECOVERYXLOG; '"$cmd"' "$f" pg_wal/RECOVERYXLOG '"$([ "$tool" = pgbr ] || echo "--store $store")"' || exit 1; done'
   t1=$(now_us)
   echo "$COUNT $t0 $t1" | awk '{ printf "%.2f", $1 / (($3 - $2) / 1e6) }'
 }

@@ -275,10 +275,12 @@ fn http_h(
 
 /// A TCP forwarder from a free port of 127.0.0.1 to a target port. [`Gate::cut`] closes
 /// the listener and resets every connection: clients see the server vanish (connections
-/// refused and reset) while the server behind keeps its data.
+/// refused and reset) while the server behind keeps its data. [`Gate::down`] does the
+/// same for a while: until [`Gate::up`], new connections are accepted and dropped.
 pub struct Gate {
     port: u16,
     cut: Arc<AtomicBool>,
+    down: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
     accept: Option<std::thread::JoinHandle<()>>,
 }
@@ -290,11 +292,15 @@ impl Gate {
         let port = listener.local_addr().expect("gate addr").port();
         listener.set_nonblocking(true).expect("nonblocking gate");
         let cut = Arc::new(AtomicBool::new(false));
+        let down = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
-        let (c2, conns2) = (cut.clone(), conns.clone());
+        let (c2, d2, conns2) = (cut.clone(), down.clone(), conns.clone());
         let accept = std::thread::spawn(move || {
             while !c2.load(Ordering::SeqCst) {
                 match listener.accept() {
+                    Ok((client, _)) if d2.load(Ordering::SeqCst) => {
+                        let _ = client.shutdown(Shutdown::Both);
+                    }
                     Ok((client, _)) => {
                         let _ = client.set_nonblocking(false);
                         let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
@@ -303,6 +309,12 @@ impl Gate {
                         let mut list = conns2.lock().unwrap_or_else(|e| e.into_inner());
                         if c2.load(Ordering::SeqCst) {
                             break;
+                        }
+                        if d2.load(Ordering::SeqCst) {
+                            // Went down meanwhile: `down` has reset the list already.
+                            let _ = client.shutdown(Shutdown::Both);
+                            let _ = server.shutdown(Shutdown::Both);
+                            continue;
                         }
                         for (mut from, mut to) in [
                             (client.try_clone(), server.try_clone()),
@@ -326,8 +338,27 @@ impl Gate {
         Gate {
             port,
             cut,
+            down,
             conns,
             accept: Some(accept),
+        }
+    }
+
+    /// Resets every forwarded connection and drops new ones until [`Gate::up`].
+    pub fn down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        self.reset_all();
+    }
+
+    /// Forwards new connections again after [`Gate::down`].
+    pub fn up(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+
+    fn reset_all(&self) {
+        let list = std::mem::take(&mut *self.conns.lock().unwrap_or_else(|e| e.into_inner()));
+        for c in list {
+            let _ = c.shutdown(Shutdown::Both);
         }
     }
 
@@ -342,10 +373,7 @@ impl Gate {
         if let Some(a) = self.accept.take() {
             let _ = a.join();
         }
-        let list = std::mem::take(&mut *self.conns.lock().unwrap_or_else(|e| e.into_inner()));
-        for c in list {
-            let _ = c.shutdown(Shutdown::Both);
-        }
+        self.reset_all();
     }
 }
 

@@ -876,6 +876,29 @@ const KEY_ID: &str = "AKIAPGBOOKENDARCHIVE1";
 const SECRET: &str = "pgbookend/Archive+Secret/0123456789";
 const BUCKET: &str = "pgbookend-archive";
 
+/// The archive_command's environment for the test S3 server at `endpoint`.
+fn aws_env(endpoint: &str) -> String {
+    format!("AWS_ACCESS_KEY_ID={KEY_ID} AWS_SECRET_ACCESS_KEY={SECRET} AWS_REGION=us-east-1 AWS_ENDPOINT_URL={endpoint} AWS_CONFIG_FILE=/nonexistent AWS_SHARED_CREDENTIALS_FILE=/nonexistent")
+}
+
+/// `archive-get SEG pg_wal/RECOVERYXLOG` from S3 alone, run in `scratch`, with the test
+/// credentials in the environment and no config file.
+fn get_from_s3(scratch: &Path, seg: &str, url: &str, endpoint: &str) -> Run {
+    Command::new(common::bin())
+        .args(["archive-get", seg, "pg_wal/RECOVERYXLOG", "--store", url])
+        .current_dir(scratch)
+        .env_remove("PGBOOKEND_CONFIG")
+        .env("AWS_ACCESS_KEY_ID", KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .output()
+        .unwrap()
+        .into()
+}
+
 /// archive_command with a local and an S3 store: every `.done` segment comes back
 /// byte-identical from the S3 store alone. One major (the S3 path does not depend on it).
 #[test]
@@ -885,10 +908,7 @@ fn push_to_s3() {
     };
     let s3 = S3Server::start();
     s3.create_bucket(BUCKET);
-    let env = format!(
-        "AWS_ACCESS_KEY_ID={KEY_ID} AWS_SECRET_ACCESS_KEY={SECRET} AWS_REGION=us-east-1 AWS_ENDPOINT_URL={} AWS_CONFIG_FILE=/nonexistent AWS_SHARED_CREDENTIALS_FILE=/nonexistent",
-        s3.endpoint()
-    );
+    let env = aws_env(&s3.endpoint());
     let url = format!("s3://{BUCKET}/wal");
     let a = Archived::start(
         major,
@@ -910,24 +930,73 @@ fn push_to_s3() {
     let scratch = scratch_pgdata(&a.c);
     let done = a.done();
     for seg in done.iter().take(3) {
-        let r: Run = Command::new(common::bin())
-            .args(["archive-get", seg, "pg_wal/RECOVERYXLOG", "--store", &url])
-            .current_dir(scratch.path())
-            .env_remove("PGBOOKEND_CONFIG")
-            .env("AWS_ACCESS_KEY_ID", KEY_ID)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ENDPOINT_URL", s3.endpoint())
-            .env("AWS_CONFIG_FILE", "/nonexistent")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-            .output()
-            .unwrap()
-            .into();
+        let r = get_from_s3(scratch.path(), seg, &url, &s3.endpoint());
         assert_eq!(r.code, 0, "{r:?}");
         let got = std::fs::read(scratch.path().join("pg_wal/RECOVERYXLOG")).unwrap();
         let orig = std::fs::read(a.c.pgdata().join("pg_wal").join(seg)).unwrap();
         assert!(got == orig, "{seg} differs after archive-get from S3");
         assert!(!r.all().contains(SECRET));
+    }
+}
+
+/// `archive-push --async` into an S3 store that goes away for about 7 s under pgbench: the
+/// server is never told of a failure (the spool acknowledges), segments wait in the spool
+/// while the store is down, and once it is back the pusher catches up: every `.done`
+/// segment is in S3 and comes back byte-identical from it. One major (the S3 path does
+/// not depend on it).
+#[test]
+fn async_push_to_s3_with_outage() {
+    let Some(major) = pgbookend_testkit::majors().last().copied() else {
+        return;
+    };
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let gate = pgbookend_testkit::Gate::open(s3.port());
+    let env = aws_env(&gate.endpoint());
+    let url = format!("s3://{BUCKET}/async");
+    let root = pgbookend_testkit::temp_dir("s3spool");
+    let sp = root.path().display().to_string();
+    let a = Archived::start_with(
+        major,
+        |_| format!("archive_store = [\"{url}\"]\narchive_spool = \"{sp}\"\n"),
+        &env,
+        "--async",
+    );
+    let pusher = Pusher::of(root.path(), &a.c);
+    a.c.pgbench_init(1);
+    let load = a.c.pgbench_background(2, 15);
+    std::thread::sleep(Duration::from_secs(3));
+    gate.down();
+    // While the store is down a switched segment is acknowledged and stays in the spool.
+    let seg = a.switch_and_wait();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        pusher.ready().iter().any(|r| r.starts_with(&seg)),
+        "{seg} left the spool while the store was down: {:?}",
+        pusher.ready()
+    );
+    assert!(!s3
+        .keys(BUCKET, "async/archive/")
+        .iter()
+        .any(|k| k.contains(&format!("{seg}-"))));
+    std::thread::sleep(Duration::from_secs(4));
+    gate.up();
+    load.wait().expect("pgbench");
+    a.switch_and_wait();
+    pusher.wait_drained();
+    assert_eq!(a.failed_count(), 0, "{}", a.c.server_log());
+    let keys = s3.keys(BUCKET, "async/archive/");
+    let scratch = scratch_pgdata(&a.c);
+    for seg in a.done() {
+        assert!(
+            keys.iter().any(|k| k.contains(&format!("{seg}-"))),
+            "{seg} not in S3: {keys:?}"
+        );
+        let r = get_from_s3(scratch.path(), &seg, &url, &s3.endpoint());
+        assert_eq!(r.code, 0, "{r:?}");
+        let got = std::fs::read(scratch.path().join("pg_wal/RECOVERYXLOG")).unwrap();
+        let orig = std::fs::read(a.c.pgdata().join("pg_wal").join(&seg)).unwrap();
+        assert!(got == orig, "{seg} differs after archive-get from S3");
     }
 }
 

@@ -1,6 +1,11 @@
 //! `archive-get %f %p`: find `%f` in the stores (the first that has it), unpack it into a
 //! temporary file beside `%p`, check its SHA-256 (and a segment's size) against what was
-//! archived, fsync and rename it into place. `%p` must lie inside the data directory.
+//! archived, and rename it into place. `%p` must lie inside the data directory.
+//!
+//! `%p` is not fsynced, as PostgreSQL expects of a restore_command: the server removes
+//! `%p` before each call, makes a file it keeps durable itself, and after a crash fetches
+//! again what it had not made durable. The prefetch spool's files, which a later call
+//! trusts without unpacking them again, are fsynced.
 //! A file in no store is [`Fetched::Missing`] (exit 1, as PostgreSQL expects at the end
 //! of the archive); a damaged object is a check error naming it, never a short file.
 
@@ -17,6 +22,8 @@ use std::path::{Component, Path, PathBuf};
 /// The largest zstd window accepted when unpacking (16 MiB): what a frame may make the
 /// decoder allocate, whatever its header claims. pgbookend writes at most 8 MiB windows.
 const WINDOW_LOG_MAX: u32 = 24;
+/// Unpacked bytes are written in pieces of this size (the decoder hands over 128 KiB).
+const WRITE_BYTES: usize = 1 << 20;
 
 /// What `archive-get` restored.
 #[derive(Debug, Serialize)]
@@ -58,7 +65,7 @@ pub fn get(s: &Settings, name: &str, dest: &str) -> Result<Fetched> {
             return Ok(Fetched::Restored(r));
         }
     }
-    let got = fetch_any(s, &id, &name, &dir, &|_| file.clone())?;
+    let got = fetch_any(s, &id, &name, &dir, &|_| file.clone(), false)?;
     match (&spool, &got) {
         (Some(sp), Fetched::Restored(_)) => sp.kick(&name),
         (Some(sp), Fetched::Missing) if !sp.holds_elsewhere(&name, id.seg_size) => sp.end(&dir),
@@ -75,19 +82,21 @@ pub fn get(s: &Settings, name: &str, dest: &str) -> Result<Fetched> {
     Ok(got)
 }
 
-/// Restores `name` from the first store that has it as `final_name(sha256)` in `dir`.
-/// A damaged copy in one store is skipped (and reported) when another has a good one.
+/// Restores `name` from the first store that has it as `final_name(sha256)` in `dir`,
+/// fsynced when `durable`. A damaged copy in one store is skipped (and reported) when
+/// another has a good one.
 pub(super) fn fetch_any(
     s: &Settings,
     id: &ClusterId,
     name: &WalName,
     dir: &Dir,
     final_name: &dyn Fn(&str) -> String,
+    durable: bool,
 ) -> Result<Fetched> {
     let mut damaged = Vec::new();
     let mut failed = Vec::new();
     for store in &s.stores {
-        match fetch_from(store, id, name, dir, final_name) {
+        match fetch_from(store, id, name, dir, final_name, durable) {
             Ok(Some(mut r)) => {
                 r.skipped = damaged;
                 return Ok(Fetched::Restored(r));
@@ -153,7 +162,7 @@ pub(super) fn dest_in(pgdata: &Path, dest: &str) -> Result<(PathBuf, String)> {
 
 /// The bytes unpacked so far: counted, hashed, bounded, written to the temporary file.
 struct Unpacked {
-    file: std::fs::File,
+    file: std::io::BufWriter<std::fs::File>,
     sha: sha2::Sha256,
     n: u64,
     cap: u64,
@@ -184,6 +193,7 @@ fn fetch_from(
     name: &WalName,
     dir: &Dir,
     final_name: &dyn Fn(&str) -> String,
+    durable: bool,
 ) -> Result<Option<Report>> {
     let h = Handle::open(store)?;
     let sub = layout::dir_of(id.system_identifier, name);
@@ -214,12 +224,21 @@ fn fetch_from(
     let out = dir
         .create_file(&tmp, 0o600)
         .map_err(|e| io_err("cannot create", &tmp_path, e))?;
-    let res = unpack(&h, &sub, &object, &location, out, id, name, &sha).and_then(|r| {
+    let target = Target {
+        h: &h,
+        sub: &sub,
+        object: &object,
+        location: &location,
+        durable,
+    };
+    let res = unpack(&target, out, id, name, &sha).and_then(|r| {
         let Some(n) = r else { return Ok(None) };
         dir.rename(&tmp, dir, file)
             .map_err(|e| io_err("cannot rename into place", &dir.display_path(file), e))?;
-        dir.sync()
-            .map_err(|e| io_err("cannot fsync directory", dir.path(), e))?;
+        if durable {
+            dir.sync()
+                .map_err(|e| io_err("cannot fsync directory", dir.path(), e))?;
+        }
         Ok(Some(n))
     });
     if !matches!(res, Ok(Some(_))) {
@@ -235,25 +254,31 @@ fn fetch_from(
     }))
 }
 
+/// The object to unpack, where it is, and whether what it unpacks to must be durable.
+struct Target<'a> {
+    h: &'a Handle,
+    sub: &'a str,
+    object: &'a str,
+    location: &'a str,
+    durable: bool,
+}
+
 /// Streams the object through the decoder into `out`, then checks size and hash and
-/// fsyncs. `Ok(None)` when the object vanished between listing and reading.
-#[allow(clippy::too_many_arguments)]
+/// fsyncs when asked. `Ok(None)` when the object vanished between listing and reading.
 fn unpack(
-    h: &Handle,
-    sub: &str,
-    object: &str,
-    location: &str,
+    t: &Target,
     out: std::fs::File,
     id: &ClusterId,
     name: &WalName,
     sha: &str,
 ) -> Result<Option<u64>> {
+    let location = t.location;
     let damaged = |why: String| {
         Error::new(Class::Check, format!("archived {name} at {location} is damaged: {why}"))
             .hint("remove or replace that object (another store may hold a good copy); recovery cannot use it")
     };
     let sink = Unpacked {
-        file: out,
+        file: std::io::BufWriter::with_capacity(WRITE_BYTES, out),
         sha: sha2::Sha256::new(),
         n: 0,
         cap: u64::from(id.seg_size),
@@ -262,7 +287,7 @@ fn unpack(
         .map_err(|e| Error::internal(format!("cannot start unpacking: {e}")))?;
     dec.window_log_max(WINDOW_LOG_MAX)
         .map_err(|e| Error::internal(format!("cannot start unpacking: {e}")))?;
-    let found = match h.get_into(sub, object, &mut dec) {
+    let found = match t.h.get_into(t.sub, t.object, &mut dec) {
         Ok(f) => f,
         Err(e) if e.class() == Class::Check => return Err(damaged(e.message)),
         Err(e) => return Err(e),
@@ -286,9 +311,14 @@ fn unpack(
             sink.n, id.seg_size
         )));
     }
-    sink.file
-        .sync_all()
-        .map_err(|e| Error::env(format!("cannot fsync the restored {name}: {e}")))?;
+    let file = sink
+        .file
+        .into_inner()
+        .map_err(|e| Error::env(format!("cannot write the restored {name}: {}", e.error())))?;
+    if t.durable {
+        file.sync_all()
+            .map_err(|e| Error::env(format!("cannot fsync the restored {name}: {e}")))?;
+    }
     Ok(Some(sink.n))
 }
 

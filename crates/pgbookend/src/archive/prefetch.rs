@@ -12,6 +12,11 @@
 //! directory, as private as `pg_wal` itself: taking a file from it checks its name, kind
 //! and size (never following a link), not its hash again. When the archive has no next
 //! segment (recovery is ending) the spool is removed; it is safe to delete at any time.
+//!
+//! Spooled files are not fsynced: their names end with the machine's boot ID
+//! (`NAME-SHA256.BOOT`), and a file spooled before the last restart of the operating
+//! system, whose bytes may not have reached the disk, is never taken. Where the boot ID
+//! cannot be read, files are fsynced and named `NAME-SHA256`.
 
 use super::{cluster_id, get, ClusterId, Settings};
 use crate::fsutil::{self, Dir};
@@ -62,8 +67,8 @@ impl Spool {
         parent.open_dir(SPOOL).ok().map(|dir| Spool { dir })
     }
 
-    /// Moves a prefetched copy of `name` to `file` in `dest` (fsynced) and says what it
-    /// was; `None` when the spool has no complete copy.
+    /// Moves a prefetched copy of `name` to `file` in `dest` and says what it was; `None`
+    /// when the spool has no complete copy of this boot.
     pub fn take(
         &self,
         name: &WalName,
@@ -78,8 +83,6 @@ impl Spool {
             let _ = self.dir.unlink(&entry);
             return Ok(None);
         }
-        dest.sync()
-            .map_err(|e| crate::error::io_err("cannot fsync directory", dest.path(), e))?;
         Ok(Some(get::Report {
             name: name.to_string(),
             object: self.dir.display_path(&entry).display().to_string(),
@@ -122,12 +125,13 @@ impl Spool {
         same
     }
 
-    /// The spooled copy of `name`: its entry and SHA-256.
+    /// The spooled copy of `name` that this boot may take: its entry and SHA-256.
     fn find(&self, name: &WalName) -> Option<(String, String)> {
         let prefix = format!("{name}-");
         self.names().into_iter().find_map(|e| {
-            let sha = e.strip_prefix(&prefix)?.to_string();
-            is_sha(&sha).then_some((e, sha))
+            e.strip_prefix(&prefix)?;
+            let sha = entry_sha(&e)?.to_string();
+            Some((e, sha))
         })
     }
 
@@ -232,10 +236,36 @@ impl Spool {
     }
 }
 
-/// The SHA-256 of a spooled segment's entry name (`NAME-SHA256`), if it is one.
+/// The SHA-256 of a spooled segment's entry name, if it is one that this boot may take:
+/// `NAME-SHA256.BOOT` with the current boot ID, or `NAME-SHA256` (fsynced).
 fn entry_sha(entry: &str) -> Option<&str> {
-    let sha = entry.get(wal::FILE_NAME_LEN..)?.strip_prefix('-')?;
+    let rest = entry.get(wal::FILE_NAME_LEN..)?.strip_prefix('-')?;
+    let sha = match rest.split_once('.') {
+        Some((sha, boot)) if Some(boot) == boot_tag() => sha,
+        Some(_) => return None,
+        None => rest,
+    };
     is_sha(sha).then_some(sha)
+}
+
+/// The boot ID of the running system without its dashes (`None` where it cannot be read).
+fn boot_tag() -> Option<&'static str> {
+    static TAG: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let tag: String = id.trim().chars().filter(|c| *c != '-').collect();
+        (tag.len() == 32 && tag.bytes().all(|b| b.is_ascii_hexdigit())).then_some(tag)
+    })
+    .as_deref()
+}
+
+/// The spool entry of `name` with content `sha` (see [`entry_sha`]), and whether it must
+/// be fsynced.
+fn entry_name(name: &WalName, sha: &str) -> (String, bool) {
+    match boot_tag() {
+        Some(boot) => (format!("{name}-{sha}.{boot}"), false),
+        None => (format!("{name}-{sha}"), true),
+    }
 }
 
 fn is_sha(s: &str) -> bool {
@@ -306,11 +336,36 @@ fn fetch_ahead(s: &Settings, id: &ClusterId, spool: &Spool, name: &WalName) {
                     return;
                 }
                 let n = &names[i];
-                let got = get::fetch_any(s, id, n, &spool.dir, &|sha| format!("{n}-{sha}"));
+                let durable = entry_name(n, "").1;
+                let got =
+                    get::fetch_any(s, id, n, &spool.dir, &|sha| entry_name(n, sha).0, durable);
                 if !matches!(got, Ok(get::Fetched::Restored(_))) {
                     stop.fetch_min(i, Ordering::SeqCst);
                 }
             });
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A spooled file of another boot is never taken; one of this boot, or an fsynced one
+    /// without a boot ID, is.
+    #[test]
+    fn entries_of_another_boot_are_not_taken() {
+        let boot = boot_tag().expect("this system has a boot ID");
+        let name = WalName::parse("000000010000000000000002").unwrap();
+        let sha = "ab".repeat(32);
+        let (entry, durable) = entry_name(&name, &sha);
+        assert!(!durable);
+        assert_eq!(entry, format!("{name}-{sha}.{boot}"));
+        assert_eq!(entry_sha(&entry), Some(sha.as_str()));
+        assert_eq!(entry_sha(&format!("{name}-{sha}")), Some(sha.as_str()));
+        let other = if boot.starts_with('0') { "1" } else { "0" }.repeat(32);
+        assert_eq!(entry_sha(&format!("{name}-{sha}.{other}")), None);
+        assert_eq!(entry_sha(&format!("{name}-{sha}.")), None);
+        assert_eq!(entry_sha(&format!("{name}-{}.{boot}", &sha[1..])), None);
+    }
 }
