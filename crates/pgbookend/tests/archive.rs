@@ -697,6 +697,32 @@ fn recovery_through_archive_get(major: u32) {
 }
 per_major!(recovery_through_archive_get_t, recovery_through_archive_get);
 
+/// What a failed prefetch wait shows: the spool's entries and each worker's threads
+/// (state and kernel wait channel).
+fn spool_state(spool: &Path, pgdata: &Path) -> String {
+    let mut out = format!(
+        "spool {:?}",
+        std::fs::read_dir(spool)
+            .map(|d| d
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect::<Vec<_>>())
+            .unwrap_or_default()
+    );
+    for pid in workers_of(pgdata) {
+        for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let wchan = std::fs::read_to_string(t.path().join("wchan")).unwrap_or_default();
+            out.push_str(&format!("\nworker {pid}: {} wchan {wchan}", stat.trim()));
+        }
+    }
+    out
+}
+
 /// The pids of prefetch workers whose command line names `pgdata` or that run in it.
 fn workers_of(pgdata: &Path) -> Vec<u32> {
     let mut out = Vec::new();
@@ -806,8 +832,9 @@ fn prefetch_spool(major: u32) {
     assert!(
         wait_until(Duration::from_secs(30), || spooled(&done[3])
             && workers_of(scratch.path()).is_empty()),
-        "the worker did not fetch {} and exit",
-        done[3]
+        "the worker did not fetch {} and exit: {}",
+        done[3],
+        spool_state(&spool, scratch.path())
     );
     // The server probes a newer timeline first for each segment (a history names one):
     // that miss is not the end of the archive and keeps the spool.

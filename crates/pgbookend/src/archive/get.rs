@@ -9,21 +9,15 @@
 //! A file in no store is [`Fetched::Missing`] (exit 1, as PostgreSQL expects at the end
 //! of the archive); a damaged object is a check error naming it, never a short file.
 
+use super::unpack::{self, Failure};
 use super::{cluster_id, layout, prefetch, ClusterId, Settings};
 use crate::error::{io_err, Class, Error, Result};
 use crate::fsutil::{self, Dir};
 use crate::store::objects::Handle;
 use pgbookend_formats::walname::{WalKind, WalName};
 use serde::Serialize;
-use sha2::Digest;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
-
-/// The largest zstd window accepted when unpacking (16 MiB): what a frame may make the
-/// decoder allocate, whatever its header claims. pgbookend writes at most 8 MiB windows.
-const WINDOW_LOG_MAX: u32 = 24;
-/// Unpacked bytes are written in pieces of this size (the decoder hands over 128 KiB).
-const WRITE_BYTES: usize = 1 << 20;
 
 /// What `archive-get` restored.
 #[derive(Debug, Serialize)]
@@ -160,32 +154,6 @@ pub(super) fn dest_in(pgdata: &Path, dest: &str) -> Result<(PathBuf, String)> {
     Ok((parts.iter().collect(), file))
 }
 
-/// The bytes unpacked so far: counted, hashed, bounded, written to the temporary file.
-struct Unpacked {
-    file: std::io::BufWriter<std::fs::File>,
-    sha: sha2::Sha256,
-    n: u64,
-    cap: u64,
-}
-
-impl Write for Unpacked {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.n + buf.len() as u64 > self.cap {
-            return Err(std::io::Error::other(format!(
-                "it unpacks to more than {} bytes",
-                self.cap
-            )));
-        }
-        self.file.write_all(buf)?;
-        self.sha.update(buf);
-        self.n += buf.len() as u64;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-}
-
 /// Looks for `name` in one store and, when there, restores it as `file` in `dir`.
 fn fetch_from(
     store: &crate::store::Store,
@@ -277,49 +245,36 @@ fn unpack(
         Error::new(Class::Check, format!("archived {name} at {location} is damaged: {why}"))
             .hint("remove or replace that object (another store may hold a good copy); recovery cannot use it")
     };
-    let sink = Unpacked {
-        file: std::io::BufWriter::with_capacity(WRITE_BYTES, out),
-        sha: sha2::Sha256::new(),
-        n: 0,
-        cap: u64::from(id.seg_size),
+    let feed = |w: &mut dyn Write| t.h.get_into(t.sub, t.object, w);
+    let u = match unpack::unpack(out, u64::from(id.seg_size), feed) {
+        Ok(Some(u)) => u,
+        Ok(None) => return Ok(None),
+        Err(Failure::Damaged(why)) => return Err(damaged(why)),
+        Err(Failure::Source(e)) if e.class() == Class::Check => return Err(damaged(e.message)),
+        Err(Failure::Source(e)) => return Err(e),
+        Err(Failure::Write(e)) => {
+            return Err(Error::env(format!("cannot write the restored {name}: {e}")))
+        }
     };
-    let mut dec = zstd::stream::write::Decoder::new(sink)
-        .map_err(|e| Error::internal(format!("cannot start unpacking: {e}")))?;
-    dec.window_log_max(WINDOW_LOG_MAX)
-        .map_err(|e| Error::internal(format!("cannot start unpacking: {e}")))?;
-    let found = match t.h.get_into(t.sub, t.object, &mut dec) {
-        Ok(f) => f,
-        Err(e) if e.class() == Class::Check => return Err(damaged(e.message)),
-        Err(e) => return Err(e),
-    };
-    if !found {
-        return Ok(None);
-    }
-    dec.flush().map_err(|e| damaged(e.to_string()))?;
-    let sink = dec.into_inner();
-    let got = hex::encode(sink.sha.finalize());
-    if got != sha {
+    if u.sha256 != sha {
         return Err(damaged(format!(
-            "it unpacks to {} bytes with SHA-256 {got}, its name says {sha}",
-            sink.n
+            "it unpacks to {} bytes with SHA-256 {}, its name says {sha}",
+            u.size, u.sha256
         )));
     }
     let segment_like = matches!(name.kind(), WalKind::Segment | WalKind::Partial);
-    if segment_like && sink.n != u64::from(id.seg_size) {
+    if segment_like && u.size != u64::from(id.seg_size) {
         return Err(damaged(format!(
             "it unpacks to {} bytes, a segment has {}",
-            sink.n, id.seg_size
+            u.size, id.seg_size
         )));
     }
-    let file = sink
-        .file
-        .into_inner()
-        .map_err(|e| Error::env(format!("cannot write the restored {name}: {}", e.error())))?;
     if t.durable {
-        file.sync_all()
+        u.file
+            .sync_all()
             .map_err(|e| Error::env(format!("cannot fsync the restored {name}: {e}")))?;
     }
-    Ok(Some(sink.n))
+    Ok(Some(u.size))
 }
 
 #[cfg(test)]

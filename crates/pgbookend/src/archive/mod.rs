@@ -3,7 +3,7 @@
 //!
 //! One room, one step per file: [`layout`] names objects (cluster, timeline, content
 //! hash), [`push`] checks, compresses and stores a file in every store, [`get`] finds,
-//! unpacks and checks one. Both run with the data directory as their working directory
+//! unpacks (through [`unpack`], decoding and hashing on two threads) and checks one. Both run with the data directory as their working directory
 //! and learn the cluster (system identifier, segment size) from its `global/pg_control`.
 //! [`spool`] is the asynchronous mode of `archive-push`: a durable local spool and a
 //! detached pusher that stores its files through [`push`]. Later steps of issue 11
@@ -16,6 +16,7 @@ pub mod prefetch;
 pub mod push;
 pub mod retain;
 pub mod spool;
+pub mod unpack;
 
 use crate::config::Config;
 use crate::error::{Class, Error, Result};
