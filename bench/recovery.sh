@@ -24,7 +24,7 @@
 #   pgbackrest-async      the same with --archive-async --process-max=2 (pgBackRest's own
 #                         prefetch: its queue, 128 MiB by default, is 8 segments, as
 #                         --prefetch 8; added so that prefetch is also compared with prefetch)
-# The first pgbookend recovery is checked: count(*) of the table equals the source's.
+# The first recovery of each pgbookend side is checked: count(*) of the table equals the source's.
 # Peak RSS (/usr/bin/time -v) of one archive-get call without prefetch, and the peak
 # (VmHWM, sampled every 20 ms) of the prefetch worker one call with --prefetch 8 starts.
 # Without pgbackrest its rows are left out.
@@ -207,6 +207,7 @@ recover() {
   [ "$(id -u)" = 0 ] && chown -R postgres: "$COPY" "$log"
   chmod 700 "$COPY"
   sync
+  cut -d' ' -f1 /proc/loadavg >>"$WORK/load-$side"
   t0=$(now_us)
   as_owner "$PGBIN/pg_ctl" -D "$COPY" -l "$log" -o \
     "-c listen_addresses='' -c unix_socket_directories='$WORK/sock' -c port=5432 -c archive_mode=off $SERVER_OPTS" \
@@ -220,7 +221,7 @@ recover() {
   done
   t1=$(now_us)
   echo "$(((t1 - t0) / 1000))" >>"$WORK/ms-$side"
-  if [[ "$side" = pgbookend* ]] && [ ! -f "$WORK/checked" ]; then
+  if [[ "$side" = pgbookend* ]] && [ ! -f "$WORK/checked-$side" ]; then
     until grep -q "database system is ready to accept connections" "$log"; do
       alive "$PM2_PID" || die "$side run $n: the server stopped after recovery"
       sleep 0.05
@@ -228,7 +229,7 @@ recover() {
     local got
     got=$(q -c "SELECT count(*) FROM t")
     [ "$got" = "$ROWS" ] || die "$side run $n: $got rows after recovery, the source had $ROWS"
-    echo "after the first $side recovery count(*) = $got rows, as on the source" >"$WORK/checked"
+    echo "$got" >"$WORK/checked-$side"
   fi
   stop_pm "$COPY" "$PM2_PID" immediate
   PM2_PID=
@@ -289,7 +290,14 @@ vs pgbookend-noprefetch cp
 vs pgbackrest pgbookend "target > 1"
 vs pgbackrest-async pgbookend
 vs pgbookend-noprefetch pgbookend "what prefetch buys"
-echo "- raw runs (ms):$(for s in "${SIDES[@]}"; do printf ' %s %s;' "$s" "$(paste -sd, "$WORK/ms-$s")"; done)"
-echo "- correctness: $(cat "$WORK/checked" 2>/dev/null || echo "not checked (no pgbookend side)")"
+# raw SIDE: "MS (load L), ..." of every run of SIDE, with the 1-minute load average before it.
+raw() { paste -d' ' "$WORK/ms-$1" "$WORK/load-$1" | awk '{ printf "%s%s (load %s)", (NR > 1 ? ", " : ""), $1, $2 }'; }
+echo "- raw runs, ms (1-minute load average before the run; the machine has $(nproc) CPUs):"
+for s in "${SIDES[@]}"; do echo "  - $s: $(raw "$s")"; done
+for s in pgbookend pgbookend-noprefetch; do
+  if [ -f "$WORK/checked-$s" ]; then
+    echo "- correctness: after the first $s recovery count(*) = $(cat "$WORK/checked-$s") rows, as on the source"
+  fi
+done
 echo "- peak RSS: one archive-get call $((rss_get / 1024)) MB; the --prefetch 8 worker (VmHWM, sampled)" \
   "$((hwm / 1024)) MB (target <= 64 MB)"
