@@ -232,3 +232,17 @@ pub(crate) fn spawn_detached(from: &str, to: &str) -> std::io::Result<()> {
     }
     cmd.spawn().map(|_| ())
 }
+
+/// For the long-lived workers (the pusher, the prefetch worker), which allocate buffers of
+/// megabytes on threads that come and go: with glibc's defaults such buffers end up in
+/// per-thread arenas and a moving mmap threshold, and the process keeps growing (the
+/// pusher reached 77 MB in a long burst). Buffers above 256 KiB are mapped and unmapped
+/// each time, and at most two arenas are used, so memory follows what is in use.
+pub fn bound_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator settings; called before the worker's threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}

@@ -277,6 +277,7 @@ fn is_sha(s: &str) -> bool {
 /// The worker: while the newest request moves, fetches the segments after it into the
 /// spool, `jobs` at a time, stopping at the first one the archive does not have.
 pub fn work(s: &Settings, dest: &str) {
+    super::bound_heap();
     let Some((parent, spool)) = open_for_worker(s, dest) else {
         return;
     };

@@ -47,6 +47,16 @@ pub const PID: &str = "pid";
 const READY: &str = "ready";
 const OK: &str = "ok";
 const ERROR: &str = "error";
+/// How long `archive-push --async` waits for room in a full spool before it fails.
+pub const FULL_WAIT: Duration = Duration::from_secs(60);
+
+/// What waiting for room in a full spool ended with.
+enum Room {
+    Made,
+    PushedAhead,
+    None,
+}
+
 /// Markers older than this are removed by the pusher.
 const STALE: Duration = Duration::from_secs(3600);
 
@@ -166,6 +176,39 @@ impl Spool {
         (names, bytes)
     }
 
+    /// Whether the pusher archived `name` from `pg_wal` ahead of this call: an `ok/`
+    /// marker holding the SHA-256 of the file at `path` (then the marker is removed).
+    fn pushed_ahead(&self, name: &str, path: &Path) -> Result<bool> {
+        let Some(want) = self.marker(name) else {
+            return Ok(false);
+        };
+        let mut src = push::open_source(path)?;
+        let got = sha256_of(&mut src).map_err(|e| io_err("cannot read", path, e))?;
+        if got != want.trim() {
+            return Ok(false);
+        }
+        let _ = self.ok.unlink(name);
+        let _ = self.ok.sync();
+        Ok(true)
+    }
+
+    /// Waits (up to [`FULL_WAIT`]) until `size` more bytes fit in the spool, the pusher
+    /// archived `name` ahead, or the pusher records a failure.
+    fn wait_for_room(&self, name: &str, path: &Path, size: u64, max: u64) -> Result<Room> {
+        let until = Instant::now() + FULL_WAIT;
+        while Instant::now() < until && self.error().is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+            if self.pushed_ahead(name, path)? {
+                return Ok(Room::PushedAhead);
+            }
+            if self.ready().1 + size <= max {
+                return Ok(Room::Made);
+            }
+            self.kick();
+        }
+        Ok(Room::None)
+    }
+
     /// Starts the pusher unless one holds the lock. Best effort: a pusher that cannot
     /// start leaves the files in `ready/` for the next call.
     fn kick(&self) {
@@ -199,8 +242,10 @@ fn names_in(dir: &Dir) -> Vec<String> {
 
 /// The foreground `archive-push --async %p`: acknowledges a file the pusher already
 /// archived, reports the pusher's recorded failure, or copies the file durably into the
-/// spool (unless that would exceed the spool's limit); in every case makes sure the
-/// pusher runs.
+/// spool; in every case makes sure the pusher runs. When the spool is full it waits up
+/// to [`FULL_WAIT`] for the pusher to make room (or to archive this file from `pg_wal`),
+/// so that a backlog paces PostgreSQL's archiver instead of failing its calls; a file
+/// larger than the limit, a pusher that records a failure, or no room by then fails.
 pub fn submit(s: &Settings, o: &Options, path: &Path) -> Result<Queued> {
     let name = push::wal_name_of(path)?;
     let id = cluster_id(&s.pgdata)?;
@@ -211,14 +256,8 @@ pub fn submit(s: &Settings, o: &Options, path: &Path) -> Result<Queued> {
         already_pushed,
         spool: spool.path(),
     };
-    if let Some(want) = spool.marker(&n) {
-        let mut src = push::open_source(path)?;
-        let got = sha256_of(&mut src).map_err(|e| io_err("cannot read", path, e))?;
-        if got == want.trim() {
-            let _ = spool.ok.unlink(&n);
-            let _ = spool.ok.sync();
-            return Ok(done(true));
-        }
+    if spool.pushed_ahead(&n, path)? {
+        return Ok(done(true));
     }
     if let Some(msg) = spool.error() {
         spool.kick();
@@ -236,6 +275,14 @@ pub fn submit(s: &Settings, o: &Options, path: &Path) -> Result<Queued> {
     let (_, used) = spool.ready();
     if used + size > o.max {
         spool.kick();
+        if size <= o.max {
+            if let Room::PushedAhead = spool.wait_for_room(&n, path, size, o.max)? {
+                return Ok(done(true));
+            }
+        }
+    }
+    let (_, used) = spool.ready();
+    if used + size > o.max {
         return Err(Error::env(format!(
             "{n} is not archived: spool full ({used} bytes in {}, limit {})",
             spool.path(),
@@ -310,6 +357,7 @@ enum Job {
 /// The pusher: pushes until idle for [`IDLE`], then exits. Returns silently on any
 /// setup failure (the next `archive-push` tries again).
 pub fn work(s: &Settings, o: &Options) {
+    super::bound_heap();
     let Ok(id) = cluster_id(&s.pgdata) else {
         return;
     };
