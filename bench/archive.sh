@@ -99,20 +99,7 @@ side() { # side NAME DST -> segments/s
 # the store's default), its logs off so that only the work is measured.
 pgbr_stanza() {
   as_owner mkdir -p "$1"
-  cat >"$WORK/pgbr/pgbackrest.conf" <<CONF
-[global]
-compress-type=zst
-compress-level=3
-log-level-console=warn
-log-level-file=off
-lock-path=$WORK/pgbr/lock
-spool-path=$WORK/pgbr/spool
-[bench]
-pg1-path=$WORK/data
-pg1-socket-path=$WORK/sock
-pg1-port=5432
-pg1-user=postgres
-CONF
+  bench_pgbr_wal_conf "$WORK/pgbr/pgbackrest.conf"
   as_owner "$PGBR" --config="$WORK/pgbr/pgbackrest.conf" --repo1-path="$1" --stanza=bench stanza-create >/dev/null ||
     die "pgbackrest stanza-create failed"
 }

@@ -102,6 +102,23 @@ CONF
   fi
 }
 
+# bench_pgbr_wal_conf FILE [LINE...]: writes FILE, a pgBackRest configuration for the WAL
+# benchmarks: stanza `bench` of the cluster in $WORK/data, zst level 3, no log file, lock
+# and spool in $WORK/pgbr; LINEs are added to [global]. Owned by postgres when run as root.
+bench_pgbr_wal_conf() {
+  local file=$1
+  shift
+  mkdir -p "$WORK/pgbr/lock" "$WORK/pgbr/spool"
+  {
+    echo "[global]"
+    printf '%s\n' "$@" compress-type=zst compress-level=3 log-level-console=warn \
+      log-level-file=off "lock-path=$WORK/pgbr/lock" "spool-path=$WORK/pgbr/spool"
+    printf '%s\n' "[bench]" "pg1-path=$WORK/data" "pg1-socket-path=$WORK/sock" pg1-port=5432 \
+      pg1-user=postgres
+  } >"$file"
+  if [ "$(id -u)" = 0 ]; then chown -R postgres: "$file" "$WORK/pgbr/lock" "$WORK/pgbr/spool"; fi
+}
+
 # bench_settle: waits (up to 60 s) until the cluster in $WORK/data has archived every WAL
 # segment it marked ready, then writes back dirty pages, so that a timed run does not pay
 # for the archiving or the write-back of the one before it.

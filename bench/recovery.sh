@@ -133,22 +133,7 @@ cp "\$1" "$WORK/arch-cp/\$2"
 if [ -n "$PGBR_BIN" ]; then "$PGBR_BIN" --config="$WORK/pgbr/pgbackrest.conf" --stanza=bench archive-push "\$1"; fi
 CMD
 chmod 755 "$WORK/archive-cmd"
-cat >"$WORK/pgbr/pgbackrest.conf" <<CONF
-[global]
-repo1-path=$WORK/pgbr/repo
-compress-type=zst
-compress-level=3
-log-level-console=warn
-log-level-file=off
-lock-path=$WORK/pgbr/lock
-spool-path=$WORK/pgbr/spool
-[bench]
-pg1-path=$WORK/data
-pg1-socket-path=$WORK/sock
-pg1-port=5432
-pg1-user=postgres
-CONF
-[ "$(id -u)" = 0 ] && chown postgres: "$WORK/pgbr/pgbackrest.conf"
+bench_pgbr_wal_conf "$WORK/pgbr/pgbackrest.conf" "repo1-path=$WORK/pgbr/repo"
 SERVER_OPTS="-c max_wal_size=32GB -c checkpoint_timeout=1d -c wal_compression=off"
 note "initdb in $WORK/data"
 # shellcheck disable=SC2086
