@@ -55,13 +55,13 @@ pub fn get(s: &Settings, name: &str, dest: &str) -> Result<Fetched> {
     let spool = prefetch::Spool::open(&dir, s.prefetch, &name);
     if let Some(sp) = &spool {
         if let Some(r) = sp.take(&name, &id, &dir, &file)? {
-            sp.kick(&name);
+            sp.kick(&dir, &name);
             return Ok(Fetched::Restored(r));
         }
     }
     let got = fetch_any(s, &id, &name, &dir, &|_| file.clone(), false)?;
     match (&spool, &got) {
-        (Some(sp), Fetched::Restored(_)) => sp.kick(&name),
+        (Some(sp), Fetched::Restored(_)) => sp.kick(&dir, &name),
         (Some(sp), Fetched::Missing) if !sp.holds_elsewhere(&name, id.seg_size) => sp.end(&dir),
         (Some(_), Fetched::Missing) => {}
         // A missing history file: the server probes for a free timeline when recovery

@@ -146,9 +146,20 @@ impl Spool {
     }
 
     /// Records `name` as the newest request, drops spooled segments up to it, and starts
-    /// the worker unless one runs. Best effort: prefetch only ever saves time.
-    pub fn kick(&self, name: &WalName) {
-        self.want(name.as_str());
+    /// the worker unless one runs. Best effort: prefetch only ever saves time. The request
+    /// is written before the worker's lock is tried, and a worker that holds the lock
+    /// reads the request again after releasing it, so a request is never left without a
+    /// worker; when a finishing worker removed the spool meanwhile, it is made again in
+    /// `parent`.
+    pub fn kick(&self, parent: &Dir, name: &WalName) {
+        if !self.want(name.as_str()) {
+            if let Some(again) = Spool::open(parent, 1, name) {
+                if again.want(name.as_str()) && again.try_lock().is_some() {
+                    let _ = super::spawn_detached("archive-get", WORKER_SUBCOMMAND);
+                }
+            }
+            return;
+        }
         for e in self.names() {
             let seg = e.get(..wal::FILE_NAME_LEN).unwrap_or("");
             if !e.starts_with('.') && e != WANT && e != LOCK && seg <= name.as_str() {
@@ -186,7 +197,8 @@ impl Spool {
         }
     }
 
-    fn want(&self, what: &str) {
+    /// Writes the request `what`; false when it could not (the spool was removed).
+    fn want(&self, what: &str) -> bool {
         let tmp = fsutil::temp_name(WANT.as_ref());
         let ok = self
             .dir
@@ -194,7 +206,9 @@ impl Spool {
             .and_then(|mut f| f.write_all(what.as_bytes()));
         if ok.is_err() || self.dir.rename(&tmp, &self.dir, WANT).is_err() {
             let _ = self.dir.unlink(&tmp);
+            return false;
         }
+        true
     }
 
     fn read_want(&self) -> Option<String> {
@@ -214,17 +228,50 @@ impl Spool {
     }
 
     /// Removes the spool when it holds no segment (the archive had nothing ahead), so that
-    /// the end of recovery leaves nothing behind; a later request makes it again.
-    fn remove_if_empty(&self, parent: &Dir) {
-        let idle = |s: &Spool| s.names().iter().all(|e| e == WANT || e == LOCK);
-        if idle(self) {
-            if let Some(lock) = self.try_lock() {
-                if idle(self) {
-                    self.clear(parent);
-                }
-                drop(lock);
+    /// the end of recovery leaves nothing behind; a later request makes it again. Returns
+    /// false when a request newer than `served` arrived meanwhile (then the worker must go
+    /// on): the request is moved aside and checked under the lock, a `want` written
+    /// after that (or its temporary file) is never removed, and it keeps the spool's
+    /// directory from being removed.
+    fn remove_if_empty(&self, parent: &Dir, served: &str) -> bool {
+        let idle = |s: &Spool| {
+            s.names()
+                .iter()
+                .all(|e| e == WANT || e == LOCK || e.starts_with('.'))
+        };
+        if !idle(self) {
+            return true;
+        }
+        let Some(lock) = self.try_lock() else {
+            return true;
+        };
+        let aside = ".served";
+        let moved = self.dir.rename(WANT, &self.dir, aside).is_ok();
+        let mut what = String::new();
+        if moved {
+            let _ = self.dir.open_file(aside).map(|f| {
+                f.take(wal::FILE_NAME_LEN as u64 + 1)
+                    .read_to_string(&mut what)
+            });
+        }
+        if (moved && what != served) || !idle(self) {
+            // A newer request (or a segment) came in: put the request back unless an even
+            // newer one exists, and go on.
+            if moved && self.dir.rename_noreplace(aside, WANT).is_err() {
+                let _ = self.dir.unlink(aside);
+            }
+            drop(lock);
+            return false;
+        }
+        let request_pending = |e: &String| e == WANT || e.starts_with(".want.");
+        for e in self.names() {
+            if !request_pending(&e) {
+                let _ = self.dir.unlink(&e);
             }
         }
+        let removed = parent.rmdir(SPOOL).is_ok();
+        drop(lock);
+        removed || !self.names().iter().any(request_pending)
     }
 
     /// Removes everything in the spool, then the spool itself.
@@ -285,6 +332,9 @@ pub fn work(s: &Settings, dest: &str) {
         return;
     };
     let mut served = String::new();
+    // Waits for a request being written, at most about a second in a row (a temporary
+    // file left by a process that died while writing it is not waited for longer).
+    let mut landing = 0;
     for _ in 0..100_000 {
         let Some(lock) = spool.try_lock() else {
             return;
@@ -299,12 +349,18 @@ pub fn work(s: &Settings, dest: &str) {
             };
             fetch_ahead(s, &id, &spool, &name);
             served = want;
+            landing = 0;
         }
         drop(lock);
         // A request written while the lock was about to be released has no other worker.
         if spool.read_want().is_none_or(|w| w == served) {
-            spool.remove_if_empty(&parent);
-            return;
+            if spool.remove_if_empty(&parent, &served) || landing >= 200 {
+                return;
+            }
+            // A request is being written: let it land, then serve it.
+            landing += 1;
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            continue;
         }
     }
 }
