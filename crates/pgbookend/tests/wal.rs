@@ -223,9 +223,13 @@ fn no_slots(major: u32) {
     );
     assert!(!tool.run_dir().join("noslot").exists());
     assert!(!c.pgdata().join("pg_backup_metadata").exists());
-    let n =
-        c.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbookend%'");
-    assert_eq!(n, "0");
+    // The failed agent's backend may take a moment to leave pg_stat_activity.
+    let count = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbookend%'";
+    assert!(
+        common::wait_until(Duration::from_secs(20), || c.psql(count) == "0"),
+        "{}",
+        c.psql(count)
+    );
     assert!(
         !c.server_log().contains("backup_start") || !c.server_log().contains("aborting backup")
     );
