@@ -19,8 +19,51 @@ struct PGresult {
 
 type Oid = c_uint;
 
-#[link(name = "pq")]
-extern "C" {
+/// Declares libpq's functions as a table of pointers resolved with `dlopen` on the first
+/// connection, plus a wrapper of the same name for each. libpq and the dozens of
+/// libraries it pulls in (TLS, Kerberos, LDAP) are therefore loaded only by the commands
+/// that connect, not by `archive-get`/`archive-push`, which PostgreSQL starts once per WAL
+/// file and for which loading them was about 2.5 ms of every call.
+macro_rules! libpq_api {
+    ($( fn $name:ident ( $($arg:ident : $ty:ty),* $(,)? ) $(-> $ret:ty)? ; )*) => {
+        #[allow(non_snake_case)]
+        struct Api {
+            $( $name: unsafe extern "C" fn($($ty),*) $(-> $ret)?, )*
+        }
+
+        impl Api {
+            /// Resolves every function in `lib`, a handle from `dlopen`.
+            fn resolve(lib: *mut c_void) -> Result<Api, String> {
+                Ok(Api {
+                    $( $name: {
+                        let sym = concat!(stringify!($name), "\0");
+                        // SAFETY: `lib` is a live handle and `sym` is NUL-terminated.
+                        let p = unsafe { libc::dlsym(lib, sym.as_ptr().cast()) };
+                        if p.is_null() {
+                            return Err(format!("it has no function {}", stringify!($name)));
+                        }
+                        // SAFETY: the symbol is libpq's function of this exact signature
+                        // (libpq-fe.h), and the library is never unloaded.
+                        unsafe {
+                            std::mem::transmute::<*mut c_void, unsafe extern "C" fn($($ty),*) $(-> $ret)?>(p)
+                        }
+                    }, )*
+                })
+            }
+        }
+
+        $(
+            // libpq's own signatures (PQexecParams has eight parameters).
+            #[allow(non_snake_case, clippy::too_many_arguments)]
+            unsafe fn $name($($arg: $ty),*) $(-> $ret)? {
+                (api().$name)($($arg),*)
+            }
+        )*
+    };
+}
+
+libpq_api! {
+
     fn PQconnectdbParams(
         keywords: *const *const c_char,
         values: *const *const c_char,
@@ -64,6 +107,45 @@ extern "C" {
         proc_: Option<extern "C" fn(*mut c_void, *const c_char)>,
         arg: *mut c_void,
     ) -> *mut c_void;
+}
+
+/// The sonames tried, newest ABI first (libpq's soname has been 5 since PostgreSQL 8.x).
+const LIBPQ_NAMES: [&str; 2] = ["libpq.so.5\0", "libpq.so\0"];
+
+static LIBPQ: std::sync::OnceLock<Result<Api, String>> = std::sync::OnceLock::new();
+
+/// Loads libpq once (later calls return the first outcome).
+fn load() -> Result<&'static Api, PqError> {
+    let loaded = LIBPQ.get_or_init(|| {
+        let mut why = String::new();
+        for name in LIBPQ_NAMES {
+            // SAFETY: `name` is NUL-terminated; the handle is kept for the process's life.
+            let lib =
+                unsafe { libc::dlopen(name.as_ptr().cast(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+            if lib.is_null() {
+                // SAFETY: dlerror returns a NUL-terminated message or NULL.
+                why = cstr_lossy(unsafe { libc::dlerror() });
+                continue;
+            }
+            return Api::resolve(lib).map_err(|e| format!("{}: {e}", name.trim_end_matches('\0')));
+        }
+        Err(why)
+    });
+    loaded.as_ref().map_err(|why| {
+        PqError::new(
+            format!("cannot load libpq ({why}); install it (Debian: apt-get install libpq5)"),
+            None,
+        )
+    })
+}
+
+/// The loaded functions. Every wrapper is reached only through a [`Conn`], which exists
+/// only after [`load`] succeeded.
+fn api() -> &'static Api {
+    match LIBPQ.get() {
+        Some(Ok(api)) => api,
+        _ => unreachable!("libpq is loaded before any connection exists"),
+    }
 }
 
 const CONNECTION_OK: c_int = 0;
@@ -157,6 +239,7 @@ impl Conn {
         let mut vp: Vec<*const c_char> = vals.iter().map(|v| v.as_ptr()).collect();
         kp.push(ptr::null());
         vp.push(ptr::null());
+        load()?;
         // SAFETY: both arrays are NULL-terminated and outlive the call.
         let raw = unsafe { PQconnectdbParams(kp.as_ptr(), vp.as_ptr(), 1) };
         if raw.is_null() {
