@@ -262,7 +262,6 @@ pub fn main() -> i32 {
         }
     };
     drop(input);
-    crate::store::s3::configure(cfg.s3.clone());
     // SAFETY: process-wide settings of a fresh, single-threaded process.
     unsafe {
         libc::umask(0o077);
@@ -1065,7 +1064,7 @@ impl Agent {
         tracing::info!("label saved in {}", saved.display());
         self.state.rescue = Some(saved.display().to_string());
         self.save();
-        rescue::seed_stores(&saved, &facts);
+        rescue::seed_stores(&saved, &facts, &self.cfg.s3);
         crate::fault::fault("after-stop-call");
         Ok((facts, saved))
     }
@@ -1143,7 +1142,7 @@ impl Agent {
             ),
             (WalMode::Archive, None) => {
                 let pg_wal = pgdata.join("pg_wal");
-                Some(rescue::store_archive_entries(&facts, &window, (!standby).then_some(pg_wal.as_path()), archive_timeout)?)
+                Some(rescue::store_archive_entries(&facts, &self.cfg.s3, &window, (!standby).then_some(pg_wal.as_path()), archive_timeout)?)
             }
             _ => None,
         };
@@ -1158,7 +1157,10 @@ impl Agent {
         };
         let stores = self.cfg.stores.clone();
         let session = &mut self.session;
-        let w = rescue::write_stores(&plan, &stores, &mut || check_slot(session, slot.as_deref()));
+        let s3 = self.cfg.s3.clone();
+        let w = rescue::write_stores(&plan, &stores, &s3, &mut || {
+            check_slot(session, slot.as_deref())
+        });
         let manifest = w.manifest.clone().unwrap_or_else(|| facts.manifest.clone());
         let error = self.store_error(
             &w,

@@ -363,13 +363,10 @@ fn drill_json(d: Option<(String, String)>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn parse_store(url: &str) -> Result<Store> {
-    Store::parse(url)
-}
-
-/// `list --store URL`: every bundle of the store, oldest first.
-pub fn list(url: &str) -> Result<Output> {
-    let store = parse_store(url)?;
+/// `list --store URL`: every bundle of the store, oldest first. `s3`: the settings of an
+/// S3 store.
+pub fn list(url: &str, s3: &crate::store::s3::Settings) -> Result<Output> {
+    let store = Store::parse(url, s3)?;
     let (bundles, skipped) = scan_store(&store)?;
     let archives = read_archives(&store, &bundles);
     let drills: Vec<_> = bundles.iter().map(|b| last_drill(&store, b)).collect();
@@ -551,10 +548,11 @@ fn archives_human(archives: &[ArchiveView]) -> String {
     out
 }
 
-/// `show --store URL --id ID`: everything about one bundle.
-pub fn show(url: &str, id: &str) -> Result<Output> {
+/// `show --store URL --id ID`: everything about one bundle. `s3`: the settings of an S3
+/// store.
+pub fn show(url: &str, id: &str, s3: &crate::store::s3::Settings) -> Result<Output> {
     crate::id::validate(id)?;
-    let store = parse_store(url)?;
+    let store = Store::parse(url, s3)?;
     let b = scan_one(&store, id)?;
     let drill = last_drill(&store, &b);
     let (json, human) = show_report(&store.url(), &b, &drill);

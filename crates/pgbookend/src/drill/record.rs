@@ -70,8 +70,14 @@ impl Record {
 }
 
 /// Writes the record next to the bundle: into `bundle_dir` (`--bundle`), or into the
-/// bundle's directory or prefix in `store`. Returns where it went.
-pub fn store(rec: &Record, store: Option<&str>, bundle_dir: Option<&Path>) -> Result<String> {
+/// bundle's directory or prefix in `store` (reached with `s3`, for an S3 store). Returns
+/// where it went.
+pub fn store(
+    rec: &Record,
+    store: Option<&str>,
+    bundle_dir: Option<&Path>,
+    s3: &crate::store::s3::Settings,
+) -> Result<String> {
     let bytes = serde_json::to_vec_pretty(rec).map_err(|e| Error::internal(e.to_string()))?;
     if let Some(dir) = bundle_dir {
         return write_local(dir, &bytes);
@@ -79,7 +85,7 @@ pub fn store(rec: &Record, store: Option<&str>, bundle_dir: Option<&Path>) -> Re
     let Some(url) = store else {
         return Err(Error::usage("drill needs --store URL or --bundle DIR"));
     };
-    let s = Store::parse(url)?;
+    let s = Store::parse(url, s3)?;
     crate::id::validate(&rec.id)?;
     match &s {
         Store::Local(root) => write_local(&root.join(&rec.id), &bytes),

@@ -19,13 +19,13 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Store {
     Local(PathBuf),
-    S3(s3::S3Url),
+    S3(s3::S3Store),
 }
 
 impl Store {
     /// Parses a store URL; relative paths are made absolute against the current directory
-    /// (the agent runs from `/`).
-    pub fn parse(url: &str) -> Result<Store> {
+    /// (the agent runs from `/`). An S3 store keeps `s3`, the settings to reach it.
+    pub fn parse(url: &str, s3: &s3::Settings) -> Result<Store> {
         let url = url.trim();
         if url.is_empty() {
             return Err(Error::usage("empty --store")
@@ -40,7 +40,7 @@ impl Store {
             return Ok(Store::Local(PathBuf::from(rest)));
         }
         if url.starts_with("s3://") {
-            return Ok(Store::S3(s3::S3Url::parse(url)?));
+            return Ok(Store::S3(s3::S3Store::parse(url, s3)?));
         }
         if url.contains("://") {
             return Err(Error::usage(format!("store {url:?}: unknown scheme"))
@@ -61,7 +61,7 @@ impl Store {
     pub fn url(&self) -> String {
         match self {
             Store::Local(p) => p.display().to_string(),
-            Store::S3(u) => u.url(),
+            Store::S3(s) => s.url.url(),
         }
     }
 
@@ -69,7 +69,7 @@ impl Store {
     pub fn bundle_location(&self, id: &str) -> String {
         match self {
             Store::Local(p) => p.join(id).display().to_string(),
-            Store::S3(u) => u.bundle_location(id),
+            Store::S3(s) => s.url.bundle_location(id),
         }
     }
 
@@ -232,18 +232,43 @@ mod tests {
 
     #[test]
     fn parses_store_urls() {
-        assert_eq!(Store::parse("/b").unwrap(), Store::Local("/b".into()));
+        let none = s3::Settings::default();
         assert_eq!(
-            Store::parse("file:///b/c").unwrap(),
+            Store::parse("/b", &none).unwrap(),
+            Store::Local("/b".into())
+        );
+        assert_eq!(
+            Store::parse("file:///b/c", &none).unwrap(),
             Store::Local("/b/c".into())
         );
-        assert!(Store::parse("file://b").is_err());
+        assert!(Store::parse("file://b", &none).is_err());
         assert!(
-            matches!(Store::parse("s3://bucket/p").unwrap(), Store::S3(u) if u.url() == "s3://bucket/p")
+            matches!(Store::parse("s3://bucket/p", &none).unwrap(), Store::S3(s) if s.url.url() == "s3://bucket/p")
         );
-        assert!(Store::parse("s3://user:secret@bucket/p").is_err());
-        assert!(Store::parse("ftp://x").is_err());
-        assert!(Store::parse("").is_err());
-        assert!(matches!(Store::parse("rel").unwrap(), Store::Local(p) if p.is_absolute()));
+        assert!(Store::parse("s3://user:secret@bucket/p", &none).is_err());
+        assert!(Store::parse("ftp://x", &none).is_err());
+        assert!(Store::parse("", &none).is_err());
+        assert!(matches!(Store::parse("rel", &none).unwrap(), Store::Local(p) if p.is_absolute()));
+    }
+
+    #[test]
+    fn s3_settings_travel_with_the_store() {
+        let a = s3::Settings {
+            endpoint: Some("http://127.0.0.1:9000".into()),
+            path_style: Some(true),
+            ..Default::default()
+        };
+        let b = s3::Settings {
+            region: Some("eu-west-1".into()),
+            ..Default::default()
+        };
+        let (sa, sb) = (
+            Store::parse("s3://bucket/p", &a).unwrap(),
+            Store::parse("s3://bucket/p", &b).unwrap(),
+        );
+        assert!(matches!(&sa, Store::S3(s) if s.settings == a));
+        assert!(matches!(&sb, Store::S3(s) if s.settings == b));
+        // The same place, reached two ways: the recorded URL does not show the settings.
+        assert_eq!(sa.url(), sb.url());
     }
 }
