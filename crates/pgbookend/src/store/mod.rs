@@ -6,6 +6,22 @@
 //! directory), `s3` (the S3 client, URLs, settings and credentials), `uploads` (queued,
 //! concurrent uploads into one S3 store, for the built-in backup) and `objects` (single
 //! objects of either kind, for the WAL archive).
+//!
+//! An S3 store carries its own settings ([`s3::S3Store`]): whoever parses a store URL
+//! passes the settings resolved for this run (flags, then the config file; in the agent,
+//! its settings on stdin), so no store operation reads process-wide state.
+//!
+//! Why a closed enum and not a trait: there are exactly two kinds, and both are
+//! synchronous values that are cloned, compared and recorded by URL; a `dyn` trait would
+//! add boxing and a vtable to every caller for no third kind in sight, while a missing
+//! arm in a `match` here is a compile error when a kind is added. The enum is only the
+//! interface if callers ask it, not look into it: what depends on the kind (bundle
+//! presence, fetch, copy, small files, removal) is a `Store` method. The places that
+//! still match on the kind do so for a per-kind strategy of their own: the catalog's
+//! scan (a link-free directory walk that skips the WAL archive, versus one S3 listing
+//! read through one client), the metrics' archive scan (only the newest directory of a
+//! timeline, versus one listing), and the built-in backup's `Sink` (a writer per kind,
+//! like [`objects::Handle`]).
 
 pub mod objects;
 pub mod s3;
@@ -143,6 +159,97 @@ impl Store {
         }
     }
 
+    /// A small file of `id`'s bundle (`None` when the bundle has no such file), refused
+    /// when larger than `cap` bytes: a store's files are hostile and must not decide how
+    /// much memory is used. A local store's files are read without following links.
+    pub fn read_bundle_file(&self, id: &str, name: &str, cap: u64) -> Result<Option<Vec<u8>>> {
+        match self {
+            Store::Local(root) => {
+                let dir = root.join(id);
+                match crate::bundle::read::read_capped(&dir, name, cap) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(crate::error::io_err("cannot read", &dir.join(name), e)),
+                }
+            }
+            Store::S3(s) => s3::Client::open(s)?.get_small(&format!("{id}/{name}"), cap),
+        }
+    }
+
+    /// Stores `bytes` as the file `name` of `id`'s bundle, durably (a local store's bundle
+    /// directory must be a real directory, not a link); returns where it went.
+    pub fn write_bundle_file(&self, id: &str, name: &str, bytes: &[u8]) -> Result<String> {
+        crate::id::validate(id)?;
+        match self {
+            Store::Local(root) => {
+                let dir = root.join(id);
+                let md = std::fs::symlink_metadata(&dir)
+                    .map_err(|e| Error::env(format!("cannot stat {}: {e}", dir.display())))?;
+                if !md.is_dir() {
+                    return Err(Error::env(format!(
+                        "{} is not a directory (a link?): {name} is not written there",
+                        dir.display()
+                    )));
+                }
+                let path = dir.join(name);
+                fsutil::write_atomic(&path, bytes, &Ownership::of_dir(&dir)?)?;
+                Ok(path.display().to_string())
+            }
+            Store::S3(s) => {
+                s3::Client::open(s)?.put_bytes(&format!("{id}/{name}"), bytes.to_vec())?;
+                Ok(format!("{}{name}", s.url.bundle_location(id)))
+            }
+        }
+    }
+
+    /// Removes one bundle: `bundle.json` first (so that it stops being complete at once),
+    /// then the built-in backup's data (`data/<id>/`, if any), then `others` (its other
+    /// files, as listed, relative to the bundle). A local bundle directory that is not a
+    /// real directory (a link) is refused, never followed.
+    pub fn remove_bundle(&self, id: &str, others: &[String]) -> Result<()> {
+        crate::id::validate(id)?;
+        let manifest = crate::bundle::manifest::MANIFEST;
+        match self {
+            Store::Local(root) => {
+                let dir = root.join(id);
+                let md = std::fs::symlink_metadata(&dir)
+                    .map_err(|e| crate::error::io_err("cannot stat", &dir, e))?;
+                if !md.is_dir() {
+                    return Err(Error::env(format!(
+                        "{} is not a directory (a symbolic link?): not removed, not followed",
+                        dir.display()
+                    )));
+                }
+                let m = dir.join(manifest);
+                match std::fs::remove_file(&m) {
+                    Ok(()) => fsutil::fsync_dir(&dir)?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(crate::error::io_err("cannot remove", &m, e)),
+                }
+                if let Some(d) = local_data_dir(root, id) {
+                    fsutil::remove_tree(&d)?;
+                }
+                fsutil::remove_tree(&dir)
+            }
+            Store::S3(s) => {
+                let c = s3::Client::open(s)?;
+                c.delete(&[format!("{id}/{manifest}")])?;
+                let data: Vec<String> = c
+                    .list_below(&format!("{}/{id}", crate::id::DATA_DIR))?
+                    .into_iter()
+                    .map(|o| o.key)
+                    .collect();
+                c.delete(&data)?;
+                let rest: Vec<String> = others
+                    .iter()
+                    .filter(|o| o.as_str() != manifest)
+                    .map(|o| format!("{id}/{o}"))
+                    .collect();
+                c.delete(&rest)
+            }
+        }
+    }
+
     /// The directory of `id`'s bundle in a local store; `None` for remote stores.
     pub fn local_bundle_dir(&self, id: &str) -> Option<PathBuf> {
         match self {
@@ -213,6 +320,15 @@ impl Store {
     }
 }
 
+/// `<root>/data/<id>`, a built-in backup's data in a local store, when it is a real
+/// directory (a link is never followed).
+pub fn local_data_dir(root: &Path, id: &str) -> Option<PathBuf> {
+    let data = root.join(crate::id::DATA_DIR);
+    let d = data.join(id);
+    let data_ok = std::fs::symlink_metadata(&data).is_ok_and(|m| m.is_dir());
+    (data_ok && std::fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir())).then_some(d)
+}
+
 /// The store used when neither `--store` nor the config names one.
 pub fn default_store() -> PathBuf {
     // SAFETY: geteuid cannot fail.
@@ -249,6 +365,43 @@ mod tests {
         assert!(Store::parse("ftp://x", &none).is_err());
         assert!(Store::parse("", &none).is_err());
         assert!(matches!(Store::parse("rel", &none).unwrap(), Store::Local(p) if p.is_absolute()));
+    }
+
+    #[test]
+    fn local_bundle_files_and_removal() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::parse(&d.path().display().to_string(), &Default::default()).unwrap();
+        let id = "20260101T000000Z-abcd";
+        std::fs::create_dir(d.path().join(id)).unwrap();
+        assert_eq!(store.read_bundle_file(id, "x.json", 100).unwrap(), None);
+        let at = store.write_bundle_file(id, "x.json", b"{}").unwrap();
+        assert_eq!(at, d.path().join(id).join("x.json").display().to_string());
+        assert_eq!(
+            store
+                .read_bundle_file(id, "x.json", 100)
+                .unwrap()
+                .as_deref(),
+            Some(&b"{}"[..])
+        );
+        assert!(store.read_bundle_file(id, "x.json", 1).is_err(), "cap");
+        // A bundle directory that is a link is neither written into nor removed.
+        let other = tempfile::tempdir().unwrap();
+        let link = "20260101T000000Z-link";
+        std::os::unix::fs::symlink(other.path(), d.path().join(link)).unwrap();
+        assert!(store.write_bundle_file(link, "x.json", b"{}").is_err());
+        assert!(store.remove_bundle(link, &[]).is_err());
+        assert!(d.path().join(link).exists());
+        // Removal takes the bundle and its built-in data.
+        std::fs::write(
+            d.path().join(id).join(crate::bundle::manifest::MANIFEST),
+            b"{}",
+        )
+        .unwrap();
+        let data = d.path().join(crate::id::DATA_DIR).join(id);
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("index"), b"i").unwrap();
+        store.remove_bundle(id, &["x.json".into()]).unwrap();
+        assert!(!d.path().join(id).exists() && !data.exists());
     }
 
     #[test]
