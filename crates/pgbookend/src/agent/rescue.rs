@@ -398,73 +398,29 @@ pub struct Written {
     pub manifest: Option<Manifest>,
 }
 
-/// Writes the bundle into every store: built once into the first local store that takes
-/// it (or, with remote stores only, into `<rescue>/stage/<id>`), then copied or uploaded
-/// to the others, `bundle.json` last everywhere. `s3`: the settings of the S3 stores.
+/// Writes the bundle into every store (see [`crate::store::fanout::write`]): built once
+/// into the first local store that takes it (or, with remote stores only, into
+/// `<rescue>/stage/<id>`), then copied or uploaded to the others, `bundle.json` last
+/// everywhere. `s3`: the settings of the S3 stores.
 pub fn write_stores(
     plan: &Plan,
     stores: &[String],
     s3: &S3Settings,
     check: &mut dyn FnMut() -> Result<()>,
 ) -> Written {
-    let id = &plan.facts.id;
-    let parsed: Vec<(String, Result<Store>)> = stores
-        .iter()
-        .map(|u| (u.clone(), Store::parse(u, s3)))
-        .collect();
-    let mut results: Vec<Option<Result<String>>> = vec![None; parsed.len()];
-    let mut source: Option<(PathBuf, Manifest)> = None;
-    for (i, (_, store)) in parsed.iter().enumerate() {
-        match store {
-            Err(e) => results[i] = Some(Err(e.clone())),
-            Ok(s) if s.has_bundle(id) => {
-                results[i] = Some(Ok(s.bundle_location(id)));
-            }
-            Ok(s) => {
-                let Some(dir) = s.local_bundle_dir(id) else {
-                    continue;
-                };
-                if source.is_some() {
-                    continue;
-                }
-                let r = build(&dir, plan, check);
-                results[i] = Some(
-                    r.as_ref()
-                        .map(|_| dir.display().to_string())
-                        .map_err(Clone::clone),
-                );
-                if let Ok(m) = r {
-                    source = Some((dir, m));
-                }
-            }
-        }
-    }
-    let mut stage_error: Option<Error> = None;
-    if source.is_none() && results.iter().any(|r| r.is_none()) {
-        let dir = plan.saved.join("stage").join(id);
-        tracing::info!("staging the bundle in {} for upload", dir.display());
-        match build(&dir, plan, check) {
-            Ok(m) => source = Some((dir, m)),
-            Err(e) => stage_error = Some(e),
-        }
-    }
-    for (i, (_, store)) in parsed.iter().enumerate() {
-        if results[i].is_some() {
-            continue;
-        }
-        results[i] = Some(match (store, &source) {
-            (Ok(s), Some((from, m))) => s.copy_bundle_from(id, from, m),
-            _ => Err(stage_error
-                .clone()
-                .unwrap_or_else(|| Error::env("the bundle could not be built locally for upload"))),
-        });
-    }
+    let written = crate::store::fanout::write(
+        &plan.facts.id,
+        stores,
+        s3,
+        &plan.saved.join("stage"),
+        &mut |dir| build(dir, plan, check),
+    );
     let mut hints = Vec::new();
     let mut outcomes = Vec::new();
-    for ((url, _), r) in parsed.iter().zip(results) {
-        match r.unwrap_or_else(|| Err(Error::internal("store not attempted"))) {
+    for (url, r) in written.results {
+        match r {
             Ok(loc) => outcomes.push(StoreOutcome {
-                store: url.clone(),
+                store: url,
                 ok: true,
                 location: Some(loc),
                 error: None,
@@ -477,7 +433,7 @@ pub fn write_stores(
                     }
                 }
                 outcomes.push(StoreOutcome {
-                    store: url.clone(),
+                    store: url,
                     ok: false,
                     location: None,
                     error: Some(e.message),
@@ -488,7 +444,7 @@ pub fn write_stores(
     Written {
         outcomes,
         hints,
-        manifest: source.map(|s| s.1),
+        manifest: written.manifest,
     }
 }
 
@@ -656,7 +612,7 @@ fn archived_now(
 
 /// How many stores must take the bundle.
 fn required_stores(facts: &Facts, w: &Written) -> usize {
-    crate::agent::verdict::required_stores(facts.min_stores, w.outcomes.len())
+    crate::store::fanout::required_stores(facts.min_stores, w.outcomes.len())
 }
 
 /// One line per store: where the bundle is, or why it is not there.

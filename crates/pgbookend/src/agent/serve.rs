@@ -1202,7 +1202,7 @@ impl Agent {
                     "the bundle is in {} of {} stores (--min-stores {})",
                     outcomes.iter().filter(|o| o.ok).count(),
                     outcomes.len(),
-                    verdict::required_stores(self.cfg.min_stores, outcomes.len())
+                    crate::store::fanout::required_stores(self.cfg.min_stores, outcomes.len())
                 );
             }
             if let Err(e) = crate::fsutil::remove_tree(saved) {
@@ -1238,7 +1238,7 @@ impl Agent {
             .map(|f| f.size)
             .sum();
         let outcomes = w.outcomes;
-        let required = verdict::required_stores(self.cfg.min_stores, outcomes.len());
+        let required = crate::store::fanout::required_stores(self.cfg.min_stores, outcomes.len());
         let report = StopReport {
             id: self.cfg.id.clone(),
             system_identifier: manifest.system_identifier.clone(),

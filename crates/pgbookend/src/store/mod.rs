@@ -4,8 +4,9 @@
 //!
 //! The room of the store backends: this file (the `Store` kinds and the local
 //! directory), `s3` (the S3 client, URLs, settings and credentials), `uploads` (queued,
-//! concurrent uploads into one S3 store, for the built-in backup) and `objects` (single
-//! objects of either kind, for the WAL archive).
+//! concurrent uploads into one S3 store, for the built-in backup), `objects` (single
+//! objects of either kind, for the WAL archive) and `fanout` (one bundle written once and
+//! copied to every store, and the `--min-stores` count).
 //!
 //! An S3 store carries its own settings ([`s3::S3Store`]): whoever parses a store URL
 //! passes the settings resolved for this run (flags, then the config file; in the agent,
@@ -23,6 +24,7 @@
 //! timeline, versus one listing), and the built-in backup's `Sink` (a writer per kind,
 //! like [`objects::Handle`]).
 
+pub mod fanout;
 pub mod objects;
 pub mod s3;
 pub mod uploads;
