@@ -10,6 +10,7 @@ use crate::bundle::manifest::{WalArchive, WalMode};
 use crate::config::{conninfo_has_password, Config};
 use crate::error::{Class, Error, Result};
 use crate::output::{human_bytes, Output};
+use crate::store::s3::Settings as S3Settings;
 use crate::store::{default_store, Store};
 use crate::timefmt::{human_duration, now_unix, parse_duration, rfc3339};
 use serde_json::{json, Value};
@@ -34,6 +35,8 @@ pub struct StartOptions {
     pub min_stores: Option<usize>,
     /// `--only-on primary|standby`: skip (exit 0) on a server of the other role.
     pub only_on: Option<String>,
+    /// The settings of S3 stores (flags, then the config file), passed to the agent.
+    pub s3: S3Settings,
 }
 
 fn duration_opt(flag: &str, value: Option<&str>, default: &str) -> Result<Duration> {
@@ -102,7 +105,7 @@ pub fn start_backup(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Be
         stores,
         unreachable,
         min_stores,
-    } = check_stores(&id, opts.stores, opts.min_stores, cfg)?;
+    } = check_stores(&id, opts.stores, opts.min_stores, &opts.s3, cfg)?;
     let n_stores = stores.len();
     let pgdata = match opts.pgdata.or_else(|| cfg.pgdata.clone()) {
         Some(p) if p.is_relative() => Some(
@@ -128,7 +131,7 @@ pub fn start_backup(run: &RunDir, cfg: &Config, opts: StartOptions) -> Result<Be
         wal_mode,
         archive_dir,
         min_stores,
-        s3: crate::store::s3::settings(),
+        s3: opts.s3,
         only_on,
     };
     let ready = serve::spawn(&acfg, &entry, lock)?;
@@ -157,6 +160,7 @@ fn check_stores(
     id: &str,
     flag_stores: Vec<String>,
     flag_min: Option<usize>,
+    s3: &S3Settings,
     cfg: &Config,
 ) -> Result<StoreCheck> {
     let store_urls = if !flag_stores.is_empty() {
@@ -167,9 +171,10 @@ fn check_stores(
         vec![default_store().display().to_string()]
     };
     let mut stores: Vec<String> = Vec::new();
+    let mut parsed: Vec<Store> = Vec::new();
     let mut unreachable: Vec<Error> = Vec::new();
     for u in &store_urls {
-        let s = Store::parse(u)?;
+        let s = Store::parse(u, s3)?;
         if stores.contains(&s.url()) {
             return Err(Error::usage(format!("store {} is given twice", s.url())));
         }
@@ -179,6 +184,7 @@ fn check_stores(
             Err(e) => return Err(e),
         }
         stores.push(s.url());
+        parsed.push(s);
     }
     let min_stores = match flag_min.or(cfg.min_stores) {
         Some(n) if n == 0 || n > stores.len() => {
@@ -189,7 +195,7 @@ fn check_stores(
         }
         other => other,
     };
-    crate::agent::rescue::refuse_leftovers(id, &stores)?;
+    crate::agent::rescue::refuse_leftovers(id, &parsed)?;
     let n_stores = stores.len();
     if n_stores - unreachable.len() < min_stores.unwrap_or(n_stores) {
         let mut e = unreachable.remove(0);
@@ -378,15 +384,17 @@ pub struct Stopped {
     pub output: Output,
 }
 
-/// `stop`: asks the agent to stop the backup and write the bundle.
+/// `stop`: asks the agent to stop the backup and write the bundle. `s3`: the settings of
+/// S3 stores, for completing a rescuable backup.
 pub fn stop(
     run: &RunDir,
     cfg: &Config,
     id: &str,
     wait_archive: Option<bool>,
     archive_timeout: Option<&str>,
+    s3: &S3Settings,
 ) -> Result<Output> {
-    stop_backup(run, cfg, id, wait_archive, archive_timeout).map(|s| s.output)
+    stop_backup(run, cfg, id, wait_archive, archive_timeout, s3).map(|s| s.output)
 }
 
 /// [`stop`], keeping the agent's report typed for `run`.
@@ -396,6 +404,7 @@ pub fn stop_backup(
     id: &str,
     wait_archive: Option<bool>,
     archive_timeout: Option<&str>,
+    s3: &S3Settings,
 ) -> Result<Stopped> {
     crate::id::validate(id)?;
     let timeout = duration_opt(
@@ -420,7 +429,7 @@ pub fn stop_backup(
             .read_state()
             .is_some_and(|st| st.state == Phase::Rescuable)
     {
-        let output = crate::agent::rescue::command(run, id, Vec::new(), None)?;
+        let output = crate::agent::rescue::command(run, id, Vec::new(), None, s3)?;
         return Ok(Stopped {
             report: None,
             output,

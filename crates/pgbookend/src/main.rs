@@ -7,6 +7,7 @@ use pgbookend::config::Config;
 use pgbookend::error::{Class, Error};
 use pgbookend::output::Output;
 use pgbookend::restore::PrepareOptions;
+use pgbookend::store::s3::Settings as S3Settings;
 use pgbookend::verify::PageCheckMode;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -223,10 +224,15 @@ struct ArchivePushArgs {
 }
 
 impl ArchivePushArgs {
-    fn settings(&self, cfg: &Config) -> Result<pgbookend::archive::Settings, Error> {
+    fn settings(
+        &self,
+        cfg: &Config,
+        s3: &S3Settings,
+    ) -> Result<pgbookend::archive::Settings, Error> {
         pgbookend::archive::Settings::resolve(
             cfg,
             &self.stores,
+            s3,
             self.compress_level,
             self.min_stores,
             self.pgdata.as_deref(),
@@ -271,7 +277,7 @@ struct CheckArgs {
 }
 
 impl CheckArgs {
-    fn run(self, run: &RunDir, cfg: &Config) -> Result<Output, Error> {
+    fn run(self, run: &RunDir, cfg: &Config, s3: &S3Settings) -> Result<Output, Error> {
         use pgbookend::check;
         let wal = check::WalMode::parse(
             self.wal
@@ -312,6 +318,7 @@ impl CheckArgs {
                 .conninfo
                 .as_deref()
                 .is_some_and(pgbookend::config::conninfo_has_password),
+            s3: s3.clone(),
         };
         let r = check::run(&o);
         let error = (!r.ok).then(|| {
@@ -357,12 +364,13 @@ struct ArchiveGetArgs {
 /// nobody (it happens once per segment).
 fn archive_push(
     cfg: &Config,
+    s3: &S3Settings,
     a: ArchivePushArgs,
     json: bool,
     hooks: &pgbookend::notify::Hooks,
 ) -> ExitCode {
     use pgbookend::archive::{push, spool};
-    let queued = a.settings(cfg).and_then(|s| match a.spool(cfg)? {
+    let queued = a.settings(cfg, s3).and_then(|s| match a.spool(cfg)? {
         Some(o) => spool::submit(&s, &o, &a.path).map(Err),
         None => push::push(&s, &a.path).map(Ok),
     });
@@ -400,9 +408,9 @@ fn archive_push(
 }
 
 /// The detached pusher an earlier `archive-push --async` started (hidden): no output.
-fn archive_pusher(cfg: &Config, a: ArchivePushArgs) -> ExitCode {
+fn archive_pusher(cfg: &Config, s3: &S3Settings, a: ArchivePushArgs) -> ExitCode {
     if let (Ok(s), Ok(o)) = (
-        a.settings(cfg),
+        a.settings(cfg, s3),
         pgbookend::archive::spool::Options::resolve(cfg, a.spool.as_deref(), a.spool_max, a.jobs),
     ) {
         pgbookend::archive::spool::work(&s, &o);
@@ -411,10 +419,16 @@ fn archive_pusher(cfg: &Config, a: ArchivePushArgs) -> ExitCode {
 }
 
 /// The detached prefetch worker an earlier `archive-get` started (hidden): no output at all.
-fn archive_prefetch(cfg: &Config, a: ArchiveGetArgs) -> ExitCode {
-    let s =
-        pgbookend::archive::Settings::resolve(cfg, &a.stores, None, Some(1), a.pgdata.as_deref())
-            .and_then(|s| pgbookend::archive::with_prefetch(s, cfg, a.prefetch, a.jobs));
+fn archive_prefetch(cfg: &Config, s3: &S3Settings, a: ArchiveGetArgs) -> ExitCode {
+    let s = pgbookend::archive::Settings::resolve(
+        cfg,
+        &a.stores,
+        s3,
+        None,
+        Some(1),
+        a.pgdata.as_deref(),
+    )
+    .and_then(|s| pgbookend::archive::with_prefetch(s, cfg, a.prefetch, a.jobs));
     if let Ok(s) = &s {
         pgbookend::archive::prefetch::work(s, &a.dest);
     }
@@ -423,10 +437,10 @@ fn archive_prefetch(cfg: &Config, a: ArchiveGetArgs) -> ExitCode {
 
 /// `archive-get`: exit 1 with one short line when no store has the file, so that
 /// recovery ends cleanly at the end of the archive.
-fn archive_get(cfg: &Config, a: ArchiveGetArgs, json: bool) -> ExitCode {
+fn archive_get(cfg: &Config, s3: &S3Settings, a: ArchiveGetArgs, json: bool) -> ExitCode {
     use pgbookend::archive::{get, Settings};
     // One store with the file is enough to read it: archive_min_stores is for writing.
-    let s = Settings::resolve(cfg, &a.stores, None, Some(1), a.pgdata.as_deref())
+    let s = Settings::resolve(cfg, &a.stores, s3, None, Some(1), a.pgdata.as_deref())
         .and_then(|s| pgbookend::archive::with_prefetch(s, cfg, a.prefetch, a.jobs));
     let r = s.and_then(|s| get::get(&s, &a.name, &a.dest));
     match r {
@@ -528,7 +542,7 @@ fn abs(p: PathBuf) -> PathBuf {
 }
 
 impl PrepareArgs {
-    fn options(self, verb: &str, cfg: &Config) -> Result<PrepareOptions, Error> {
+    fn options(self, verb: &str, cfg: &Config, s3: &S3Settings) -> Result<PrepareOptions, Error> {
         let ts = tablespace_map(&self.tablespaces)?;
         if verb == "prepare" && self.pgdata.is_none() {
             return Err(Error::usage(
@@ -566,6 +580,7 @@ impl PrepareArgs {
                 (false, None) => PageCheckMode::Full,
             },
             list_bundles: Some(pgbookend::catalog::manifests),
+            s3: s3.clone(),
         })
     }
 }
@@ -603,7 +618,7 @@ struct RestoreArgs {
 }
 
 impl RestoreArgs {
-    fn run(self, cfg: &Config) -> Result<Output, Error> {
+    fn run(self, cfg: &Config, s3: &S3Settings) -> Result<Output, Error> {
         if self.prepare.bundle.is_some() || self.prepare.dry_run {
             return Err(Error::usage(
                 "restore takes no --bundle or --dry-run: it reads the bundle from --store",
@@ -614,7 +629,7 @@ impl RestoreArgs {
         }
         // Every byte was checked against its SHA-256 on the way: no page check by default.
         let pages_given = self.prepare.no_check_pages || self.prepare.check_pages.is_some();
-        let mut prepare = self.prepare.options("prepare", cfg)?;
+        let mut prepare = self.prepare.options("prepare", cfg, s3)?;
         if !pages_given {
             prepare.check_pages = PageCheckMode::Off;
         }
@@ -696,7 +711,7 @@ struct DrillArgs {
 }
 
 impl DrillArgs {
-    fn run(self) -> Result<Output, Error> {
+    fn run(self, s3: &S3Settings) -> Result<Output, Error> {
         let tablespaces = tablespace_map(&self.tablespaces)?;
         let timeout = self
             .timeout
@@ -721,6 +736,7 @@ impl DrillArgs {
             no_amcheck: self.no_amcheck,
             tablespaces,
             timeout,
+            s3: s3.clone(),
         };
         let r = pgbookend::drill::drill(&opts)?;
         let human = pgbookend::drill::render(&r);
@@ -778,7 +794,7 @@ struct ExpireArgs {
 }
 
 impl ExpireArgs {
-    fn run(self) -> Result<Output, Error> {
+    fn run(self, s3: &S3Settings) -> Result<Output, Error> {
         use pgbookend::catalog::expire::{expire, Policy};
         let policy = match (self.keep_last, self.keep_within) {
             (Some(n), _) => Policy::KeepLast(n),
@@ -801,6 +817,7 @@ impl ExpireArgs {
         };
         expire(
             &self.store,
+            s3,
             policy,
             self.dry_run,
             self.include_partial,
@@ -856,7 +873,7 @@ struct StartArgs {
 }
 
 impl StartArgs {
-    fn options(self) -> StartOptions {
+    fn options(self, s3: &S3Settings) -> StartOptions {
         StartOptions {
             id: self.id,
             stores: self.stores,
@@ -869,6 +886,7 @@ impl StartArgs {
             archive: self.archive,
             min_stores: self.min_stores,
             only_on: self.only_on,
+            s3: s3.clone(),
         }
     }
 }
@@ -925,13 +943,14 @@ struct BackupArgs {
 fn backup_command(
     run: &RunDir,
     cfg: &Config,
+    s3: &S3Settings,
     a: BackupArgs,
     json: bool,
 ) -> pgbookend::error::Result<Output> {
     use pgbookend::backup::take;
     let (compression, level) = take::parse_compress(&a.compress)?;
     let opts = take::BackupOptions {
-        start: a.start.options(),
+        start: a.start.options(s3),
         jobs: a.jobs,
         compression,
         level,
@@ -955,6 +974,7 @@ fn backup_command(
 fn run_command(
     run: &RunDir,
     cfg: &Config,
+    s3: &S3Settings,
     a: RunArgs,
     json: bool,
     hooks: &pgbookend::notify::Hooks,
@@ -965,7 +985,7 @@ fn run_command(
         _ => None,
     };
     let opts = pgbookend::run::RunOptions {
-        start: a.start.options(),
+        start: a.start.options(s3),
         command: a.command,
         then: a.then,
         wait_archive,
@@ -1109,12 +1129,13 @@ fn s3_settings(cli: &Cli, cfg: &Config) -> Result<pgbookend::store::s3::Settings
 /// prints the gathered facts instead.
 fn metrics_output(
     urls: &[String],
+    s3: &S3Settings,
     run: &RunDir,
     output: Option<&std::path::Path>,
     json: bool,
 ) -> pgbookend::error::Result<Output> {
     use pgbookend::metrics;
-    let snap = metrics::gather(&metrics::stores(urls)?, run);
+    let snap = metrics::gather(&metrics::stores(urls, s3)?, run);
     let text = metrics::expo::render(&snap);
     let down = snap.stores.iter().filter(|s| !s.up).count();
     let human = match output {
@@ -1177,10 +1198,11 @@ fn dispatch(
     command: Cmd,
     run: &RunDir,
     cfg: &Config,
+    s3: &S3Settings,
     json: bool,
 ) -> pgbookend::error::Result<Output> {
     match command {
-        Cmd::Start(a) => commands::start(run, cfg, a.options()),
+        Cmd::Start(a) => commands::start(run, cfg, a.options(s3)),
         Cmd::Run(_) | Cmd::Backup(_) | Cmd::ArchivePush(_) | Cmd::ArchiveGet(_) => {
             unreachable!("handled in main")
         }
@@ -1195,19 +1217,19 @@ fn dispatch(
                 (_, true) => Some(false),
                 _ => None,
             };
-            commands::stop(run, cfg, &id, wait, archive_timeout.as_deref())
+            commands::stop(run, cfg, &id, wait, archive_timeout.as_deref(), s3)
         }
         Cmd::Status { id } => commands::status(run, id.as_deref()),
         Cmd::Abort { id } => commands::abort(run, &id),
         Cmd::Cleanup { pgdata } => commands::cleanup(run, pgdata.as_deref()),
         Cmd::Prepare(a) => a
-            .options("prepare", cfg)
+            .options("prepare", cfg, s3)
             .and_then(|o| pgbookend::restore::exec::prepare(&o))
             .and_then(|r| report_output(r, "prepare")),
-        Cmd::Restore(a) => a.run(cfg),
+        Cmd::Restore(a) => a.run(cfg, s3),
         Cmd::Verify(a) => {
             let copy = a.pgdata.is_some();
-            a.options("verify", cfg).and_then(|o| {
+            a.options("verify", cfg, s3).and_then(|o| {
                 let r = if copy {
                     pgbookend::restore::verify_copy(&o)
                 } else {
@@ -1216,6 +1238,7 @@ fn dispatch(
                             o.store.as_deref(),
                             o.bundle.as_deref(),
                             id,
+                            &o.s3,
                         ),
                         None => Err(Error::usage(
                             "verify needs --pgdata DIR, or --store URL / --bundle DIR with --id ID",
@@ -1225,8 +1248,8 @@ fn dispatch(
                 r.and_then(|r| report_output(r, "verify"))
             })
         }
-        Cmd::Drill(a) => a.run(),
-        Cmd::Check(a) => a.run(run, cfg),
+        Cmd::Drill(a) => a.run(s3),
+        Cmd::Check(a) => a.run(run, cfg, s3),
         Cmd::Guard { pgdata } => {
             pgbookend::restore::guard::guard(&pgdata).map(|(json, human)| Output {
                 json,
@@ -1234,21 +1257,21 @@ fn dispatch(
                 error: None,
             })
         }
-        Cmd::List { store } => pgbookend::catalog::list(&store),
-        Cmd::Show { store, id } => pgbookend::catalog::show(&store, &id),
-        Cmd::Expire(a) => a.run(),
+        Cmd::List { store } => pgbookend::catalog::list(&store, s3),
+        Cmd::Show { store, id } => pgbookend::catalog::show(&store, &id, s3),
+        Cmd::Expire(a) => a.run(s3),
         Cmd::Rescue {
             id,
             stores,
             archive,
-        } => pgbookend::agent::rescue::command(run, &id, stores, archive),
+        } => pgbookend::agent::rescue::command(run, &id, stores, archive, s3),
         Cmd::Metrics { stores, output } => {
             let urls = if stores.is_empty() {
                 cfg.store.clone()
             } else {
                 stores
             };
-            metrics_output(&urls, run, output.as_deref(), json)
+            metrics_output(&urls, s3, run, output.as_deref(), json)
         }
         Cmd::Agent { .. }
         | Cmd::Completions { .. }
@@ -1288,10 +1311,10 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e, json),
     };
     let run = RunDir::resolve(cli.run_dir.as_deref(), cfg.run_dir.as_deref());
-    match s3_settings(&cli, &cfg) {
-        Ok(s) => pgbookend::store::s3::configure(s),
+    let s3 = match s3_settings(&cli, &cfg) {
+        Ok(s) => s,
         Err(e) => return fail(&e, json),
-    }
+    };
     let hooks = match hooks(&cli, &cfg) {
         Ok(h) => h,
         Err(e) => return fail(&e, json),
@@ -1303,13 +1326,13 @@ fn main() -> ExitCode {
         _ => None,
     };
     let result = match cli.command {
-        Cmd::Run(a) => return run_command(&run, &cfg, a, json, &hooks),
-        Cmd::Backup(a) => backup_command(&run, &cfg, a, json),
-        Cmd::ArchivePush(a) => return archive_push(&cfg, a, json, &hooks),
-        Cmd::ArchiveGet(a) => return archive_get(&cfg, a, json),
-        Cmd::ArchivePrefetch(a) => return archive_prefetch(&cfg, a),
-        Cmd::ArchivePusher(a) => return archive_pusher(&cfg, a),
-        command => dispatch(command, &run, &cfg, json),
+        Cmd::Run(a) => return run_command(&run, &cfg, &s3, a, json, &hooks),
+        Cmd::Backup(a) => backup_command(&run, &cfg, &s3, a, json),
+        Cmd::ArchivePush(a) => return archive_push(&cfg, &s3, a, json, &hooks),
+        Cmd::ArchiveGet(a) => return archive_get(&cfg, &s3, a, json),
+        Cmd::ArchivePrefetch(a) => return archive_prefetch(&cfg, &s3, a),
+        Cmd::ArchivePusher(a) => return archive_pusher(&cfg, &s3, a),
+        command => dispatch(command, &run, &cfg, &s3, json),
     };
     let (code, report, error) = match result {
         Ok(out) => {

@@ -386,6 +386,7 @@ pub fn run(rd: &RunDir, cfg: &Config, opts: RunOptions) -> Result<RunOutcome> {
         &id,
         opts.wait_archive,
         opts.archive_timeout.as_deref(),
+        &opts.start.s3,
     )?;
     report["stop"] = stopped.json.clone();
     report["result"] = json!("stopped");

@@ -15,6 +15,7 @@ use crate::bundle::walcollect;
 use crate::error::{io_err, Class, Error, Result};
 use crate::fault::fault;
 use crate::fsutil::{self, Ownership};
+use crate::store::s3::Settings as S3Settings;
 use crate::store::Store;
 use pgbookend_formats::lsn::Lsn;
 use serde::{Deserialize, Serialize};
@@ -192,15 +193,17 @@ pub fn window(f: &Facts, archive: Option<&Path>) -> Result<Vec<String>> {
 }
 
 /// [`store_archive_entries`] now, pushing from the backup's `pg_wal`.
-fn store_archive_now(f: &Facts, window: &[String]) -> Result<Vec<WalEntry>> {
+fn store_archive_now(f: &Facts, s3: &S3Settings, window: &[String]) -> Result<Vec<WalEntry>> {
     let pg_wal = Path::new(&f.manifest.pgdata).join("pg_wal");
-    store_archive_entries(f, window, Some(&pg_wal), std::time::Duration::ZERO)
+    store_archive_entries(f, s3, window, Some(&pg_wal), std::time::Duration::ZERO)
 }
 
 /// Confirms that the store archive of the backup (`archive_stores`) holds every WAL file
 /// of the window, pushing from `pg_wal` what the server finished but did not archive yet.
+/// `s3`: the settings of its S3 stores.
 pub fn store_archive_entries(
     f: &Facts,
+    s3: &S3Settings,
     window: &[String],
     pg_wal: Option<&Path>,
     timeout: std::time::Duration,
@@ -209,7 +212,7 @@ pub fn store_archive_entries(
     let stores = m
         .archive_stores
         .iter()
-        .map(|u| crate::store::Store::parse(u))
+        .map(|u| Store::parse(u, s3))
         .collect::<Result<Vec<_>>>()?;
     let sysid: u64 = m
         .system_identifier
@@ -362,15 +365,18 @@ pub fn copy_saved(saved: &Path, dest: &Path, own: &Ownership) -> Result<()> {
 
 /// Best effort: puts the saved files into each local store's `<store>/<id>/` at once, so
 /// that the store itself shows a rescuable partial bundle if everything after fails.
-pub fn seed_stores(saved: &Path, facts: &Facts) {
+pub fn seed_stores(saved: &Path, facts: &Facts, s3: &S3Settings) {
     let own = Ownership::private();
     for url in &facts.stores {
-        let Ok(Store::Local(root)) = Store::parse(url) else {
+        let Some(dest) = Store::parse(url, s3)
+            .ok()
+            .and_then(|s| s.local_bundle_dir(&facts.id))
+        else {
             continue;
         };
-        let dest = root.join(&facts.id);
-        let res = std::fs::create_dir_all(&root)
-            .map_err(|e| io_err("cannot create", &root, e))
+        let root = dest.parent().unwrap_or(Path::new("/"));
+        let res = std::fs::create_dir_all(root)
+            .map_err(|e| io_err("cannot create", root, e))
             .and_then(|()| {
                 if std::fs::symlink_metadata(&dest).is_ok_and(|m| !m.is_dir()) {
                     return Err(Error::env(format!("{} is not a directory", dest.display())));
@@ -392,72 +398,29 @@ pub struct Written {
     pub manifest: Option<Manifest>,
 }
 
-/// Writes the bundle into every store: built once into the first local store that takes
-/// it (or, with remote stores only, into `<rescue>/stage/<id>`), then copied or uploaded
-/// to the others, `bundle.json` last everywhere.
+/// Writes the bundle into every store (see [`crate::store::fanout::write`]): built once
+/// into the first local store that takes it (or, with remote stores only, into
+/// `<rescue>/stage/<id>`), then copied or uploaded to the others, `bundle.json` last
+/// everywhere. `s3`: the settings of the S3 stores.
 pub fn write_stores(
     plan: &Plan,
     stores: &[String],
+    s3: &S3Settings,
     check: &mut dyn FnMut() -> Result<()>,
 ) -> Written {
-    let id = &plan.facts.id;
-    let parsed: Vec<(String, Result<Store>)> = stores
-        .iter()
-        .map(|u| (u.clone(), Store::parse(u)))
-        .collect();
-    let mut results: Vec<Option<Result<String>>> = vec![None; parsed.len()];
-    let mut source: Option<(PathBuf, Manifest)> = None;
-    for (i, (_, store)) in parsed.iter().enumerate() {
-        match store {
-            Err(e) => results[i] = Some(Err(e.clone())),
-            Ok(s) if s.has_bundle(id) => {
-                results[i] = Some(Ok(s.bundle_location(id)));
-            }
-            Ok(s) => {
-                let Some(dir) = s.local_bundle_dir(id) else {
-                    continue;
-                };
-                if source.is_some() {
-                    continue;
-                }
-                let r = build(&dir, plan, check);
-                results[i] = Some(
-                    r.as_ref()
-                        .map(|_| dir.display().to_string())
-                        .map_err(Clone::clone),
-                );
-                if let Ok(m) = r {
-                    source = Some((dir, m));
-                }
-            }
-        }
-    }
-    let mut stage_error: Option<Error> = None;
-    if source.is_none() && results.iter().any(|r| r.is_none()) {
-        let dir = plan.saved.join("stage").join(id);
-        tracing::info!("staging the bundle in {} for upload", dir.display());
-        match build(&dir, plan, check) {
-            Ok(m) => source = Some((dir, m)),
-            Err(e) => stage_error = Some(e),
-        }
-    }
-    for (i, (_, store)) in parsed.iter().enumerate() {
-        if results[i].is_some() {
-            continue;
-        }
-        results[i] = Some(match (store, &source) {
-            (Ok(s), Some((from, m))) => s.copy_bundle_from(id, from, m),
-            _ => Err(stage_error
-                .clone()
-                .unwrap_or_else(|| Error::env("the bundle could not be built locally for upload"))),
-        });
-    }
+    let written = crate::store::fanout::write(
+        &plan.facts.id,
+        stores,
+        s3,
+        &plan.saved.join("stage"),
+        &mut |dir| build(dir, plan, check),
+    );
     let mut hints = Vec::new();
     let mut outcomes = Vec::new();
-    for ((url, _), r) in parsed.iter().zip(results) {
-        match r.unwrap_or_else(|| Err(Error::internal("store not attempted"))) {
+    for (url, r) in written.results {
+        match r {
             Ok(loc) => outcomes.push(StoreOutcome {
-                store: url.clone(),
+                store: url,
                 ok: true,
                 location: Some(loc),
                 error: None,
@@ -470,7 +433,7 @@ pub fn write_stores(
                     }
                 }
                 outcomes.push(StoreOutcome {
-                    store: url.clone(),
+                    store: url,
                     ok: false,
                     location: None,
                     error: Some(e.message),
@@ -481,14 +444,14 @@ pub fn write_stores(
     Written {
         outcomes,
         hints,
-        manifest: source.map(|s| s.1),
+        manifest: written.manifest,
     }
 }
 
 /// Refuses a new backup whose ID still has leftovers of an earlier one: a rescue copy or
 /// a partial bundle in a local store. Their files must never be mixed with a new
 /// backup's (the new bundle would adopt the old label or WAL).
-pub fn refuse_leftovers(id: &str, stores: &[String]) -> Result<()> {
+pub fn refuse_leftovers(id: &str, stores: &[Store]) -> Result<()> {
     let mine = root().join(id);
     if present(&mine) {
         return Err(Error::usage(format!(
@@ -499,11 +462,7 @@ pub fn refuse_leftovers(id: &str, stores: &[String]) -> Result<()> {
             "complete it with `pgbookend rescue --id {id}`, or choose another --id"
         )));
     }
-    for url in stores {
-        let Ok(Store::Local(root)) = Store::parse(url) else {
-            continue;
-        };
-        let dir = root.join(id);
+    for dir in stores.iter().filter_map(|s| s.local_bundle_dir(id)) {
         if present(&dir) && !dir.join(manifest::MANIFEST).exists() {
             return Err(Error::usage(format!(
                 "{} holds a partial bundle of an earlier backup with ID {id}",
@@ -525,12 +484,13 @@ pub fn locate(run: &crate::agent::rundir::RunDir, id: &str) -> Option<PathBuf> {
 
 /// `rescue --id ID [--store URL]... [--archive DIR]`: completes a stopped backup's bundle
 /// from its rescue copy and the WAL that still exists, `bundle.json` last, then removes
-/// the rescue copy; or says exactly why it cannot.
+/// the rescue copy; or says exactly why it cannot. `s3`: the settings of the S3 stores.
 pub fn command(
     run: &crate::agent::rundir::RunDir,
     id: &str,
     stores: Vec<String>,
     archive: Option<PathBuf>,
+    s3: &S3Settings,
 ) -> Result<crate::output::Output> {
     let saved = rescue_copy(run, id)?;
     let facts = load(&saved, id)?;
@@ -539,7 +499,7 @@ pub fn command(
     } else {
         stores
             .iter()
-            .map(|u| Store::parse(u).map(|s| s.url()))
+            .map(|u| Store::parse(u, s3).map(|s| s.url()))
             .collect::<Result<Vec<_>>>()?
     };
     let archive = match archive {
@@ -547,7 +507,7 @@ pub fn command(
         None => facts.archive_dir.clone(),
     };
     let window = window(&facts, archive.as_deref())?;
-    let archived = archived_now(&facts, archive.as_deref(), &window)?;
+    let archived = archived_now(&facts, s3, archive.as_deref(), &window)?;
     let plan = Plan {
         facts: &facts,
         saved: &saved,
@@ -555,7 +515,7 @@ pub fn command(
         archived,
         archive: archive.as_deref(),
     };
-    let w = write_stores(&plan, &stores, &mut || Ok(()));
+    let w = write_stores(&plan, &stores, s3, &mut || Ok(()));
     let out = report(id, &facts, &saved, window.len(), &w);
     if out.error.is_some() {
         return Ok(out);
@@ -632,13 +592,14 @@ fn rescue_copy(run: &crate::agent::rundir::RunDir, id: &str) -> Result<PathBuf> 
 /// The archived segments of the window, for a backup that keeps its WAL in an archive.
 fn archived_now(
     facts: &Facts,
+    s3: &S3Settings,
     archive: Option<&Path>,
     window: &[String],
 ) -> Result<Option<Vec<WalEntry>>> {
     Ok(match (facts.wal_mode, archive) {
         (WalMode::Archive, Some(d)) => Some(archive_entries(d, window)?),
         (WalMode::Archive, None) if !facts.manifest.archive_stores.is_empty() => {
-            Some(store_archive_now(facts, window)?)
+            Some(store_archive_now(facts, s3, window)?)
         }
         (WalMode::Archive, None) => {
             return Err(Error::usage(
@@ -651,7 +612,7 @@ fn archived_now(
 
 /// How many stores must take the bundle.
 fn required_stores(facts: &Facts, w: &Written) -> usize {
-    crate::agent::verdict::required_stores(facts.min_stores, w.outcomes.len())
+    crate::store::fanout::required_stores(facts.min_stores, w.outcomes.len())
 }
 
 /// One line per store: where the bundle is, or why it is not there.

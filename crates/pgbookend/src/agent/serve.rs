@@ -262,7 +262,6 @@ pub fn main() -> i32 {
         }
     };
     drop(input);
-    crate::store::s3::configure(cfg.s3.clone());
     // SAFETY: process-wide settings of a fresh, single-threaded process.
     unsafe {
         libc::umask(0o077);
@@ -1065,7 +1064,7 @@ impl Agent {
         tracing::info!("label saved in {}", saved.display());
         self.state.rescue = Some(saved.display().to_string());
         self.save();
-        rescue::seed_stores(&saved, &facts);
+        rescue::seed_stores(&saved, &facts, &self.cfg.s3);
         crate::fault::fault("after-stop-call");
         Ok((facts, saved))
     }
@@ -1143,7 +1142,7 @@ impl Agent {
             ),
             (WalMode::Archive, None) => {
                 let pg_wal = pgdata.join("pg_wal");
-                Some(rescue::store_archive_entries(&facts, &window, (!standby).then_some(pg_wal.as_path()), archive_timeout)?)
+                Some(rescue::store_archive_entries(&facts, &self.cfg.s3, &window, (!standby).then_some(pg_wal.as_path()), archive_timeout)?)
             }
             _ => None,
         };
@@ -1158,7 +1157,10 @@ impl Agent {
         };
         let stores = self.cfg.stores.clone();
         let session = &mut self.session;
-        let w = rescue::write_stores(&plan, &stores, &mut || check_slot(session, slot.as_deref()));
+        let s3 = self.cfg.s3.clone();
+        let w = rescue::write_stores(&plan, &stores, &s3, &mut || {
+            check_slot(session, slot.as_deref())
+        });
         let manifest = w.manifest.clone().unwrap_or_else(|| facts.manifest.clone());
         let error = self.store_error(
             &w,
@@ -1200,7 +1202,7 @@ impl Agent {
                     "the bundle is in {} of {} stores (--min-stores {})",
                     outcomes.iter().filter(|o| o.ok).count(),
                     outcomes.len(),
-                    verdict::required_stores(self.cfg.min_stores, outcomes.len())
+                    crate::store::fanout::required_stores(self.cfg.min_stores, outcomes.len())
                 );
             }
             if let Err(e) = crate::fsutil::remove_tree(saved) {
@@ -1236,7 +1238,7 @@ impl Agent {
             .map(|f| f.size)
             .sum();
         let outcomes = w.outcomes;
-        let required = verdict::required_stores(self.cfg.min_stores, outcomes.len());
+        let required = crate::store::fanout::required_stores(self.cfg.min_stores, outcomes.len());
         let report = StopReport {
             id: self.cfg.id.clone(),
             system_identifier: manifest.system_identifier.clone(),

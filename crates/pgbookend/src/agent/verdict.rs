@@ -5,14 +5,9 @@
 use crate::agent::rescue::Written;
 use crate::bundle::manifest::WalArchive;
 use crate::error::{Class, Error};
+use crate::store::fanout::required_stores;
 use std::path::Path;
 use std::time::Duration;
-
-/// How many of `stores` stores must take the bundle (`--min-stores`, all by default;
-/// at least one, at most all).
-pub fn required_stores(min_stores: Option<usize>, stores: usize) -> usize {
-    min_stores.unwrap_or(stores).clamp(1, stores.max(1))
-}
 
 /// The facts of one stop the verdict is drawn from, beside the stores' outcomes.
 pub struct StopFacts<'a> {

@@ -46,10 +46,12 @@ pub struct Settings {
 
 impl Settings {
     /// Stores: `--store` flags, else the config's `archive_store`, else its `store`; none
-    /// at all is a usage error (an archive must be chosen, never guessed).
+    /// at all is a usage error (an archive must be chosen, never guessed). `s3`: the
+    /// settings of S3 stores.
     pub fn resolve(
         cfg: &Config,
         stores: &[String],
+        s3: &crate::store::s3::Settings,
         level: Option<i32>,
         min_stores: Option<usize>,
         pgdata: Option<&Path>,
@@ -67,7 +69,7 @@ impl Settings {
         }
         let stores = urls
             .iter()
-            .map(|u| Store::parse(u))
+            .map(|u| Store::parse(u, s3))
             .collect::<Result<Vec<_>>>()?;
         let level = level
             .or(cfg.archive_compress_level)

@@ -69,7 +69,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport> {
         .clone()
         .or_else(|| opts.prepare.configured_stores.first().cloned())
         .ok_or_else(|| Error::usage("restore needs --store URL (or a configured store)"))?;
-    let store = Store::parse(&url)?;
+    let store = Store::parse(&url, &opts.prepare.s3)?;
     let handle = Handle::open(&store)?;
     let id = pick_id(opts, &store, &handle)?;
     let ix = read_index(&handle, &store, &id)?;

@@ -8,24 +8,12 @@ use super::manifest::{self, ManifestFile, WalRange};
 use super::sink::Sink;
 use crate::agent::state::StopReport;
 use crate::bundle::read::MAX_TEXT_BYTES;
-use crate::error::{io_err, Error, Result};
+use crate::error::{Error, Result};
 use crate::store::Store;
 
 /// Reads a small file of the bundle of `id` (`None` when it has none).
 fn bundle_file(store: &Store, id: &str, name: &str) -> Result<Option<Vec<u8>>> {
-    match store {
-        Store::Local(root) => {
-            let dir = root.join(id);
-            match crate::bundle::read::read_capped(&dir, name, MAX_TEXT_BYTES) {
-                Ok(b) => Ok(Some(b)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(io_err("cannot read", &dir.join(name), e)),
-            }
-        }
-        Store::S3(u) => {
-            crate::store::s3::Client::open(u)?.get_small(&format!("{id}/{name}"), MAX_TEXT_BYTES)
-        }
-    }
+    store.read_bundle_file(id, name, MAX_TEXT_BYTES)
 }
 
 /// Renders the manifest of the backup and stores it in every sink.

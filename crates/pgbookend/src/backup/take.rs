@@ -117,7 +117,7 @@ pub fn backup(
         .ready
         .stores
         .iter()
-        .map(|u| Store::parse(u))
+        .map(|u| Store::parse(u, &opts.start.s3))
         .collect::<Result<_>>()
         .inspect_err(|_| abort_quietly(rd, &id))?;
     let mut sinks = Vec::new();
@@ -147,6 +147,7 @@ pub fn backup(
         &id,
         opts.wait_archive,
         opts.archive_timeout.as_deref(),
+        &opts.start.s3,
     ) {
         Ok(s) => s,
         Err(e) => return Err(fail(rd, &id, &sinks, e)),

@@ -6,7 +6,7 @@
 //! `--include-partial` is given. A rescuable partial bundle is reported, and removed only
 //! with `--include-rescuable` too.
 
-use super::{parse_store, remove, scan_store, BundleInfo, PARTIAL_GRACE};
+use super::{remove, scan_store, BundleInfo, PARTIAL_GRACE};
 use crate::bundle::manifest::Manifest;
 use crate::error::{Error, Result};
 use crate::output::{human_bytes, Output};
@@ -162,9 +162,10 @@ fn plan_partial(
 }
 
 /// `expire --store URL (--keep-last N | --keep-within DUR) [--dry-run] [--include-partial
-/// [--include-rescuable]]`.
+/// [--include-rescuable]]`. `s3`: the settings of an S3 store.
 pub fn expire(
     url: &str,
+    s3: &crate::store::s3::Settings,
     policy: Policy,
     dry_run: bool,
     include_partial: bool,
@@ -175,7 +176,7 @@ pub fn expire(
         return Err(Error::usage("--keep-last must be at least 1")
             .hint("the newest complete bundle of each cluster is always kept"));
     }
-    let store = parse_store(url)?;
+    let store = Store::parse(url, s3)?;
     let (bundles, skipped) = scan_store(&store)?;
     let mut plan = plan_expire(
         &bundles,
@@ -628,13 +629,14 @@ mod tests {
         bundle(d.path(), "b0", "222", now - 5000, true);
         bundle(d.path(), "p0", "", 0, false);
         let url = d.path().display().to_string();
-        let dry = expire(&url, Policy::KeepLast(2), true, false, false, None).unwrap();
+        let s3 = crate::store::s3::Settings::default();
+        let dry = expire(&url, &s3, Policy::KeepLast(2), true, false, false, None).unwrap();
         assert_eq!(dry.json["removed"].as_array().unwrap().len(), 3);
         assert!(
             d.path().join("a0/bundle.json").exists(),
             "dry run removes nothing"
         );
-        let out = expire(&url, Policy::KeepLast(2), false, false, false, None).unwrap();
+        let out = expire(&url, &s3, Policy::KeepLast(2), false, false, false, None).unwrap();
         let removed: Vec<&str> = out.json["removed"]
             .as_array()
             .unwrap()
@@ -648,6 +650,7 @@ mod tests {
         // The newest bundle of each cluster survives any policy.
         let out = expire(
             &url,
+            &s3,
             Policy::KeepWithin(Duration::ZERO),
             false,
             false,
@@ -657,6 +660,6 @@ mod tests {
         .unwrap();
         assert_eq!(out.json["removed"][0]["id"], "a3");
         assert!(d.path().join("a4").exists() && d.path().join("b0").exists());
-        assert!(expire(&url, Policy::KeepLast(0), true, false, false, None).is_err());
+        assert!(expire(&url, &s3, Policy::KeepLast(0), true, false, false, None).is_err());
     }
 }

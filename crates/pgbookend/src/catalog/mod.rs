@@ -193,7 +193,7 @@ pub fn scan_store(store: &Store) -> Result<(Vec<BundleInfo>, Vec<String>)> {
             })?;
             for i in &mut infos {
                 i.objects.retain(|o| !o.0.is_empty());
-                i.built_in = local_data_dir(root, &i.id).is_some_and(|d| {
+                i.built_in = crate::store::local_data_dir(root, &i.id).is_some_and(|d| {
                     std::fs::symlink_metadata(d.join(crate::backup::format::INDEX))
                         .is_ok_and(|m| m.is_file())
                 });
@@ -230,33 +230,6 @@ pub fn scan_store(store: &Store) -> Result<(Vec<BundleInfo>, Vec<String>)> {
     }
 }
 
-/// `<root>/data/<id>` when it is a real directory (a link is never followed).
-fn local_data_dir(root: &Path, id: &str) -> Option<std::path::PathBuf> {
-    let d = root.join(crate::id::DATA_DIR).join(id);
-    let data_ok =
-        std::fs::symlink_metadata(root.join(crate::id::DATA_DIR)).is_ok_and(|m| m.is_dir());
-    (data_ok && std::fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir())).then_some(d)
-}
-
-/// Removes a built-in backup's data, `data/<id>/` (absent: nothing to do).
-fn remove_data(store: &Store, id: &str) -> Result<()> {
-    match store {
-        Store::Local(root) => match local_data_dir(root, id) {
-            Some(d) => crate::fsutil::remove_tree(&d),
-            None => Ok(()),
-        },
-        Store::S3(u) => {
-            let c = crate::store::s3::Client::open(u)?;
-            let keys: Vec<String> = c
-                .list_below(&format!("{}/{id}", crate::id::DATA_DIR))?
-                .into_iter()
-                .map(|o| o.key)
-                .collect();
-            c.delete(&keys)
-        }
-    }
-}
-
 /// Calls `f(relative path, size, mtime)` for every file below `dir`.
 fn walk_files(dir: &Path, rel: &str, f: &mut dyn FnMut(String, u64, i64)) -> Result<()> {
     let rd = std::fs::read_dir(dir).map_err(|e| io_err("cannot list", dir, e))?;
@@ -280,40 +253,10 @@ fn walk_files(dir: &Path, rel: &str, f: &mut dyn FnMut(String, u64, i64)) -> Res
 }
 
 /// Removes one bundle: `bundle.json` first (so it stops being complete at once), then
-/// everything else.
+/// everything else (see [`Store::remove_bundle`]).
 pub fn remove(store: &Store, b: &BundleInfo) -> Result<()> {
-    match store {
-        Store::Local(root) => {
-            let dir = root.join(&b.id);
-            let md = std::fs::symlink_metadata(&dir).map_err(|e| io_err("cannot stat", &dir, e))?;
-            if !md.is_dir() {
-                return Err(Error::env(format!(
-                    "{} is not a directory (a symbolic link?): not removed, not followed",
-                    dir.display()
-                )));
-            }
-            let m = dir.join(MANIFEST);
-            match std::fs::remove_file(&m) {
-                Ok(()) => crate::fsutil::fsync_dir(&dir)?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("cannot remove", &m, e)),
-            }
-            remove_data(store, &b.id)?;
-            crate::fsutil::remove_tree(&dir)
-        }
-        Store::S3(u) => {
-            let c = crate::store::s3::Client::open(u)?;
-            c.delete(&[format!("{}/{MANIFEST}", b.id)])?;
-            remove_data(store, &b.id)?;
-            let rest: Vec<String> = b
-                .objects
-                .iter()
-                .filter(|o| o.0 != MANIFEST)
-                .map(|o| format!("{}/{}", b.id, o.0))
-                .collect();
-            c.delete(&rest)
-        }
-    }
+    let others: Vec<String> = b.objects.iter().map(|o| o.0.clone()).collect();
+    store.remove_bundle(&b.id, &others)
 }
 
 fn wal_range(m: &Manifest) -> String {
@@ -363,13 +306,10 @@ fn drill_json(d: Option<(String, String)>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn parse_store(url: &str) -> Result<Store> {
-    Store::parse(url)
-}
-
-/// `list --store URL`: every bundle of the store, oldest first.
-pub fn list(url: &str) -> Result<Output> {
-    let store = parse_store(url)?;
+/// `list --store URL`: every bundle of the store, oldest first. `s3`: the settings of an
+/// S3 store.
+pub fn list(url: &str, s3: &crate::store::s3::Settings) -> Result<Output> {
+    let store = Store::parse(url, s3)?;
     let (bundles, skipped) = scan_store(&store)?;
     let archives = read_archives(&store, &bundles);
     let drills: Vec<_> = bundles.iter().map(|b| last_drill(&store, b)).collect();
@@ -551,10 +491,11 @@ fn archives_human(archives: &[ArchiveView]) -> String {
     out
 }
 
-/// `show --store URL --id ID`: everything about one bundle.
-pub fn show(url: &str, id: &str) -> Result<Output> {
+/// `show --store URL --id ID`: everything about one bundle. `s3`: the settings of an S3
+/// store.
+pub fn show(url: &str, id: &str, s3: &crate::store::s3::Settings) -> Result<Output> {
     crate::id::validate(id)?;
-    let store = parse_store(url)?;
+    let store = Store::parse(url, s3)?;
     let b = scan_one(&store, id)?;
     let drill = last_drill(&store, &b);
     let (json, human) = show_report(&store.url(), &b, &drill);

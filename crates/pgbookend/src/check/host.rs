@@ -14,9 +14,9 @@ use std::path::Path;
 use super::PROBE_DIR;
 
 /// Writes a small random object to `url`, reads it back, compares and deletes it.
-pub fn probe_store(url: &str) -> Line {
+pub fn probe_store(url: &str, s3: &crate::store::s3::Settings) -> Line {
     let fix = "the user that runs pgbookend (and archive_command) must be able to write, read and delete in the store: for a directory, its owner and mode; for S3, the bucket, endpoint and credentials";
-    match probe(url) {
+    match probe(url, s3) {
         Ok(()) => Line::ok("store", format!("{url}: written, read back and removed")),
         Err(e) => {
             let fix = e
@@ -28,8 +28,8 @@ pub fn probe_store(url: &str) -> Line {
     }
 }
 
-fn probe(url: &str) -> crate::error::Result<()> {
-    let store = Store::parse(url)?;
+fn probe(url: &str, s3: &crate::store::s3::Settings) -> crate::error::Result<()> {
+    let store = Store::parse(url, s3)?;
     let h = Handle::open(&store)?;
     let data = fsutil::random_bytes::<32>();
     let mut tmp = tempfile::NamedTempFile::new()

@@ -119,6 +119,8 @@ pub struct Options {
     pub config_path: Option<PathBuf>,
     /// Whether the config holds a secret (a password in its conninfo).
     pub config_has_secret: bool,
+    /// The settings of S3 stores (flags, then the config file).
+    pub s3: crate::store::s3::Settings,
 }
 
 /// Runs every check; never stops at the first failure, so one run lists everything.
@@ -138,7 +140,7 @@ pub fn run(o: &Options) -> Report {
         ));
     }
     for s in &stores {
-        lines.push(host::probe_store(s));
+        lines.push(host::probe_store(s, &o.s3));
     }
     lines.extend(server::check(o));
     lines.push(host::check_dir("run_dir", &o.run_dir));

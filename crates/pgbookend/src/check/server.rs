@@ -284,7 +284,12 @@ fn switch_arrives(c: &mut Conn, o: &Options, pgbookend: bool, before: Option<&Ar
     let handles: Vec<(String, crate::error::Result<Handle>)> = if pgbookend {
         o.archive_stores
             .iter()
-            .map(|u| (u.clone(), Store::parse(u).and_then(|s| Handle::open(&s))))
+            .map(|u| {
+                (
+                    u.clone(),
+                    Store::parse(u, &o.s3).and_then(|s| Handle::open(&s)),
+                )
+            })
             .collect()
     } else {
         Vec::new()

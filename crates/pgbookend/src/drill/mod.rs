@@ -42,6 +42,8 @@ pub struct DrillOptions {
     /// How long the server may take to recover and open (`--timeout`); `None` is
     /// [`DEFAULT_TIMEOUT`].
     pub timeout: Option<Duration>,
+    /// The settings of an S3 store (flags, then the config file).
+    pub s3: crate::store::s3::Settings,
 }
 
 /// The default bound on recovery: an hour covers the replay of a large window on slow
@@ -314,7 +316,12 @@ pub fn drill(opts: &DrillOptions) -> Result<Record> {
         "failed"
     }
     .into();
-    let at = record::store(&rec, opts.store.as_deref(), opts.bundle.as_deref())?;
+    let at = record::store(
+        &rec,
+        opts.store.as_deref(),
+        opts.bundle.as_deref(),
+        &opts.s3,
+    )?;
     rec.stored_in.push(at);
     Ok(rec)
 }
@@ -378,6 +385,7 @@ fn prepare_clone(opts: &DrillOptions, data: &Path, scratch: &Path) -> Result<Pre
             .iter()
             .map(|(oid, _)| (*oid, scratch.join(ts_name(*oid))))
             .collect(),
+        s3: opts.s3.clone(),
         ..PrepareOptions::default()
     };
     let report = crate::restore::exec::prepare(&popts)?;

@@ -70,8 +70,14 @@ impl Record {
 }
 
 /// Writes the record next to the bundle: into `bundle_dir` (`--bundle`), or into the
-/// bundle's directory or prefix in `store`. Returns where it went.
-pub fn store(rec: &Record, store: Option<&str>, bundle_dir: Option<&Path>) -> Result<String> {
+/// bundle's directory or prefix in `store` (reached with `s3`, for an S3 store). Returns
+/// where it went.
+pub fn store(
+    rec: &Record,
+    store: Option<&str>,
+    bundle_dir: Option<&Path>,
+    s3: &crate::store::s3::Settings,
+) -> Result<String> {
     let bytes = serde_json::to_vec_pretty(rec).map_err(|e| Error::internal(e.to_string()))?;
     if let Some(dir) = bundle_dir {
         return write_local(dir, &bytes);
@@ -79,17 +85,7 @@ pub fn store(rec: &Record, store: Option<&str>, bundle_dir: Option<&Path>) -> Re
     let Some(url) = store else {
         return Err(Error::usage("drill needs --store URL or --bundle DIR"));
     };
-    let s = Store::parse(url)?;
-    crate::id::validate(&rec.id)?;
-    match &s {
-        Store::Local(root) => write_local(&root.join(&rec.id), &bytes),
-        Store::S3(u) => {
-            let rel = format!("{}/{RECORD}", rec.id);
-            crate::store::s3::Client::open(u)?.put_bytes(&rel, bytes)?;
-            let at = s.bundle_location(&rec.id);
-            Ok(format!("{}/{RECORD}", at.trim_end_matches('/')))
-        }
-    }
+    Store::parse(url, s3)?.write_bundle_file(&rec.id, RECORD, &bytes)
 }
 
 fn write_local(dir: &Path, bytes: &[u8]) -> Result<String> {
@@ -109,15 +105,9 @@ fn write_local(dir: &Path, bytes: &[u8]) -> Result<String> {
 /// The verdict and finish time of a bundle's last drill, for `list` and `show`; `None`
 /// when the bundle has no (readable) record.
 pub fn last(store: &Store, id: &str) -> Option<(String, String)> {
-    let bytes = match store {
-        Store::Local(root) => {
-            crate::bundle::read::read_capped(&root.join(id), RECORD, MAX_RECORD_BYTES).ok()?
-        }
-        Store::S3(u) => crate::store::s3::Client::open(u)
-            .ok()?
-            .get_small(&format!("{id}/{RECORD}"), MAX_RECORD_BYTES)
-            .ok()??,
-    };
+    let bytes = store
+        .read_bundle_file(id, RECORD, MAX_RECORD_BYTES)
+        .ok()??;
     let v: Value = serde_json::from_slice(&bytes).ok()?;
     let field = |k: &str| {
         v.get(k)

@@ -211,7 +211,7 @@ fn running(run: &RunDir, now: i64) -> Vec<RunningBackup> {
     out
 }
 
-/// Parses the store URLs given (flags, else the config's `store` list).
-pub fn stores(urls: &[String]) -> Result<Vec<Store>> {
-    urls.iter().map(|u| Store::parse(u)).collect()
+/// Parses the store URLs given (flags, else the config's `store` list), S3 ones with `s3`.
+pub fn stores(urls: &[String], s3: &crate::store::s3::Settings) -> Result<Vec<Store>> {
+    urls.iter().map(|u| Store::parse(u, s3)).collect()
 }

@@ -62,6 +62,8 @@ pub struct PrepareOptions {
     pub check_pages: crate::verify::PageCheckMode,
     /// How `--target` finds the store's bundles to pick among (`None`: it picks none).
     pub list_bundles: Option<pitr::BundleLister>,
+    /// The settings of S3 stores (flags, then the config file).
+    pub s3: crate::store::s3::Settings,
 }
 
 /// A bundle read from disk, checked against its own manifest.
@@ -477,7 +479,7 @@ fn locate_bundle(
     }
     let mut last = String::new();
     for c in candidates.iter().take(16) {
-        match Store::parse(c).and_then(|s| s.fetch_bundle(id, scratch)) {
+        match Store::parse(c, &opts.s3).and_then(|s| s.fetch_bundle(id, scratch)) {
             Ok(dir) => return Ok(dir),
             Err(e) => last = e.message,
         }
@@ -511,7 +513,14 @@ fn store_pitr(
 ) -> Option<pitr::PitrReport> {
     let url = pitr::store_url(opts)?;
     let target = opts.target.as_deref().unwrap_or_default();
-    match pitr::examine(&url, target, m, opts.list_bundles, &mut report.warnings) {
+    match pitr::examine(
+        &url,
+        &opts.s3,
+        target,
+        m,
+        opts.list_bundles,
+        &mut report.warnings,
+    ) {
         Ok(p) => {
             report.pitr = p.clone();
             p
@@ -534,15 +543,14 @@ fn archive_restore_command(dir: &Path) -> String {
 
 /// The restore_command of a bundle whose WAL is in pgbookend's store archive:
 /// `pgbookend archive-get %f %p --store URL...` (this binary, every value quoted; the
-/// URLs were checked by `bundle_check`), with this run's S3 endpoint settings.
-fn archive_get_command(stores: &[String]) -> Option<String> {
+/// URLs were checked by `bundle_check`), with this run's S3 endpoint settings `s3`.
+fn archive_get_command(stores: &[String], s3: &crate::store::s3::Settings) -> Option<String> {
     let q = |s: &str| crate::shellword::quote(s);
     let exe = std::env::current_exe().ok()?;
     let mut cmd = format!("{} archive-get %f %p", q(&exe.display().to_string()));
     for u in stores {
         cmd.push_str(&format!(" --store {}", q(u)));
     }
-    let s3 = crate::store::s3::settings();
     if stores.iter().any(|u| u.starts_with("s3://")) {
         if let Some(e) = &s3.endpoint {
             cmd.push_str(&format!(" --s3-endpoint {}", q(e)));
@@ -1014,7 +1022,7 @@ fn wal_source(
     } else if let Some(p) = pitr {
         Some(WalSource::Store(p.restore_command.clone()))
     } else if opts.archive.is_none() && !m.archive_stores.is_empty() {
-        archive_get_command(&m.archive_stores).map(WalSource::Command)
+        archive_get_command(&m.archive_stores, &opts.s3).map(WalSource::Command)
     } else {
         archive.cloned().map(WalSource::Archive)
     }
@@ -1581,8 +1589,14 @@ fn count_list(path: &Path) -> Result<u64> {
     Ok(n)
 }
 
-/// `verify --store URL --id ID` (or `--bundle DIR`): one bundle on its own.
-pub fn verify_bundle(store: Option<&str>, bundle_dir: Option<&Path>, id: &str) -> Result<Report> {
+/// `verify --store URL --id ID` (or `--bundle DIR`): one bundle on its own. `s3`: the
+/// settings of an S3 store.
+pub fn verify_bundle(
+    store: Option<&str>,
+    bundle_dir: Option<&Path>,
+    id: &str,
+    s3: &crate::store::s3::Settings,
+) -> Result<Report> {
     crate::id::validate(id)?;
     let scratch = tempfile::Builder::new()
         .prefix("pgbookend-verify.")
@@ -1591,7 +1605,7 @@ pub fn verify_bundle(store: Option<&str>, bundle_dir: Option<&Path>, id: &str) -
     let mut report = Report::new(Some(id.to_string()), Path::new(""), true);
     let dir = match (bundle_dir, store) {
         (Some(d), _) => d.to_path_buf(),
-        (None, Some(s)) => Store::parse(s)?.fetch_bundle(id, scratch.path())?,
+        (None, Some(s)) => Store::parse(s, s3)?.fetch_bundle(id, scratch.path())?,
         (None, None) => {
             return Err(Error::usage(
                 "verify needs --pgdata DIR, or --store URL / --bundle DIR with --id ID",

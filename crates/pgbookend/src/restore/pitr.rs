@@ -124,9 +124,10 @@ fn restore_command(url: &str) -> String {
 
 /// Reads the store's bundles and archive for the copy's bundle `m` and `--target`;
 /// `Ok(None)` when the store holds no archived WAL of this cluster (prepare then goes on
-/// as without a store archive).
+/// as without a store archive). `s3`: the settings of an S3 store.
 pub fn examine(
     url: &str,
+    s3: &crate::store::s3::Settings,
     target: &str,
     m: &Manifest,
     list: Option<BundleLister>,
@@ -135,7 +136,7 @@ pub fn examine(
     let place = place(target).unwrap_or(Place::Unplaced);
     let store_problem =
         |e: crate::error::Error| problem("pitr_store", e.message, "check --store URL");
-    let store = Store::parse(url).map_err(store_problem)?;
+    let store = Store::parse(url, s3).map_err(store_problem)?;
     let sysid: u64 = m.system_identifier.parse().unwrap_or(0);
     let index = Handle::open(&store)
         .and_then(|h| Index::read(&h, sysid, m.wal_segment_size))

@@ -33,7 +33,6 @@ use sha2::Sha256;
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// Objects larger than this are uploaded in parts of this size (S3 needs at least 5 MiB
@@ -160,23 +159,23 @@ impl Settings {
     }
 }
 
-static SETTINGS: Mutex<Option<Settings>> = Mutex::new(None);
-
-/// Sets the process-wide S3 settings (from flags and the config file; in the agent, from
-/// its settings). The store operations (`store::Store`) use them.
-pub fn configure(s: Settings) {
-    if let Ok(mut g) = SETTINGS.lock() {
-        *g = Some(s);
-    }
+/// One S3 store: where it is and the settings to reach it. The settings travel with the
+/// store (resolved by whoever parses its URL: flags, then the config file; in the agent,
+/// its settings on stdin), so nothing reads process-wide state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Store {
+    pub url: S3Url,
+    pub settings: Settings,
 }
 
-/// The process-wide S3 settings.
-pub fn settings() -> Settings {
-    SETTINGS
-        .lock()
-        .ok()
-        .and_then(|g| g.clone())
-        .unwrap_or_default()
+impl S3Store {
+    /// Parses `s3://bucket[/prefix]` (see [`S3Url::parse`]) with `settings`.
+    pub fn parse(url: &str, settings: &Settings) -> Result<S3Store> {
+        Ok(S3Store {
+            url: S3Url::parse(url)?,
+            settings: settings.clone(),
+        })
+    }
 }
 
 /// Static credentials. `Debug` never shows them.
@@ -479,9 +478,9 @@ pub struct ObjectInfo {
 }
 
 impl Client {
-    /// Connects to `url` with the process-wide settings and the standard AWS credentials.
-    pub fn open(url: &S3Url) -> Result<Client> {
-        Self::open_with(url, &settings(), None)
+    /// Connects to `store` with its settings and the standard AWS credentials.
+    pub fn open(store: &S3Store) -> Result<Client> {
+        Self::open_with(&store.url, &store.settings, None)
     }
 
     /// Connects with explicit settings and (for library users) explicit credentials.
@@ -1020,8 +1019,14 @@ fn safe_rel(name: &str) -> bool {
 
 /// Uploads a complete bundle from a local directory: every file of the manifest (each
 /// verified), then `bundle.json` (the same bytes as in `from`) last.
-pub fn upload_bundle(url: &S3Url, id: &str, from: &Path, manifest: &Manifest) -> Result<String> {
-    let c = Client::open(url)?;
+pub fn upload_bundle(
+    store: &S3Store,
+    id: &str,
+    from: &Path,
+    manifest: &Manifest,
+) -> Result<String> {
+    let c = Client::open(store)?;
+    let url = &store.url;
     let t0 = std::time::Instant::now();
     let mut bytes = 0u64;
     for (name, entry) in &manifest.files {
@@ -1042,8 +1047,8 @@ pub fn upload_bundle(url: &S3Url, id: &str, from: &Path, manifest: &Manifest) ->
 
 /// Downloads `id`'s bundle into `scratch/<id>`, checking every file against bundle.json
 /// (size and SHA-256); bundle.json is written last.
-pub fn fetch_bundle(url: &S3Url, id: &str, scratch: &Path) -> Result<PathBuf> {
-    fetch_bundle_with(&Client::open(url)?, id, scratch)
+pub fn fetch_bundle(store: &S3Store, id: &str, scratch: &Path) -> Result<PathBuf> {
+    fetch_bundle_with(&Client::open(store)?, id, scratch)
 }
 
 /// [`fetch_bundle`] through an open client.
