@@ -142,7 +142,7 @@ fn pitr_to_time(major: u32) {
     let r = prepare(&[]).ok();
     assert!(r.all().contains("picks backup base"), "{r:?}");
     let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
-    assert!(auto.contains("archive-get --store"), "{auto}");
+    assert!(auto.contains("archive-get %f %p --store"), "{auto}");
 
     let restored = common::start_restored(major, &data, work.path());
     assert_eq!(
@@ -537,14 +537,28 @@ fn pitr_from_s3() {
 
     let d = data.display().to_string();
     let target = format!("time={t2}");
+    // The endpoint given as a flag reaches the restore_command too.
+    let endpoint = s3.endpoint();
     let r = tool
         .run(&[
-            "prepare", "--pgdata", &d, "--store", url, "--target", &target,
+            "prepare",
+            "--pgdata",
+            &d,
+            "--store",
+            url,
+            "--target",
+            &target,
+            "--s3-endpoint",
+            &endpoint,
         ])
         .ok();
     assert!(r.all().contains("picks backup base"), "{r:?}");
     let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
     assert!(auto.contains("archive-get") && auto.contains(url), "{auto}");
+    assert!(
+        auto.contains(&format!("--s3-endpoint ''{endpoint}''")),
+        "{auto}"
+    );
     let mut restored =
         pgbookend_testkit::Cluster::from_existing(major, data.clone(), work.path().join("run"));
     for (k, v) in &env {

@@ -110,16 +110,15 @@ pub fn store_url(opts: &PrepareOptions) -> Option<String> {
         .or_else(|| opts.configured_stores.first().cloned())
 }
 
-/// The `restore_command` that fetches from `url` with this very program.
-fn restore_command(url: &str) -> String {
-    let exe = std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "pgbookend".into());
-    format!(
-        "{} archive-get --store {} %f %p",
-        crate::shellword::quote(&exe),
-        crate::shellword::quote(url)
-    )
+/// The `restore_command` that fetches from `url` with this very program, with this run's
+/// S3 endpoint settings (as for a bundle whose WAL is in the store archive).
+fn restore_command(url: &str, s3: &crate::store::s3::Settings) -> String {
+    super::archive_get_command(&[url.to_string()], s3).unwrap_or_else(|| {
+        format!(
+            "pgbookend archive-get %f %p --store {}",
+            crate::shellword::quote(url)
+        )
+    })
 }
 
 /// Reads the store's bundles and archive for the copy's bundle `m` and `--target`;
@@ -184,7 +183,7 @@ pub fn examine(
         picked_stop_time: picked.map(|p| p.stop_time.clone()),
         archive_from: wal::file_name(tli, first, seg),
         archive_to: reach.last.map(|l| wal::file_name(tli, l, seg)),
-        restore_command: restore_command(url),
+        restore_command: restore_command(url, s3),
     }))
 }
 
