@@ -258,8 +258,10 @@ fn push_two(c: &Cluster, store: &str, env: &[(&str, String)]) -> (Vec<String>, (
     let before = now();
     let mut segs = Vec::new();
     for _ in 0..2 {
-        let seg = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+        // The name after the insert: right after a switch the insert position is the
+        // boundary, which pg_walfile_name() names as the previous segment.
         c.psql("CREATE TABLE IF NOT EXISTS m(i int); INSERT INTO m VALUES (1)");
+        let seg = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
         c.psql("SELECT pg_switch_wal()");
         let wal = format!("pg_wal/{seg}");
         let r: common::Run = Command::new(common::bin())
