@@ -4,9 +4,7 @@
 //! a store that vanishes under load, `archive-get` of missing and damaged objects, and a
 //! restored backup recovering through `archive-get` as its `restore_command`.
 
-mod common;
-
-use common::{run_for, wait_until, Run, Tool};
+use crate::common::{self, wait_until, Run, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions, S3Server, TempDir};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};

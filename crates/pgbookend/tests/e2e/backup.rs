@@ -4,9 +4,7 @@
 //! writes the same files as one from a local store; a full store, an S3 store that
 //! vanishes mid-copy and a signal abort it and leave nothing behind.
 
-mod common;
-
-use common::{run_for, wait_until, Run, Tool};
+use crate::common::{self, wait_until, Run, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions};
 use serde_json::Value;
 use std::path::Path;

@@ -2,9 +2,7 @@
 //! on every major; a copy whose index the WAL does not touch is corrupted; drill is killed
 //! with SIGTERM. Each time nothing of the clone, its server or its socket is left behind.
 
-mod common;
-
-use common::{run_for, Run, Tool};
+use crate::common::{self, Run, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::MetadataExt;

@@ -1,9 +1,7 @@
 //! End-to-end tests of the hook pair (`start`/`stop`/`status`/`abort`/`cleanup`) against
 //! real clusters of every supported major, driven through the real binary.
 
-mod common;
-
-use common::{history_file, is_our_agent, run_for, tar_pgdata, wait_until, Tool};
+use crate::common::{history_file, is_our_agent, tar_pgdata, wait_until, Tool};
 use pgbookend_formats::{control, label::BackupLabel, lsn::Lsn};
 use pgbookend_testkit::{Cluster, ClusterOptions};
 use serde_json::Value;

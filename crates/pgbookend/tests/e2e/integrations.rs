@@ -14,14 +14,10 @@
 //! 18; btrfs: 18) run on real filesystems on loop devices (testkit `LoopFs`), restored
 //! beside the still running original with the tablespace remapped.
 
-mod common;
-mod runkit;
-
-use common::wait_recovered;
-use common::{bin, run_for, Tool};
+use crate::common::{bin, run_for, wait_recovered, Tool};
+use crate::runkit::{amcheck_clean, canary_table, with_canary};
 use pgbookend_formats::lsn::Lsn;
 use pgbookend_testkit::{Cluster, ClusterOptions};
-use runkit::{amcheck_clean, canary_table, with_canary};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,9 +1,7 @@
 //! End-to-end test of `pgbookend metrics`: a store with a complete and a partial bundle,
 //! a running backup and an unreadable store, checked with Prometheus' own `promtool`.
 
-mod common;
-
-use common::Tool;
+use crate::common::{self, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;

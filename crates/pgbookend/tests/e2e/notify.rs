@@ -2,9 +2,7 @@
 //! the environment, a time bound that kills the command's whole process group, and never a
 //! change to pgbookend's exit code.
 
-mod common;
-
-use common::Tool;
+use crate::common::{self, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions};
 use serde_json::Value;
 use std::path::Path;

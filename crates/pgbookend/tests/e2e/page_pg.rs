@@ -1,9 +1,7 @@
 //! End-to-end tests of the formats crate's page checks (`pgbookend_formats::page`) against the
 //! relation files of real clusters with data checksums, cross-checked with `pg_checksums` (15).
 
-mod common;
-
-use common::run_for;
+use crate::common;
 use pgbookend_formats::page::{self, Verdict, BLCKSZ, RELSEG_SIZE};
 use pgbookend_testkit::{client_bin, Cluster, ClusterOptions};
 use std::path::{Path, PathBuf};

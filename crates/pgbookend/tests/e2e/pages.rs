@@ -2,9 +2,7 @@
 //! with real tools while the cluster writes, judged page by page against the WAL of the
 //! backup's window, on every major (data checksums on, and one cluster without).
 
-mod common;
-
-use common::{run_for, Run, Tool};
+use crate::common::{self, Run, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::FileExt;

@@ -3,9 +3,7 @@
 //! no `--id` naming the bundle the target picks and setting `archive-get` as its
 //! `restore_command`, and a refusal that names a segment missing from the archive.
 
-mod common;
-
-use common::{run_for, wait_until, Tool};
+use crate::common::{self, wait_until, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -2,9 +2,7 @@
 //! `stop`, a full store during `stop`, an archiver that has not delivered yet, and
 //! `expire` faced with rescuable bundles and symlinked bundle directories.
 
-mod common;
-
-use common::{run_for, Run, Tool};
+use crate::common::{self, Run, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -2,10 +2,8 @@
 //! pgbench writes, restored elsewhere, prepared, and started, on every major (data
 //! checksums on, a tablespace).
 
-mod common;
-
-use common::tree::digest;
-use common::{run_for, start_restored, Run, Tool};
+use crate::common::tree::digest;
+use crate::common::{self, start_restored, Run, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,9 +3,7 @@
 //! remapped, checked by `pg_verifybackup`, started and checked; then `--delta` over a
 //! copy that diverged; then a flipped byte in a stored object.
 
-mod common;
-
-use common::{run_for, start_restored, Run, Tool};
+use crate::common::{self, start_restored, Run, Tool};
 use pgbookend_testkit::{Cluster, TempDir};
 use serde_json::Value;
 use sha2::{Digest, Sha256};

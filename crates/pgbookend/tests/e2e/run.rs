@@ -1,12 +1,9 @@
 //! End-to-end tests of `run` (start, COMMAND, stop or abort, `--then`) and of the hook pair
 //! across process boundaries, against real clusters of every supported major.
 
-mod common;
-mod runkit;
-
-use common::{bin, is_our_agent, run_for, wait_until, Run, Tool};
+use crate::common::{self, bin, is_our_agent, run_for, wait_until, Run, Tool};
+use crate::runkit::nothing_left;
 use pgbookend_testkit::{Cluster, ClusterOptions};
-use runkit::nothing_left;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;

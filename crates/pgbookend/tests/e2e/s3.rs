@@ -4,9 +4,7 @@
 //! fetched back byte for byte and checked, multipart uploads, expiry, and no credential in
 //! any output.
 
-mod common;
-
-use common::{run_for, Run, Tool};
+use crate::common::{self, Run, Tool};
 use pgbookend::bundle::manifest::FileEntry;
 use pgbookend::store::s3::{Client, Credentials, S3Url, Settings};
 use pgbookend_testkit::{Cluster, ClusterOptions, Gate, S3Server, TempDir};

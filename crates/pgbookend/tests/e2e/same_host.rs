@@ -5,10 +5,8 @@
 //! restart; planted links never lead prepare outside the copy; ENOSPC part-way through
 //! prepare exits 8, guard refuses the copy, and the same prepare finishes it later.
 
-mod common;
-
-use common::tree::digest;
-use common::{run_for, start_restored, Run, Tool};
+use crate::common::tree::digest;
+use crate::common::{self, start_restored, Run, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

@@ -2,10 +2,8 @@
 //! pgbookend writes (`bundle.json`, the marker in PGDATA) match theirs. Every `--json`
 //! output of the other tests is checked by `common::schema` as they run.
 
-mod common;
-
-use common::schema::{schema_dir, validate};
-use common::Tool;
+use crate::common::schema::{schema_dir, validate};
+use crate::common::Tool;
 use pgbookend_testkit::{Cluster, ClusterOptions};
 use serde_json::Value;
 

@@ -4,10 +4,8 @@
 //! asserts that the harm did not happen and that pgbookend said why it refused. Also
 //! hostile-bytes property loops for bundle.json, the file list and the marker.
 
-mod common;
-
-use common::tree::digest;
-use common::{run_for, Run, Tool};
+use crate::common::tree::digest;
+use crate::common::{self, Run, Tool};
 use pgbookend::bundle::manifest::Manifest;
 use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
 use serde_json::Value;
@@ -545,7 +543,7 @@ impl Rng {
 }
 
 /// A valid bundle.json (its files do not exist): the seed of the mutations.
-const SAMPLE_MANIFEST: &str = include_str!("data/manifest.json");
+const SAMPLE_MANIFEST: &str = include_str!("../data/manifest.json");
 
 /// bundle.json: random and hostile bytes never panic the parser, the field checks or the
 /// loader, and nothing hostile is accepted.

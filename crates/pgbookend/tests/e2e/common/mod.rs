@@ -1,6 +1,5 @@
 //! Shared helpers for the end-to-end tests: run the real `pgbookend` binary against real
 //! clusters the way a backup program's hooks would, and clean up every agent started.
-#![allow(dead_code)]
 
 pub mod schema;
 pub mod tree;
@@ -253,7 +252,6 @@ pub fn cp_live(
 
 /// Generates one `#[test]` per supported major (the list of
 /// `pgbookend_formats::for_each_supported_major!`) that calls `$body(major)`.
-#[macro_export]
 macro_rules! per_major {
     ($name:ident, $body:ident) => {
         pgbookend_formats::for_each_supported_major!(per_major_tests, $name, $body);
@@ -261,14 +259,13 @@ macro_rules! per_major {
 }
 
 /// The body of [`per_major!`]: a module `$name` with a test `pgNN` per major.
-#[macro_export]
 macro_rules! per_major_tests {
     ($name:ident, $body:ident ; $(($n:literal $pg:ident))*) => {
         mod $name {
             $(
                 #[test]
                 fn $pg() {
-                    super::run_for($n, super::$body)
+                    $crate::common::run_for($n, super::$body)
                 }
             )*
         }
