@@ -254,13 +254,11 @@ const MEASURE_ENV: &str = "SECURITY_BUNDLE_MEASURE";
 fn run_measured(tool: &Tool, args: &[&str], out_dir: &Path) -> (Run, i64) {
     let mut spec = vec![out_dir.display().to_string()];
     spec.extend(args.iter().map(|a| a.to_string()));
+    // The helper's path in this test binary (`security_bundle::measure_child_helper`).
+    let (_, module) = module_path!().split_once("::").unwrap();
+    let helper = format!("{module}::measure_child_helper");
     let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args([
-        "measure_child_helper",
-        "--exact",
-        "--test-threads=1",
-        "--quiet",
-    ]);
+    c.args([&helper, "--exact", "--test-threads=1", "--quiet"]);
     for (k, v) in &tool.env {
         c.env(k, v);
     }
