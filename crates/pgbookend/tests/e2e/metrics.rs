@@ -256,9 +256,11 @@ fn push_two(c: &Cluster, store: &str, env: &[(&str, String)]) -> (Vec<String>, (
     let before = now();
     let mut segs = Vec::new();
     for _ in 0..2 {
-        let seg = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+        // The segment the insert went to, named by the switch's own position: right after
+        // a switch pg_current_wal_lsn() can sit on the segment boundary, which
+        // pg_walfile_name() names as the segment before (the same name twice).
         c.psql("CREATE TABLE IF NOT EXISTS m(i int); INSERT INTO m VALUES (1)");
-        c.psql("SELECT pg_switch_wal()");
+        let seg = c.psql("SELECT pg_walfile_name(pg_switch_wal())");
         let wal = format!("pg_wal/{seg}");
         let r: common::Run = Command::new(common::bin())
             .args(["archive-push", &wal, "--store", store])
