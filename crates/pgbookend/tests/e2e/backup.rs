@@ -4,7 +4,7 @@
 //! writes the same files as one from a local store; a full store, an S3 store that
 //! vanishes mid-copy and a signal abort it and leave nothing behind.
 
-use crate::common::{self, wait_until, Run, Tool};
+use crate::common::{self, newest_major, wait_until, Run, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions};
 use serde_json::Value;
 use std::path::Path;
@@ -333,9 +333,7 @@ fn assert_same_restore(a: &Path, b: &Path) {
 /// from S3 with the bundle.
 #[test]
 fn backup_to_s3() {
-    let Some(major) = pgbookend_testkit::majors().last().copied() else {
-        return;
-    };
+    let Some(major) = newest_major() else { return };
     let s3 = pgbookend_testkit::S3Server::start();
     s3.create_bucket("bk-test");
     let c = Cluster::start(ClusterOptions::new(major).tablespace(true));
@@ -471,9 +469,7 @@ fn backup_to_s3() {
 /// bundle.json, no index, and `list` does not show it as complete.
 #[test]
 fn s3_unreachable_mid_copy_aborts() {
-    let Some(major) = pgbookend_testkit::majors().last().copied() else {
-        return;
-    };
+    let Some(major) = newest_major() else { return };
     let s3 = pgbookend_testkit::S3Server::start();
     s3.create_bucket("bk-cut");
     let c = cluster(major);
@@ -523,9 +519,7 @@ fn s3_unreachable_mid_copy_aborts() {
 /// climbs out of PGDATA makes the index invalid. Nothing is written or removed.
 #[test]
 fn altered_index_is_refused() {
-    let Some(major) = pgbookend_testkit::majors().last().copied() else {
-        return;
-    };
+    let Some(major) = newest_major() else { return };
     let c = cluster(major);
     let tool = Tool::new(&c);
     let store = tool.store_path().display().to_string();

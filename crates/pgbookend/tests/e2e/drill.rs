@@ -2,7 +2,7 @@
 //! on every major; a copy whose index the WAL does not touch is corrupted; drill is killed
 //! with SIGTERM. Each time nothing of the clone, its server or its socket is left behind.
 
-use crate::common::{self, Run, Tool};
+use crate::common::{self, newest_major, Run, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::MetadataExt;
@@ -51,6 +51,19 @@ struct Fixture {
 impl Fixture {
     fn new(major: u32, checksums: bool, before: &str) -> Fixture {
         Fixture::with(ClusterOptions::new(major).data_checksums(checksums), before)
+    }
+
+    /// A fixture with tablespace `ts1` holding table `in_ts` (1000 rows), and the
+    /// tablespace's OID.
+    fn with_tablespace(major: u32) -> (Fixture, String) {
+        let f = Fixture::with(
+            ClusterOptions::new(major).tablespace(true),
+            "CREATE TABLE in_ts (i int PRIMARY KEY) TABLESPACE ts1; \
+             INSERT INTO in_ts SELECT generate_series(1, 1000)",
+        );
+        let oid =
+            f.c.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+        (f, oid)
     }
 
     /// A fixture of a cluster made with `opts`; a tablespace is copied to `work/ts`.
@@ -290,13 +303,7 @@ fn hostile_records(f: &Fixture) {
 /// A copy with a tablespace, restored to its own directory: drill clones both (neither
 /// changes), remaps the tablespace to its clone, and reads the table in it.
 fn drill_tablespace(major: u32) {
-    let f = Fixture::with(
-        ClusterOptions::new(major).tablespace(true),
-        "CREATE TABLE in_ts (i int PRIMARY KEY) TABLESPACE ts1; \
-         INSERT INTO in_ts SELECT generate_series(1, 1000)",
-    );
-    let oid =
-        f.c.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+    let (f, oid) = Fixture::with_tablespace(major);
     let ts = f.work.path().join("ts");
     let (before, ts_before) = (tree_digest(&f.copy()), tree_digest(&ts));
     let r = f.drill();
@@ -540,9 +547,7 @@ per_major!(drill_sigterm_t, drill_sigterm);
 /// under the bundle's prefix, and `show` reads it back from there.
 #[test]
 fn drill_s3_store() {
-    let Some(major) = pgbookend_testkit::majors().last().copied() else {
-        return;
-    };
+    let Some(major) = newest_major() else { return };
     let s3 = pgbookend_testkit::S3Server::start();
     s3.create_bucket("pgbookend-drill");
     let c = Cluster::start(ClusterOptions::new(major));
@@ -595,9 +600,7 @@ fn drill_s3_store() {
 /// changes neither, and leaves nothing on the filesystem.
 #[test]
 fn drill_reflink_xfs() {
-    let Some(major) = pgbookend_testkit::majors().last().copied() else {
-        return;
-    };
+    let Some(major) = newest_major() else { return };
     let fs = match pgbookend_testkit::LoopFs::new("xfs", 1024) {
         Ok(fs) => fs,
         Err(e) => {
@@ -605,13 +608,7 @@ fn drill_reflink_xfs() {
             return;
         }
     };
-    let f = Fixture::with(
-        ClusterOptions::new(major).tablespace(true),
-        "CREATE TABLE in_ts (i int PRIMARY KEY) TABLESPACE ts1; \
-         INSERT INTO in_ts SELECT generate_series(1, 1000)",
-    );
-    let oid =
-        f.c.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+    let (f, oid) = Fixture::with_tablespace(major);
     let root = fs.path().join("restore");
     std::fs::create_dir(&root).unwrap();
     let (data, ts) = (root.join("data"), root.join("ts"));

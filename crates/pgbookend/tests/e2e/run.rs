@@ -20,6 +20,11 @@ fn run_cmd(tool: &Tool, id: &str, extra: &[&str], command: &[&str]) -> Command {
     tool.cmd(&args)
 }
 
+/// Runs a prepared `pgbookend run` command to its end.
+fn finish(cmd: &mut Command) -> Run {
+    cmd.output().expect("run pgbookend run").into()
+}
+
 /// Kills a spawned `pgbookend run` (and so, through its parent-death signal, COMMAND) if
 /// the test fails while it runs, so that a failing test leaves no process behind.
 struct KillOnPanic(i32);
@@ -60,16 +65,15 @@ fn run_success(major: u32) {
     let out = pgbookend_testkit::temp_dir("out");
     let id = format!("run-{major}");
     let bench = c.pgbench_background(2, 3);
-    let r: Run = run_cmd(
-        &tool,
-        &id,
-        &["--json", "--then", DUMP_THEN],
-        &["sh", "-c", DUMP_AND_COPY],
-    )
-    .env("OUT", out.path())
-    .output()
-    .unwrap()
-    .into();
+    let r = finish(
+        run_cmd(
+            &tool,
+            &id,
+            &["--json", "--then", DUMP_THEN],
+            &["sh", "-c", DUMP_AND_COPY],
+        )
+        .env("OUT", out.path()),
+    );
     bench.wait().expect("pgbench");
     assert_eq!(r.code, 0, "{r:?}");
     let j = r.json();
@@ -128,20 +132,19 @@ fn run_success(major: u32) {
     tool.run(&["abort", "--id", "ts-human"]).ok();
 
     // The human form: progress on stderr, the stop report on stdout.
-    let r: Run = run_cmd(&tool, "human", &[], &["true"])
-        .output()
-        .unwrap()
-        .into();
+    let r = finish(&mut run_cmd(&tool, "human", &[], &["true"]));
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("backup human started"), "{r:?}");
     assert!(r.stdout.contains("backup human stopped"), "{r:?}");
 
     // A failing --then: the backup is stopped and its bundle written, run says so and
     // exits with --then's code.
-    let r: Run = run_cmd(&tool, "then-fails", &["--then", "exit 7"], &["true"])
-        .output()
-        .unwrap()
-        .into();
+    let r = finish(&mut run_cmd(
+        &tool,
+        "then-fails",
+        &["--then", "exit 7"],
+        &["true"],
+    ));
     assert_eq!(r.code, 7, "{r:?}");
     assert!(tool.bundle_dir("then-fails").join("bundle.json").exists());
     assert!(r.stderr.contains("--then exited with 7"), "{r:?}");
@@ -155,46 +158,35 @@ fn run_command_fails(major: u32) {
     c.pgbench_init(1);
     let tool = Tool::new(&c);
     let out = pgbookend_testkit::temp_dir("out");
-    let r: Run = run_cmd(
-        &tool,
-        "fails",
-        &[],
-        &[
-            "sh",
-            "-c",
-            "tar -cf \"$OUT/part.tar\" -C \"$PGBOOKEND_PGDATA\" base 2>/dev/null; exit 1",
-        ],
-    )
-    .env("OUT", out.path())
-    .output()
-    .unwrap()
-    .into();
+    let part = "tar -cf \"$OUT/part.tar\" -C \"$PGBOOKEND_PGDATA\" base 2>/dev/null; exit 1";
+    let r = finish(run_cmd(&tool, "fails", &[], &["sh", "-c", part]).env("OUT", out.path()));
     assert_eq!(r.code, 1, "{r:?}");
     assert!(out.path().join("part.tar").exists(), "COMMAND did run");
     assert!(r.stderr.contains("COMMAND exited with 1"), "{r:?}");
     assert!(r.stderr.contains("aborted"), "{r:?}");
     nothing_left(&c, &tool, "fails");
 
-    let r: Run = run_cmd(&tool, "killed", &["--json"], &["sh", "-c", "kill -KILL $$"])
-        .output()
-        .unwrap()
-        .into();
+    let r = finish(&mut run_cmd(
+        &tool,
+        "killed",
+        &["--json"],
+        &["sh", "-c", "kill -KILL $$"],
+    ));
     assert_eq!(r.code, 128 + 9, "{r:?}");
     assert_eq!(r.json()["result"], "aborted");
     assert!(r.stderr.contains("killed by SIGKILL"), "{r:?}");
     nothing_left(&c, &tool, "killed");
 
-    let r: Run = run_cmd(&tool, "missing", &[], &["/nonexistent/copy-program"])
-        .output()
-        .unwrap()
-        .into();
+    let r = finish(&mut run_cmd(
+        &tool,
+        "missing",
+        &[],
+        &["/nonexistent/copy-program"],
+    ));
     assert_eq!(r.code, 127, "{r:?}");
     nothing_left(&c, &tool, "missing");
     // The IDs of aborted runs are free again.
-    let r: Run = run_cmd(&tool, "fails", &[], &["true"])
-        .output()
-        .unwrap()
-        .into();
+    let r = finish(&mut run_cmd(&tool, "fails", &[], &["true"]));
     assert_eq!(r.code, 0, "{r:?}");
 }
 per_major!(run_command_fails_t, run_command_fails);

@@ -276,6 +276,15 @@ fn run_measured(tool: &Tool, args: &[&str], out_dir: &Path) -> (Run, i64) {
     (r, kib.parse().unwrap())
 }
 
+impl Setup {
+    /// `verify --bundle BUNDLE --id ID`, with its peak RSS ([`run_measured`]).
+    fn verify_measured(&self, bundle: &Path, id: &str) -> (Run, i64) {
+        let b = bundle.display().to_string();
+        let args = ["verify", "--bundle", &b, "--id", id];
+        run_measured(&self.tool, &args, self.work.path())
+    }
+}
+
 /// Not a test on its own (it returns at once): with [`MEASURE_ENV`] set, runs pgbookend
 /// with the given arguments and writes its exit code and peak RSS (wait4) to a file.
 #[test]
@@ -327,12 +336,7 @@ fn zstd_bomb_bounded(major: u32) {
             serde_json::from_slice(&std::fs::read(b.join("bundle.json")).unwrap()).unwrap();
         m.wal[0].name.clone()
     };
-    let bs = b.display().to_string();
-    let (r, kib) = run_measured(
-        &s.tool,
-        &["verify", "--bundle", &bs, "--id", "bomb"],
-        s.work.path(),
-    );
+    let (r, kib) = s.verify_measured(&b, "bomb");
     assert_eq!(r.code, 6, "{r:?}");
     assert!(
         r.all().contains(&name) && r.all().contains("more than"),
@@ -351,17 +355,7 @@ fn huge_wal_range(major: u32) {
         m["stop_wal_file"] = Value::from("00000001FFFFFFFF000000FF")
     });
     let before = digest(&s.copy);
-    let (r, kib) = run_measured(
-        &s.tool,
-        &[
-            "verify",
-            "--bundle",
-            &b.display().to_string(),
-            "--id",
-            "range",
-        ],
-        s.work.path(),
-    );
+    let (r, kib) = s.verify_measured(&b, "range");
     assert_eq!(r.code, 6, "{r:?}");
     assert!(
         r.all().contains("stop_wal_file") && r.all().contains("allowed"),
@@ -381,17 +375,7 @@ fn huge_wal_range(major: u32) {
         m["files"][&name]["size"] = Value::from(list.len());
         m["files"][&name]["sha256"] = Value::from(hex::encode(Sha256::digest(&list)));
     });
-    let (r, kib) = run_measured(
-        &s.tool,
-        &[
-            "verify",
-            "--bundle",
-            &b.display().to_string(),
-            "--id",
-            "range",
-        ],
-        s.work.path(),
-    );
+    let (r, kib) = s.verify_measured(&b, "range");
     assert_eq!(r.code, 6, "{r:?}");
     assert!(r.all().contains("longer than"), "{r:?}");
     assert!(kib < 64 * 1024, "peak RSS {kib} KiB");

@@ -281,6 +281,16 @@ pub fn run_for(major: u32, body: fn(u32)) {
     body(major)
 }
 
+/// The major of a test that runs on one major only: the newest that PGBOOKEND_TEST_MAJORS
+/// leaves in, or None (the test is then skipped) when it leaves none.
+pub fn newest_major() -> Option<u32> {
+    let major = pgbookend_testkit::majors().last().copied();
+    if major.is_none() {
+        eprintln!("every PostgreSQL major left out by PGBOOKEND_TEST_MAJORS");
+    }
+    major
+}
+
 /// Starts a prepared (or rescued) copy and waits until its recovery has finished.
 pub fn start_restored(major: u32, data: &Path, work: &Path) -> Cluster {
     let r = Cluster::from_existing(major, data.to_path_buf(), work.to_path_buf());
