@@ -9,6 +9,11 @@
 //! at those, never at process-wide state (environment variables, fixed ports or paths,
 //! every process on the machine). One module's tests: `cargo test -p pgbookend --test e2e
 //! archive::`.
+//!
+//! The Debian package's test is not here: it installs pgbookend into the real system
+//! (`/usr/bin/pgbookend`, `/etc/pgbookend.toml`, which every pgbookend run without
+//! `PGBOOKEND_CONFIG` reads, `/var/lib/pgbookend`, `/run/pgbookend`), so it is a test binary
+//! of its own, `tests/package.rs`, which cargo runs alone, never beside these tests.
 
 #[macro_use]
 mod common;
@@ -23,7 +28,6 @@ mod hooks;
 mod integrations;
 mod metrics;
 mod notify;
-mod package;
 mod page_pg;
 mod pages;
 mod pitr;
