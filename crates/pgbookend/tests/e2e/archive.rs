@@ -286,19 +286,22 @@ fn push_under_load(major: u32) {
     // Hostile names and destinations.
     let scratch = scratch_pgdata(&a.c);
     let sp = scratch.path();
+    // An absolute destination outside the data directory (this test's own, never /tmp's).
+    let elsewhere = pgbookend_testkit::temp_dir("outside");
+    let abs_outside = elsewhere.path().join("outside").display().to_string();
     for args in [
         vec!["archive-push", "../../etc/passwd"],
         vec!["archive-get", "../x", "pg_wal/RECOVERYXLOG"],
         vec!["archive-get", &seg, "../outside"],
         vec!["archive-get", &seg, "pg_wal/../../outside"],
-        vec!["archive-get", &seg, "/tmp/pgbookend-outside"],
+        vec!["archive-get", &seg, &abs_outside],
     ] {
         let mut args = args.clone();
         args.extend(["--store", &store]);
         let r = run_in(sp, &args);
         assert_eq!(r.code, 2, "{args:?}: {r:?}");
     }
-    assert!(!Path::new("/tmp/pgbookend-outside").exists());
+    assert!(!Path::new(&abs_outside).exists());
     assert!(!sp.parent().unwrap().join("outside").exists());
 
     let r = run_in(
