@@ -174,46 +174,13 @@ fn sigterm_mid_copy_aborts(major: u32) {
 }
 per_major!(sigterm_mid_copy_aborts, sigterm_mid_copy_aborts);
 
-/// A small tmpfs mounted for one test (unmounted on drop, also on failure).
-struct SmallFs {
-    dir: pgbookend_testkit::TempDir,
-}
-
-impl SmallFs {
-    fn mount(mb: u32) -> SmallFs {
-        let dir = pgbookend_testkit::temp_dir("smallfs");
-        let ok = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={mb}m,mode=0755"),
-                "tmpfs",
-            ])
-            .arg(dir.path())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "cannot mount a tmpfs");
-        SmallFs { dir }
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 /// The store fills up mid-copy (a 20 MB file system, objects stored uncompressed):
 /// `backup` fails naming the store, aborts the backup and removes what it wrote.
 fn store_full_mid_copy_aborts(major: u32) {
     let c = cluster(major);
     let tool = Tool::new(&c);
-    let fs = SmallFs::mount(20);
-    let store = fs.dir.path().display().to_string();
+    let fs = common::Tmpfs::mount("20m");
+    let store = fs.path().display().to_string();
     let r = tool.run(&[
         "backup",
         "--id",
@@ -230,8 +197,8 @@ fn store_full_mid_copy_aborts(major: u32) {
         r.stderr.contains(&store) && r.stderr.contains("aborted"),
         "{r:?}"
     );
-    assert!(!fs.dir.path().join("data/f1").exists(), "data/f1 left");
-    assert!(!fs.dir.path().join("f1/bundle.json").exists());
+    assert!(!fs.path().join("data/f1").exists(), "data/f1 left");
+    assert!(!fs.path().join("f1/bundle.json").exists());
     let status = tool.status("f1");
     assert!(status.all().contains("abort"), "{status:?}");
     assert_nothing_left(&c, &tool, "f1");

@@ -3,7 +3,7 @@
 //! `expire` faced with rescuable bundles and symlinked bundle directories.
 
 use crate::common::{self, Run, Tool};
-use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
+use pgbookend_testkit::{Cluster, ClusterOptions};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -145,54 +145,14 @@ fn killed_agent(major: u32) {
 }
 per_major!(killed_agent_t, killed_agent);
 
-/// A tmpfs mounted for one test, unmounted on drop (also when the test fails).
-struct Tmpfs {
-    dir: PathBuf,
-    _parent: TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let parent = pgbookend_testkit::temp_dir("tmpfs");
-        let dir = parent.path().join("store");
-        std::fs::create_dir(&dir).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
-            .arg("tmpfs")
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs (the test runs as root)");
-        Tmpfs {
-            dir,
-            _parent: parent,
-        }
-    }
-
-    fn resize(&self, size: &str) {
-        let st = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "remount");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
-    }
-}
-
 /// The store fills up while `stop` writes the WAL: exit 7 with the cause, nothing lost;
 /// once there is room, `rescue` completes the bundle and it verifies.
 fn store_full(major: u32) {
     let c = Cluster::start(ClusterOptions::new(major));
     c.pgbench_init(1);
     let tool = Tool::new(&c);
-    let fs = Tmpfs::mount("64k");
-    let store = fs.dir.display().to_string();
+    let fs = common::Tmpfs::mount("64k");
+    let store = fs.path().display().to_string();
     let id = "full";
     start_with(&tool, id, &store, &[], &[]).ok();
     let bench = c.pgbench_background(2, 3);
@@ -212,13 +172,13 @@ fn store_full(major: u32) {
         stop.stderr.contains(&saved.display().to_string()),
         "{stop:?}"
     );
-    assert!(!fs.dir.join(id).join("bundle.json").exists());
+    assert!(!fs.path().join(id).join("bundle.json").exists());
     assert_eq!(tool.status(id).code, 7);
 
     fs.resize("256m");
     let r = tool.run(&["rescue", "--id", id]);
     assert_eq!(r.code, 0, "rescue succeeds once there is room: {r:?}");
-    assert!(fs.dir.join(id).join("bundle.json").is_file());
+    assert!(fs.path().join(id).join("bundle.json").is_file());
     assert!(!saved.exists());
     tool.run(&["verify", "--store", &store, "--id", id]).ok();
 }

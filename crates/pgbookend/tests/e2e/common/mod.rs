@@ -384,3 +384,65 @@ pub fn tablespace_cluster(major: u32) -> (Cluster, u32) {
         .unwrap();
     (c, ts_oid)
 }
+
+/// A size-limited tmpfs mounted on a temporary directory for one test (a store or a
+/// restore target that fills up); unmounted on drop, also when the test fails. Needs root.
+pub struct Tmpfs {
+    dir: TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (mount's syntax: `64k`, `20m`, bytes).
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = pgbookend_testkit::temp_dir("tmpfs");
+        let t = Tmpfs { dir };
+        t.mount_cmd(&[
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0755"),
+            "tmpfs",
+        ]);
+        t
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Gives the file system another size (room comes back, or runs out).
+    pub fn resize(&self, size: &str) {
+        self.mount_cmd(&["-o", &format!("remount,size={size}")]);
+    }
+
+    fn mount_cmd(&self, args: &[&str]) {
+        let st = Command::new("mount")
+            .args(args)
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount {args:?} (the tests run as root)");
+    }
+
+    /// Bytes in use.
+    pub fn used(&self) -> u64 {
+        let c = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: plain data filled by the kernel.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: valid path and buffer.
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        (st.f_blocks - st.f_bfree) * st.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount").arg(self.dir.path()).status();
+        if !matches!(ok, Ok(s) if s.success()) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
