@@ -296,6 +296,20 @@ fn bare(cmd_args: &[&str], state: &Path) -> Run {
         .into()
 }
 
+/// `expire --store STORE --keep-last 1 --include-partial` plus `extra`, which succeeds.
+fn expire_all_but_one(store: &str, state: &Path, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "expire",
+        "--store",
+        store,
+        "--keep-last",
+        "1",
+        "--include-partial",
+    ];
+    args.extend_from_slice(extra);
+    bare(&args, state).ok()
+}
+
 /// Defect 11: `<store>/<id>` symlinked to another store's bundle: `expire` and `list`
 /// skip it and say so; the other store's bundle is untouched.
 #[test]
@@ -307,19 +321,7 @@ fn expire_does_not_follow_a_symlinked_bundle() {
     complete_bundle(&b, "new", "2022-01-01T00:00:00Z");
     std::os::unix::fs::symlink(a.join("victim"), b.join("linked")).unwrap();
     let bs = b.display().to_string();
-    let r = bare(
-        &[
-            "expire",
-            "--store",
-            &bs,
-            "--keep-last",
-            "1",
-            "--include-partial",
-            "--json",
-        ],
-        t.path(),
-    )
-    .ok();
+    let r = expire_all_but_one(&bs, t.path(), &["--json"]);
     assert!(
         a.join("victim/bundle.json").is_file(),
         "the other store's bundle survives"
@@ -362,18 +364,7 @@ fn expire_keeps_rescuable_bundles_unless_told() {
     std::fs::write(p1.join("junk"), b"x").unwrap();
     age(&p1);
     let ss = s.display().to_string();
-    let out = bare(
-        &[
-            "expire",
-            "--store",
-            &ss,
-            "--keep-last",
-            "1",
-            "--include-partial",
-        ],
-        t.path(),
-    )
-    .ok();
+    let out = expire_all_but_one(&ss, t.path(), &[]);
     assert!(
         r1.join("backup_label").is_file(),
         "the rescuable bundle is kept: {out:?}"
@@ -383,19 +374,7 @@ fn expire_keeps_rescuable_bundles_unless_told() {
         out.stdout.contains("r1") && out.stdout.contains("rescue --id r1"),
         "reported, not silent: {out:?}"
     );
-    let out = bare(
-        &[
-            "expire",
-            "--store",
-            &ss,
-            "--keep-last",
-            "1",
-            "--include-partial",
-            "--include-rescuable",
-        ],
-        t.path(),
-    )
-    .ok();
+    let out = expire_all_but_one(&ss, t.path(), &["--include-rescuable"]);
     assert!(!r1.exists(), "removed on explicit request: {out:?}");
     assert!(s.join("done/bundle.json").is_file());
 }

@@ -3,11 +3,11 @@
 
 use crate::common::{self, bin, is_our_agent, run_for, wait_until, Run, Tool};
 use crate::runkit::nothing_left;
-use pgbookend_testkit::{Cluster, ClusterOptions};
+use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// `pgbookend run --id ID --store STORE [extra] -- COMMAND...`.
@@ -18,6 +18,19 @@ fn run_cmd(tool: &Tool, id: &str, extra: &[&str], command: &[&str]) -> Command {
     args.push("--");
     args.extend_from_slice(command);
     tool.cmd(&args)
+}
+
+/// Starts a prepared `pgbookend run` command in the background with `$OUT` set and its
+/// output captured; the guard kills it if the test fails while it runs.
+fn spawn(cmd: &mut Command, out: &TempDir) -> (Child, KillOnPanic) {
+    let child = cmd
+        .env("OUT", out.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pgbookend run");
+    let guard = KillOnPanic(child.id() as i32);
+    (child, guard)
 }
 
 /// Runs a prepared `pgbookend run` command to its end.
@@ -208,13 +221,7 @@ fn run_signalled(major: u32) {
         let script = "echo $$ > \"$OUT/pgid\"; \
              rsync -a --bwlimit=50 \"$PGBOOKEND_PGDATA/\" \"$OUT/copy/\"; \
              echo after > \"$OUT/after\"";
-        let mut child = run_cmd(&tool, &id, &[], &["sh", "-c", script])
-            .env("OUT", out.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let _guard = KillOnPanic(child.id() as i32);
+        let (mut child, _guard) = spawn(&mut run_cmd(&tool, &id, &[], &["sh", "-c", script]), &out);
         // Mid-copy: rsync has started writing the copy.
         assert!(
             wait_until(Duration::from_secs(30), || out.path().join("copy").exists()),
@@ -255,18 +262,11 @@ fn run_void_mid_copy(major: u32) {
     let c = Cluster::start(ClusterOptions::new(major));
     let tool = Tool::new(&c);
     let out = pgbookend_testkit::temp_dir("out");
-    let mut child = run_cmd(
-        &tool,
-        "void",
-        &["--heartbeat", "200ms"],
-        &["sh", "-c", "touch \"$OUT/running\"; sleep 120"],
-    )
-    .env("OUT", out.path())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let _guard = KillOnPanic(child.id() as i32);
+    let command = ["sh", "-c", "touch \"$OUT/running\"; sleep 120"];
+    let (mut child, _guard) = spawn(
+        &mut run_cmd(&tool, "void", &["--heartbeat", "200ms"], &command),
+        &out,
+    );
     assert!(wait_until(Duration::from_secs(30), || out
         .path()
         .join("running")
