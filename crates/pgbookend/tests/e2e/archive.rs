@@ -714,23 +714,14 @@ fn spool_state(spool: &Path, pgdata: &Path) -> String {
     out
 }
 
-/// The pids of prefetch workers whose command line names `pgdata` or that run in it.
-fn workers_of(pgdata: &Path) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
-        let marked = cmdline
+/// The pids of prefetch workers that run in `pgdata` (their working directory).
+fn workers_of(pgdata: &Path) -> Vec<i32> {
+    common::processes(|cmdline, cwd| {
+        cmdline
             .split(|b| *b == 0)
-            .any(|a| a == b"__archive-prefetch");
-        if marked && cwd.starts_with(pgdata) {
-            out.push(pid);
-        }
-    }
-    out
+            .any(|a| a == b"__archive-prefetch")
+            && cwd.starts_with(pgdata)
+    })
 }
 
 /// archive-get with --prefetch: the segments after the one asked for are fetched into

@@ -150,18 +150,10 @@ fn assert_nothing_left_in(dir: &Path) {
 
 /// Live processes whose command line names a drill scratch directory below `work`.
 fn drill_processes(work: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.contains(work) && cmd.contains(".pgbookend-drill.") && !common::is_zombie(pid) {
-            out.push(pid);
-        }
-    }
-    out
+    common::processes(|cmdline, _| {
+        let cmd = String::from_utf8_lossy(cmdline);
+        cmd.contains(work) && cmd.contains(".pgbookend-drill.")
+    })
 }
 
 /// Whether a drill's server below `work` has said it is ready (its postmaster.pid).

@@ -174,6 +174,25 @@ pub fn is_zombie(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
+/// The live (not zombie) processes for which `keep(cmdline, cwd)` is true. This scans
+/// every process of the machine, and the tests run side by side in one process, so `keep`
+/// must match only what its own test started (a path of that test's own in the command
+/// line or working directory), never a program name alone.
+pub fn processes(mut keep: impl FnMut(&[u8], &Path) -> bool) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
+        if keep(&cmdline, &cwd) && !is_zombie(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 /// Waits until `f` is true or the timeout passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let t0 = Instant::now();
