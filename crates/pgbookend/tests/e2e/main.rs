@@ -15,6 +15,7 @@
 //! `PGBOOKEND_CONFIG` reads, `/var/lib/pgbookend`, `/run/pgbookend`), so it is a test binary
 //! of its own, `tests/package.rs`, which cargo runs alone, never beside these tests.
 
+// `per_major!` (defined in common) is visible in every module declared after it.
 #[macro_use]
 mod common;
 mod runkit;
