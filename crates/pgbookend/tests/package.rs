@@ -2,6 +2,12 @@
 //! lintian, installed with `dpkg -i`, used (version, man page, completion, state
 //! directories) and purged. It installs into the real system, so it restores the system
 //! (purge) also when it fails, and leaves a machine that has its own pgbookend package alone.
+//!
+//! A test binary of its own, not a module of `tests/e2e`: while the package is installed,
+//! `/etc/pgbookend.toml` is the config of every pgbookend started without
+//! `PGBOOKEND_CONFIG`, and `/var/lib/pgbookend` and `/run/pgbookend` are the default state
+//! and run directories; cargo runs test binaries one after another, so no other test's
+//! pgbookend runs while they exist.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -4,9 +4,6 @@
 //! structural facts that can fail: CRCs and prev-links (checked by the reader), block
 //! references and smgr/database records naming the relations and databases the test created.
 
-mod common;
-
-use common::run_for;
 use pgbookend_formats::walreader::{Detail, Record, RelFileLocator, WalReader};
 use pgbookend_formats::{wal, Lsn};
 use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};

@@ -14,14 +14,10 @@
 //! 18; btrfs: 18) run on real filesystems on loop devices (testkit `LoopFs`), restored
 //! beside the still running original with the tablespace remapped.
 
-mod common;
-mod runkit;
-
-use common::wait_recovered;
-use common::{bin, run_for, Tool};
+use crate::common::{bin, run_for, start_restored, wait_recovered, Tool};
+use crate::runkit::{amcheck_clean, canary_table, with_canary};
 use pgbookend_formats::lsn::Lsn;
 use pgbookend_testkit::{Cluster, ClusterOptions};
-use runkit::{amcheck_clean, canary_table, with_canary};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -841,10 +837,7 @@ fn fs_guide_end_to_end(file: &str, layout: Result<FsLayout, String>, major: u32)
     assert_eq!(links.len(), 1, "{links:?}");
     assert_ne!(links[0], layout.tablespace, "the tablespace was remapped");
     let rbase = pgbookend_testkit::temp_dir("restored");
-    let r = Cluster::from_existing(major, pgdata, rbase.path().to_path_buf());
-    r.start_again()
-        .unwrap_or_else(|log| panic!("the restored cluster did not start:\n{log}"));
-    wait_recovered(&r);
+    let r = start_restored(major, &pgdata, rbase.path());
     assert!(r.pgbench_invariant_ok(), "pgbench's invariant must hold");
     amcheck_clean(&r);
     let last = canary.check(&r, start_lsn, stop_lsn);

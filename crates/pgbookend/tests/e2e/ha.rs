@@ -3,9 +3,7 @@
 //! cleanly (exit 0, no agent, no backup session, `stop --id` exits 0) on the other; `run
 //! --only-on` never runs the copy command on the wrong node.
 
-mod common;
-
-use common::{run_for, Tool};
+use crate::common::{self, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions};
 use std::time::Duration;
 

@@ -1,6 +1,5 @@
 //! Shared helpers for the end-to-end tests: run the real `pgbookend` binary against real
 //! clusters the way a backup program's hooks would, and clean up every agent started.
-#![allow(dead_code)]
 
 pub mod schema;
 pub mod tree;
@@ -175,6 +174,25 @@ pub fn is_zombie(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
+/// The live (not zombie) processes for which `keep(cmdline, cwd)` is true. This scans
+/// every process of the machine, and the tests run side by side in one process, so `keep`
+/// must match only what its own test started (a path of that test's own in the command
+/// line or working directory), never a program name alone.
+pub fn processes(mut keep: impl FnMut(&[u8], &Path) -> bool) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
+        if keep(&cmdline, &cwd) && !is_zombie(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 /// Waits until `f` is true or the timeout passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let t0 = Instant::now();
@@ -253,7 +271,6 @@ pub fn cp_live(
 
 /// Generates one `#[test]` per supported major (the list of
 /// `pgbookend_formats::for_each_supported_major!`) that calls `$body(major)`.
-#[macro_export]
 macro_rules! per_major {
     ($name:ident, $body:ident) => {
         pgbookend_formats::for_each_supported_major!(per_major_tests, $name, $body);
@@ -261,14 +278,13 @@ macro_rules! per_major {
 }
 
 /// The body of [`per_major!`]: a module `$name` with a test `pgNN` per major.
-#[macro_export]
 macro_rules! per_major_tests {
     ($name:ident, $body:ident ; $(($n:literal $pg:ident))*) => {
         mod $name {
             $(
                 #[test]
                 fn $pg() {
-                    super::run_for($n, super::$body)
+                    $crate::common::run_for($n, super::$body)
                 }
             )*
         }
@@ -282,6 +298,16 @@ pub fn run_for(major: u32, body: fn(u32)) {
         return;
     }
     body(major)
+}
+
+/// The major of a test that runs on one major only: the newest that PGBOOKEND_TEST_MAJORS
+/// leaves in, or None (the test is then skipped) when it leaves none.
+pub fn newest_major() -> Option<u32> {
+    let major = pgbookend_testkit::majors().last().copied();
+    if major.is_none() {
+        eprintln!("every PostgreSQL major left out by PGBOOKEND_TEST_MAJORS");
+    }
+    major
 }
 
 /// Starts a prepared (or rescued) copy and waits until its recovery has finished.
@@ -376,4 +402,66 @@ pub fn tablespace_cluster(major: u32) -> (Cluster, u32) {
         .parse()
         .unwrap();
     (c, ts_oid)
+}
+
+/// A size-limited tmpfs mounted on a temporary directory for one test (a store or a
+/// restore target that fills up); unmounted on drop, also when the test fails. Needs root.
+pub struct Tmpfs {
+    dir: TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (mount's syntax: `64k`, `20m`, bytes).
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = pgbookend_testkit::temp_dir("tmpfs");
+        let t = Tmpfs { dir };
+        t.mount_cmd(&[
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0755"),
+            "tmpfs",
+        ]);
+        t
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Gives the file system another size (room comes back, or runs out).
+    pub fn resize(&self, size: &str) {
+        self.mount_cmd(&["-o", &format!("remount,size={size}")]);
+    }
+
+    fn mount_cmd(&self, args: &[&str]) {
+        let st = Command::new("mount")
+            .args(args)
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount {args:?} (the tests run as root)");
+    }
+
+    /// Bytes in use.
+    pub fn used(&self) -> u64 {
+        let c = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: plain data filled by the kernel.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: valid path and buffer.
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        (st.f_blocks - st.f_bfree) * st.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount").arg(self.dir.path()).status();
+        if !matches!(ok, Ok(s) if s.success()) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
 }

@@ -1,9 +1,7 @@
 //! End-to-end tests of the formats crate's page checks (`pgbookend_formats::page`) against the
 //! relation files of real clusters with data checksums, cross-checked with `pg_checksums` (15).
 
-mod common;
-
-use common::run_for;
+use crate::common;
 use pgbookend_formats::page::{self, Verdict, BLCKSZ, RELSEG_SIZE};
 use pgbookend_testkit::{client_bin, Cluster, ClusterOptions};
 use std::path::{Path, PathBuf};
@@ -86,24 +84,31 @@ fn accounts_path(c: &Cluster) -> String {
     c.psql("SELECT pg_relation_filepath('pgbench_accounts')")
 }
 
-/// pgbench -i, CHECKPOINT, clean stop: every page of every relation file under base/ is Ok or
-/// New with a matching checksum; on 15 pg_checksums agrees. Then one byte flipped in block 3 of
-/// pgbench_accounts: exactly that block is BadChecksum, and on 15 pg_checksums reports the same
-/// file, block and computed checksum.
-fn pages_of_a_clean_cluster(major: u32) {
-    let c = Cluster::start(ClusterOptions::new(major).data_checksums(true));
+/// pgbench -i, CHECKPOINT and a clean stop of a cluster with or without data checksums:
+/// the cluster, pgbench_accounts' file path, every relation file, and their tally, which
+/// has no bad page.
+fn clean_cluster(major: u32, checksums: bool) -> (Cluster, String, Vec<RelFile>, Tally) {
+    let c = Cluster::start(ClusterOptions::new(major).data_checksums(checksums));
     c.pgbench_init(1);
     let rel = accounts_path(&c);
     c.psql("CHECKPOINT");
     c.stop();
-
     let files = relation_files(c.pgdata());
-    let t = classify(&files, true);
+    let t = classify(&files, checksums);
     assert!(
         t.bad.is_empty(),
         "bad pages in a clean cluster: {:?}",
         t.bad
     );
+    (c, rel, files, t)
+}
+
+/// pgbench -i, CHECKPOINT, clean stop: every page of every relation file under base/ is Ok or
+/// New with a matching checksum; on 15 pg_checksums agrees. Then one byte flipped in block 3 of
+/// pgbench_accounts: exactly that block is BadChecksum, and on 15 pg_checksums reports the same
+/// file, block and computed checksum.
+fn pages_of_a_clean_cluster(major: u32) {
+    let (c, rel, files, t) = clean_cluster(major, true);
     assert!(
         t.ok > 1500,
         "pgbench scale 1 has >1500 pages, saw {} Ok",
@@ -163,19 +168,7 @@ per_major!(clean_cluster_pages, pages_of_a_clean_cluster);
 /// checksum never takes: the caller must pass the cluster's own setting), and a header made
 /// insane in one block is reported for exactly that block.
 fn pages_without_checksums(major: u32) {
-    let c = Cluster::start(ClusterOptions::new(major).data_checksums(false));
-    c.pgbench_init(1);
-    let rel = accounts_path(&c);
-    c.psql("CHECKPOINT");
-    c.stop();
-
-    let files = relation_files(c.pgdata());
-    let t = classify(&files, false);
-    assert!(
-        t.bad.is_empty(),
-        "bad pages in a clean cluster: {:?}",
-        t.bad
-    );
+    let (c, rel, files, t) = clean_cluster(major, false);
     assert!(t.ok > 1500, "saw {} Ok", t.ok);
     let forced = classify(&files, true);
     assert_eq!(forced.ok, 0, "no page can match a checksum of 0");

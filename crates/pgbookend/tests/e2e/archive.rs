@@ -4,9 +4,7 @@
 //! a store that vanishes under load, `archive-get` of missing and damaged objects, and a
 //! restored backup recovering through `archive-get` as its `restore_command`.
 
-mod common;
-
-use common::{run_for, wait_until, Run, Tool};
+use crate::common::{self, newest_major, wait_until, Run, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions, S3Server, TempDir};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -288,19 +286,22 @@ fn push_under_load(major: u32) {
     // Hostile names and destinations.
     let scratch = scratch_pgdata(&a.c);
     let sp = scratch.path();
+    // An absolute destination outside the data directory (this test's own, never /tmp's).
+    let elsewhere = pgbookend_testkit::temp_dir("outside");
+    let abs_outside = elsewhere.path().join("outside").display().to_string();
     for args in [
         vec!["archive-push", "../../etc/passwd"],
         vec!["archive-get", "../x", "pg_wal/RECOVERYXLOG"],
         vec!["archive-get", &seg, "../outside"],
         vec!["archive-get", &seg, "pg_wal/../../outside"],
-        vec!["archive-get", &seg, "/tmp/pgbookend-outside"],
+        vec!["archive-get", &seg, &abs_outside],
     ] {
         let mut args = args.clone();
         args.extend(["--store", &store]);
         let r = run_in(sp, &args);
         assert_eq!(r.code, 2, "{args:?}: {r:?}");
     }
-    assert!(!Path::new("/tmp/pgbookend-outside").exists());
+    assert!(!Path::new(&abs_outside).exists());
     assert!(!sp.parent().unwrap().join("outside").exists());
 
     let r = run_in(
@@ -662,17 +663,7 @@ fn recovery_through_archive_get(major: u32) {
         "latest",
     ])
     .ok();
-    let r = Cluster::from_existing(major, data.clone(), work.path().to_path_buf());
-    r.start_again()
-        .unwrap_or_else(|log| panic!("the prepared copy did not start:\n{log}"));
-    assert!(
-        wait_until(Duration::from_secs(60), || r
-            .try_psql("SELECT pg_is_in_recovery()")
-            .as_deref()
-            == Ok("f")),
-        "recovery did not finish:\n{}",
-        r.server_log()
-    );
+    let r = common::start_restored(major, &data, work.path());
     assert_eq!(
         r.psql("SELECT string_agg(t, ',' ORDER BY t) FROM rows"),
         "after,during"
@@ -723,23 +714,14 @@ fn spool_state(spool: &Path, pgdata: &Path) -> String {
     out
 }
 
-/// The pids of prefetch workers whose command line names `pgdata` or that run in it.
-fn workers_of(pgdata: &Path) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
-        let marked = cmdline
+/// The pids of prefetch workers that run in `pgdata` (their working directory).
+fn workers_of(pgdata: &Path) -> Vec<i32> {
+    common::processes(|cmdline, cwd| {
+        cmdline
             .split(|b| *b == 0)
-            .any(|a| a == b"__archive-prefetch");
-        if marked && cwd.starts_with(pgdata) {
-            out.push(pid);
-        }
-    }
-    out
+            .any(|a| a == b"__archive-prefetch")
+            && cwd.starts_with(pgdata)
+    })
 }
 
 /// archive-get with --prefetch: the segments after the one asked for are fetched into
@@ -808,6 +790,25 @@ fn prefetch_spool(major: u32) {
                 n.starts_with(&format!("{seg}-")) && !n.ends_with(&fake)
             })
     };
+    // archive-get of a name the archive does not have (exit 1).
+    let miss = |name: &str, dest: &str| {
+        let args = [
+            "archive-get",
+            name,
+            dest,
+            "--store",
+            &store,
+            "--prefetch",
+            "3",
+        ];
+        let r = run_in(scratch.path(), &args);
+        assert_eq!(r.code, 1, "{name}: {r:?}");
+    };
+    let spool_gone = || {
+        wait_until(Duration::from_secs(30), || {
+            !spool.exists() && workers_of(scratch.path()).is_empty()
+        })
+    };
     assert!(!get(&done[0]), "nothing was spooled yet");
     assert!(
         wait_until(Duration::from_secs(30), || spooled(&done[1])),
@@ -839,60 +840,21 @@ fn prefetch_spool(major: u32) {
     // The server probes a newer timeline first for each segment (a history names one):
     // that miss is not the end of the archive and keeps the spool.
     let newer = format!("0000000E{}", &done[1][8..]);
-    let r = run_in(
-        scratch.path(),
-        &[
-            "archive-get",
-            &newer,
-            "pg_wal/RECOVERYXLOG",
-            "--store",
-            &store,
-            "--prefetch",
-            "3",
-        ],
-    );
-    assert_eq!(r.code, 1, "{r:?}");
+    miss(&newer, "pg_wal/RECOVERYXLOG");
     assert!(get(&done[1]), "a newer timeline's miss emptied the spool");
     assert!(
         wait_until(Duration::from_secs(30), || spooled(&done[2])),
         "the worker did not fetch {}",
         done[2]
     );
-    let r = run_in(
-        scratch.path(),
-        &[
-            "archive-get",
-            "0000000F.history",
-            "pg_wal/RECOVERYHISTORY",
-            "--store",
-            &store,
-            "--prefetch",
-            "3",
-        ],
-    );
-    assert_eq!(r.code, 1, "{r:?}");
+    miss("0000000F.history", "pg_wal/RECOVERYHISTORY");
     assert!(
-        wait_until(Duration::from_secs(30), || !spool.exists()
-            && workers_of(scratch.path()).is_empty()),
+        spool_gone(),
         "the spool or its worker is left after a missing history file"
     );
-    let missing = "00000001000000FF000000FE";
-    let r = run_in(
-        scratch.path(),
-        &[
-            "archive-get",
-            missing,
-            "pg_wal/RECOVERYXLOG",
-            "--store",
-            &store,
-            "--prefetch",
-            "3",
-        ],
-    );
-    assert_eq!(r.code, 1, "{r:?}");
+    miss("00000001000000FF000000FE", "pg_wal/RECOVERYXLOG");
     assert!(
-        wait_until(Duration::from_secs(30), || !spool.exists()
-            && workers_of(scratch.path()).is_empty()),
+        spool_gone(),
         "the spool or its worker is left after the end of the archive"
     );
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
@@ -930,9 +892,7 @@ fn get_from_s3(scratch: &Path, seg: &str, url: &str, endpoint: &str) -> Run {
 /// byte-identical from the S3 store alone. One major (the S3 path does not depend on it).
 #[test]
 fn push_to_s3() {
-    let Some(major) = pgbookend_testkit::majors().last().copied() else {
-        return;
-    };
+    let Some(major) = newest_major() else { return };
     let s3 = S3Server::start();
     s3.create_bucket(BUCKET);
     let env = aws_env(&s3.endpoint());
@@ -973,9 +933,7 @@ fn push_to_s3() {
 /// not depend on it).
 #[test]
 fn async_push_to_s3_with_outage() {
-    let Some(major) = pgbookend_testkit::majors().last().copied() else {
-        return;
-    };
+    let Some(major) = newest_major() else { return };
     let s3 = S3Server::start();
     s3.create_bucket(BUCKET);
     let gate = pgbookend_testkit::Gate::open(s3.port());

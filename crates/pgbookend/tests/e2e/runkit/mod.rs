@@ -1,7 +1,6 @@
 //! Helpers shared by the `run` and integration tests: the "nothing left behind" checks of a
 //! failed backup, a canary writer that commits rows through the backup window, and the
 //! checks of a restored cluster (pgbench invariant, pg_amcheck, the canary rows).
-#![allow(dead_code)]
 
 use crate::common::{is_our_agent, wait_until, Tool};
 use pgbookend_formats::lsn::Lsn;

@@ -2,9 +2,7 @@
 //! on every major; a copy whose index the WAL does not touch is corrupted; drill is killed
 //! with SIGTERM. Each time nothing of the clone, its server or its socket is left behind.
 
-mod common;
-
-use common::{run_for, Run, Tool};
+use crate::common::{self, newest_major, Run, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::MetadataExt;
@@ -53,6 +51,19 @@ struct Fixture {
 impl Fixture {
     fn new(major: u32, checksums: bool, before: &str) -> Fixture {
         Fixture::with(ClusterOptions::new(major).data_checksums(checksums), before)
+    }
+
+    /// A fixture with tablespace `ts1` holding table `in_ts` (1000 rows), and the
+    /// tablespace's OID.
+    fn with_tablespace(major: u32) -> (Fixture, String) {
+        let f = Fixture::with(
+            ClusterOptions::new(major).tablespace(true),
+            "CREATE TABLE in_ts (i int PRIMARY KEY) TABLESPACE ts1; \
+             INSERT INTO in_ts SELECT generate_series(1, 1000)",
+        );
+        let oid =
+            f.c.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+        (f, oid)
     }
 
     /// A fixture of a cluster made with `opts`; a tablespace is copied to `work/ts`.
@@ -139,18 +150,10 @@ fn assert_nothing_left_in(dir: &Path) {
 
 /// Live processes whose command line names a drill scratch directory below `work`.
 fn drill_processes(work: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.contains(work) && cmd.contains(".pgbookend-drill.") && !common::is_zombie(pid) {
-            out.push(pid);
-        }
-    }
-    out
+    common::processes(|cmdline, _| {
+        let cmd = String::from_utf8_lossy(cmdline);
+        cmd.contains(work) && cmd.contains(".pgbookend-drill.")
+    })
 }
 
 /// Whether a drill's server below `work` has said it is ready (its postmaster.pid).
@@ -292,13 +295,7 @@ fn hostile_records(f: &Fixture) {
 /// A copy with a tablespace, restored to its own directory: drill clones both (neither
 /// changes), remaps the tablespace to its clone, and reads the table in it.
 fn drill_tablespace(major: u32) {
-    let f = Fixture::with(
-        ClusterOptions::new(major).tablespace(true),
-        "CREATE TABLE in_ts (i int PRIMARY KEY) TABLESPACE ts1; \
-         INSERT INTO in_ts SELECT generate_series(1, 1000)",
-    );
-    let oid =
-        f.c.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+    let (f, oid) = Fixture::with_tablespace(major);
     let ts = f.work.path().join("ts");
     let (before, ts_before) = (tree_digest(&f.copy()), tree_digest(&ts));
     let r = f.drill();
@@ -542,9 +539,7 @@ per_major!(drill_sigterm_t, drill_sigterm);
 /// under the bundle's prefix, and `show` reads it back from there.
 #[test]
 fn drill_s3_store() {
-    let Some(major) = pgbookend_testkit::majors().last().copied() else {
-        return;
-    };
+    let Some(major) = newest_major() else { return };
     let s3 = pgbookend_testkit::S3Server::start();
     s3.create_bucket("pgbookend-drill");
     let c = Cluster::start(ClusterOptions::new(major));
@@ -597,9 +592,7 @@ fn drill_s3_store() {
 /// changes neither, and leaves nothing on the filesystem.
 #[test]
 fn drill_reflink_xfs() {
-    let Some(major) = pgbookend_testkit::majors().last().copied() else {
-        return;
-    };
+    let Some(major) = newest_major() else { return };
     let fs = match pgbookend_testkit::LoopFs::new("xfs", 1024) {
         Ok(fs) => fs,
         Err(e) => {
@@ -607,13 +600,7 @@ fn drill_reflink_xfs() {
             return;
         }
     };
-    let f = Fixture::with(
-        ClusterOptions::new(major).tablespace(true),
-        "CREATE TABLE in_ts (i int PRIMARY KEY) TABLESPACE ts1; \
-         INSERT INTO in_ts SELECT generate_series(1, 1000)",
-    );
-    let oid =
-        f.c.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+    let (f, oid) = Fixture::with_tablespace(major);
     let root = fs.path().join("restore");
     std::fs::create_dir(&root).unwrap();
     let (data, ts) = (root.join("data"), root.join("ts"));

@@ -2,9 +2,7 @@
 //! with real tools while the cluster writes, judged page by page against the WAL of the
 //! backup's window, on every major (data checksums on, and one cluster without).
 
-mod common;
-
-use common::{run_for, Run, Tool};
+use crate::common::{self, start_restored, Run, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::FileExt;
@@ -203,22 +201,6 @@ fn torn_pages_covered(major: u32) {
     );
 }
 per_major!(torn_pages_covered_t, torn_pages_covered);
-
-/// Starts a prepared copy and waits until recovery ended.
-fn start_restored(major: u32, data: &Path, work: &Path) -> Cluster {
-    let r = Cluster::from_existing(major, data.to_path_buf(), work.to_path_buf());
-    r.start_again()
-        .unwrap_or_else(|log| panic!("the prepared copy did not start:\n{log}"));
-    assert!(
-        common::wait_until(Duration::from_secs(60), || r
-            .try_psql("SELECT pg_is_in_recovery()")
-            .as_deref()
-            == Ok("f")),
-        "recovery did not finish:\n{}",
-        r.server_log()
-    );
-    r
-}
 
 /// One byte flipped in a page the window's WAL does not touch: verify and prepare refuse,
 /// naming file and block, and prepare changes nothing. The same flip in a page the WAL

@@ -2,10 +2,8 @@
 //! `stop`, a full store during `stop`, an archiver that has not delivered yet, and
 //! `expire` faced with rescuable bundles and symlinked bundle directories.
 
-mod common;
-
-use common::{run_for, Run, Tool};
-use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
+use crate::common::{self, Run, Tool};
+use pgbookend_testkit::{Cluster, ClusterOptions};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -147,54 +145,14 @@ fn killed_agent(major: u32) {
 }
 per_major!(killed_agent_t, killed_agent);
 
-/// A tmpfs mounted for one test, unmounted on drop (also when the test fails).
-struct Tmpfs {
-    dir: PathBuf,
-    _parent: TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let parent = pgbookend_testkit::temp_dir("tmpfs");
-        let dir = parent.path().join("store");
-        std::fs::create_dir(&dir).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
-            .arg("tmpfs")
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs (the test runs as root)");
-        Tmpfs {
-            dir,
-            _parent: parent,
-        }
-    }
-
-    fn resize(&self, size: &str) {
-        let st = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "remount");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
-    }
-}
-
 /// The store fills up while `stop` writes the WAL: exit 7 with the cause, nothing lost;
 /// once there is room, `rescue` completes the bundle and it verifies.
 fn store_full(major: u32) {
     let c = Cluster::start(ClusterOptions::new(major));
     c.pgbench_init(1);
     let tool = Tool::new(&c);
-    let fs = Tmpfs::mount("64k");
-    let store = fs.dir.display().to_string();
+    let fs = common::Tmpfs::mount("64k");
+    let store = fs.path().display().to_string();
     let id = "full";
     start_with(&tool, id, &store, &[], &[]).ok();
     let bench = c.pgbench_background(2, 3);
@@ -214,13 +172,13 @@ fn store_full(major: u32) {
         stop.stderr.contains(&saved.display().to_string()),
         "{stop:?}"
     );
-    assert!(!fs.dir.join(id).join("bundle.json").exists());
+    assert!(!fs.path().join(id).join("bundle.json").exists());
     assert_eq!(tool.status(id).code, 7);
 
     fs.resize("256m");
     let r = tool.run(&["rescue", "--id", id]);
     assert_eq!(r.code, 0, "rescue succeeds once there is room: {r:?}");
-    assert!(fs.dir.join(id).join("bundle.json").is_file());
+    assert!(fs.path().join(id).join("bundle.json").is_file());
     assert!(!saved.exists());
     tool.run(&["verify", "--store", &store, "--id", id]).ok();
 }
@@ -338,6 +296,20 @@ fn bare(cmd_args: &[&str], state: &Path) -> Run {
         .into()
 }
 
+/// `expire --store STORE --keep-last 1 --include-partial` plus `extra`, which succeeds.
+fn expire_all_but_one(store: &str, state: &Path, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "expire",
+        "--store",
+        store,
+        "--keep-last",
+        "1",
+        "--include-partial",
+    ];
+    args.extend_from_slice(extra);
+    bare(&args, state).ok()
+}
+
 /// Defect 11: `<store>/<id>` symlinked to another store's bundle: `expire` and `list`
 /// skip it and say so; the other store's bundle is untouched.
 #[test]
@@ -349,19 +321,7 @@ fn expire_does_not_follow_a_symlinked_bundle() {
     complete_bundle(&b, "new", "2022-01-01T00:00:00Z");
     std::os::unix::fs::symlink(a.join("victim"), b.join("linked")).unwrap();
     let bs = b.display().to_string();
-    let r = bare(
-        &[
-            "expire",
-            "--store",
-            &bs,
-            "--keep-last",
-            "1",
-            "--include-partial",
-            "--json",
-        ],
-        t.path(),
-    )
-    .ok();
+    let r = expire_all_but_one(&bs, t.path(), &["--json"]);
     assert!(
         a.join("victim/bundle.json").is_file(),
         "the other store's bundle survives"
@@ -404,18 +364,7 @@ fn expire_keeps_rescuable_bundles_unless_told() {
     std::fs::write(p1.join("junk"), b"x").unwrap();
     age(&p1);
     let ss = s.display().to_string();
-    let out = bare(
-        &[
-            "expire",
-            "--store",
-            &ss,
-            "--keep-last",
-            "1",
-            "--include-partial",
-        ],
-        t.path(),
-    )
-    .ok();
+    let out = expire_all_but_one(&ss, t.path(), &[]);
     assert!(
         r1.join("backup_label").is_file(),
         "the rescuable bundle is kept: {out:?}"
@@ -425,19 +374,7 @@ fn expire_keeps_rescuable_bundles_unless_told() {
         out.stdout.contains("r1") && out.stdout.contains("rescue --id r1"),
         "reported, not silent: {out:?}"
     );
-    let out = bare(
-        &[
-            "expire",
-            "--store",
-            &ss,
-            "--keep-last",
-            "1",
-            "--include-partial",
-            "--include-rescuable",
-        ],
-        t.path(),
-    )
-    .ok();
+    let out = expire_all_but_one(&ss, t.path(), &["--include-rescuable"]);
     assert!(!r1.exists(), "removed on explicit request: {out:?}");
     assert!(s.join("done/bundle.json").is_file());
 }

@@ -3,9 +3,7 @@
 //! and links must never make pgbookend delete, write or chmod anything outside, and
 //! concurrent starts must never delete each other's markers.
 
-mod common;
-
-use common::{bin, run_for, tree, Tool};
+use crate::common::{bin, tree, Tool};
 use pgbookend_testkit::{run_as_server_user, temp_dir, Cluster, ClusterOptions};
 use serde_json::{json, Value};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -1,16 +1,13 @@
 //! End-to-end tests of `run` (start, COMMAND, stop or abort, `--then`) and of the hook pair
 //! across process boundaries, against real clusters of every supported major.
 
-mod common;
-mod runkit;
-
-use common::{bin, is_our_agent, run_for, wait_until, Run, Tool};
-use pgbookend_testkit::{Cluster, ClusterOptions};
-use runkit::nothing_left;
+use crate::common::{self, bin, is_our_agent, run_for, wait_until, Run, Tool};
+use crate::runkit::nothing_left;
+use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// `pgbookend run --id ID --store STORE [extra] -- COMMAND...`.
@@ -21,6 +18,24 @@ fn run_cmd(tool: &Tool, id: &str, extra: &[&str], command: &[&str]) -> Command {
     args.push("--");
     args.extend_from_slice(command);
     tool.cmd(&args)
+}
+
+/// Starts a prepared `pgbookend run` command in the background with `$OUT` set and its
+/// output captured; the guard kills it if the test fails while it runs.
+fn spawn(cmd: &mut Command, out: &TempDir) -> (Child, KillOnPanic) {
+    let child = cmd
+        .env("OUT", out.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pgbookend run");
+    let guard = KillOnPanic(child.id() as i32);
+    (child, guard)
+}
+
+/// Runs a prepared `pgbookend run` command to its end.
+fn finish(cmd: &mut Command) -> Run {
+    cmd.output().expect("run pgbookend run").into()
 }
 
 /// Kills a spawned `pgbookend run` (and so, through its parent-death signal, COMMAND) if
@@ -63,16 +78,15 @@ fn run_success(major: u32) {
     let out = pgbookend_testkit::temp_dir("out");
     let id = format!("run-{major}");
     let bench = c.pgbench_background(2, 3);
-    let r: Run = run_cmd(
-        &tool,
-        &id,
-        &["--json", "--then", DUMP_THEN],
-        &["sh", "-c", DUMP_AND_COPY],
-    )
-    .env("OUT", out.path())
-    .output()
-    .unwrap()
-    .into();
+    let r = finish(
+        run_cmd(
+            &tool,
+            &id,
+            &["--json", "--then", DUMP_THEN],
+            &["sh", "-c", DUMP_AND_COPY],
+        )
+        .env("OUT", out.path()),
+    );
     bench.wait().expect("pgbench");
     assert_eq!(r.code, 0, "{r:?}");
     let j = r.json();
@@ -131,20 +145,19 @@ fn run_success(major: u32) {
     tool.run(&["abort", "--id", "ts-human"]).ok();
 
     // The human form: progress on stderr, the stop report on stdout.
-    let r: Run = run_cmd(&tool, "human", &[], &["true"])
-        .output()
-        .unwrap()
-        .into();
+    let r = finish(&mut run_cmd(&tool, "human", &[], &["true"]));
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("backup human started"), "{r:?}");
     assert!(r.stdout.contains("backup human stopped"), "{r:?}");
 
     // A failing --then: the backup is stopped and its bundle written, run says so and
     // exits with --then's code.
-    let r: Run = run_cmd(&tool, "then-fails", &["--then", "exit 7"], &["true"])
-        .output()
-        .unwrap()
-        .into();
+    let r = finish(&mut run_cmd(
+        &tool,
+        "then-fails",
+        &["--then", "exit 7"],
+        &["true"],
+    ));
     assert_eq!(r.code, 7, "{r:?}");
     assert!(tool.bundle_dir("then-fails").join("bundle.json").exists());
     assert!(r.stderr.contains("--then exited with 7"), "{r:?}");
@@ -158,46 +171,35 @@ fn run_command_fails(major: u32) {
     c.pgbench_init(1);
     let tool = Tool::new(&c);
     let out = pgbookend_testkit::temp_dir("out");
-    let r: Run = run_cmd(
-        &tool,
-        "fails",
-        &[],
-        &[
-            "sh",
-            "-c",
-            "tar -cf \"$OUT/part.tar\" -C \"$PGBOOKEND_PGDATA\" base 2>/dev/null; exit 1",
-        ],
-    )
-    .env("OUT", out.path())
-    .output()
-    .unwrap()
-    .into();
+    let part = "tar -cf \"$OUT/part.tar\" -C \"$PGBOOKEND_PGDATA\" base 2>/dev/null; exit 1";
+    let r = finish(run_cmd(&tool, "fails", &[], &["sh", "-c", part]).env("OUT", out.path()));
     assert_eq!(r.code, 1, "{r:?}");
     assert!(out.path().join("part.tar").exists(), "COMMAND did run");
     assert!(r.stderr.contains("COMMAND exited with 1"), "{r:?}");
     assert!(r.stderr.contains("aborted"), "{r:?}");
     nothing_left(&c, &tool, "fails");
 
-    let r: Run = run_cmd(&tool, "killed", &["--json"], &["sh", "-c", "kill -KILL $$"])
-        .output()
-        .unwrap()
-        .into();
+    let r = finish(&mut run_cmd(
+        &tool,
+        "killed",
+        &["--json"],
+        &["sh", "-c", "kill -KILL $$"],
+    ));
     assert_eq!(r.code, 128 + 9, "{r:?}");
     assert_eq!(r.json()["result"], "aborted");
     assert!(r.stderr.contains("killed by SIGKILL"), "{r:?}");
     nothing_left(&c, &tool, "killed");
 
-    let r: Run = run_cmd(&tool, "missing", &[], &["/nonexistent/copy-program"])
-        .output()
-        .unwrap()
-        .into();
+    let r = finish(&mut run_cmd(
+        &tool,
+        "missing",
+        &[],
+        &["/nonexistent/copy-program"],
+    ));
     assert_eq!(r.code, 127, "{r:?}");
     nothing_left(&c, &tool, "missing");
     // The IDs of aborted runs are free again.
-    let r: Run = run_cmd(&tool, "fails", &[], &["true"])
-        .output()
-        .unwrap()
-        .into();
+    let r = finish(&mut run_cmd(&tool, "fails", &[], &["true"]));
     assert_eq!(r.code, 0, "{r:?}");
 }
 per_major!(run_command_fails_t, run_command_fails);
@@ -219,13 +221,7 @@ fn run_signalled(major: u32) {
         let script = "echo $$ > \"$OUT/pgid\"; \
              rsync -a --bwlimit=50 \"$PGBOOKEND_PGDATA/\" \"$OUT/copy/\"; \
              echo after > \"$OUT/after\"";
-        let mut child = run_cmd(&tool, &id, &[], &["sh", "-c", script])
-            .env("OUT", out.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let _guard = KillOnPanic(child.id() as i32);
+        let (mut child, _guard) = spawn(&mut run_cmd(&tool, &id, &[], &["sh", "-c", script]), &out);
         // Mid-copy: rsync has started writing the copy.
         assert!(
             wait_until(Duration::from_secs(30), || out.path().join("copy").exists()),
@@ -266,18 +262,11 @@ fn run_void_mid_copy(major: u32) {
     let c = Cluster::start(ClusterOptions::new(major));
     let tool = Tool::new(&c);
     let out = pgbookend_testkit::temp_dir("out");
-    let mut child = run_cmd(
-        &tool,
-        "void",
-        &["--heartbeat", "200ms"],
-        &["sh", "-c", "touch \"$OUT/running\"; sleep 120"],
-    )
-    .env("OUT", out.path())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let _guard = KillOnPanic(child.id() as i32);
+    let command = ["sh", "-c", "touch \"$OUT/running\"; sleep 120"];
+    let (mut child, _guard) = spawn(
+        &mut run_cmd(&tool, "void", &["--heartbeat", "200ms"], &command),
+        &out,
+    );
     assert!(wait_until(Duration::from_secs(30), || out
         .path()
         .join("running")

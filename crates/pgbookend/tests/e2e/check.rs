@@ -3,9 +3,7 @@
 //! replication slot, an unwritable store) with exit 6, and a correct setup passes
 //! (archive_command = pgbookend archive-push into a local store) with exit 0.
 
-mod common;
-
-use common::{run_for, Run, Tool};
+use crate::common::{self, Run, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
 use serde_json::Value;
 use std::path::PathBuf;

@@ -4,10 +4,8 @@
 //! asserts that the harm did not happen and that pgbookend said why it refused. Also
 //! hostile-bytes property loops for bundle.json, the file list and the marker.
 
-mod common;
-
-use common::tree::digest;
-use common::{run_for, Run, Tool};
+use crate::common::tree::digest;
+use crate::common::{self, Run, Tool};
 use pgbookend::bundle::manifest::Manifest;
 use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
 use serde_json::Value;
@@ -256,13 +254,11 @@ const MEASURE_ENV: &str = "SECURITY_BUNDLE_MEASURE";
 fn run_measured(tool: &Tool, args: &[&str], out_dir: &Path) -> (Run, i64) {
     let mut spec = vec![out_dir.display().to_string()];
     spec.extend(args.iter().map(|a| a.to_string()));
+    // The helper's path in this test binary (`security_bundle::measure_child_helper`).
+    let (_, module) = module_path!().split_once("::").unwrap();
+    let helper = format!("{module}::measure_child_helper");
     let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args([
-        "measure_child_helper",
-        "--exact",
-        "--test-threads=1",
-        "--quiet",
-    ]);
+    c.args([&helper, "--exact", "--test-threads=1", "--quiet"]);
     for (k, v) in &tool.env {
         c.env(k, v);
     }
@@ -278,6 +274,15 @@ fn run_measured(tool: &Tool, args: &[&str], out_dir: &Path) -> (Run, i64) {
         stderr: std::fs::read_to_string(out_dir.join("err")).unwrap(),
     };
     (r, kib.parse().unwrap())
+}
+
+impl Setup {
+    /// `verify --bundle BUNDLE --id ID`, with its peak RSS ([`run_measured`]).
+    fn verify_measured(&self, bundle: &Path, id: &str) -> (Run, i64) {
+        let b = bundle.display().to_string();
+        let args = ["verify", "--bundle", &b, "--id", id];
+        run_measured(&self.tool, &args, self.work.path())
+    }
 }
 
 /// Not a test on its own (it returns at once): with [`MEASURE_ENV`] set, runs pgbookend
@@ -331,12 +336,7 @@ fn zstd_bomb_bounded(major: u32) {
             serde_json::from_slice(&std::fs::read(b.join("bundle.json")).unwrap()).unwrap();
         m.wal[0].name.clone()
     };
-    let bs = b.display().to_string();
-    let (r, kib) = run_measured(
-        &s.tool,
-        &["verify", "--bundle", &bs, "--id", "bomb"],
-        s.work.path(),
-    );
+    let (r, kib) = s.verify_measured(&b, "bomb");
     assert_eq!(r.code, 6, "{r:?}");
     assert!(
         r.all().contains(&name) && r.all().contains("more than"),
@@ -355,17 +355,7 @@ fn huge_wal_range(major: u32) {
         m["stop_wal_file"] = Value::from("00000001FFFFFFFF000000FF")
     });
     let before = digest(&s.copy);
-    let (r, kib) = run_measured(
-        &s.tool,
-        &[
-            "verify",
-            "--bundle",
-            &b.display().to_string(),
-            "--id",
-            "range",
-        ],
-        s.work.path(),
-    );
+    let (r, kib) = s.verify_measured(&b, "range");
     assert_eq!(r.code, 6, "{r:?}");
     assert!(
         r.all().contains("stop_wal_file") && r.all().contains("allowed"),
@@ -385,17 +375,7 @@ fn huge_wal_range(major: u32) {
         m["files"][&name]["size"] = Value::from(list.len());
         m["files"][&name]["sha256"] = Value::from(hex::encode(Sha256::digest(&list)));
     });
-    let (r, kib) = run_measured(
-        &s.tool,
-        &[
-            "verify",
-            "--bundle",
-            &b.display().to_string(),
-            "--id",
-            "range",
-        ],
-        s.work.path(),
-    );
+    let (r, kib) = s.verify_measured(&b, "range");
     assert_eq!(r.code, 6, "{r:?}");
     assert!(r.all().contains("longer than"), "{r:?}");
     assert!(kib < 64 * 1024, "peak RSS {kib} KiB");
@@ -545,7 +525,7 @@ impl Rng {
 }
 
 /// A valid bundle.json (its files do not exist): the seed of the mutations.
-const SAMPLE_MANIFEST: &str = include_str!("data/manifest.json");
+const SAMPLE_MANIFEST: &str = include_str!("../data/manifest.json");
 
 /// bundle.json: random and hostile bytes never panic the parser, the field checks or the
 /// loader, and nothing hostile is accepted.

@@ -1,9 +1,7 @@
 //! End-to-end tests of the self-contained bundle: the WAL of the window, the file list,
 //! `--wal archive|none`, and backups from a standby, against real clusters of every major.
 
-mod common;
-
-use common::{run_for, Tool};
+use crate::common::{self, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions};
 use serde_json::Value;
 use sha2::{Digest, Sha256};

@@ -4,9 +4,7 @@
 //! fetched back byte for byte and checked, multipart uploads, expiry, and no credential in
 //! any output.
 
-mod common;
-
-use common::{run_for, Run, Tool};
+use crate::common::{self, newest_major, Run, Tool};
 use pgbookend::bundle::manifest::FileEntry;
 use pgbookend::store::s3::{Client, Credentials, S3Url, Settings};
 use pgbookend_testkit::{Cluster, ClusterOptions, Gate, S3Server, TempDir};
@@ -146,11 +144,6 @@ fn random_load(c: &Cluster, mb: u32) {
         "INSERT INTO rnd SELECT i, (SELECT string_agg(decode(md5(random()::text || i || '/' || j), 'hex'), ''::bytea) FROM generate_series(1, 256) j) FROM generate_series(1, {}) i",
         mb * 256
     ));
-}
-
-/// The newest supported major that the test run includes.
-fn one_major() -> Option<u32> {
-    pgbookend_testkit::majors().last().copied()
 }
 
 /// Backups through the hooks into a local and an S3 store at once: both hold the same
@@ -344,7 +337,7 @@ fn wait_first_object(s3: &S3Server, prefix: &str) {
 /// killed mid-upload: `stop` exits 0 and says which store failed and why.
 #[test]
 fn s3_server_stopped_during_stop() {
-    let Some(major) = one_major() else { return };
+    let Some(major) = newest_major() else { return };
     let c = Cluster::start(ClusterOptions::new(major));
     let mut s3 = S3Server::start();
     s3.create_bucket(BUCKET);
@@ -495,7 +488,7 @@ fn s3_server_stopped_during_stop() {
 /// older than a day and `--include-partial` is given.
 #[test]
 fn expire_keep_last() {
-    let Some(major) = one_major() else { return };
+    let Some(major) = newest_major() else { return };
     let c = Cluster::start(ClusterOptions::new(major));
     let s3 = S3Server::start();
     s3.create_bucket(BUCKET);
@@ -627,7 +620,7 @@ fn expire_keep_last() {
 /// state, marker, or any bundle file in either store.
 #[test]
 fn no_credentials_in_any_output() {
-    let Some(major) = one_major() else { return };
+    let Some(major) = newest_major() else { return };
     let c = Cluster::start(ClusterOptions::new(major));
     let s3 = S3Server::start();
     s3.create_bucket(BUCKET);
@@ -839,18 +832,9 @@ fn prepare_from_s3(major: u32) {
     let d = copy.display().to_string();
     let r = t.run(&["prepare", "--pgdata", &d, "--store", &url]).ok();
     assert!(r.stdout.contains("start the server with"), "{r:?}");
-    let restored = Cluster::from_existing(major, copy.clone(), t.tool.run_dir.path().to_path_buf());
-    restored.start_again().unwrap_or_else(|l| panic!("{l}"));
-    assert!(common::wait_until(Duration::from_secs(60), || restored
-        .try_psql("SELECT pg_is_in_recovery()")
-        .as_deref()
-        == Ok("f")));
+    let restored = common::start_restored(major, &copy, t.tool.run_dir.path());
     assert!(restored.pgbench_invariant_ok());
     assert_eq!(restored.psql("SELECT t FROM rows"), "committed before stop");
-    restored.psql("CREATE EXTENSION amcheck");
-    restored.psql(
-        "SELECT bt_index_check(c.oid, true) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
-         JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'btree' AND c.relpersistence = 'p'",
-    );
+    crate::runkit::amcheck_clean(&restored);
 }
 per_major!(prepare_from_s3_t, prepare_from_s3);

@@ -4,9 +4,7 @@
 //! writes the same files as one from a local store; a full store, an S3 store that
 //! vanishes mid-copy and a signal abort it and leave nothing behind.
 
-mod common;
-
-use common::{run_for, wait_until, Run, Tool};
+use crate::common::{self, newest_major, wait_until, Run, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions};
 use serde_json::Value;
 use std::path::Path;
@@ -176,46 +174,13 @@ fn sigterm_mid_copy_aborts(major: u32) {
 }
 per_major!(sigterm_mid_copy_aborts, sigterm_mid_copy_aborts);
 
-/// A small tmpfs mounted for one test (unmounted on drop, also on failure).
-struct SmallFs {
-    dir: pgbookend_testkit::TempDir,
-}
-
-impl SmallFs {
-    fn mount(mb: u32) -> SmallFs {
-        let dir = pgbookend_testkit::temp_dir("smallfs");
-        let ok = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={mb}m,mode=0755"),
-                "tmpfs",
-            ])
-            .arg(dir.path())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "cannot mount a tmpfs");
-        SmallFs { dir }
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 /// The store fills up mid-copy (a 20 MB file system, objects stored uncompressed):
 /// `backup` fails naming the store, aborts the backup and removes what it wrote.
 fn store_full_mid_copy_aborts(major: u32) {
     let c = cluster(major);
     let tool = Tool::new(&c);
-    let fs = SmallFs::mount(20);
-    let store = fs.dir.path().display().to_string();
+    let fs = common::Tmpfs::mount("20m");
+    let store = fs.path().display().to_string();
     let r = tool.run(&[
         "backup",
         "--id",
@@ -232,8 +197,8 @@ fn store_full_mid_copy_aborts(major: u32) {
         r.stderr.contains(&store) && r.stderr.contains("aborted"),
         "{r:?}"
     );
-    assert!(!fs.dir.path().join("data/f1").exists(), "data/f1 left");
-    assert!(!fs.dir.path().join("f1/bundle.json").exists());
+    assert!(!fs.path().join("data/f1").exists(), "data/f1 left");
+    assert!(!fs.path().join("f1/bundle.json").exists());
     let status = tool.status("f1");
     assert!(status.all().contains("abort"), "{status:?}");
     assert_nothing_left(&c, &tool, "f1");
@@ -335,9 +300,7 @@ fn assert_same_restore(a: &Path, b: &Path) {
 /// from S3 with the bundle.
 #[test]
 fn backup_to_s3() {
-    let Some(major) = pgbookend_testkit::majors().last().copied() else {
-        return;
-    };
+    let Some(major) = newest_major() else { return };
     let s3 = pgbookend_testkit::S3Server::start();
     s3.create_bucket("bk-test");
     let c = Cluster::start(ClusterOptions::new(major).tablespace(true));
@@ -473,9 +436,7 @@ fn backup_to_s3() {
 /// bundle.json, no index, and `list` does not show it as complete.
 #[test]
 fn s3_unreachable_mid_copy_aborts() {
-    let Some(major) = pgbookend_testkit::majors().last().copied() else {
-        return;
-    };
+    let Some(major) = newest_major() else { return };
     let s3 = pgbookend_testkit::S3Server::start();
     s3.create_bucket("bk-cut");
     let c = cluster(major);
@@ -525,9 +486,7 @@ fn s3_unreachable_mid_copy_aborts() {
 /// climbs out of PGDATA makes the index invalid. Nothing is written or removed.
 #[test]
 fn altered_index_is_refused() {
-    let Some(major) = pgbookend_testkit::majors().last().copied() else {
-        return;
-    };
+    let Some(major) = newest_major() else { return };
     let c = cluster(major);
     let tool = Tool::new(&c);
     let store = tool.store_path().display().to_string();

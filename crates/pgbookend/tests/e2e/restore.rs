@@ -2,10 +2,9 @@
 //! pgbench writes, restored elsewhere, prepared, and started, on every major (data
 //! checksums on, a tablespace).
 
-mod common;
-
-use common::tree::digest;
-use common::{run_for, start_restored, Run, Tool};
+use crate::common::tree::digest;
+use crate::common::{self, start_restored, Run, Tool};
+use crate::runkit::amcheck_clean;
 use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -95,22 +94,6 @@ fn rsync_copy(flags: &str, src: &Path, dest: &Path) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// amcheck on every btree index (with heapallindexed) and, from 14, the heap itself.
-fn amcheck_clean(r: &Cluster) {
-    r.psql("CREATE EXTENSION IF NOT EXISTS amcheck");
-    let bad = r.psql(
-        "SELECT count(*) FROM (SELECT bt_index_check(c.oid, true) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
-         JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'btree' AND c.relpersistence = 'p') s WHERE false",
-    );
-    assert_eq!(bad, "0");
-    if r.major() >= 14 {
-        let corrupt = r.psql(
-            "SELECT count(*) FROM pg_class c, LATERAL verify_heapam(c.oid) WHERE c.relkind = 'r' AND c.relpersistence = 'p'",
-        );
-        assert_eq!(corrupt, "0", "verify_heapam found corruption");
-    }
 }
 
 /// The data checks of a restored cluster.

@@ -2,9 +2,7 @@
 //! the environment, a time bound that kills the command's whole process group, and never a
 //! change to pgbookend's exit code.
 
-mod common;
-
-use common::Tool;
+use crate::common::{self, newest_major, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions};
 use serde_json::Value;
 use std::path::Path;
@@ -23,51 +21,87 @@ fn has(env: &[(String, String)], k: &str, v: &str) -> bool {
     env.iter().any(|(a, b)| a == k && b == v)
 }
 
+/// A directory where notification commands leave what they got: `TAG.json` (the report on
+/// their stdin) and `TAG.env` (their environment).
+struct Hooks {
+    dir: pgbookend_testkit::TempDir,
+}
+
+impl Hooks {
+    fn new(prefix: &str) -> Hooks {
+        Hooks {
+            dir: pgbookend_testkit::temp_dir(prefix),
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// A command that saves its stdin and environment under `tag`.
+    fn cmd(&self, tag: &str) -> String {
+        format!("cat > {0}.json; env > {0}.env", self.path(tag))
+    }
+
+    fn report(&self, tag: &str) -> Value {
+        let text = std::fs::read_to_string(self.path(&format!("{tag}.json"))).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn env(&self, tag: &str) -> Vec<(String, String)> {
+        env_of(Path::new(&self.path(&format!("{tag}.env"))))
+    }
+
+    fn ran(&self, tag: &str) -> bool {
+        Path::new(&self.path(&format!("{tag}.json"))).exists()
+    }
+
+    /// Runs `args --json` with an `--on-success` and an `--on-failure` command; it succeeds,
+    /// the success command gets the same report as --json and the `facts` in its
+    /// environment, and the failure command does not run.
+    #[track_caller]
+    fn succeeds(&self, tool: &Tool, args: &[&str], facts: &[(&str, &str)]) {
+        let (ok, bad) = (self.cmd("ok"), self.cmd("bad"));
+        let mut all = args.to_vec();
+        all.extend(["--json", "--on-success", &ok, "--on-failure", &bad]);
+        let r = tool.run(&all).ok();
+        assert_eq!(
+            self.report("ok"),
+            r.json(),
+            "the command gets the same report as --json"
+        );
+        let env = self.env("ok");
+        for (k, v) in facts {
+            assert!(has(&env, k, v), "{k}={v} in {env:?}");
+        }
+        assert!(!self.ran("bad"));
+    }
+}
+
 #[test]
 fn notifications_after_stop_and_run() {
-    let major = *pgbookend_testkit::majors().last().expect("a major");
+    let Some(major) = newest_major() else { return };
     let c = Cluster::start(ClusterOptions::new(major));
     let tool = Tool::new(&c);
-    let dir = pgbookend_testkit::temp_dir("notify");
-    let d = |n: &str| dir.path().join(n).display().to_string();
-    let hook = |tag: &str| format!("cat > {0}.json; env > {0}.env", d(tag));
+    let h = Hooks::new("notify");
 
     // A successful stop: the success command gets the report; the failure one does not run.
     tool.start("n-1", &[]).ok();
-    let stop = tool
-        .run(&[
-            "stop",
-            "--id",
-            "n-1",
-            "--json",
-            "--on-success",
-            &hook("ok"),
-            "--on-failure",
-            &hook("bad"),
-        ])
-        .ok();
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(d("ok.json")).unwrap()).unwrap();
-    assert_eq!(
-        report,
-        stop.json(),
-        "the command gets the same report as --json"
+    h.succeeds(
+        &tool,
+        &["stop", "--id", "n-1"],
+        &[
+            ("PGBOOKEND_EVENT", "stop"),
+            ("PGBOOKEND_STATUS", "success"),
+            ("PGBOOKEND_EXIT_CODE", "0"),
+            ("PGBOOKEND_ID", "n-1"),
+        ],
     );
-    let env = env_of(Path::new(&d("ok.env")));
-    for (k, v) in [
-        ("PGBOOKEND_EVENT", "stop"),
-        ("PGBOOKEND_STATUS", "success"),
-        ("PGBOOKEND_EXIT_CODE", "0"),
-        ("PGBOOKEND_ID", "n-1"),
-    ] {
-        assert!(has(&env, k, v), "{k}={v} in {env:?}");
-    }
-    assert!(!Path::new(&d("bad.json")).exists());
 
     // A failed run (the copy fails): the failure command runs; its own failure (exit 9)
     // does not change pgbookend's exit code (the copy's, 3).
     let store = tool.store_path().display().to_string();
-    let failing = format!("{}; exit 9", hook("runfail"));
+    let failing = format!("{}; exit 9", h.cmd("runfail"));
     let r = tool.run(&[
         "run",
         "--id",
@@ -86,7 +120,7 @@ fn notifications_after_stop_and_run() {
         r.stderr.contains("--on-failure command exited with code 9"),
         "{r:?}"
     );
-    let env = env_of(Path::new(&d("runfail.env")));
+    let env = h.env("runfail");
     assert!(has(&env, "PGBOOKEND_EVENT", "run"), "{env:?}");
     assert!(has(&env, "PGBOOKEND_STATUS", "failure"), "{env:?}");
     assert!(has(&env, "PGBOOKEND_EXIT_CODE", "3"), "{env:?}");
@@ -97,7 +131,7 @@ fn notifications_after_stop_and_run() {
     tool.start("n-3", &[]).ok();
     let slow = format!(
         "sh -c 'echo $$ > {}; exec sleep 600' & wait",
-        d("sleeper.pid")
+        h.path("sleeper.pid")
     );
     let r = tool.run(&[
         "stop",
@@ -110,7 +144,7 @@ fn notifications_after_stop_and_run() {
     ]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("was killed (--notify-timeout)"), "{r:?}");
-    let pid: i32 = std::fs::read_to_string(d("sleeper.pid"))
+    let pid: i32 = std::fs::read_to_string(h.path("sleeper.pid"))
         .unwrap()
         .trim()
         .parse()
@@ -131,52 +165,33 @@ fn notifications_after_stop_and_run() {
 /// failure command with the exit code the user sees.
 #[test]
 fn notifications_after_backup() {
-    let major = *pgbookend_testkit::majors().last().expect("a major");
+    let Some(major) = newest_major() else { return };
     let c = Cluster::start(ClusterOptions::new(major));
     let tool = Tool::new(&c);
-    let dir = pgbookend_testkit::temp_dir("notifybk");
-    let d = |n: &str| dir.path().join(n).display().to_string();
-    let hook = |tag: &str| format!("cat > {0}.json; env > {0}.env", d(tag));
+    let h = Hooks::new("notifybk");
     let store = tool.store_path().display().to_string();
-    let b = tool
-        .run(&[
-            "backup",
-            "--id",
-            "nb-1",
-            "--store",
-            &store,
-            "--json",
-            "--on-success",
-            &hook("ok"),
-            "--on-failure",
-            &hook("bad"),
-        ])
-        .ok();
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(d("ok.json")).unwrap()).unwrap();
-    assert_eq!(report, b.json());
-    let env = env_of(Path::new(&d("ok.env")));
-    for (k, v) in [
-        ("PGBOOKEND_EVENT", "backup"),
-        ("PGBOOKEND_STATUS", "success"),
-        ("PGBOOKEND_ID", "nb-1"),
-    ] {
-        assert!(has(&env, k, v), "{k}={v} in {env:?}");
-    }
-    assert!(!Path::new(&d("bad.json")).exists());
+    h.succeeds(
+        &tool,
+        &["backup", "--id", "nb-1", "--store", &store],
+        &[
+            ("PGBOOKEND_EVENT", "backup"),
+            ("PGBOOKEND_STATUS", "success"),
+            ("PGBOOKEND_ID", "nb-1"),
+        ],
+    );
 
     // Without --id the ID comes from the report; a file as the store fails the backup.
-    let not_dir = dir.path().join("plain-file");
+    let not_dir = h.dir.path().join("plain-file");
     std::fs::write(&not_dir, b"x").unwrap();
     let r = tool.run(&[
         "backup",
         "--store",
         &not_dir.display().to_string(),
         "--on-failure",
-        &hook("fail"),
+        &h.cmd("fail"),
     ]);
     assert_ne!(r.code, 0, "{r:?}");
-    let env = env_of(Path::new(&d("fail.env")));
+    let env = h.env("fail");
     assert!(has(&env, "PGBOOKEND_EVENT", "backup"), "{env:?}");
     assert!(has(&env, "PGBOOKEND_STATUS", "failure"), "{env:?}");
     let code = r.code.to_string();
@@ -188,10 +203,9 @@ fn notifications_after_backup() {
 /// it has without any hook; a successful push notifies nobody (once per segment).
 #[test]
 fn archive_push_failure_notifies() {
-    let major = *pgbookend_testkit::majors().last().expect("a major");
+    let Some(major) = newest_major() else { return };
     let c = Cluster::start(ClusterOptions::new(major));
-    let dir = pgbookend_testkit::temp_dir("notify-push");
-    let d = |n: &str| dir.path().join(n).display().to_string();
+    let h = Hooks::new("notify-push");
     let seg = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
     let wal = format!("pg_wal/{seg}");
     let push = |store: &str, hooks: &[&str]| -> common::Run {
@@ -204,12 +218,12 @@ fn archive_push_failure_notifies() {
         common::schema::check_output(&["archive-push", "--json"], &r.stdout);
         r
     };
-    let not_a_dir = d("store-file");
+    let not_a_dir = h.path("store-file");
     std::fs::write(&not_a_dir, b"not a directory").unwrap();
     let bare = push(&not_a_dir, &[]);
     assert_ne!(bare.code, 0, "{bare:?}");
-    let failing_hook = format!("cat > {0}.json; env > {0}.env; exit 9", d("fail"));
-    let ok_hook = format!("touch {}", d("ok-ran"));
+    let failing_hook = format!("{}; exit 9", h.cmd("fail"));
+    let ok_hook = h.cmd("ok");
     let r = push(
         &not_a_dir,
         &["--on-failure", &failing_hook, "--on-success", &ok_hook],
@@ -222,13 +236,12 @@ fn archive_push_failure_notifies() {
         r.stderr.contains("--on-failure command exited with code 9"),
         "{r:?}"
     );
-    let env = env_of(Path::new(&d("fail.env")));
+    let env = h.env("fail");
     assert!(has(&env, "PGBOOKEND_EVENT", "archive-push"), "{env:?}");
     assert!(has(&env, "PGBOOKEND_STATUS", "failure"), "{env:?}");
     let code = bare.code.to_string();
     assert!(has(&env, "PGBOOKEND_EXIT_CODE", &code), "{env:?}");
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(d("fail.json")).unwrap()).unwrap();
+    let report = h.report("fail");
     assert_eq!(report["path"], wal.as_str());
     assert!(
         report["error"]["message"]
@@ -237,7 +250,7 @@ fn archive_push_failure_notifies() {
             && report["error"]["hints"].to_string().contains("store-file"),
         "the store is why: {report}"
     );
-    assert!(!Path::new(&d("ok-ran")).exists());
+    assert!(!h.ran("ok"));
     // The same push into a real store succeeds and notifies nobody.
     let store = pgbookend_testkit::temp_dir("notify-push-store");
     let store = store.path().display().to_string();
@@ -246,5 +259,5 @@ fn archive_push_failure_notifies() {
         &["--on-failure", &failing_hook, "--on-success", &ok_hook],
     )
     .ok();
-    assert!(!Path::new(&d("ok-ran")).exists());
+    assert!(!h.ran("ok"));
 }

@@ -3,9 +3,7 @@
 //! no `--id` naming the bundle the target picks and setting `archive-get` as its
 //! `restore_command`, and a refusal that names a segment missing from the archive.
 
-mod common;
-
-use common::{run_for, wait_until, Tool};
+use crate::common::{self, newest_major, wait_until, Tool};
 use pgbookend_testkit::{Cluster, ClusterOptions};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -271,9 +269,7 @@ per_major!(expire_keeps_wal_of_kept_t, expire_keeps_wal_of_kept);
 /// bundles record, so the test does not depend on how fast the machine is.
 #[test]
 fn keep_wal_for_keeps_the_window() {
-    let Some(major) = pgbookend_testkit::majors().last().copied() else {
-        return;
-    };
+    let Some(major) = newest_major() else { return };
     let (c, tool) = archived_cluster(major);
     let unix = || {
         std::time::SystemTime::now()
@@ -414,9 +410,7 @@ per_major!(pitr_across_timeline_t, pitr_across_timeline);
 /// archive from there.
 #[test]
 fn expire_wal_in_s3() {
-    let Some(major) = pgbookend_testkit::majors().last().copied() else {
-        return;
-    };
+    let Some(major) = newest_major() else { return };
     let s3 = pgbookend_testkit::S3Server::start();
     s3.create_bucket("pitr");
     let url = "s3://pitr/st";
@@ -495,9 +489,7 @@ fn expire_wal_in_s3() {
 /// batches 1 and 2 and not 3.
 #[test]
 fn pitr_from_s3() {
-    let Some(major) = pgbookend_testkit::majors().last().copied() else {
-        return;
-    };
+    let Some(major) = newest_major() else { return };
     let s3 = pgbookend_testkit::S3Server::start();
     s3.create_bucket("pitrs3");
     let url = "s3://pitrs3/pg";

@@ -3,9 +3,8 @@
 //! remapped, checked by `pg_verifybackup`, started and checked; then `--delta` over a
 //! copy that diverged; then a flipped byte in a stored object.
 
-mod common;
-
-use common::{run_for, start_restored, Run, Tool};
+use crate::common::{self, start_restored, Run, Tool};
+use crate::runkit::amcheck_clean;
 use pgbookend_testkit::{Cluster, TempDir};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -199,22 +198,6 @@ fn no_archiving(data: &Path) {
         .open(data.join("postgresql.conf"))
         .unwrap();
     std::io::Write::write_all(&mut conf, b"\narchive_mode = off\n").unwrap();
-}
-
-/// amcheck on every btree index (with heapallindexed) and, from 14, the heap itself.
-fn amcheck_clean(r: &Cluster) {
-    r.psql("CREATE EXTENSION IF NOT EXISTS amcheck");
-    let bad = r.psql(
-        "SELECT count(*) FROM (SELECT bt_index_check(c.oid, true) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
-         JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'btree' AND c.relpersistence = 'p') s WHERE false",
-    );
-    assert_eq!(bad, "0");
-    if r.major() >= 14 {
-        let corrupt = r.psql(
-            "SELECT count(*) FROM pg_class c, LATERAL verify_heapam(c.oid) WHERE c.relkind = 'r' AND c.relpersistence = 'p'",
-        );
-        assert_eq!(corrupt, "0", "verify_heapam found corruption");
-    }
 }
 
 /// The data checks of a restored, recovered cluster.

@@ -5,14 +5,11 @@
 //! restart; planted links never lead prepare outside the copy; ENOSPC part-way through
 //! prepare exits 8, guard refuses the copy, and the same prepare finishes it later.
 
-mod common;
-
-use common::tree::digest;
-use common::{run_for, start_restored, Run, Tool};
-use pgbookend_testkit::{Cluster, ClusterOptions, TempDir};
+use crate::common::tree::digest;
+use crate::common::{self, start_restored, Run, Tool};
+use pgbookend_testkit::{Cluster, ClusterOptions};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
 
 /// `cp -a src dest` (links copied as links, owners kept).
 fn cp_a(src: &Path, dest: &Path) {
@@ -209,66 +206,14 @@ fn planted_links(major: u32) {
 }
 per_major!(planted_links_t, planted_links);
 
-/// A size-limited tmpfs mounted on a temporary directory; unmounted on drop.
-struct Tmpfs {
-    dir: TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = pgbookend_testkit::temp_dir("tmpfs");
-        let t = Tmpfs { dir };
-        t.mount_cmd(&[
-            "-t",
-            "tmpfs",
-            "-o",
-            &format!("size={size},mode=0755"),
-            "tmpfs",
-        ]);
-        t
-    }
-    fn resize(&self, size: &str) {
-        self.mount_cmd(&["-o", &format!("remount,size={size}")]);
-    }
-    fn mount_cmd(&self, args: &[&str]) {
-        let st = Command::new("mount")
-            .args(args)
-            .arg(self.dir.path())
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount {args:?}");
-    }
-    /// Bytes in use.
-    fn used(&self) -> u64 {
-        let c = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: plain data filled by the kernel.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: valid path and buffer.
-        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
-        (st.f_blocks - st.f_bfree) * st.f_frsize
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount").arg(self.dir.path()).status();
-        if !matches!(ok, Ok(s) if s.success()) {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
-        }
-    }
-}
-
 /// ENOSPC while prepare decompresses the bundle's WAL: exit 8, guard refuses the copy;
 /// with more room the same prepare finishes it and the server recovers.
 fn enospc_during_prepare(major: u32) {
     let c = Cluster::start(ClusterOptions::new(major));
     c.pgbench_init(1);
     let tool = Tool::new(&c);
-    let fs = Tmpfs::mount("1g");
-    let base = fs.dir.path().join("r");
+    let fs = common::Tmpfs::mount("1g");
+    let base = fs.path().join("r");
     let data = base.join("data");
     backup_with(&c, &tool, "nospc", || cp_a(c.pgdata(), &data));
     // Room for the copy and a little more, not for one WAL segment of the bundle.
@@ -290,7 +235,7 @@ fn enospc_during_prepare(major: u32) {
     assert!(g.stderr.contains("half-prepared"), "{g:?}");
     // Continuing with other remaps than the first run is refused, changing nothing.
     let before = digest(&data);
-    let other = fs.dir.path().join("otherwal").display().to_string();
+    let other = fs.path().join("otherwal").display().to_string();
     let r = prepare(&tool, &data, &["--waldir", &other]);
     assert_eq!(r.code, 8, "{r:?}");
     assert!(r.stderr.contains("other remaps"), "{r:?}");
