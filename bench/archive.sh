@@ -36,14 +36,8 @@ mkdir -p "$WORK/segs" "$WORK/scratch/global" "$WORK/scratch/pg_wal" "$WORK/pgbr"
 if [ "$(id -u)" = 0 ]; then chown -R postgres: "$WORK"; chown root: "$BIN"; fi
 
 bench_start_cluster -- -c max_wal_size=32GB -c checkpoint_timeout=1d
-note "writing $SEGS segments of inserts"
-q -c "CREATE TABLE t (i bigint PRIMARY KEY, s text, ts timestamptz)"
-i=0
-while :; do
-  q -c "INSERT INTO t SELECT g, md5(g::text), now() FROM generate_series($i + 1, $i + 200000) g"
-  i=$((i + 200000))
-  [ "$(ls "$WORK/data/pg_wal" | grep -c '^[0-9A-F]\{24\}$')" -gt $((SEGS + 1)) ] && break
-done
+# SEGS closed segments: the first SEGS of pg_wal once the switch has closed the last.
+bench_write_segments "$SEGS"
 q -c "SELECT pg_switch_wal()" >/dev/null
 for f in $(ls "$WORK/data/pg_wal" | grep '^[0-9A-F]\{24\}$' | sort | head -n "$SEGS"); do
   cp "$WORK/data/pg_wal/$f" "$WORK/segs/$f"

@@ -236,6 +236,20 @@ bench_pgbench_init() {
   q -c CHECKPOINT >/dev/null
 }
 
+# bench_write_segments N: creates the table t and inserts rows into it, 200,000 a
+# statement, until N segments (16 MiB) of WAL are written from now.
+bench_write_segments() {
+  local start i=0
+  note "writing $1 segments of inserts"
+  q -c "CREATE TABLE t (i bigint PRIMARY KEY, s text, ts timestamptz)"
+  start=$(q -c "SELECT pg_current_wal_lsn()")
+  while :; do
+    q -c "INSERT INTO t SELECT g, md5(g::text), now() FROM generate_series($i + 1, $i + 200000) g"
+    i=$((i + 200000))
+    [ "$(q -c "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$start') >= $1 * 16777216::numeric")" = t ] && break
+  done
+}
+
 # bench_start_copy SOCKDIR [-o SETTINGS]: starts a server on the prepared copy $WORK/copy
 # (port 5433, socket SOCKDIR, log $WORK/server2.log), sets PM2_PID (stopped by
 # bench_cleanup) and waits until it is open (out of recovery); dies if it stops meanwhile.

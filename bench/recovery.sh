@@ -115,15 +115,7 @@ FIRST=$(sed -n 's/^START WAL LOCATION: .*(file \([0-9A-F]\{24\}\)).*/\1/p' "$WOR
 cp "$WORK/base/global/pg_control" "$WORK/scratch/global/pg_control"
 [ "$(id -u)" = 0 ] && chown -R postgres: "$WORK/scratch"
 
-note "writing $SEGS segments of inserts"
-q -c "CREATE TABLE t (i bigint PRIMARY KEY, s text, ts timestamptz)"
-START_LSN=$(q -c "SELECT pg_current_wal_lsn()")
-i=0
-while :; do
-  q -c "INSERT INTO t SELECT g, md5(g::text), now() FROM generate_series($i + 1, $i + 200000) g"
-  i=$((i + 200000))
-  [ "$(q -c "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$START_LSN') >= $SEGS * 16777216::numeric")" = t ] && break
-done
+bench_write_segments "$SEGS"
 LAST=$(q -c "SELECT pg_walfile_name(pg_switch_wal())")
 ROWS=$(q -c "SELECT count(*) FROM t")
 note "waiting until $LAST is archived"
