@@ -113,8 +113,7 @@ echo "### archive-push / archive-get — PostgreSQL 15, $COUNT segments of inser
 echo
 echo "- $(bench_when), $(nproc) CPUs, kernel $(uname -r), work dir on $(bench_fs); $ROUNDS rounds, median; one process per segment"
 echo
-echo "| side | segments/s |"
-echo "|---|---|"
+bench_table "side" "segments/s"
 echo "| cp + sync | $(median 2 <"$WORK/cp") |"
 echo "| zstd -3 + sync | $(median 2 <"$WORK/zstd") |"
 echo "| pgbookend archive-push (local store) | $(median 2 <"$WORK/push") |"

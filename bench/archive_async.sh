@@ -349,8 +349,7 @@ echo "- $(bench_when), $(nproc) CPUs, kernel $(uname -r), work dir on $(bench_fs
 echo
 echo "Backlog drain (archiving paused while the segments are written, then switched on):"
 echo
-echo "| side | segments/s drained | runs | ratio to pgBackRest |"
-echo "|---|---|---|---|"
+bench_table "side" "segments/s drained" "runs" "ratio to pgBackRest"
 for side in "${SIDES[@]}"; do
   v=$(col drain "$side" 6 | median 2)
   r="—"
@@ -360,16 +359,14 @@ done
 echo
 echo "Live burst (the side archiving from the start; .ready files sampled every 100 ms):"
 echo
-echo "| side | burst write rate (segments/s) | max backlog (.ready) | max in 1st / 2nd half of the burst | lag after the burst (s) |"
-echo "|---|---|---|---|---|"
+bench_table "side" "burst write rate (segments/s)" "max backlog (.ready)" "max in 1st / 2nd half of the burst" "lag after the burst (s)"
 for side in "${SIDES[@]}"; do
   echo "| $(label "$side") | $(col burst "$side" 6 | median 2) | $(col burst "$side" 7 | median) ($(runs_of burst "$side" 7)) | $(awk -v k=burst -v s="$side" '$1 == k && $2 == s { printf "%s%s / %s", (n++ ? ", " : ""), $8, $9 }' "$WORK/results") | $(col burst "$side" 10 | median 2) ($(runs_of burst "$side" 10)) |"
 done
 echo
 echo "Raw runs (seconds: of the drain, or of the burst's writing; lag: from the end of the burst):"
 echo
-echo "| run | measurement | side | segments | seconds | segments/s | max backlog | lag (s) | archiver failures | archive KiB | pusher VmHWM kB | pusher CPU s | most files in the spool |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+bench_table "run" "measurement" "side" "segments" "seconds" "segments/s" "max backlog" "lag (s)" "archiver failures" "archive KiB" "pusher VmHWM kB" "pusher CPU s" "most files in the spool"
 sort -k3,3n -k1,1 "$WORK/results" | awk '{ o = $2 == "pgbookend"; printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $3, $1, $2, $4, $5, $6, $7, $10, $11, $12, (o ? $13 : "—"), (o ? $14 : "—"), (o ? $15 : "—") }'
 echo
 hwm=$(awk '$2 == "pgbookend" && $13 > m { m = $13 } END { print m + 0 }' "$WORK/results")

@@ -94,8 +94,7 @@ bench_heading "### drill against a bare recovery (issue 12): PostgreSQL $PGV, pg
 echo "- $(bench_when), $(nproc) CPUs, work dir on $(bench_fs); pgbookend sha256 $BIN_SHA…; medians of $RUNS runs, order alternating; load average before / after: $LOAD_BEFORE / $LOAD_AFTER"
 echo "- drill: clone by $METHOD, $PAGES pages verified, $NBT B-tree indexes (heapallindexed), $NHEAP heap relations (verify_heapam), $NCOUNT tables counted, $WALB bytes of WAL replayed; peak RSS $(mb "$(maxv <"$WORK/m.drill")")"
 echo
-echo "| what | median |"
-echo "|---|---|"
+bench_table "what" "median"
 echo "| bare: prepare (page check included) | $(sec "$(m bare_prepare)") |"
 echo "| bare: pg_ctl start until pg_is_in_recovery() is false | $(sec "$(m bare_recovery)") |"
 echo "| bare: stop | $(sec "$(m bare_stop)") |"

@@ -135,8 +135,7 @@ echo "- $(bench_when), $(nproc) CPUs ($(bench_cpu_model)), $(awk '/MemTotal/ { p
 echo "- tree: $F_N empty files in $NDIRS directories (base/<db>/: 3 directories of 100k files, the rest 1000 per directory; relfilenodes with _fsm/_vm forks and .N segments), plus pg_wal/ files the walk leaves out; dentry cache warm"
 echo "- $RUNS runs, medians, interleaved; load average before / after: $LOAD_BEFORE / $LOAD_AFTER"
 echo
-echo "| command | files | time (median) | ratio to find | peak RSS (median) | memory target (<= 200 MB) |"
-echo "|---|---|---|---|---|---|"
+bench_table "command" "files" "time (median)" "ratio to find" "peak RSS (median)" "memory target (<= 200 MB)"
 echo "| \`find DIR -type f \\| wc -l\` | $F_N | $(sec "$F" 2) | 1 | $(mb "$FH") (find) | |"
 echo "| \`filelist_walk DIR START.zst\` (start walk) | $W_N | $(sec "$W" 2) | $(ratio_met "$W" "$F") | $(mb "$WH") | $(memv "$WH") |"
 echo "| \`filelist_walk DIR STOP.zst START.zst\` (stop walk + intersection) | $I_N | $(sec "$I" 2) | $(ratio_met "$I" "$F") | $(mb "$IH") | $(memv "$IH") |"

@@ -78,8 +78,7 @@ bench_heading "## Hardening (issue 9): \`prepare\` on a $(mb "$DATA_KB") copy an
 echo "- $(bench_when), $(nproc) CPUs, work dir on $(bench_fs); before sha256 $SHA_B…, after sha256 $BIN_SHA…; medians of $RUNS interleaved runs; load average before / after: $LOAD_BEFORE / $LOAD_AFTER"
 echo "- the last copy prepared by the after binary was started and recovered ($BR branches)"
 echo
-echo "| what | before | after | after / before | peak RSS before | peak RSS after |"
-echo "|---|---|---|---|---|---|"
+bench_table "what" "before" "after" "after / before" "peak RSS before" "peak RSS after"
 echo "| \`verify --store --id\` ($WSEG WAL segments) | $(sec "$VB") | $(sec "$VA") | $(ratio "$VA" "$VB") | $(mb "$(maxv <"$WORK/vhwm.before")") | $(mb "$(maxv <"$WORK/vhwm.after")") |"
 echo "| \`prepare\` (fresh \`cp -a\` copy, after sync) | $(sec "$PB") | $(sec "$PA") | $(ratio "$PA" "$PB") | $(mb "$(maxv <"$WORK/phwm.before")") | $(mb "$(maxv <"$WORK/phwm.after")") |"
 echo

@@ -262,8 +262,7 @@ echo "- binary: $BIN_VERSION, sha256 $BIN_SHA…"
 echo "- $ITER measured rounds after $WARMUP warm-up rounds, order of the sides rotating; idle cluster, fsync on, archive_mode off, immediate checkpoint, \`stop --no-wait-archive\`"
 echo "- load average before / after: $LOAD_BEFORE / $LOAD_AFTER$([ -n "$QUIET" ] && echo "; --wait-quiet $QUIET: $QUIET_WAITS rounds waited for CPU pressure < $QUIET%")"
 echo
-echo "| call | side | median | p90 | ratio to psql (median) | extra (median) | target met (<= 1.2x and <= 50 ms) |"
-echo "|---|---|---|---|---|---|---|"
+bench_table "call" "side" "median" "p90" "ratio to psql (median)" "extra (median)" "target met (<= 1.2x and <= 50 ms)"
 for op in start stop; do
   read -r pm p9 < <(stat "$WORK/samples/$op.psql")
   if [ $op = start ]; then sql=${SQL_START%;}; else sql=${SQL_STOP%;}; fi
@@ -274,8 +273,7 @@ for op in start stop; do
   done
 done
 echo
-echo "| agent holding a backup (default options, --heartbeat 1s, after 5 s; last heartbeat ${HB_AGE:-?} s ago) | value | target met (<= 10 MB) |"
-echo "|---|---|---|"
+bench_table "agent holding a backup (default options, --heartbeat 1s, after 5 s; last heartbeat ${HB_AGE:-?} s ago)" "value" "target met (<= 10 MB)"
 awk -v r="$VMRSS" -v h="$VMHWM" -v a="$RSSANON" -v f="$RSSFILE" -v p="$PSS" -v c="$CPU_MS" 'BEGIN {
   printf "| VmRSS | %.1f MB (%d kB) | %s |\n", r / 1024, r, (r <= 10240) ? "yes" : "no"
   printf "| VmHWM (peak of its life so far, start-up included) | %.1f MB (%d kB) | (not the target) |\n", h / 1024, h

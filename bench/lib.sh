@@ -432,6 +432,13 @@ bench_when() { date -u '+%Y-%m-%d %H:%M UTC'; }
 bench_fs() { df -T "$WORK" | awk 'NR == 2 { print $2 }'; }
 bench_cpu_model() { awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo; }
 
+# bench_table COLUMN...: a Markdown table's header row and its separator row.
+bench_table() {
+  local c head="|" sep="|"
+  for c in "$@"; do head+=" $c |"; sep+="---|"; done
+  printf '%s\n%s\n' "$head" "$sep"
+}
+
 # bench_heading TEXT: a report's heading (TEXT between blank lines).
 bench_heading() { printf '\n%s\n\n' "$1"; }
 

@@ -107,8 +107,7 @@ echo "- $(bench_when), $(nproc) CPUs ($(bench_cpu_model)), $(awk '/MemTotal/ { p
 echo "- copies made with \`cp -a\` during an idle backup window (default \`--wal collect\`); dry-run and find on that copy, page cache warm, median of $RUNS interleaved runs; \`prepare\` on fresh \`cp -a\` copies of it: median of $RUNS runs after \`sync\`, plus one run right after the cp (dirty page cache); the last prepared copy of each size was started and recovered (pgbench_branches counted)"
 echo "- load average before / after: $LOAD_BEFORE / $LOAD_AFTER"
 echo
-echo "| pgbench scale | PGDATA (without pg_wal) | copy (with pg_wal) | files in copy (find) | file-list entries | WAL segments in bundle | copy's pg_wal files | \`prepare\` (after sync) | \`prepare\` (right after cp) | \`prepare --dry-run\` | \`find COPY -type f \\| wc -l\` | prepare peak RSS |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+bench_table "pgbench scale" "PGDATA (without pg_wal)" "copy (with pg_wal)" "files in copy (find)" "file-list entries" "WAL segments in bundle" "copy's pg_wal files" "\`prepare\` (after sync)" "\`prepare\` (right after cp)" "\`prepare --dry-run\`" "\`find COPY -type f \\| wc -l\`" "prepare peak RSS"
 while read -r S DK CK NF FL WS CW PU DU FU PH _ _ PUN _; do
   echo "| $S | $(kb_h "$DK") | $(kb_h "$CK") | $NF | $FL | $WS | $CW | $(sec "$PU") | $(sec "$PUN") | $(sec "$DU") | $(sec "$FU") | $(mb "$PH") |"
 done <"$WORK/rows"

@@ -223,8 +223,7 @@ echo "- $(bench_when), $(nproc) CPUs, kernel $(uname -r), work dir on $(bench_fs
   "time from server start to \"archive recovery complete\"; archives in the page cache"
 [ -n "$PGBR_BIN" ] && echo "- pgBackRest $("$PGBR_BIN" version | awk '{ print $2 }')"
 echo
-echo "| side | median recovery (s) | ratio to cp | segments/s |"
-echo "|---|---|---|---|"
+bench_table "side" "median recovery (s)" "ratio to cp" "segments/s"
 for s in "${SIDES[@]}"; do
   m=$(ms "$s")
   r=-

@@ -123,8 +123,7 @@ echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $BIN_VERSION (binary sha256 $BIN_SHA…), 
 echo "$(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo) RAM, work dir on $(bench_fs),"
 echo "load $LOAD_BEFORE -> $LOAD_AFTER. $ROUNDS rounds, sides rotated each round; WAL of random bytes (incompressible)."
 echo
-echo "| store | stop, median (ms) | vs local | agent VmHWM during stop, max | <= 64 MB | WAL stored |"
-echo "|---|---|---|---|---|---|"
+bench_table "store" "stop, median (ms)" "vs local" "agent VmHWM during stop, max" "<= 64 MB" "WAL stored"
 for s in "${SIDES[@]}"; do
   ms=$(col "$s" 3 | median); hwm=$(col "$s" 4 | max); seg=$(col "$s" 5 | max); bytes=$(col "$s" 6 | max)
   label=$s

@@ -86,8 +86,7 @@ bench_heading "## Page check (issue 12): \`verify --pgdata\` on a $(mb "$BASE_KB
 echo "- $(bench_when), $(nproc) CPUs, work dir on $(bench_fs); pgbookend sha256 $BIN_SHA…; medians of $RUNS runs, order rotating; load average before / after: $LOAD_BEFORE / $LOAD_AFTER"
 echo "- the page check read $NPAGES pages ($(awk -v b="$NBYTES" 'BEGIN { printf "%.1f MB", b / 1048576 }')) on $THREADS threads; $NCORRUPT corrupt, $NTORN torn and covered; the window's WAL referenced $WBLOCKS blocks (block set ~$(awk -v b="$WBYTES" 'BEGIN { printf "%.2f MB", b / 1048576 }'))"
 echo
-echo "| what | time | / cat | peak RSS |"
-echo "|---|---|---|---|"
+bench_table "what" "time" "/ cat" "peak RSS"
 echo "| \`cat\` of base/ and global/ > /dev/null | $(sec "$K") | 1.00x | $(mb "$(maxv <"$WORK/m.cat")") |"
 echo "| pgbookend page check (the \`pages.scan_seconds\` phase: reading and judging the pages) | $(sec "$P") | $(ratio "$P" "$K") | |"
 echo "| \`pgbookend verify --pgdata\` (whole command: bundle, WAL, pages) | $(sec "$V") | $(ratio "$V" "$K") | $(mb "$(maxv <"$WORK/m.pgbookend")") |"
@@ -134,8 +133,7 @@ CK=$(median <"$WORK/t.coldcat"); CP=$(median <"$WORK/t.coldpages"); CV=$(median 
 echo
 echo "Cold cache (loop-mounted XFS, direct I/O, remounted before each run; load average now $(cut -d' ' -f1-3 /proc/loadavg)):"
 echo
-echo "| what | time | / cold cat |"
-echo "|---|---|---|"
+bench_table "what" "time" "/ cold cat"
 echo "| \`cat\` of base/ and global/ > /dev/null | $(sec "$CK") | 1.00x |"
 echo "| pgbookend page check (\`pages.scan_seconds\`) | $(sec "$CP") | $(ratio "$CP" "$CK") |"
 echo "| \`pgbookend verify --pgdata\` (whole command) | $(sec "$CV") | $(ratio "$CV" "$CK") |"

@@ -172,8 +172,7 @@ echo "- $(bench_when), $(nproc) CPUs ($(bench_cpu_model)), $(awk '/MemTotal/ { p
 echo "- $ROUNDS rounds, medians; load average before / after: $LOAD_BEFORE / $LOAD_AFTER"
 echo "- WAL: INSERT … SELECT i, md5(i::text), now() FROM generate_series into an indexed table; segments $S, raw $(mib "$RAW"), pgbookend stored $(mib "$STORED") ($(awk -v a="$RAW" -v b="$STORED" 'BEGIN { printf "%.2f", a / b }'):1), zstd -3 CLI $(mib "$ZB") ($(awk -v a="$RAW" -v b="$ZB" 'BEGIN { printf "%.2f", a / b }'):1)"
 echo
-echo "| what | time (median) | pgbookend \`duration_s\` / this |"
-echo "|---|---|---|"
+bench_table "what" "time (median)" "pgbookend \`duration_s\` / this"
 echo "| \`pgbookend stop\`: agent \`duration_s\` (stop call, $S segments zstd-3 + SHA-256 + fsync, file list, bundle.json) | $(sec "$DUR_US" 2) | |"
 echo "| \`pgbookend stop\`: whole process wall time | $(sec "$PROC" 2) | |"
 echo "| \`zstd -3 -q\` (CLI default: -T1) | $(sec "$Z1" 2) | $(ratio_met "$DUR_US" "$Z1") |"
