@@ -21,54 +21,23 @@
 # Usage: bench/archive.sh [--rounds N] [--segments N] [--tmpdir DIR] [--keep]
 set -euo pipefail
 
-ROUNDS=3
-SEGS=24
-TMPBASE=${TMPDIR:-/tmp}
-KEEP=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --rounds) ROUNDS=$2; shift 2 ;;
-    --segments) SEGS=$2; shift 2 ;;
-    --tmpdir) TMPBASE=$2; shift 2 ;;
-    --keep) KEEP=1; shift ;;
-    *) echo "usage: bench/archive.sh [--rounds N] [--segments N] [--tmpdir DIR] [--keep]" >&2; exit 2 ;;
-  esac
-done
-NAME=archive.sh
-PGBIN=/usr/lib/postgresql/15/bin
+ROUNDS=3 SEGS=24
 PM_STOP_MODE=immediate
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
-[ -x "$PGBIN/postgres" ] || die "PostgreSQL 15 missing in $PGBIN"
-command -v zstd >/dev/null || die "needs zstd"
-[ -n "${EPOCHREALTIME:-}" ] || die "needs bash >= 5"
+bench_parse "rounds segments tmpdir keep" "$@"
+bench_pg_major 15
+bench_need zstd
 bench_need_time
-# pgBackRest, the side-by-side reference: Debian's package, installed as root if missing.
-if ! command -v pgbackrest >/dev/null && [ "$(id -u)" = 0 ]; then
-  note "installing Debian's pgbackrest"
-  apt-get install -y -q pgbackrest >/dev/null 2>&1 || true
-fi
-PGBR=$(command -v pgbackrest || true)
-[ -n "$PGBR" ] || note "pgbackrest not installed: its columns are left out"
+bench_need_pgbackrest "its columns are"
 
-bench_build
-bench_workdir archbench
-BIN=$WORK/pgbookend
-cp "${CARGO_TARGET_DIR:-$ROOT/target}/release/pgbookend" "$BIN"
+bench_binary archbench
 mkdir -p "$WORK/segs" "$WORK/scratch/global" "$WORK/scratch/pg_wal" "$WORK/pgbr"
 if [ "$(id -u)" = 0 ]; then chown -R postgres: "$WORK"; chown root: "$BIN"; fi
-export PGBOOKEND_STATE_DIR=$WORK/state
 
-note "initdb in $WORK/data"
 bench_start_cluster -- -c max_wal_size=32GB -c checkpoint_timeout=1d
-note "writing $SEGS segments of inserts"
-q -c "CREATE TABLE t (i bigint PRIMARY KEY, s text, ts timestamptz)"
-i=0
-while :; do
-  q -c "INSERT INTO t SELECT g, md5(g::text), now() FROM generate_series($i + 1, $i + 200000) g"
-  i=$((i + 200000))
-  [ "$(ls "$WORK/data/pg_wal" | grep -c '^[0-9A-F]\{24\}$')" -gt $((SEGS + 1)) ] && break
-done
+# SEGS closed segments: the first SEGS of pg_wal once the switch has closed the last.
+bench_write_segments "$SEGS"
 q -c "SELECT pg_switch_wal()" >/dev/null
 for f in $(ls "$WORK/data/pg_wal" | grep '^[0-9A-F]\{24\}$' | sort | head -n "$SEGS"); do
   cp "$WORK/data/pg_wal/$f" "$WORK/segs/$f"
@@ -89,7 +58,7 @@ side() { # side NAME DST -> segments/s
     cp) as_owner bash -c 'for f in '"$WORK"'/segs/*; do cp "$f" '"$dst"'/ && sync '"$dst"'/"${f##*/}"; done' ;;
     zstd) as_owner bash -c 'for f in '"$WORK"'/segs/*; do zstd -3 -q -f "$f" -o '"$dst"'/"${f##*/}".zst && sync '"$dst"'/"${f##*/}".zst; done' ;;
     pgbr) pgbr_stanza "$dst"
-      as_owner bash -c 'for f in '"$WORK"'/segs/*; do '"$PGBR"' --config='"$WORK"'/pgbr/pgbackrest.conf --repo1-path='"$dst"' --stanza=bench archive-push "$f" || exit 1; done' ;;
+      as_owner bash -c 'for f in '"$WORK"'/segs/*; do '"$PGBR_BIN"' --config='"$WORK"'/pgbr/pgbackrest.conf --repo1-path='"$dst"' --stanza=bench archive-push "$f" || exit 1; done' ;;
     push) as_owner bash -c 'cd '"$WORK"'/data && for f in '"$WORK"'/segs/*; do '"$BIN"' archive-push "$f" --store '"$dst"' || exit 1; done' ;;
   esac
   t1=$(now_us)
@@ -100,7 +69,7 @@ side() { # side NAME DST -> segments/s
 pgbr_stanza() {
   as_owner mkdir -p "$1"
   bench_pgbr_wal_conf "$WORK/pgbr/pgbackrest.conf"
-  as_owner "$PGBR" --config="$WORK/pgbr/pgbackrest.conf" --repo1-path="$1" --stanza=bench stanza-create >/dev/null ||
+  as_owner "$PGBR_BIN" --config="$WORK/pgbr/pgbackrest.conf" --repo1-path="$1" --stanza=bench stanza-create >/dev/null ||
     die "pgbackrest stanza-create failed"
 }
 get_side() { # get_side pgbookend|pgbr STORE -> segments/s
@@ -108,7 +77,7 @@ get_side() { # get_side pgbookend|pgbr STORE -> segments/s
   if [ "$tool" = prefetch ]; then
     cmd="$BIN archive-get --prefetch 8"
   elif [ "$tool" = pgbr ]; then
-    cmd="$PGBR --config=$WORK/pgbr/pgbackrest.conf --repo1-path=$store --pg1-path=$WORK/scratch --stanza=bench archive-get"
+    cmd="$PGBR_BIN --config=$WORK/pgbr/pgbackrest.conf --repo1-path=$store --pg1-path=$WORK/scratch --stanza=bench archive-get"
   else
     cmd="$BIN archive-get"
   fi
@@ -121,7 +90,7 @@ get_side() { # get_side pgbookend|pgbr STORE -> segments/s
 }
 NAMES_LINE=$(echo $NAMES)
 SIDES="cp zstd push"
-[ -n "$PGBR" ] && SIDES="$SIDES pgbr"
+[ -n "$PGBR_BIN" ] && SIDES="$SIDES pgbr"
 : >"$WORK/cp"; : >"$WORK/zstd"; : >"$WORK/push"; : >"$WORK/get"; : >"$WORK/pgbr-push"; : >"$WORK/pgbr-get"; : >"$WORK/get-prefetch"
 for r in $(seq "$ROUNDS"); do
   for s in $SIDES; do
@@ -129,7 +98,7 @@ for r in $(seq "$ROUNDS"); do
   done
   v=$(get_side pgbookend "$WORK/out-push"); echo "$v" >>"$WORK/get"; note "round $r get: $v segments/s"
   v=$(get_side prefetch "$WORK/out-push"); echo "$v" >>"$WORK/get-prefetch"; note "round $r get --prefetch 8: $v segments/s"
-  if [ -n "$PGBR" ]; then
+  if [ -n "$PGBR_BIN" ]; then
     v=$(get_side pgbr "$WORK/out-pgbr"); echo "$v" >>"$WORK/pgbr-get"; note "round $r pgbackrest get: $v segments/s"
   fi
 done
@@ -142,17 +111,16 @@ orig=$(du -sk "$WORK/segs" | cut -f1)
 
 echo "### archive-push / archive-get — PostgreSQL 15, $COUNT segments of inserts"
 echo
-echo "- $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, kernel $(uname -r), work dir on $(df -T "$WORK" | awk 'NR==2 {print $2}'); $ROUNDS rounds, median; one process per segment"
+echo "- $(bench_when), $(nproc) CPUs, kernel $(uname -r), work dir on $(bench_fs); $ROUNDS rounds, median; one process per segment"
 echo
-echo "| side | segments/s |"
-echo "|---|---|"
+bench_table "side" "segments/s"
 echo "| cp + sync | $(median 2 <"$WORK/cp") |"
 echo "| zstd -3 + sync | $(median 2 <"$WORK/zstd") |"
 echo "| pgbookend archive-push (local store) | $(median 2 <"$WORK/push") |"
 echo "| pgbookend archive-get (local store) | $(median 2 <"$WORK/get") |"
 echo "| pgbookend archive-get --prefetch 8 (local store) | $(median 2 <"$WORK/get-prefetch") |"
-if [ -n "$PGBR" ]; then
-  echo "| pgBackRest $("$PGBR" version | awk '{ print $2 }') archive-push (sync, zst 3) | $(median 2 <"$WORK/pgbr-push") |"
+if [ -n "$PGBR_BIN" ]; then
+  echo "| pgBackRest $("$PGBR_BIN" version | awk '{ print $2 }') archive-push (sync, zst 3) | $(median 2 <"$WORK/pgbr-push") |"
   echo "| pgBackRest archive-get | $(median 2 <"$WORK/pgbr-get") |"
   echo
   echo "- ratios, same run: archive-push / pgBackRest's = $(awk -v a="$(median 2 <"$WORK/push")" -v b="$(median 2 <"$WORK/pgbr-push")" 'BEGIN { printf "%.2f", a / b }')x; archive-get / pgBackRest's = $(awk -v a="$(median 2 <"$WORK/get")" -v b="$(median 2 <"$WORK/pgbr-get")" 'BEGIN { printf "%.2f", a / b }')x; with --prefetch 8: $(awk -v a="$(median 2 <"$WORK/get-prefetch")" -v b="$(median 2 <"$WORK/pgbr-get")" 'BEGIN { printf "%.2f", a / b }')x"

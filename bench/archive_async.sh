@@ -33,26 +33,9 @@
 #   Needs about 3 x SEGS x 16 MiB free in --tmpdir; ~1 min per 32 segments per run.
 set -euo pipefail
 
-SEGS=256
-RUNS=2
-TMPBASE=${TMPDIR:-/tmp}
-KEEP=0
-BIN=
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --segments) SEGS=$2; shift 2 ;;
-    --runs) RUNS=$2; shift 2 ;;
-    --tmpdir) TMPBASE=$2; shift 2 ;;
-    --keep) KEEP=1; shift ;;
-    --bin) BIN=$2; shift 2 ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
-    *) echo "usage: bench/archive_async.sh [--segments N] [--runs N] [--tmpdir DIR] [--keep] [--bin BIN]" >&2; exit 2 ;;
-  esac
-done
-NAME=archive_async.sh
+SEGS=256 RUNS=2
 # WAL names compare the same in sort, comm and the server (C collation).
 export LC_ALL=C
-PGBIN=/usr/lib/postgresql/15/bin
 # At exit the server stops at once: no final archiving cycle to wait for.
 PM_STOP_MODE=immediate
 SAMPLER_PID=
@@ -60,36 +43,17 @@ WRITER_PIDS=()
 SPOOLS=()
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
-[ -x "$PGBIN/postgres" ] || die "PostgreSQL 15 missing in $PGBIN"
-[ -n "${EPOCHREALTIME:-}" ] || die "needs bash >= 5"
-[ "$SEGS" -ge 4 ] 2>/dev/null || die "--segments must be a number >= 4"
-[ "$RUNS" -ge 1 ] 2>/dev/null || die "--runs must be a number >= 1"
-# pgBackRest, the side-by-side reference: Debian's package, installed as root if missing.
-if ! command -v pgbackrest >/dev/null && [ "$(id -u)" = 0 ]; then
-  note "installing Debian's pgbackrest"
-  apt-get install -y -q pgbackrest >/dev/null 2>&1 || true
-fi
-PGBACKREST=$(command -v pgbackrest || true)
-[ -n "$PGBACKREST" ] || note "pgbackrest not installed: its rows are left out"
+bench_parse "segments runs tmpdir keep bin" "$@"
+[ "$SEGS" -ge 4 ] || bench_usage "--segments must be a number >= 4"
+bench_pg_major 15
+bench_need_pgbackrest "its rows are"
+PGBACKREST=$PGBR_BIN
 bench_room $((SEGS * 16384 * 3))
-
-if [ -z "$BIN" ]; then
-  # shellcheck disable=SC2119
-  bench_build
-  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/pgbookend
-fi
-[ -x "$BIN" ] || die "$BIN is not an executable"
-bench_workdir archasync
-cp "$BIN" "$WORK/pgbookend"
-BIN=$WORK/pgbookend
+bench_binary archasync
 # A = what the server's user writes: stores, repositories, spools, pgBackRest's locks.
 A=$WORK/arch
 mkdir -p "$A" "$WORK/raw"
 [ "$(id -u)" = 0 ] && chown postgres: "$A"
-# The server (and so every archive_command and pusher) inherits these: no config file of
-# the machine's, no state directory outside the work directory.
-: >"$WORK/empty.toml"
-export PGBOOKEND_CONFIG=$WORK/empty.toml PGBOOKEND_STATE_DIR=$WORK/state
 
 # ---- processes we start, stopped by pid ----------------------------------------------
 
@@ -162,7 +126,6 @@ bench_cleanup_last() {
 
 # ---- the cluster -------------------------------------------------------------------------
 
-note "initdb in $WORK/data"
 bench_start_cluster -- -c archive_mode=on -c wal_compression=off -c max_wal_size=64GB \
   -c checkpoint_timeout=1d
 STATUS=$WORK/data/pg_wal/archive_status
@@ -170,22 +133,7 @@ SEGSIZE=$(q -c "SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'"
 q -c "CREATE TABLE t (i bigint, s text, ts timestamptz)"
 if [ -n "$PGBACKREST" ]; then
   PGBR_VERSION=$("$PGBACKREST" version | awk '{ print $2 }')
-  cat >"$WORK/pgbr.conf" <<CONF
-[global]
-archive-async=y
-process-max=2
-compress-type=zst
-compress-level=3
-log-level-console=warn
-log-level-file=off
-log-path=$A/pgbr-log
-lock-path=$A/pgbr-lock
-[bench]
-pg1-path=$WORK/data
-pg1-socket-path=$WORK/sock
-pg1-port=5432
-pg1-user=postgres
-CONF
+  bench_pgbr_wal_conf "$WORK/pgbr.conf" archive-async=y process-max=2 "log-path=$A/pgbr-log"
 fi
 note "PostgreSQL $PGV, segments of $((SEGSIZE / 1048576)) MiB, pgBackRest ${PGBR_VERSION:-none}"
 
@@ -397,12 +345,11 @@ runs_of() { col "$@" | paste -sd / | sed 's,/, / ,g'; }
 d_ours=$(col drain pgbookend 6 | median 2)
 echo "### archive-push --async under a WAL burst — PostgreSQL $PGV, $SEGS segments per measurement"
 echo
-echo "- $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, kernel $(uname -r), work dir on $(df -T "$WORK" | awk 'NR==2 {print $2}'); $RUNS runs (order alternating), median; wal_compression off, inserts without an index; 2 writing sessions"
+echo "- $(bench_when), $(nproc) CPUs, kernel $(uname -r), work dir on $(bench_fs); $RUNS runs (order alternating), median; wal_compression off, inserts without an index; 2 writing sessions"
 echo
 echo "Backlog drain (archiving paused while the segments are written, then switched on):"
 echo
-echo "| side | segments/s drained | runs | ratio to pgBackRest |"
-echo "|---|---|---|---|"
+bench_table "side" "segments/s drained" "runs" "ratio to pgBackRest"
 for side in "${SIDES[@]}"; do
   v=$(col drain "$side" 6 | median 2)
   r="—"
@@ -412,16 +359,14 @@ done
 echo
 echo "Live burst (the side archiving from the start; .ready files sampled every 100 ms):"
 echo
-echo "| side | burst write rate (segments/s) | max backlog (.ready) | max in 1st / 2nd half of the burst | lag after the burst (s) |"
-echo "|---|---|---|---|---|"
+bench_table "side" "burst write rate (segments/s)" "max backlog (.ready)" "max in 1st / 2nd half of the burst" "lag after the burst (s)"
 for side in "${SIDES[@]}"; do
   echo "| $(label "$side") | $(col burst "$side" 6 | median 2) | $(col burst "$side" 7 | median) ($(runs_of burst "$side" 7)) | $(awk -v k=burst -v s="$side" '$1 == k && $2 == s { printf "%s%s / %s", (n++ ? ", " : ""), $8, $9 }' "$WORK/results") | $(col burst "$side" 10 | median 2) ($(runs_of burst "$side" 10)) |"
 done
 echo
 echo "Raw runs (seconds: of the drain, or of the burst's writing; lag: from the end of the burst):"
 echo
-echo "| run | measurement | side | segments | seconds | segments/s | max backlog | lag (s) | archiver failures | archive KiB | pusher VmHWM kB | pusher CPU s | most files in the spool |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+bench_table "run" "measurement" "side" "segments" "seconds" "segments/s" "max backlog" "lag (s)" "archiver failures" "archive KiB" "pusher VmHWM kB" "pusher CPU s" "most files in the spool"
 sort -k3,3n -k1,1 "$WORK/results" | awk '{ o = $2 == "pgbookend"; printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $3, $1, $2, $4, $5, $6, $7, $10, $11, $12, (o ? $13 : "—"), (o ? $14 : "—"), (o ? $15 : "—") }'
 echo
 hwm=$(awk '$2 == "pgbookend" && $13 > m { m = $13 } END { print m + 0 }' "$WORK/results")

@@ -19,44 +19,16 @@
 # Everything it starts (the server) is stopped by pid on exit, also on failure.
 set -euo pipefail
 
-SCALE=100
-RUNS=3
-TMPBASE=${TMPDIR:-/tmp}
-KEEP=0
-BIN=
-S3=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --bin) BIN=$2; shift 2 ;;
-    --scale) SCALE=$2; shift 2 ;;
-    --runs) RUNS=$2; shift 2 ;;
-    --tmpdir) TMPBASE=$2; shift 2 ;;
-    --keep) KEEP=1; shift ;;
-    --s3) S3=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-    *) echo "backup.sh: unknown argument $1" >&2; exit 2 ;;
-  esac
-done
-NAME=backup.sh
-PGBIN=/usr/lib/postgresql/15/bin
+SCALE=100 RUNS=3 S3=0
+# shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
-[ -x "$PGBIN/postgres" ] || die "PostgreSQL 15 missing in $PGBIN"
-[ -n "${EPOCHREALTIME:-}" ] || die "needs bash >= 5"
-HAVE_PGBR=1
-command -v pgbackrest >/dev/null || { HAVE_PGBR=0; note "pgbackrest missing: its row is left out"; }
-command -v zstd >/dev/null || die "zstd missing"
+bench_parse "bin scale runs tmpdir keep --s3:S3=1" "$@"
+bench_pg_major 15
+bench_need zstd
+bench_need_pgbackrest "its row is"
 bench_need_time
 bench_room $((SCALE * 17 * 1024 * 4))
-
-if [ -z "$BIN" ]; then
-  bench_build
-  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/pgbookend
-fi
-[ -x "$BIN" ] || die "$BIN is not an executable"
-bench_workdir backup
-cp "$BIN" "$WORK/pgbookend"
-BIN=$WORK/pgbookend
-export PGBOOKEND_RUN_DIR=$WORK/run PGBOOKEND_STATE_DIR=$WORK/state
+bench_binary backup
 
 bench_pgbr_cluster
 if [ "$HAVE_PGBR" = 1 ]; then
@@ -64,8 +36,7 @@ if [ "$HAVE_PGBR" = 1 ]; then
 else
   note "PostgreSQL $PGV, pgbench scale $SCALE"
 fi
-as_owner "$PGBIN/pgbench" -i -q -s "$SCALE" >/dev/null 2>&1
-q -c CHECKPOINT
+bench_pgbench_init "$SCALE"
 SIZE=$(du -sb "$WORK/data" | awk '{ print $1 }')
 note "data directory: $((SIZE / 1048576)) MiB"
 find "$WORK/data" -type f -exec cat {} + >/dev/null
@@ -93,9 +64,7 @@ run_one() {
       timed "${PGBR[@]}" --type=full backup ;;
   esac
   [ "$RC" = 0 ] || { cat "$WORK/err.txt" >&2; die "$tool run $n failed ($RC)"; }
-  echo "$US" >>"$WORK/us-$tool"
-  echo "$HWM" >>"$WORK/rss-$tool"
-  echo "$CPU" >>"$WORK/cpu-$tool"
+  bench_record "$tool"
   case "$tool" in pgbookend | s3) grep -o '"bytes_stored": [0-9]*' "$WORK/out.txt" >&2 ;; esac
   rm -rf "$dest"
   if [ "$tool" = pgbackrest ]; then "${PGBR[@]}" --repo1-retention-full=1 expire >/dev/null 2>&1 || true; fi
@@ -107,24 +76,8 @@ if [ "$S3" = 1 ]; then
   note "moto_server $MOTO_VERSION on $ENDPOINT (pid $MOTO_PID)"
   TOOLS+=(s3)
 fi
-for n in $(seq "$RUNS"); do
-  # A new order each run (the same for a given run number), so that no tool always
-  # follows the same other one.
-  for t in $(printf '%s\n' "${TOOLS[@]}" | shuf --random-source=<(yes "$n")); do
-    run_one "$t" "$n"
-    note "run $n $t: $(sec "$US"), $CPU CPU-s"
-  done
-done
-printf '%-12s %10s %8s %10s %8s %10s\n' tool median ratio cpu_s ratio peak_rss
-floor=$(median <"$WORK/us-floor")
-floor_cpu=$(median 2 <"$WORK/cpu-floor")
-for t in "${TOOLS[@]}"; do
-  m=$(median <"$WORK/us-$t")
-  c=$(median 2 <"$WORK/cpu-$t")
-  printf '%-12s %10s %8s %10s %8s %8s MB\n' "$t" "$(sec "$m")" "$(awk -v a="$m" -v b="$floor" 'BEGIN { printf "%.2fx", a / b }')" \
-    "$c" "$(awk -v a="$c" -v b="$floor_cpu" 'BEGIN { printf "%.2fx", a / b }')" \
-    "$(( $(median <"$WORK/rss-$t") / 1024 ))"
-done
+bench_run_tools bench_shuffled "${TOOLS[@]}"
+bench_tool_table "${TOOLS[@]}"
 if [ "$S3" = 1 ]; then
   echo "moto_server CPU-s during the s3 runs (median): $(median 2 <"$WORK/cpu-moto")"
 fi

@@ -17,56 +17,28 @@
 # Everything it starts (the servers, the agent) is stopped by pid on exit, also on failure.
 set -euo pipefail
 
-SCALE=30
-RUNS=3
-TMPBASE=${TMPDIR:-/tmp}
-KEEP=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --scale) SCALE=$2; shift 2 ;;
-    --runs) RUNS=$2; shift 2 ;;
-    --tmpdir) TMPBASE=$2; shift 2 ;;
-    --keep) KEEP=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-    *) echo "drill.sh: unknown argument $1" >&2; exit 2 ;;
-  esac
-done
-NAME=drill.sh
-PGBIN=/usr/lib/postgresql/15/bin
+SCALE=30 RUNS=3
+# shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
-[ -x "$PGBIN/postgres" ] || die "PostgreSQL 15 missing in $PGBIN"
-[ -n "${EPOCHREALTIME:-}" ] || die "needs bash >= 5"
+bench_parse "scale runs tmpdir keep" "$@"
+bench_pg_major 15
 bench_need_time
 bench_room $((SCALE * 15 * 1024 * 4))
 
-bench_build
-bench_workdir drillbench
-BIN=$WORK/pgbookend
-cp "${CARGO_TARGET_DIR:-$ROOT/target}/release/pgbookend" "$BIN"
-BIN_SHA=$(sha256sum "$BIN" | cut -c1-12)
-RUNDIR=$WORK/run
-STORE=$WORK/store
-mkdir -p "$STORE" "$WORK/sock2"
+bench_binary drillbench
+mkdir -p "$WORK/sock2"
 [ "$(id -u)" = 0 ] && chown postgres: "$WORK/sock2"
-export PGBOOKEND_STATE_DIR=$WORK/state
 bench_start_cluster -k
-
-note "pgbench -i -s $SCALE"
-"$PGBIN/pgbench" -i -q -s "$SCALE" >"$WORK/pgbench.log" 2>&1 || { tail "$WORK/pgbench.log" >&2; die "pgbench -i failed"; }
-q -c "CHECKPOINT" >/dev/null
+bench_pgbench_init "$SCALE"
 ID=drill-$RANDOM
-"$BIN" start --id "$ID" --store "$STORE" --run-dir "$RUNDIR" >"$WORK/start.out" 2>&1 ||
-  { cat "$WORK/start.out" >&2; die "start failed"; }
-apid=$("$BIN" status --id "$ID" --json --run-dir "$RUNDIR" | sed -n 's/.*"agent_pid": *\([0-9]*\).*/\1/p' | head -1)
-[ -n "$apid" ] && AGENT_PIDS+=("$apid")
+bench_agent_start "$BIN" "$ID"
 "$PGBIN/pgbench" -c 2 -T 10 -n >"$WORK/pgbench-load.log" 2>&1 &
 LOAD_PID=$!
 bench_cleanup_first() { alive "${LOAD_PID:-}" && kill "$LOAD_PID" 2>/dev/null; return 0; }
 cp -a "$WORK/data" "$WORK/src"
 wait "$LOAD_PID" || die "pgbench under the copy failed"
 LOAD_PID=
-"$BIN" stop --id "$ID" --no-wait-archive --json --run-dir "$RUNDIR" >"$WORK/stop.json" 2>"$WORK/stop.err" ||
-  { cat "$WORK/stop.json" "$WORK/stop.err" >&2; die "stop failed"; }
+bench_agent_stop "$BIN" "$ID"
 stop_pm "$WORK/data" "$PM_PID"; PM_PID=
 rm -f "$WORK/src/postmaster.pid"
 SRC_KB=$(du -sk --exclude=pg_wal "$WORK/src" | cut -f1)
@@ -80,14 +52,7 @@ run_bare() {
   "$BIN" prepare --pgdata "$WORK/copy" --store "$STORE" >"$WORK/prepare.out" 2>&1 ||
     { cat "$WORK/prepare.out" >&2; die "prepare failed"; }
   b=$(now_us)
-  as_owner "$PGBIN/pg_ctl" -D "$WORK/copy" -l "$WORK/server2.log" -w -t 3600 start -o \
-    "-c listen_addresses='' -c unix_socket_directories='$WORK/sock2' -c port=5433 -c archive_mode=off" \
-    >/dev/null || { tail "$WORK/server2.log" >&2; die "the prepared copy did not start"; }
-  PM2_PID=$(head -1 "$WORK/copy/postmaster.pid")
-  until [ "$(PGHOST=$WORK/sock2 PGPORT=5433 q -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; do
-    alive "$PM2_PID" || die "the prepared copy's server exited"
-    sleep 0.05
-  done
+  bench_start_copy "$WORK/sock2"
   c=$(now_us)
   stop_pm "$WORK/copy" "$PM2_PID"; PM2_PID=
   d=$(now_us)
@@ -98,8 +63,7 @@ run_bare() {
 }
 
 run_drill() {
-  timed "$BIN" drill --pgdata "$WORK/src" --store "$STORE" --pg-bin "$PGBIN" --json
-  [ "$RC" = 0 ] || { cat "$WORK/out.txt" "$WORK/err.txt" >&2; die "drill exited $RC"; }
+  timed_ok drill "$BIN" drill --pgdata "$WORK/src" --store "$STORE" --pg-bin "$PGBIN" --json
   echo "$US" >>"$WORK/t.drill"
   echo "$HWM" >>"$WORK/m.drill"
   python3 - "$WORK/out.txt" "$WORK" <<'EOF'
@@ -116,25 +80,21 @@ EOF
 
 for f in bare bare_prepare bare_recovery bare_stop drill drill_clone drill_prepare drill_recovery drill_checks; do : >"$WORK/t.$f"; done
 : >"$WORK/m.drill"
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_BEFORE=$(bench_load)
 for r in $(seq 1 "$RUNS"); do
   if [ $((r % 2)) = 1 ]; then run_bare; run_drill; else run_drill; run_bare; fi
   note "run $r: bare $(sec "$(tail -1 "$WORK/t.bare")"), drill $(sec "$(tail -1 "$WORK/t.drill")")"
 done
-LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_AFTER=$(bench_load)
 read -r METHOD PAGES NBT NHEAP NCOUNT WALB <"$WORK/drill.facts"
 m() { median <"$WORK/t.$1"; }
 B=$(m bare); D=$(m drill)
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 
+bench_heading "### drill against a bare recovery (issue 12): PostgreSQL $PGV, pgbench scale $SCALE ($(awk -v k="$SRC_KB" 'BEGIN { printf "%.0f MB", k / 1024 }') without pg_wal), checksums on"
+echo "- $(bench_when), $(nproc) CPUs, work dir on $(bench_fs); pgbookend sha256 $BIN_SHA…; medians of $RUNS runs, order alternating; load average before / after: $LOAD_BEFORE / $LOAD_AFTER"
+echo "- drill: clone by $METHOD, $PAGES pages verified, $NBT B-tree indexes (heapallindexed), $NHEAP heap relations (verify_heapam), $NCOUNT tables counted, $WALB bytes of WAL replayed; peak RSS $(mb "$(maxv <"$WORK/m.drill")")"
 echo
-echo "### drill against a bare recovery (issue 12): PostgreSQL $PGV, pgbench scale $SCALE ($(awk -v k="$SRC_KB" 'BEGIN { printf "%.0f MB", k / 1024 }') without pg_wal), checksums on"
-echo
-echo "- $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, work dir on $(df -T "$WORK" | awk 'NR == 2 { print $2 }'); pgbookend sha256 $BIN_SHA…; medians of $RUNS runs, order alternating; load average before / after: $LOAD_BEFORE / $LOAD_AFTER"
-echo "- drill: clone by $METHOD, $PAGES pages verified, $NBT B-tree indexes (heapallindexed), $NHEAP heap relations (verify_heapam), $NCOUNT tables counted, $WALB bytes of WAL replayed; peak RSS $(awk -v k="$(sort -g "$WORK/m.drill" | tail -1)" 'BEGIN { printf "%.1f MB", k / 1024 }')"
-echo
-echo "| what | median |"
-echo "|---|---|"
+bench_table "what" "median"
 echo "| bare: prepare (page check included) | $(sec "$(m bare_prepare)") |"
 echo "| bare: pg_ctl start until pg_is_in_recovery() is false | $(sec "$(m bare_recovery)") |"
 echo "| bare: stop | $(sec "$(m bare_stop)") |"

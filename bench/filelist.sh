@@ -23,58 +23,24 @@
 # Removes the tree (and everything else it made) at the end, also on failure.
 set -euo pipefail
 
-FILES=1000000
-RUNS=3
-TREE_BASE=
-LISTS_BASE=${TMPDIR:-/tmp}
-KEEP=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --files) FILES=$2; shift 2 ;;
-    --runs) RUNS=$2; shift 2 ;;
-    --tree-dir) TREE_BASE=$2; shift 2 ;;
-    --lists) LISTS_BASE=$2; shift 2 ;;
-    --keep) KEEP=1; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
-    *) echo "filelist.sh: unknown argument $1" >&2; exit 2 ;;
-  esac
-done
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-die() { echo "filelist.sh: $*" >&2; exit 1; }
-note() { echo "# $*" >&2; }
-now_us() { echo "${EPOCHREALTIME/./}"; }
-[ -n "${EPOCHREALTIME:-}" ] || die "needs bash >= 5"
-command -v python3 >/dev/null || die "needs python3"
-if [ ! -x /usr/bin/time ]; then
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -q time >/dev/null 2>&1 || true; fi
-  [ -x /usr/bin/time ] || die "needs /usr/bin/time (apt-get install time)"
-fi
-
+FILES=1000000 RUNS=3 TREE_BASE=
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+# The lists go to the work directory (--lists), the tree to a directory of its own.
+bench_parse "runs keep --files:FILES --tree-dir:TREE_BASE --lists:TMPBASE" "$@"
+bench_need python3
+bench_need_time
 TREE_WORK=
-LISTS=
-BG_PID=
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  set +e
-  if [ -n "$BG_PID" ] && kill -0 "$BG_PID" 2>/dev/null; then kill "$BG_PID"; wait "$BG_PID" 2>/dev/null; fi
-  if [ "$KEEP" = 1 ]; then
-    echo "kept $TREE_WORK $LISTS" >&2
-  else
-    [ -n "$TREE_WORK" ] && [ -d "$TREE_WORK" ] && rm -rf "$TREE_WORK"
-    [ -n "$LISTS" ] && [ -d "$LISTS" ] && rm -rf "$LISTS"
-  fi
-  exit "$rc"
+bench_cleanup_last() {
+  if [ "$KEEP" = 1 ]; then echo "kept $TREE_WORK" >&2; else [ -n "$TREE_WORK" ] && rm -rf "$TREE_WORK"; fi
+  return 0
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
-note "building: cargo build --release -p pgbookend --examples"
-(cd "$ROOT" && cargo build --release --quiet -p pgbookend --examples) || die "build failed"
-LISTS=$(mktemp -d "$LISTS_BASE/pgbookend-filelist-lists.XXXXXX")
+bench_build --examples
+bench_workdir filelist-lists
+LISTS=$WORK
 WALK=$LISTS/filelist_walk   # private copy: a concurrent rebuild cannot swap it mid-run
-cp "$ROOT/target/release/examples/filelist_walk" "$WALK"
+cp "${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/filelist_walk" "$WALK"
 
 # Where the tree goes: /dev/shm if it has room for ~1 KiB of inode per file (+ 1 GiB).
 if [ -z "$TREE_BASE" ]; then
@@ -139,56 +105,40 @@ NFILES=$(find "$TREE" -type f | wc -l)   # also warms the dentry/inode cache
 note "created $NFILES files in $NDIRS directories in $(( (t1 - t0) / 1000000 )) s"
 [ "$NFILES" -ge "$FILES" ] || die "only $NFILES files"
 
-# timed CMD... -> US (wall), HWM (peak RSS, kB), OUT (stdout)
-timed() {
-  local a b
-  a=$(now_us)
-  /usr/bin/time -v -o "$LISTS/time.txt" "$@" >"$LISTS/out.txt"
-  b=$(now_us)
-  US=$((b - a))
-  HWM=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$LISTS/time.txt")
-  OUT=$(cat "$LISTS/out.txt")
-}
-find_count() { find "$TREE" -type f | wc -l; }
-export -f find_count 2>/dev/null || true
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+# walk_timed CMD... -> US (wall), HWM (peak RSS, kB), OUT (stdout)
+walk_timed() { timed_ok "$1" "$@"; OUT=$(cat "$WORK/out.txt"); }
+LOAD_BEFORE=$(bench_load)
 : >"$LISTS/samples"
 for r in $(seq 1 "$RUNS"); do
-  timed bash -c "find '$TREE' -type f | wc -l"; F_US=$US; F_HWM=$HWM; F_N=$OUT
+  walk_timed bash -c "find '$TREE' -type f | wc -l"; F_US=$US; F_HWM=$HWM; F_N=$OUT
   rm -f "$LISTS/start.zst"
-  timed "$WALK" "$TREE" "$LISTS/start.zst"; W_US=$US; W_HWM=$HWM; W_N=$OUT
+  walk_timed "$WALK" "$TREE" "$LISTS/start.zst"; W_US=$US; W_HWM=$HWM; W_N=$OUT
   rm -f "$LISTS/stop.zst"
-  timed "$WALK" "$TREE" "$LISTS/stop.zst" "$LISTS/start.zst"; I_US=$US; I_HWM=$HWM; I_N=$OUT
+  walk_timed "$WALK" "$TREE" "$LISTS/stop.zst" "$LISTS/start.zst"; I_US=$US; I_HWM=$HWM; I_N=$OUT
   echo "$r $F_US $W_US $I_US $F_HWM $W_HWM $I_HWM $F_N $W_N $I_N" >>"$LISTS/samples"
   note "run $r: find $((F_US / 1000)) ms ($F_N); walk $((W_US / 1000)) ms ($W_N, $W_HWM kB); intersect $((I_US / 1000)) ms ($I_N, $I_HWM kB)"
 done
-LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_AFTER=$(bench_load)
 LIST_BYTES=$(stat -c %s "$LISTS/start.zst")
 # Where a walk's time goes: syscalls of one more start walk.
 SYSC=$(strace -c -f -o "$LISTS/strace.txt" "$WALK" "$TREE" "$LISTS/extra.zst" >/dev/null 2>&1 &&
   awk '$NF ~ /^[a-z_0-9]+$/ && $NF != "total" && $4 ~ /^[0-9]+$/ && n < 6 { printf "%s%s %s", sep, $NF, $4; sep = ", "; n++ }' "$LISTS/strace.txt" || true)
 
-med() { awk -v k="$1" '{ print $k }' "$LISTS/samples" | sort -g | awk '{ v[NR] = $1 } END {
-  n = NR; if (n % 2) print v[(n + 1) / 2]; else print (v[n / 2] + v[n / 2 + 1]) / 2 }'; }
+med() { bench_col "$1" "$LISTS/samples" | median; }
 F=$(med 2); W=$(med 3); I=$(med 4); FH=$(med 5); WH=$(med 6); IH=$(med 7)
-sec() { awk -v u="$1" 'BEGIN { printf "%.2f s", u / 1e6 }'; }
-mb() { awk -v k="$1" 'BEGIN { printf "%.1f MB", k / 1024 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { r = a / b; printf "%.2fx (%s)", r, (r <= 2) ? "met" : "not met" }'; }
+ratio_met() { awk -v a="$1" -v b="$2" 'BEGIN { r = a / b; printf "%.2fx (%s)", r, (r <= 2) ? "met" : "not met" }'; }
 memv() { awk -v k="$1" 'BEGIN { printf "%s", (k / 1024 <= 200) ? "met" : "not met" }'; }
 read -r _ _ _ _ _ _ _ F_N W_N I_N < <(tail -1 "$LISTS/samples")
 
-echo
-echo "## File-list walk of $F_N files against \`find\`"
-echo
-echo "- $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM; tree on $FS ($TREE_BASE), lists on $LFS"
+bench_heading "## File-list walk of $F_N files against \`find\`"
+echo "- $(bench_when), $(nproc) CPUs ($(bench_cpu_model)), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM; tree on $FS ($TREE_BASE), lists on $LFS"
 echo "- tree: $F_N empty files in $NDIRS directories (base/<db>/: 3 directories of 100k files, the rest 1000 per directory; relfilenodes with _fsm/_vm forks and .N segments), plus pg_wal/ files the walk leaves out; dentry cache warm"
 echo "- $RUNS runs, medians, interleaved; load average before / after: $LOAD_BEFORE / $LOAD_AFTER"
 echo
-echo "| command | files | time (median) | ratio to find | peak RSS (median) | memory target (<= 200 MB) |"
-echo "|---|---|---|---|---|---|"
-echo "| \`find DIR -type f \\| wc -l\` | $F_N | $(sec "$F") | 1 | $(mb "$FH") (find) | |"
-echo "| \`filelist_walk DIR START.zst\` (start walk) | $W_N | $(sec "$W") | $(ratio "$W" "$F") | $(mb "$WH") | $(memv "$WH") |"
-echo "| \`filelist_walk DIR STOP.zst START.zst\` (stop walk + intersection) | $I_N | $(sec "$I") | $(ratio "$I" "$F") | $(mb "$IH") | $(memv "$IH") |"
+bench_table "command" "files" "time (median)" "ratio to find" "peak RSS (median)" "memory target (<= 200 MB)"
+echo "| \`find DIR -type f \\| wc -l\` | $F_N | $(sec "$F" 2) | 1 | $(mb "$FH") (find) | |"
+echo "| \`filelist_walk DIR START.zst\` (start walk) | $W_N | $(sec "$W" 2) | $(ratio_met "$W" "$F") | $(mb "$WH") | $(memv "$WH") |"
+echo "| \`filelist_walk DIR STOP.zst START.zst\` (stop walk + intersection) | $I_N | $(sec "$I" 2) | $(ratio_met "$I" "$F") | $(mb "$IH") | $(memv "$IH") |"
 echo
 echo "List size: $LIST_BYTES bytes (zstd). Syscalls of one start walk (strace -c -f, calls): ${SYSC:-?}."
 echo

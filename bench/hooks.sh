@@ -35,134 +35,29 @@
 # agents, strace) is stopped by pid on exit, also on failure or Ctrl-C.
 set -euo pipefail
 
-MAJOR=15
-ITER=15
-WARMUP=2
-BIN_ARG=
-TMPBASE=${TMPDIR:-/tmp}
-KEEP=0
-STRACE_DIR=
-VARIANTS_ARG=
-QUIET=
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --major) MAJOR=$2; shift 2 ;;
-    --iterations) ITER=$2; shift 2 ;;
-    --warmup) WARMUP=$2; shift 2 ;;
-    --bin) BIN_ARG=$2; shift 2 ;;
-    --tmpdir) TMPBASE=$2; shift 2 ;;
-    --variants) VARIANTS_ARG=$2; shift 2 ;;
-    --strace) STRACE_DIR=$2; shift 2 ;;
-    --keep) KEEP=1; shift ;;
-    --wait-quiet) QUIET=$2; shift 2 ;;
-    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
-    *) echo "hooks.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
-  esac
-done
-case "$MAJOR" in 13|14|15|16|17|18) ;; *) echo "hooks.sh: --major must be 13..18" >&2; exit 2 ;; esac
-case "$ITER$WARMUP" in *[!0-9]*) echo "hooks.sh: --iterations/--warmup take numbers" >&2; exit 2 ;; esac
-[ "$ITER" -ge 1 ] || { echo "hooks.sh: --iterations must be >= 1" >&2; exit 2; }
-
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-CLIENT_BIN=/usr/lib/postgresql/15/bin
-if [ "$MAJOR" = 15 ] && [ -x /usr/lib/postgresql/15/bin/postgres ]; then
-  SERVER_BIN=/usr/lib/postgresql/15/bin
-else
-  SERVER_BIN=/var/cache/pgbookend/pg/$MAJOR/bin
-fi
-PSQL=$CLIENT_BIN/psql
-for f in "$SERVER_BIN/initdb" "$SERVER_BIN/pg_ctl" "$SERVER_BIN/postgres" "$PSQL"; do
-  [ -x "$f" ] || { echo "hooks.sh: $f missing (run scripts/install-deps)" >&2; exit 4; }
-done
-command -v stdbuf >/dev/null || { echo "hooks.sh: needs stdbuf (coreutils)" >&2; exit 4; }
-[ -n "${EPOCHREALTIME:-}" ] || { echo "hooks.sh: needs bash >= 5 (EPOCHREALTIME)" >&2; exit 4; }
-if [ "$(id -u)" = 0 ]; then id postgres >/dev/null 2>&1 || { echo "hooks.sh: as root, needs a postgres user" >&2; exit 4; }; fi
-
-# ---------------------------------------------------------------- state and cleanup
-WORK=
-PM_PID=
+MAJOR=15 ITER=15 WARMUP=2 STRACE_DIR='' VARIANTS_ARG='' QUIET=''
 PSQL_PID=
 STRACE_PID=
-AGENT_PIDS=()
-BIN=
-
-as_owner() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
-# An agent pid is ours only while its command line is still our binary's agent.
-is_our_agent() { alive "$1" && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q "^$BIN __agent "; }
-
-cleanup() {
-  local rc=$? p
-  trap - EXIT INT TERM
-  set +e
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_parse "bin tmpdir keep --major:MAJOR --iterations:ITER --warmup:WARMUP --variants:VARIANTS_ARG
+  --strace:STRACE_DIR --wait-quiet:QUIET" "$@"
+case "$ITER$WARMUP" in *[!0-9]*) bench_usage "--iterations/--warmup take numbers" ;; esac
+[ "$ITER" -ge 1 ] || bench_usage "--iterations must be >= 1"
+bench_pg_major "$MAJOR"
+bench_need stdbuf
+if [ "$(id -u)" = 0 ]; then id postgres >/dev/null 2>&1 || die "as root, needs a postgres user"; fi
+bench_cleanup_first() {
   alive "$PSQL_PID" && kill "$PSQL_PID" 2>/dev/null
-  for p in "${AGENT_PIDS[@]}"; do
-    is_our_agent "$p" && kill -TERM "$p" 2>/dev/null   # the agent aborts its backup and exits
-  done
-  for p in "${AGENT_PIDS[@]}"; do
-    for _ in $(seq 50); do is_our_agent "$p" || break; sleep 0.1; done
-    is_our_agent "$p" && kill -KILL "$p" 2>/dev/null
-  done
   alive "$STRACE_PID" && kill -TERM "$STRACE_PID" 2>/dev/null
-  if alive "$PM_PID"; then
-    as_owner "$SERVER_BIN/pg_ctl" -D "$WORK/data" -m fast -w -t 30 stop >/dev/null 2>&1
-    alive "$PM_PID" && kill -KILL "$PM_PID" 2>/dev/null
-  fi
-  alive "$PSQL_PID" && kill -KILL "$PSQL_PID" 2>/dev/null
-  if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-    if [ "$KEEP" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
-  fi
-  exit "$rc"
+  return 0
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_cleanup_last() { alive "$PSQL_PID" && kill -KILL "$PSQL_PID" 2>/dev/null; return 0; }
 
-die() { echo "hooks.sh: $*" >&2; exit 1; }
-note() { echo "# $*" >&2; }
-
-# ---------------------------------------------------------------- build
-if [ -n "$BIN_ARG" ]; then
-  SRC_BIN=$BIN_ARG
-else
-  note "building: cargo build --release -p pgbookend"
-  (cd "$ROOT" && cargo build --release --quiet -p pgbookend) || die "build failed"
-  SRC_BIN=$ROOT/target/release/pgbookend
-fi
-[ -x "$SRC_BIN" ] || die "$SRC_BIN is not executable"
-
-# ---------------------------------------------------------------- cluster
-WORK=$(mktemp -d "$TMPBASE/pgbookend-bench.XXXXXX")
-chmod 755 "$WORK"
-# A private copy, so that a concurrent rebuild cannot swap the binary under a running agent
-# (the agent is `current_exe() __agent`).
-BIN=$WORK/pgbookend
-cp "$SRC_BIN" "$BIN"
-BIN_SHA=$(sha256sum "$BIN" | cut -c1-12)
-BIN_VERSION=$("$BIN" --version 2>/dev/null | head -1 || echo "?")
-RUNDIR=$WORK/run
-STORE=$WORK/bundles
-mkdir -p "$WORK/sock" "$WORK/samples"
-mkdir -m 700 "$WORK/data"
-touch "$WORK/server.log"
-if [ "$(id -u)" = 0 ]; then chown postgres: "$WORK/sock" "$WORK/data" "$WORK/server.log"; fi
-
-note "initdb: PostgreSQL $MAJOR from $SERVER_BIN in $WORK/data"
-as_owner "$SERVER_BIN/initdb" -D "$WORK/data" -U postgres --auth=trust -E UTF8 --locale=C \
-  >"$WORK/initdb.log" 2>&1 || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
+bench_binary bench
+mkdir -p "$WORK/samples"
 # Otherwise defaults (fsync on, shared_buffers 128MB, wal_level replica): an ordinary cluster.
-as_owner "$SERVER_BIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -t 60 start -o \
-  "-c listen_addresses='' -c unix_socket_directories='$WORK/sock' -c port=5432 -c archive_mode=off" \
-  >/dev/null || { cat "$WORK/server.log" >&2; die "server did not start"; }
-PM_PID=$(head -1 "$WORK/data/postmaster.pid")
-for v in $(env | sed -n 's/^\(PG[A-Z_]*\)=.*/\1/p'); do
-  case "$v" in PGBOOKEND_*) ;; *) unset "$v" ;; esac
-done
-export PGHOST=$WORK/sock PGPORT=5432 PGUSER=postgres PGDATABASE=postgres
-: >"$WORK/empty.toml"
-export PGBOOKEND_CONFIG=$WORK/empty.toml   # no /etc/pgbookend.toml influence
-SERVER_VERSION=$("$PSQL" -X -A -t -c 'SHOW server_version' | awk '{ print $1; exit }')
-note "server $SERVER_VERSION up (postmaster pid $PM_PID), socket $WORK/sock"
+bench_start_cluster
 
 # ---------------------------------------------------------------- the psql side
 if [ "$MAJOR" -ge 15 ]; then
@@ -208,7 +103,7 @@ pgb_call() {
 pgb_start() { # pgb_start ID [extra args]
   pgb_call start --id "$1" --store "$STORE" --fast --json "${@:2}"
   local pid
-  pid=$(sed -n 's/.*"agent_pid": *\([0-9]*\).*/\1/p' "$WORK/last.out" | head -1)
+  pid=$(json_field agent_pid "$WORK/last.out")
   if [ -n "$pid" ]; then AGENT_PIDS+=("$pid"); fi
 }
 pgb_stop() { pgb_call stop --id "$1" --no-wait-archive --json; }
@@ -270,19 +165,18 @@ round() { # round N MEASURED(0/1): every side once, order rotated by N
   for j in $(seq 0 $((k - 1))); do one_side "${SIDES[$(((n + j) % k))]}" "$n" "$m"; done
 }
 
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_BEFORE=$(bench_load)
 note "binary $BIN_VERSION ($BIN_SHA); sides: ${SIDES[*]}"
 note "warm-up: $WARMUP rounds; measuring: $ITER rounds (order rotates each round)"
 for i in $(seq 1 "$WARMUP"); do round "$i" 0; done
 for i in $(seq 1 "$ITER"); do round "$i" 1; done
-LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_AFTER=$(bench_load)
 
 # ---------------------------------------------------------------- measurement 2: agent memory
 note "agent memory: start (default options) with --heartbeat 1s, wait 5 s"
 MEM_ID=bench-mem-$RANDOM
 pgb_start "$MEM_ID" --heartbeat 1s
-AGENT_PID=$("$BIN" status --id "$MEM_ID" --json --run-dir "$RUNDIR" |
-  sed -n 's/.*"agent_pid": *\([0-9]*\).*/\1/p' | head -1)
+AGENT_PID=$("$BIN" status --id "$MEM_ID" --json --run-dir "$RUNDIR" | json_field agent_pid /dev/stdin)
 [ -n "$AGENT_PID" ] || die "no agent_pid in status"
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$AGENT_PID/stat"; }
 TICKS0=$(cpu_ticks)
@@ -360,18 +254,15 @@ verdict() { # verdict BASE_US US -> "ratio | extra | met"
 }
 
 CPUS=$(nproc)
-CPU=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
-FS=$(df -T "$WORK" | awk 'NR == 2 { print $2 }')
-echo
-echo "## pgbookend hooks benchmark — PostgreSQL $SERVER_VERSION"
-echo
-echo "- $(date -u '+%Y-%m-%d %H:%M UTC'), host $(uname -n), $CPUS CPUs ($CPU), $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r), work dir on $FS"
+CPU=$(bench_cpu_model)
+FS=$(bench_fs)
+bench_heading "## pgbookend hooks benchmark — PostgreSQL $PGV"
+echo "- $(bench_when), host $(uname -n), $CPUS CPUs ($CPU), $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r), work dir on $FS"
 echo "- binary: $BIN_VERSION, sha256 $BIN_SHA…"
 echo "- $ITER measured rounds after $WARMUP warm-up rounds, order of the sides rotating; idle cluster, fsync on, archive_mode off, immediate checkpoint, \`stop --no-wait-archive\`"
 echo "- load average before / after: $LOAD_BEFORE / $LOAD_AFTER$([ -n "$QUIET" ] && echo "; --wait-quiet $QUIET: $QUIET_WAITS rounds waited for CPU pressure < $QUIET%")"
 echo
-echo "| call | side | median | p90 | ratio to psql (median) | extra (median) | target met (<= 1.2x and <= 50 ms) |"
-echo "|---|---|---|---|---|---|---|"
+bench_table "call" "side" "median" "p90" "ratio to psql (median)" "extra (median)" "target met (<= 1.2x and <= 50 ms)"
 for op in start stop; do
   read -r pm p9 < <(stat "$WORK/samples/$op.psql")
   if [ $op = start ]; then sql=${SQL_START%;}; else sql=${SQL_STOP%;}; fi
@@ -382,8 +273,7 @@ for op in start stop; do
   done
 done
 echo
-echo "| agent holding a backup (default options, --heartbeat 1s, after 5 s; last heartbeat ${HB_AGE:-?} s ago) | value | target met (<= 10 MB) |"
-echo "|---|---|---|"
+bench_table "agent holding a backup (default options, --heartbeat 1s, after 5 s; last heartbeat ${HB_AGE:-?} s ago)" "value" "target met (<= 10 MB)"
 awk -v r="$VMRSS" -v h="$VMHWM" -v a="$RSSANON" -v f="$RSSFILE" -v p="$PSS" -v c="$CPU_MS" 'BEGIN {
   printf "| VmRSS | %.1f MB (%d kB) | %s |\n", r / 1024, r, (r <= 10240) ? "yes" : "no"
   printf "| VmHWM (peak of its life so far, start-up included) | %.1f MB (%d kB) | (not the target) |\n", h / 1024, h

@@ -40,38 +40,13 @@
 # Everything it starts (servers, prefetch workers) is stopped by pid on exit, also on failure.
 set -euo pipefail
 
-SEGS=256
-RUNS=3
-TMPBASE=${TMPDIR:-/tmp}
-KEEP=0
-BIN=
-SIDES_OPT=
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --segments) SEGS=$2; shift 2 ;;
-    --runs) RUNS=$2; shift 2 ;;
-    --bin) BIN=$2; shift 2 ;;
-    --sides) SIDES_OPT=$2; shift 2 ;;
-    --tmpdir) TMPBASE=$2; shift 2 ;;
-    --keep) KEEP=1; shift ;;
-    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
-    *) echo "recovery.sh: unknown argument $1" >&2; exit 2 ;;
-  esac
-done
-NAME=recovery.sh
-PGBIN=/usr/lib/postgresql/15/bin
+SEGS=256 RUNS=3 SIDES_OPT=
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
-[ -x "$PGBIN/postgres" ] || die "PostgreSQL 15 missing in $PGBIN"
-[ -n "${EPOCHREALTIME:-}" ] || die "needs bash >= 5"
-if [ "$SEGS" -lt 1 ] || [ "$RUNS" -lt 1 ]; then die "--segments and --runs must be >= 1"; fi
+bench_parse "segments runs bin tmpdir keep --sides:SIDES_OPT" "$@"
+bench_pg_major 15
 bench_need_time
-if ! command -v pgbackrest >/dev/null && [ "$(id -u)" = 0 ]; then
-  note "installing Debian's pgbackrest"
-  apt-get install -y -q pgbackrest >/dev/null 2>&1 || true
-fi
-PGBR_BIN=$(command -v pgbackrest || true)
-[ -n "$PGBR_BIN" ] || note "pgbackrest not installed: its rows are left out"
+bench_need_pgbackrest "its rows are"
 ALL_SIDES=(replay cp pgbookend pgbookend-noprefetch)
 [ -n "$PGBR_BIN" ] && ALL_SIDES+=(pgbackrest pgbackrest-async)
 SIDES=("${ALL_SIDES[@]}")
@@ -83,16 +58,7 @@ done
 # base backup and its copies.
 bench_room $((SEGS * 16384 * 6 + 4194304))
 
-if [ -z "$BIN" ]; then
-  # shellcheck disable=SC2119 # a build without the examples
-  bench_build
-  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/pgbookend
-fi
-[ -x "$BIN" ] || die "$BIN is not an executable"
-bench_workdir recovery
-cp "$BIN" "$WORK/pgbookend"
-BIN=$WORK/pgbookend
-export PGBOOKEND_STATE_DIR=$WORK/state PGBOOKEND_RUN_DIR=$WORK/run
+bench_binary recovery
 COPY=$WORK/copy
 mkdir -p "$WORK/arch-cp" "$WORK/store" "$WORK/pgbr/repo" "$WORK/pgbr/spool" "$WORK/pgbr/lock" \
   "$WORK/scratch/global" "$WORK/scratch/pg_wal"
@@ -135,7 +101,6 @@ CMD
 chmod 755 "$WORK/archive-cmd"
 bench_pgbr_wal_conf "$WORK/pgbr/pgbackrest.conf" "repo1-path=$WORK/pgbr/repo"
 SERVER_OPTS="-c max_wal_size=32GB -c checkpoint_timeout=1d -c wal_compression=off"
-note "initdb in $WORK/data"
 # shellcheck disable=SC2086
 bench_start_cluster -- -c archive_mode=on -c "archive_command='$WORK/archive-cmd %p %f'" $SERVER_OPTS
 if [ -n "$PGBR_BIN" ]; then
@@ -150,15 +115,7 @@ FIRST=$(sed -n 's/^START WAL LOCATION: .*(file \([0-9A-F]\{24\}\)).*/\1/p' "$WOR
 cp "$WORK/base/global/pg_control" "$WORK/scratch/global/pg_control"
 [ "$(id -u)" = 0 ] && chown -R postgres: "$WORK/scratch"
 
-note "writing $SEGS segments of inserts"
-q -c "CREATE TABLE t (i bigint PRIMARY KEY, s text, ts timestamptz)"
-START_LSN=$(q -c "SELECT pg_current_wal_lsn()")
-i=0
-while :; do
-  q -c "INSERT INTO t SELECT g, md5(g::text), now() FROM generate_series($i + 1, $i + 200000) g"
-  i=$((i + 200000))
-  [ "$(q -c "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$START_LSN') >= $SEGS * 16777216::numeric")" = t ] && break
-done
+bench_write_segments "$SEGS"
 LAST=$(q -c "SELECT pg_walfile_name(pg_switch_wal())")
 ROWS=$(q -c "SELECT count(*) FROM t")
 note "waiting until $LAST is archived"
@@ -234,9 +191,7 @@ recover() {
 }
 
 for n in $(seq "$RUNS"); do
-  # A new order each run (the same for a given run number), so that no side always follows
-  # the same other one.
-  for s in $(printf '%s\n' "${SIDES[@]}" | shuf --random-source=<(yes "$n")); do
+  for s in $(bench_shuffled "$n" "${SIDES[@]}"); do
     recover "$s" "$n"
     note "run $n $s: $(tail -1 "$WORK/ms-$s") ms"
   done
@@ -260,22 +215,19 @@ done
 reap_workers
 
 ms() { median 0 <"$WORK/ms-$1"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 # vs A B [NOTE]: "A / B = R", when both sides ran.
-vs() { [ -f "$WORK/ms-$1" ] && [ -f "$WORK/ms-$2" ] && echo "- $1 / $2 = $(ratio "$(ms "$1")" "$(ms "$2")")x${3:+ ($3)}"; return 0; }
+vs() { [ -f "$WORK/ms-$1" ] && [ -f "$WORK/ms-$2" ] && echo "- $1 / $2 = $(ratio "$(ms "$1")" "$(ms "$2")")${3:+ ($3)}"; return 0; }
 echo "### Recovery through archive-get — PostgreSQL 15, $COUNT segments of inserts"
 echo
-echo "- $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, kernel $(uname -r), work dir on" \
-  "$(df -T "$WORK" | awk 'NR==2 {print $2}'); $RUNS runs, median, order shuffled per run;" \
+echo "- $(bench_when), $(nproc) CPUs, kernel $(uname -r), work dir on $(bench_fs); $RUNS runs, median, order shuffled per run;" \
   "time from server start to \"archive recovery complete\"; archives in the page cache"
 [ -n "$PGBR_BIN" ] && echo "- pgBackRest $("$PGBR_BIN" version | awk '{ print $2 }')"
 echo
-echo "| side | median recovery (s) | ratio to cp | segments/s |"
-echo "|---|---|---|---|"
+bench_table "side" "median recovery (s)" "ratio to cp" "segments/s"
 for s in "${SIDES[@]}"; do
   m=$(ms "$s")
   r=-
-  [ -f "$WORK/ms-cp" ] && r="$(ratio "$m" "$(ms cp)")x"
+  [ -f "$WORK/ms-cp" ] && r=$(ratio "$m" "$(ms cp)")
   printf '| %s | %s | %s | %s |\n' "$s" "$(awk -v m="$m" 'BEGIN { printf "%.2f", m / 1000 }')" \
     "$r" "$(awk -v c="$COUNT" -v m="$m" 'BEGIN { printf "%.1f", c / (m / 1000) }')"
 done

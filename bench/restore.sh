@@ -17,47 +17,20 @@
 # Everything it starts (the server) is stopped by pid on exit, also on failure.
 set -euo pipefail
 
-SCALE=100
-RUNS=3
-TMPBASE=${TMPDIR:-/tmp}
-KEEP=0
-BIN=
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --bin) BIN=$2; shift 2 ;;
-    --scale) SCALE=$2; shift 2 ;;
-    --runs) RUNS=$2; shift 2 ;;
-    --tmpdir) TMPBASE=$2; shift 2 ;;
-    --keep) KEEP=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-    *) echo "restore.sh: unknown argument $1" >&2; exit 2 ;;
-  esac
-done
-NAME=restore.sh
-PGBIN=/usr/lib/postgresql/15/bin
+SCALE=100 RUNS=3
+# shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
-[ -x "$PGBIN/postgres" ] || die "PostgreSQL 15 missing in $PGBIN"
-[ -n "${EPOCHREALTIME:-}" ] || die "needs bash >= 5"
-command -v zstd >/dev/null || die "zstd missing"
-HAVE_PGBR=1
-command -v pgbackrest >/dev/null || { HAVE_PGBR=0; note "pgbackrest missing: its row is left out"; }
+bench_parse "bin scale runs tmpdir keep" "$@"
+bench_pg_major 15
+bench_need zstd
+bench_need_pgbackrest "its row is"
 bench_need_time
 bench_room $((SCALE * 17 * 1024 * 5))
-
-if [ -z "$BIN" ]; then
-  bench_build
-  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/pgbookend
-fi
-[ -x "$BIN" ] || die "$BIN is not an executable"
-bench_workdir restore
-cp "$BIN" "$WORK/pgbookend"
-BIN=$WORK/pgbookend
-export PGBOOKEND_RUN_DIR=$WORK/run PGBOOKEND_STATE_DIR=$WORK/state
+bench_binary restore
 
 bench_pgbr_cluster
 note "PostgreSQL $PGV, pgbench scale $SCALE"
-as_owner "$PGBIN/pgbench" -i -q -s "$SCALE" >/dev/null 2>&1
-q -c CHECKPOINT
+bench_pgbench_init "$SCALE"
 SIZE=$(du -sb --exclude=pg_wal "$WORK/data" | awk '{ print $1 }')
 note "data directory without pg_wal: $((SIZE / 1048576)) MiB"
 
@@ -85,28 +58,11 @@ run_one() {
       timed "${PGBR[@]}" --pg1-path="$dest" --process-max=2 restore ;;
   esac
   [ "$RC" = 0 ] || { cat "$WORK/err.txt" >&2; die "$tool run $n failed ($RC)"; }
-  echo "$US" >>"$WORK/us-$tool"
-  echo "$HWM" >>"$WORK/rss-$tool"
-  echo "$CPU" >>"$WORK/cpu-$tool"
+  bench_record "$tool"
   rm -rf "$dest"
   sync
 }
 TOOLS=(pgbookend floor)
 [ "$HAVE_PGBR" = 1 ] && TOOLS+=(pgbackrest)
-for n in $(seq "$RUNS"); do
-  for i in "${!TOOLS[@]}"; do
-    t=${TOOLS[$(((i + n) % ${#TOOLS[@]}))]}
-    run_one "$t" "$n"
-    note "run $n $t: $(sec "$US"), $CPU CPU-s"
-  done
-done
-printf '%-12s %10s %8s %10s %8s %10s\n' tool median ratio cpu_s ratio peak_rss
-floor=$(median <"$WORK/us-floor")
-floor_cpu=$(median 2 <"$WORK/cpu-floor")
-for t in "${TOOLS[@]}"; do
-  m=$(median <"$WORK/us-$t")
-  c=$(median 2 <"$WORK/cpu-$t")
-  printf '%-12s %10s %8s %10s %8s %8s MB\n' "$t" "$(sec "$m")" "$(awk -v a="$m" -v b="$floor" 'BEGIN { printf "%.2fx", a / b }')" \
-    "$c" "$(awk -v a="$c" -v b="$floor_cpu" 'BEGIN { printf "%.2fx", a / b }')" \
-    "$(( $(median <"$WORK/rss-$t") / 1024 ))"
-done
+bench_run_tools bench_order "${TOOLS[@]}"
+bench_tool_table "${TOOLS[@]}"

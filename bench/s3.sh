@@ -24,60 +24,15 @@
 # failure or Ctrl-C. Runs as root (servers run as `postgres` via runuser) or as a user.
 set -euo pipefail
 
-MAJOR=15
-ROUNDS=3
-SEGMENTS=64
-BIN_ARG=
-TMPBASE=${TMPDIR:-/tmp}
-KEEP=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --major) MAJOR=$2; shift 2 ;;
-    --rounds) ROUNDS=$2; shift 2 ;;
-    --segments) SEGMENTS=$2; shift 2 ;;
-    --bin) BIN_ARG=$2; shift 2 ;;
-    --tmpdir) TMPBASE=$2; shift 2 ;;
-    --keep) KEEP=1; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
-    *) echo "s3.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
-  esac
-done
-case "$MAJOR" in 13|14|15|16|17|18) ;; *) echo "s3.sh: --major must be 13..18" >&2; exit 2 ;; esac
-
-NAME=s3.sh
-CLIENT_BIN=/usr/lib/postgresql/15/bin
-if [ "$MAJOR" = 15 ] && [ -x /usr/lib/postgresql/15/bin/postgres ]; then
-  PGBIN=/usr/lib/postgresql/15/bin
-else
-  PGBIN=${PGBOOKEND_PG_DIR:-/var/cache/pgbookend/pg}/$MAJOR/bin
-fi
-PSQL=$CLIENT_BIN/psql
+MAJOR=15 ROUNDS=3 SEGS=64
 MOTO_PID=
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
-for f in "$PGBIN/initdb" "$PGBIN/pg_ctl" "$PGBIN/postgres" "$PSQL"; do
-  if [ -z "$f" ] || [ ! -x "$f" ]; then echo "s3.sh: $f missing (run scripts/install-deps)" >&2; exit 4; fi
-done
-command -v curl >/dev/null || { echo "s3.sh: curl missing (run scripts/install-deps)" >&2; exit 4; }
-[ -n "${EPOCHREALTIME:-}" ] || { echo "s3.sh: needs bash >= 5 (EPOCHREALTIME)" >&2; exit 4; }
-# ---------------------------------------------------------------- build
-if [ -n "$BIN_ARG" ]; then
-  SRC_BIN=$BIN_ARG
-else
-  bench_build
-  SRC_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/pgbookend
-fi
-[ -x "$SRC_BIN" ] || die "$SRC_BIN is not executable"
-
-bench_workdir bench-s3
-BIN=$WORK/pgbookend          # a private copy: a rebuild cannot swap it under a running agent
-cp "$SRC_BIN" "$BIN"
-BIN_SHA=$(sha256sum "$BIN" | cut -c1-12)
-BIN_VERSION=$("$BIN" --version 2>/dev/null | head -1 || echo "?")
-RUNDIR=$WORK/run
-STORE=$WORK/bundles
+bench_parse "rounds segments bin tmpdir keep --major:MAJOR" "$@"
+bench_pg_major "$MAJOR"
+bench_need curl
+bench_binary bench-s3
 mkdir -p "$WORK/samples" "$WORK/tmp" "$WORK/moto"
-export PGBOOKEND_STATE_DIR=$WORK/state
 
 # ---------------------------------------------------------------- S3 server
 bench_start_moto
@@ -96,29 +51,24 @@ s3_clear() {
 }
 
 # ---------------------------------------------------------------- cluster
-note "initdb: PostgreSQL $MAJOR from $PGBIN in $WORK/data"
 bench_start_cluster -- -c max_wal_size=4GB -c wal_compression=off
 printf 's3_retry_timeout = "2m"\n' >"$WORK/pgbookend.toml"
 export PGBOOKEND_CONFIG=$WORK/pgbookend.toml
-psql_q() { q -c "$1"; }
-SERVER_VERSION=$(psql_q 'SHOW server_version' | awk '{ print $1; exit }')
-psql_q "CREATE EXTENSION IF NOT EXISTS pgcrypto" >/dev/null
-psql_q "CREATE TABLE w (b bytea); ALTER TABLE w ALTER COLUMN b SET STORAGE EXTERNAL" >/dev/null
-note "server $SERVER_VERSION up (postmaster pid $PM_PID)"
+q -c "CREATE EXTENSION IF NOT EXISTS pgcrypto" >/dev/null
+q -c "CREATE TABLE w (b bytea); ALTER TABLE w ALTER COLUMN b SET STORAGE EXTERNAL" >/dev/null
 
-# Writes random rows until the WAL has moved SEGMENTS-1 segments past the start segment.
+# Writes random rows until the WAL has moved SEGS-1 segments past the start segment.
 fill_wal() { # fill_wal START_WAL_FILE
   local start=$1 cur
   local start_seg=$(( 16#${start:8:8} * 256 + 16#${start:16:8} ))
   while :; do
-    cur=$(psql_q "SELECT pg_walfile_name(pg_current_wal_insert_lsn())")
-    [ $(( 16#${cur:8:8} * 256 + 16#${cur:16:8} - start_seg )) -ge $((SEGMENTS - 1)) ] && break
-    psql_q "INSERT INTO w SELECT gen_random_bytes(1024) FROM generate_series(1, 4096)" >/dev/null
+    cur=$(q -c "SELECT pg_walfile_name(pg_current_wal_insert_lsn())")
+    [ $(( 16#${cur:8:8} * 256 + 16#${cur:16:8} - start_seg )) -ge $((SEGS - 1)) ] && break
+    q -c "INSERT INTO w SELECT gen_random_bytes(1024) FROM generate_series(1, 4096)" >/dev/null
   done
-  psql_q "TRUNCATE w" >/dev/null
+  q -c "TRUNCATE w" >/dev/null
 }
 
-json_field() { sed -n "s/.*\"$1\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" "$2" | head -1; }
 status_kb() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$2/status" 2>/dev/null || true; }
 
 # One backup into SIDE's stores; records stop wall time, VmHWM of the agent, and sizes.
@@ -155,28 +105,25 @@ one() { # one SIDE ROUND
 }
 
 SIDES=(local s3 both)
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-note "binary $BIN_VERSION ($BIN_SHA); $ROUNDS rounds of ${SIDES[*]}, $SEGMENTS segments each"
+LOAD_BEFORE=$(bench_load)
+note "binary $BIN_VERSION ($BIN_SHA); $ROUNDS rounds of ${SIDES[*]}, $SEGS segments each"
 one local 0 >/dev/null   # warm-up (not recorded below)
 : >"$WORK/samples/results"
 for n in $(seq 1 "$ROUNDS"); do
   for j in 0 1 2; do one "${SIDES[$(((n + j) % 3))]}" "$n"; done
 done
-LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_AFTER=$(bench_load)
 
 # ---------------------------------------------------------------- report
 col() { awk -v s="$1" -v c="$2" '$1 == s { print $c }' "$WORK/samples/results"; }
 max() { sort -n | tail -1; }
 LOCAL_MS=$(col local 3 | median)
-echo
-echo "### S3 stores (issue 6): \`stop\` with $SEGMENTS WAL segments, local vs S3"
-echo
-echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $BIN_VERSION (binary sha256 $BIN_SHA…), PostgreSQL $SERVER_VERSION, moto_server $MOTO_VERSION on 127.0.0.1,"
-echo "$(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo) RAM, work dir on $(df -T "$WORK" | awk 'NR == 2 { print $2 }'),"
+bench_heading "### S3 stores (issue 6): \`stop\` with $SEGS WAL segments, local vs S3"
+echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $BIN_VERSION (binary sha256 $BIN_SHA…), PostgreSQL $PGV, moto_server $MOTO_VERSION on 127.0.0.1,"
+echo "$(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo) RAM, work dir on $(bench_fs),"
 echo "load $LOAD_BEFORE -> $LOAD_AFTER. $ROUNDS rounds, sides rotated each round; WAL of random bytes (incompressible)."
 echo
-echo "| store | stop, median (ms) | vs local | agent VmHWM during stop, max | <= 64 MB | WAL stored |"
-echo "|---|---|---|---|---|---|"
+bench_table "store" "stop, median (ms)" "vs local" "agent VmHWM during stop, max" "<= 64 MB" "WAL stored"
 for s in "${SIDES[@]}"; do
   ms=$(col "$s" 3 | median); hwm=$(col "$s" 4 | max); seg=$(col "$s" 5 | max); bytes=$(col "$s" 6 | max)
   label=$s

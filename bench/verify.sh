@@ -25,46 +25,16 @@
 # Everything it starts (the server, the agent) is stopped by pid on exit, also on failure.
 set -euo pipefail
 
-SCALE=100
-RUNS=3
-TMPBASE=${TMPDIR:-/tmp}
-KEEP=0
-BIN=
-COLD=1
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --bin) BIN=$2; shift 2 ;;
-    --scale) SCALE=$2; shift 2 ;;
-    --runs) RUNS=$2; shift 2 ;;
-    --tmpdir) TMPBASE=$2; shift 2 ;;
-    --keep) KEEP=1; shift ;;
-    --no-cold) COLD=0; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
-    *) echo "verify.sh: unknown argument $1" >&2; exit 2 ;;
-  esac
-done
-NAME=verify.sh
-PGBIN=/usr/lib/postgresql/15/bin
+SCALE=100 RUNS=3 COLD=1
+# shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
-[ -x "$PGBIN/postgres" ] || die "PostgreSQL 15 missing in $PGBIN"
+bench_parse "bin scale runs tmpdir keep --no-cold:COLD=0" "$@"
+bench_pg_major 15
 [ -x "$PGBIN/pg_checksums" ] || die "pg_checksums missing in $PGBIN"
-[ -n "${EPOCHREALTIME:-}" ] || die "needs bash >= 5"
 bench_need_time
 bench_room $((SCALE * 15 * 1024 * 4))
-OWNER=(); if [ "$(id -u)" = 0 ]; then OWNER=(runuser -u postgres --); fi
-
-if [ -z "$BIN" ]; then
-  bench_build
-  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/pgbookend
-fi
-[ -x "$BIN" ] || die "$BIN is not an executable"
-bench_workdir verifybench
-cp "$BIN" "$WORK/pgbookend"
-SHA=$(sha256sum "$WORK/pgbookend" | cut -c1-12)
-RUNDIR=$WORK/run
-STORE=$WORK/store
-mkdir -p "$STORE"
-export PGBOOKEND_STATE_DIR=$WORK/state
+bench_owner
+bench_binary verifybench
 bench_start_cluster -k -- -c max_wal_size=4GB
 MNT=
 LOOPDEV=
@@ -75,21 +45,11 @@ bench_cleanup_last() {
   return 0
 }
 
-maxv() { sort -g | tail -1; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
-mb() { awk -v k="$1" 'BEGIN { printf "%.1f MB", k / 1024 }'; }
-
-note "pgbench -i -s $SCALE"
-"$PGBIN/pgbench" -i -q -s "$SCALE" >"$WORK/pgbench.log" 2>&1 || { tail "$WORK/pgbench.log" >&2; die "pgbench -i failed"; }
-q -c "CHECKPOINT" >/dev/null
+bench_pgbench_init "$SCALE"
 ID=vb-$RANDOM
-"$WORK/pgbookend" start --id "$ID" --store "$STORE" --run-dir "$RUNDIR" >"$WORK/start.out" 2>&1 ||
-  { cat "$WORK/start.out" >&2; die "start failed"; }
-apid=$("$WORK/pgbookend" status --id "$ID" --json --run-dir "$RUNDIR" | sed -n 's/.*"agent_pid": *\([0-9]*\).*/\1/p' | head -1)
-[ -n "$apid" ] && AGENT_PIDS+=("$apid")
+bench_agent_start "$BIN" "$ID"
 cp -a "$WORK/data" "$WORK/copy"
-"$WORK/pgbookend" stop --id "$ID" --no-wait-archive --json --run-dir "$RUNDIR" >"$WORK/stop.json" 2>"$WORK/stop.err" ||
-  { cat "$WORK/stop.json" "$WORK/stop.err" >&2; die "stop failed"; }
+bench_agent_stop "$BIN" "$ID"
 stop_pm "$WORK/data" "$PM_PID"; PM_PID=
 BASE_KB=$(du -sk "$WORK/copy/base" | cut -f1)
 # Warm the page cache with both trees.
@@ -97,18 +57,16 @@ find "$WORK/copy" "$WORK/data" -type f -print0 | xargs -0 cat >/dev/null
 catfiles() { find "$WORK/copy/base" "$WORK/copy/global" -type f -print0 | xargs -0 cat >/dev/null; }
 
 for side in pgbookend phase pg_checksums cat; do : >"$WORK/t.$side"; : >"$WORK/m.$side"; done
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_BEFORE=$(bench_load)
 run_one() {
   case "$1" in
     pgbookend)
-      timed "$WORK/pgbookend" verify --pgdata "$WORK/copy" --store "$STORE" --json
-      [ "$RC" = 0 ] || { cat "$WORK/out.txt" "$WORK/err.txt" >&2; die "verify exited $RC"; }
+      timed_ok verify "$BIN" verify --pgdata "$WORK/copy" --store "$STORE" --json
       echo "$US" >>"$WORK/t.pgbookend"; echo "$HWM" >>"$WORK/m.pgbookend"
       python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["pages"]; print(int(p["scan_seconds"]*1e6)); print(p["pages"], p["bytes"], p["threads"], p["wal_blocks"], p["block_set_bytes"], p["corrupt_count"], p["torn_covered"], file=open(sys.argv[2],"w"))' \
         "$WORK/out.txt" "$WORK/pages.txt" >>"$WORK/t.phase" ;;
     pg_checksums)
-      timed "${OWNER[@]}" "$PGBIN/pg_checksums" --check -D "$WORK/data"
-      [ "$RC" = 0 ] || { cat "$WORK/out.txt" "$WORK/err.txt" >&2; die "pg_checksums exited $RC"; }
+      timed_ok pg_checksums "${OWNER[@]}" "$PGBIN/pg_checksums" --check -D "$WORK/data"
       echo "$US" >>"$WORK/t.pg_checksums"; echo "$HWM" >>"$WORK/m.pg_checksums" ;;
     cat)
       timed bash -c "$(declare -f catfiles); WORK='$WORK' catfiles"
@@ -116,27 +74,19 @@ run_one() {
   esac
 }
 for r in $(seq 1 "$RUNS"); do
-  case $((r % 3)) in
-    1) order="pgbookend pg_checksums cat" ;;
-    2) order="pg_checksums cat pgbookend" ;;
-    0) order="cat pgbookend pg_checksums" ;;
-  esac
-  for side in $order; do run_one "$side"; done
+  for side in $(bench_order $((r - 1)) pgbookend pg_checksums cat); do run_one "$side"; done
   note "run $r: verify $(sec "$(tail -1 "$WORK/t.pgbookend")") (pages $(sec "$(tail -1 "$WORK/t.phase")")), pg_checksums $(sec "$(tail -1 "$WORK/t.pg_checksums")"), cat $(sec "$(tail -1 "$WORK/t.cat")")"
 done
-LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_AFTER=$(bench_load)
 read -r NPAGES NBYTES THREADS WBLOCKS WBYTES NCORRUPT NTORN <"$WORK/pages.txt"
 
 V=$(median <"$WORK/t.pgbookend"); P=$(median <"$WORK/t.phase")
 C=$(median <"$WORK/t.pg_checksums"); K=$(median <"$WORK/t.cat")
-echo
-echo "## Page check (issue 12): \`verify --pgdata\` on a $(mb "$BASE_KB") base/ (pgbench scale $SCALE, PostgreSQL $PGV, checksums on), page cache warm"
-echo
-echo "- $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, work dir on $(df -T "$WORK" | awk 'NR == 2 { print $2 }'); pgbookend sha256 $SHA…; medians of $RUNS runs, order rotating; load average before / after: $LOAD_BEFORE / $LOAD_AFTER"
+bench_heading "## Page check (issue 12): \`verify --pgdata\` on a $(mb "$BASE_KB") base/ (pgbench scale $SCALE, PostgreSQL $PGV, checksums on), page cache warm"
+echo "- $(bench_when), $(nproc) CPUs, work dir on $(bench_fs); pgbookend sha256 $BIN_SHA…; medians of $RUNS runs, order rotating; load average before / after: $LOAD_BEFORE / $LOAD_AFTER"
 echo "- the page check read $NPAGES pages ($(awk -v b="$NBYTES" 'BEGIN { printf "%.1f MB", b / 1048576 }')) on $THREADS threads; $NCORRUPT corrupt, $NTORN torn and covered; the window's WAL referenced $WBLOCKS blocks (block set ~$(awk -v b="$WBYTES" 'BEGIN { printf "%.2f MB", b / 1048576 }'))"
 echo
-echo "| what | time | / cat | peak RSS |"
-echo "|---|---|---|---|"
+bench_table "what" "time" "/ cat" "peak RSS"
 echo "| \`cat\` of base/ and global/ > /dev/null | $(sec "$K") | 1.00x | $(mb "$(maxv <"$WORK/m.cat")") |"
 echo "| pgbookend page check (the \`pages.scan_seconds\` phase: reading and judging the pages) | $(sec "$P") | $(ratio "$P" "$K") | |"
 echo "| \`pgbookend verify --pgdata\` (whole command: bundle, WAL, pages) | $(sec "$V") | $(ratio "$V" "$K") | $(mb "$(maxv <"$WORK/m.pgbookend")") |"
@@ -170,8 +120,7 @@ cold_one() {
       timed bash -c "$(declare -f coldcat); MNT='$MNT' coldcat"
       echo "$US" >>"$WORK/t.coldcat" ;;
     pages)
-      timed "$WORK/pgbookend" verify --pgdata "$MNT/copy" --store "$STORE" --json
-      [ "$RC" = 0 ] || { cat "$WORK/out.txt" "$WORK/err.txt" >&2; die "cold verify exited $RC"; }
+      timed_ok "cold verify" "$BIN" verify --pgdata "$MNT/copy" --store "$STORE" --json
       echo "$US" >>"$WORK/t.coldverify"
       python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["pages"]["scan_seconds"]*1e6))' "$WORK/out.txt" >>"$WORK/t.coldpages" ;;
   esac
@@ -184,8 +133,7 @@ CK=$(median <"$WORK/t.coldcat"); CP=$(median <"$WORK/t.coldpages"); CV=$(median 
 echo
 echo "Cold cache (loop-mounted XFS, direct I/O, remounted before each run; load average now $(cut -d' ' -f1-3 /proc/loadavg)):"
 echo
-echo "| what | time | / cold cat |"
-echo "|---|---|---|"
+bench_table "what" "time" "/ cold cat"
 echo "| \`cat\` of base/ and global/ > /dev/null | $(sec "$CK") | 1.00x |"
 echo "| pgbookend page check (\`pages.scan_seconds\`) | $(sec "$CP") | $(ratio "$CP" "$CK") |"
 echo "| \`pgbookend verify --pgdata\` (whole command) | $(sec "$CV") | $(ratio "$CV" "$CK") |"

@@ -31,72 +31,41 @@
 # Everything it starts (postgres, agents, perf) is stopped by pid on exit, also on failure.
 set -euo pipefail
 
-ROUNDS=3
-SEGS=64
-TMPBASE=${TMPDIR:-/tmp}
-PERF=0
-KEEP=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --rounds) ROUNDS=$2; shift 2 ;;
-    --segments) SEGS=$2; shift 2 ;;
-    --tmpdir) TMPBASE=$2; shift 2 ;;
-    --perf) PERF=1; shift ;;
-    --keep) KEEP=1; shift ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
-    *) echo "wal_collect.sh: unknown argument $1" >&2; exit 2 ;;
-  esac
-done
-
-NAME=wal_collect.sh
-PGBIN=/usr/lib/postgresql/15/bin
-PSQL=$PGBIN/psql
-# shellcheck source=bench/lib.sh
-. "$(dirname "$0")/lib.sh"
-[ -x "$PGBIN/postgres" ] || { echo "wal_collect.sh: PostgreSQL 15 missing in $PGBIN" >&2; exit 4; }
-command -v zstd >/dev/null || { echo "wal_collect.sh: needs zstd" >&2; exit 4; }
-[ -n "${EPOCHREALTIME:-}" ] || { echo "wal_collect.sh: needs bash >= 5" >&2; exit 4; }
-
+ROUNDS=3 SEGS=64 PERF=0
 PERF_PID=
 PM_STOP_MODE=immediate
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_parse "rounds segments tmpdir keep --perf:PERF=1" "$@"
+bench_pg_major 15
+bench_need zstd
+bench_need_time
 bench_cleanup_first() {
   alive "$PERF_PID" && kill -INT "$PERF_PID" 2>/dev/null && sleep 1
   alive "$PERF_PID" && kill -KILL "$PERF_PID" 2>/dev/null
 }
 
-bench_build --examples
-bench_workdir walbench
-BIN=$WORK/pgbookend   # private copy: a concurrent rebuild cannot swap it under the agent
-cp "$ROOT/target/release/pgbookend" "$BIN"
-BIN_SHA=$(sha256sum "$BIN" | cut -c1-12)
-RUNDIR=$WORK/run
-STORE=$WORK/store
+bench_binary walbench --examples
 SCRATCH=$WORK/scratch
-mkdir -p "$STORE" "$SCRATCH" "$WORK/samples"
-
-note "initdb in $WORK/data"
+mkdir -p "$SCRATCH" "$WORK/samples"
 bench_start_cluster -- -c max_wal_size=32GB -c checkpoint_timeout=1d -c shared_buffers=512MB
-q() { "$PSQL" -X -q -A -t -v ON_ERROR_STOP=1 -c "$1"; }
-q "CREATE TABLE w (i bigint, t text, ts timestamptz); CREATE INDEX ON w (i);"
+q -c "CREATE TABLE w (i bigint, t text, ts timestamptz); CREATE INDEX ON w (i);"
 SEG_BYTES=$((16 * 1024 * 1024))
 TARGET=$((SEGS * SEG_BYTES))
 
 # One round: start, write WAL, stop, zstd on the same files. Appends a sample line.
 one_round() { # one_round N PERF(0/1)
   local n=$1 prof=$2 id="walbench-$1-$RANDOM" start_lsn written=0 next=1 chunk=2000000 t0 t1 rc
-  q "TRUNCATE w; CHECKPOINT;" >/dev/null
-  "$BIN" start --id "$id" --store "$STORE" --run-dir "$RUNDIR" --json >"$WORK/start.out" 2>"$WORK/start.err" ||
-    { cat "$WORK/start.out" "$WORK/start.err" >&2; die "start failed"; }
-  local apid
-  apid=$("$BIN" status --id "$id" --json --run-dir "$RUNDIR" | sed -n 's/.*"agent_pid": *\([0-9]*\).*/\1/p' | head -1)
-  [ -n "$apid" ] && AGENT_PIDS+=("$apid")
-  start_lsn=$(q "SELECT pg_current_wal_lsn()")
+  q -c "TRUNCATE w; CHECKPOINT;" >/dev/null
+  bench_agent_start "$BIN" "$id" --json
+  local apid=$APID
+  start_lsn=$(q -c "SELECT pg_current_wal_lsn()")
   note "round $n: backup $id started (agent $apid); writing $SEGS segments of WAL"
   t0=$(now_us)
   while [ "$written" -lt "$TARGET" ]; do
-    q "INSERT INTO w SELECT i, md5(i::text), now() FROM generate_series($next, $((next + chunk - 1))) i" >/dev/null
+    q -c "INSERT INTO w SELECT i, md5(i::text), now() FROM generate_series($next, $((next + chunk - 1))) i" >/dev/null
     next=$((next + chunk))
-    written=$(q "SELECT (pg_current_wal_lsn() - '$start_lsn'::pg_lsn)::bigint")
+    written=$(q -c "SELECT (pg_current_wal_lsn() - '$start_lsn'::pg_lsn)::bigint")
     # the last chunk: just what is missing (about 90 bytes of WAL per row)
     chunk=$(( (TARGET - written) / 90 + 1000 )); [ "$chunk" -gt 2000000 ] && chunk=2000000
   done
@@ -133,9 +102,9 @@ one_round() { # one_round N PERF(0/1)
   [ "$rc" = 0 ] || { cat "$WORK/stop.json" "$WORK/stop.err" >&2; die "stop exited $rc"; }
   cp "$RUNDIR/$id/agent.log" "$WORK/samples/agent-$n.log" 2>/dev/null || true
   local jf="$WORK/stop.json" dur segs stored
-  dur=$(sed -n 's/.*"duration_s": *\([0-9.e+-]*\).*/\1/p' "$jf" | head -1)
-  segs=$(sed -n 's/.*"wal_segments": *\([0-9]*\).*/\1/p' "$jf" | head -1)
-  stored=$(sed -n 's/.*"wal_bytes_stored": *\([0-9]*\).*/\1/p' "$jf" | head -1)
+  dur=$(json_field duration_s "$jf")
+  segs=$(json_field wal_segments "$jf")
+  stored=$(json_field wal_bytes_stored "$jf")
   # The segment names from bundle.json, read in pg_wal where the agent read them.
   local files=() name
   while read -r name; do
@@ -174,9 +143,9 @@ one_round() { # one_round N PERF(0/1)
   rm -rf "${STORE:?}/$id"
 }
 
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_BEFORE=$(bench_load)
 for i in $(seq 1 "$ROUNDS"); do one_round "$i" 0; done
-LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_AFTER=$(bench_load)
 
 PERF_SUMMARY=
 if [ "$PERF" = 1 ]; then
@@ -189,36 +158,30 @@ if [ "$PERF" = 1 ]; then
 fi
 
 # ---------------------------------------------------------------- report
-med() { # med COLUMN -> median of that column of the rounds
-  awk -v k="$1" '{ print $k }' "$WORK/samples/rounds" | sort -g | awk '{ v[NR] = $1 } END {
-    n = NR; if (n % 2) print v[(n + 1) / 2]; else print (v[n / 2] + v[n / 2 + 1]) / 2 }'
-}
+# med COLUMN [DECIMALS] -> median of that column of the rounds
+med() { bench_col "$1" "$WORK/samples/rounds" | median "${2:-0}"; }
 S=$(med 2); RAW=$(med 3); STORED=$(med 4); ZB=$(med 5)
-DUR=$(med 6); PROC=$(med 7); Z1=$(med 8); Z1S=$(med 9); Z2=$(med 10); Z2S=$(med 11); SHA=$(med 12)
+DUR=$(med 6 6); PROC=$(med 7); Z1=$(med 8); Z1S=$(med 9); Z2=$(med 10); Z2S=$(med 11); SHA=$(med 12)
 ACPU=$(med 13); ZCPU=$(med 14)
-sec() { awk -v u="$1" 'BEGIN { printf "%.2f s", u / 1e6 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { r = a / b; printf "%.2fx (%s)", r, (r <= 1.2) ? "met" : "not met" }'; }
+ratio_met() { awk -v a="$1" -v b="$2" 'BEGIN { r = a / b; printf "%.2fx (%s)", r, (r <= 1.2) ? "met" : "not met" }'; }
 DUR_US=$(awk -v d="$DUR" 'BEGIN { printf "%d", d * 1e6 }')
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 
-echo
-echo "## WAL collection: \`pgbookend stop\` against \`zstd -3\` (PostgreSQL $PGV)"
-echo
-echo "- $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, work dir on $(df -T "$WORK" | awk 'NR == 2 { print $2 }'); binary sha256 $BIN_SHA…; zstd $(zstd --version | sed -n 's/.* v\([0-9.]*\).*/\1/p')"
+bench_heading "## WAL collection: \`pgbookend stop\` against \`zstd -3\` (PostgreSQL $PGV)"
+echo "- $(bench_when), $(nproc) CPUs ($(bench_cpu_model)), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, work dir on $(bench_fs); binary sha256 $BIN_SHA…; zstd $(zstd --version | sed -n 's/.* v\([0-9.]*\).*/\1/p')"
 echo "- $ROUNDS rounds, medians; load average before / after: $LOAD_BEFORE / $LOAD_AFTER"
 echo "- WAL: INSERT … SELECT i, md5(i::text), now() FROM generate_series into an indexed table; segments $S, raw $(mib "$RAW"), pgbookend stored $(mib "$STORED") ($(awk -v a="$RAW" -v b="$STORED" 'BEGIN { printf "%.2f", a / b }'):1), zstd -3 CLI $(mib "$ZB") ($(awk -v a="$RAW" -v b="$ZB" 'BEGIN { printf "%.2f", a / b }'):1)"
 echo
-echo "| what | time (median) | pgbookend \`duration_s\` / this |"
-echo "|---|---|---|"
-echo "| \`pgbookend stop\`: agent \`duration_s\` (stop call, $S segments zstd-3 + SHA-256 + fsync, file list, bundle.json) | $(sec "$DUR_US") | |"
-echo "| \`pgbookend stop\`: whole process wall time | $(sec "$PROC") | |"
-echo "| \`zstd -3 -q\` (CLI default: -T1) | $(sec "$Z1") | $(ratio "$DUR_US" "$Z1") |"
-echo "| \`zstd -3 -q\` + \`sync\` of the outputs | $(sec "$Z1S") | $(ratio "$DUR_US" "$Z1S") |"
-echo "| \`zstd -3 -q --single-thread\` | $(sec "$Z2") | $(ratio "$DUR_US" "$Z2") |"
-echo "| \`zstd -3 -q --single-thread\` + \`sync\` of the outputs | $(sec "$Z2S") | $(ratio "$DUR_US" "$Z2S") |"
-echo "| CPU time (user+sys): the agent during \`stop\` (perf stat task-clock) | $(sec "$ACPU") | |"
-echo "| CPU time (user+sys): \`zstd -3 -q --single-thread\` | $(sec "$ZCPU") | $(ratio "$ACPU" "$ZCPU") |"
-echo "| (for the breakdown) \`sha256sum\` of the same files | $(sec "$SHA") | |"
+bench_table "what" "time (median)" "pgbookend \`duration_s\` / this"
+echo "| \`pgbookend stop\`: agent \`duration_s\` (stop call, $S segments zstd-3 + SHA-256 + fsync, file list, bundle.json) | $(sec "$DUR_US" 2) | |"
+echo "| \`pgbookend stop\`: whole process wall time | $(sec "$PROC" 2) | |"
+echo "| \`zstd -3 -q\` (CLI default: -T1) | $(sec "$Z1" 2) | $(ratio_met "$DUR_US" "$Z1") |"
+echo "| \`zstd -3 -q\` + \`sync\` of the outputs | $(sec "$Z1S" 2) | $(ratio_met "$DUR_US" "$Z1S") |"
+echo "| \`zstd -3 -q --single-thread\` | $(sec "$Z2" 2) | $(ratio_met "$DUR_US" "$Z2") |"
+echo "| \`zstd -3 -q --single-thread\` + \`sync\` of the outputs | $(sec "$Z2S" 2) | $(ratio_met "$DUR_US" "$Z2S") |"
+echo "| CPU time (user+sys): the agent during \`stop\` (perf stat task-clock) | $(sec "$ACPU" 2) | |"
+echo "| CPU time (user+sys): \`zstd -3 -q --single-thread\` | $(sec "$ZCPU" 2) | $(ratio_met "$ACPU" "$ZCPU") |"
+echo "| (for the breakdown) \`sha256sum\` of the same files | $(sec "$SHA" 2) | |"
 echo
 echo "Per round (segments, raw bytes, stored bytes, zstd CLI bytes, duration_s, stop process µs, zstd µs, zstd+sync µs, single-thread µs, single-thread+sync µs, sha256sum µs, agent CPU µs, zstd single-thread CPU µs):"
 echo
