@@ -8,7 +8,10 @@
 //! written to a temporary name, fsynced, renamed, the directory fsynced: nothing is
 //! acknowledged before it is durable), `ok/` (markers of files the pusher archived
 //! straight from `pg_wal` ahead of PostgreSQL's call, each holding the file's SHA-256),
-//! `error` (the pusher's last failure, removed at its next success), `lock` and `pid`.
+//! `busy/` (an empty marker per file the pusher is pushing from `pg_wal` right now, so
+//! that the call for it waits for that push instead of copying the file into `ready/`
+//! and having it pushed twice), `error` (the pusher's last failure, removed at its next
+//! success), `lock` and `pid`.
 //!
 //! The pusher is the same command line run again as [`WORKER_SUBCOMMAND`], detached in
 //! its own process group (as [`super::prefetch`]'s worker); one runs per spool directory
@@ -46,7 +49,11 @@ pub const LOCK: &str = "lock";
 pub const PID: &str = "pid";
 const READY: &str = "ready";
 const OK: &str = "ok";
+const BUSY: &str = "busy";
 const ERROR: &str = "error";
+/// How long a call waits for a push of its file that the pusher has under way (a
+/// `busy/` marker older than this is one a pusher left when it died).
+pub const FLIGHT_WAIT: Duration = Duration::from_secs(10);
 /// How long `archive-push --async` waits for room in a full spool before it fails.
 pub const FULL_WAIT: Duration = Duration::from_secs(60);
 
@@ -115,10 +122,11 @@ struct Spool {
     dir: Dir,
     ready: Dir,
     ok: Dir,
+    busy: Dir,
 }
 
 impl Spool {
-    /// Opens (creating, 0700) `root/<system identifier>` with `ready/` and `ok/`.
+    /// Opens (creating, 0700) `root/<system identifier>` with `ready/`, `ok/` and `busy/`.
     fn open(root: &Path, sysid: u64) -> Result<Spool> {
         let own = Ownership::private();
         if !root.is_dir() {
@@ -132,7 +140,13 @@ impl Spool {
         let dir = fsutil::ensure_dir_at(&base, sysid.to_string().as_ref(), &own)?;
         let ready = fsutil::ensure_dir_at(&dir, READY.as_ref(), &own)?;
         let ok = fsutil::ensure_dir_at(&dir, OK.as_ref(), &own)?;
-        Ok(Spool { dir, ready, ok })
+        let busy = fsutil::ensure_dir_at(&dir, BUSY.as_ref(), &own)?;
+        Ok(Spool {
+            dir,
+            ready,
+            ok,
+            busy,
+        })
     }
 
     fn path(&self) -> String {
@@ -190,6 +204,28 @@ impl Spool {
         let _ = self.ok.unlink(name);
         let _ = self.ok.sync();
         Ok(true)
+    }
+
+    /// Whether the pusher is pushing `name` from `pg_wal` now: a `busy/` marker younger
+    /// than [`FLIGHT_WAIT`].
+    fn in_flight(&self, name: &str) -> bool {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.busy
+            .lstat(name)
+            .is_ok_and(|st| now.saturating_sub(st.st_mtime as u64) < FLIGHT_WAIT.as_secs())
+    }
+
+    /// Waits (up to [`FLIGHT_WAIT`]) for the push of `name` the pusher has under way,
+    /// then whether it archived the file at `path` (see [`Spool::pushed_ahead`]).
+    fn wait_in_flight(&self, name: &str, path: &Path) -> Result<bool> {
+        let until = Instant::now() + FLIGHT_WAIT;
+        while Instant::now() < until && self.in_flight(name) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.pushed_ahead(name, path)
     }
 
     /// Waits (up to [`FULL_WAIT`]) until `size` more bytes fit in the spool, the pusher
@@ -257,6 +293,9 @@ pub fn submit(s: &Settings, o: &Options, path: &Path) -> Result<Queued> {
         spool: spool.path(),
     };
     if spool.pushed_ahead(&n, path)? {
+        return Ok(done(true));
+    }
+    if spool.in_flight(&n) && spool.wait_in_flight(&n, path)? {
         return Ok(done(true));
     }
     if let Some(msg) = spool.error() {
@@ -371,6 +410,10 @@ pub fn work(s: &Settings, o: &Options) {
         let _ = fsutil::write_at(&spool.dir, PID.as_ref(), &Ownership::private(), |f, p| {
             writeln!(f, "{}", std::process::id()).map_err(|e| io_err("cannot write", p, e))
         });
+        // What a pusher that died left under way is under way no more.
+        for e in spool.busy.entries().unwrap_or_default() {
+            let _ = spool.busy.unlink(&e);
+        }
         run(s, o, &spool);
         drop(lock);
         // A file spooled while the lock was about to be released has no other pusher.
@@ -469,11 +512,18 @@ fn push_one(s: &Settings, spool: &Spool, job: &Job) -> Result<()> {
                 .map_err(|e| io_err("cannot fsync directory", spool.ready.path(), e))
         }
         Job::Ahead(n) => {
-            let r = push::push(s, &s.pgdata.join("pg_wal").join(n))?;
-            fsutil::write_at(&spool.ok, n.as_ref(), &Ownership::private(), |f, p| {
-                f.write_all(r.sha256.as_bytes())
-                    .map_err(|e| io_err("cannot write", p, e))
-            })
+            // Advisory (no fsync): the call for `n` waits for this push instead of
+            // spooling the file; the marker goes once `ok/` has the outcome.
+            let _ = spool.busy.unlink(n);
+            let _ = spool.busy.create_file(n, 0o600);
+            let res = push::push(s, &s.pgdata.join("pg_wal").join(n)).and_then(|r| {
+                fsutil::write_at(&spool.ok, n.as_ref(), &Ownership::private(), |f, p| {
+                    f.write_all(r.sha256.as_bytes())
+                        .map_err(|e| io_err("cannot write", p, e))
+                })
+            });
+            let _ = spool.busy.unlink(n);
+            res
         }
     }
 }
@@ -512,7 +562,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().join("a/spool");
         let sp = Spool::open(&root, 42).unwrap();
-        for d in ["", "ready", "ok"] {
+        for d in ["", "ready", "ok", "busy"] {
             let m = std::fs::metadata(root.join("42").join(d)).unwrap();
             assert_eq!(m.permissions().mode() & 0o777, 0o700, "{d}");
         }
@@ -540,5 +590,45 @@ mod tests {
         assert_eq!(sp.error().as_deref(), Some("store down"));
         sp.clear_error();
         assert!(sp.error().is_none());
+    }
+
+    /// A call whose file the pusher is pushing waits for that push: archived (`ok/`
+    /// written before `busy/` goes) is success without spooling; a push that ends without
+    /// a marker is not; a `busy/` marker as old as [`FLIGHT_WAIT`] is no push under way.
+    #[test]
+    fn waits_for_a_push_under_way() {
+        use sha2::Digest;
+        let t = tempfile::tempdir().unwrap();
+        let sp = Spool::open(&t.path().join("spool"), 7).unwrap();
+        let n = "000000010000000000000005";
+        let file = t.path().join(n);
+        std::fs::write(&file, b"segment bytes").unwrap();
+        let sha = hex::encode(sha2::Sha256::digest(b"segment bytes"));
+        let ok = t.path().join("spool/7/ok").join(n);
+        assert!(!sp.in_flight(n));
+        sp.busy.create_file(n, 0o600).unwrap();
+        assert!(sp.in_flight(n));
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                std::thread::sleep(Duration::from_millis(300));
+                std::fs::write(&ok, &sha).unwrap();
+                sp.busy.unlink(n).unwrap();
+            });
+            assert!(sp.wait_in_flight(n, &file).unwrap());
+        });
+        assert!(sp.marker(n).is_none(), "the marker is consumed");
+        // A push that failed: `busy/` goes, no marker.
+        sp.busy.create_file(n, 0o600).unwrap();
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                sp.busy.unlink(n).unwrap();
+            });
+            assert!(!sp.wait_in_flight(n, &file).unwrap());
+        });
+        // Left by a pusher that died.
+        let f = sp.busy.create_file(n, 0o600).unwrap();
+        f.set_modified(SystemTime::now() - FLIGHT_WAIT * 2).unwrap();
+        assert!(!sp.in_flight(n));
     }
 }
