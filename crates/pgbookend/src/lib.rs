@@ -2,8 +2,9 @@
 //!
 //! `start` runs the non-exclusive backup start in a session held by a detached agent;
 //! `stop` ends it in that same session and stores what the server returns (the bundle)
-//! beside the copy. See `shared/DESIGN.md` for the contract; this crate is the engine,
-//! `main.rs` only parses the command line.
+//! beside the copy. The README and `docs/` describe the commands and their contract; this
+//! library is the engine and never prints: `main.rs` and `cli/` (the binary) parse the
+//! command line and render what the engine returns.
 
 pub mod agent;
 pub mod archive;
