@@ -72,16 +72,8 @@ enum Cmd {
         /// The backup ID given to (or printed by) start.
         #[arg(long)]
         id: String,
-        /// Do not wait for the server to archive the stop segment (default with --wal
-        /// collect and --wal archive, whose WAL is already safe).
-        #[arg(long, conflicts_with = "wait_archive")]
-        no_wait_archive: bool,
-        /// Wait for the server to archive the stop segment (default with --wal none).
-        #[arg(long)]
-        wait_archive: bool,
-        /// How long to wait for archiving before failing (exit 5), e.g. 10m.
-        #[arg(long, value_name = "DUR")]
-        archive_timeout: Option<String>,
+        #[command(flatten)]
+        archive: WaitArchiveArgs,
     },
     /// Show one backup's state, or every backup this run directory knows.
     Status {
@@ -306,18 +298,9 @@ fn dispatch(
         Cmd::Run(_) | Cmd::Backup(_) | Cmd::ArchivePush(_) | Cmd::ArchiveGet(_) => {
             unreachable!("handled in main")
         }
-        Cmd::Stop {
-            id,
-            no_wait_archive,
-            wait_archive,
-            archive_timeout,
-        } => {
-            let wait = match (wait_archive, no_wait_archive) {
-                (true, _) => Some(true),
-                (_, true) => Some(false),
-                _ => None,
-            };
-            commands::stop(run, cfg, &id, wait, archive_timeout.as_deref(), s3)
+        Cmd::Stop { id, archive } => {
+            let wait = archive.wait();
+            commands::stop(run, cfg, &id, wait, archive.archive_timeout.as_deref(), s3)
         }
         Cmd::Status { id } => commands::status(run, id.as_deref()),
         Cmd::Abort { id } => commands::abort(run, &id),

@@ -84,15 +84,8 @@ pub(crate) struct RunArgs {
     /// directory: typically the same program backing up the bundle.
     #[arg(long, value_name = "CMD")]
     pub(crate) then: Option<String>,
-    /// Do not wait for the server to archive the stop segment (see stop).
-    #[arg(long, conflicts_with = "wait_archive")]
-    pub(crate) no_wait_archive: bool,
-    /// Wait for the server to archive the stop segment (see stop).
-    #[arg(long)]
-    pub(crate) wait_archive: bool,
-    /// How long stop waits for archiving before failing (exit 5), e.g. 10m.
-    #[arg(long, value_name = "DUR")]
-    pub(crate) archive_timeout: Option<String>,
+    #[command(flatten)]
+    pub(crate) archive: WaitArchiveArgs,
     /// The copy command and its arguments, after `--`. It gets PGBOOKEND_ID,
     /// PGBOOKEND_PGDATA, PGBOOKEND_TABLESPACES (one per line), PGBOOKEND_START_LSN and
     /// PGBOOKEND_STORE in its environment.
@@ -112,15 +105,8 @@ pub(crate) struct BackupArgs {
     /// zstd (level 3), zstd:LEVEL (1-19), lz4 (faster, larger) or none.
     #[arg(long, value_name = "HOW", default_value = "zstd")]
     pub(crate) compress: String,
-    /// Do not wait for the server to archive the stop segment (see stop).
-    #[arg(long, conflicts_with = "wait_archive")]
-    pub(crate) no_wait_archive: bool,
-    /// Wait for the server to archive the stop segment (see stop).
-    #[arg(long)]
-    pub(crate) wait_archive: bool,
-    /// How long stop waits for archiving before failing (exit 5), e.g. 10m.
-    #[arg(long, value_name = "DUR")]
-    pub(crate) archive_timeout: Option<String>,
+    #[command(flatten)]
+    pub(crate) archive: WaitArchiveArgs,
 }
 
 /// `backup`: the built-in copy, with progress on stderr.
@@ -138,12 +124,8 @@ pub(crate) fn backup_command(
         jobs: a.jobs,
         compression,
         level,
-        wait_archive: match (a.wait_archive, a.no_wait_archive) {
-            (true, _) => Some(true),
-            (_, true) => Some(false),
-            _ => None,
-        },
-        archive_timeout: a.archive_timeout,
+        wait_archive: a.archive.wait(),
+        archive_timeout: a.archive.archive_timeout,
     };
     let mut bar = pgbookend::backup::render::ProgressLine::new();
     let out = take::backup(run, cfg, opts, &mut |p| bar.show(p));
@@ -163,17 +145,13 @@ pub(crate) fn run_command(
     json: bool,
     hooks: &pgbookend::notify::Hooks,
 ) -> ExitCode {
-    let wait_archive = match (a.wait_archive, a.no_wait_archive) {
-        (true, _) => Some(true),
-        (_, true) => Some(false),
-        _ => None,
-    };
+    let wait_archive = a.archive.wait();
     let opts = pgbookend::run::RunOptions {
         start: a.start.options(s3),
         command: a.command,
         then: a.then,
         wait_archive,
-        archive_timeout: a.archive_timeout,
+        archive_timeout: a.archive.archive_timeout,
         json,
     };
     match pgbookend::run::run(run, cfg, opts) {
@@ -203,6 +181,33 @@ pub(crate) fn run_command(
                 Some(&e),
             );
             code
+        }
+    }
+}
+
+/// Whether and how long `stop` waits for the server to archive the stop segment: the
+/// flags of `stop`, `run` and `backup`.
+#[derive(Args, Debug)]
+pub(crate) struct WaitArchiveArgs {
+    /// Do not wait for the server to archive the stop segment (default with --wal
+    /// collect and --wal archive, whose WAL is already safe).
+    #[arg(long, conflicts_with = "wait_archive")]
+    pub(crate) no_wait_archive: bool,
+    /// Wait for the server to archive the stop segment (default with --wal none).
+    #[arg(long)]
+    pub(crate) wait_archive: bool,
+    /// How long to wait for archiving before failing (exit 5), e.g. 10m.
+    #[arg(long, value_name = "DUR")]
+    pub(crate) archive_timeout: Option<String>,
+}
+
+impl WaitArchiveArgs {
+    /// What the flags say: `Some(true)` wait, `Some(false)` do not, `None` the default.
+    pub(crate) fn wait(&self) -> Option<bool> {
+        match (self.wait_archive, self.no_wait_archive) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
         }
     }
 }
