@@ -96,7 +96,7 @@ pub fn owner_of(pgdata: &Path) -> Result<Owner> {
             Class::Check,
             format!("{} is owned by root: drill never runs a server as root", pgdata.display()),
         )
-        .hint("restore the copy with the ownership of the original data directory (the postgres user)"));
+        .hint("restore the copy with the ownership of the original data directory, that of the postgres user"));
     }
     Ok(Owner {
         uid: md.uid(),
