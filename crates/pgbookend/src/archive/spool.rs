@@ -51,9 +51,11 @@ const READY: &str = "ready";
 const OK: &str = "ok";
 const BUSY: &str = "busy";
 const ERROR: &str = "error";
-/// How long a call waits for a push of its file that the pusher has under way (a
-/// `busy/` marker older than this is one a pusher left when it died).
-pub const FLIGHT_WAIT: Duration = Duration::from_secs(10);
+/// How long after its start a push under way is waited for: a call whose file the pusher
+/// has been pushing for less than this waits until the push ends or reaches this age, then
+/// spools the file anyway. A push to a healthy store takes a fraction of it; a slow or
+/// failing store must not hold PostgreSQL's archiver.
+pub const FLIGHT_WAIT: Duration = Duration::from_secs(1);
 /// How long `archive-push --async` waits for room in a full spool before it fails.
 pub const FULL_WAIT: Duration = Duration::from_secs(60);
 
@@ -206,23 +208,26 @@ impl Spool {
         Ok(true)
     }
 
-    /// Whether the pusher is pushing `name` from `pg_wal` now: a `busy/` marker younger
-    /// than [`FLIGHT_WAIT`].
+    /// Whether the pusher is pushing `name` from `pg_wal` now and began less than
+    /// [`FLIGHT_WAIT`] ago: its `busy/` marker, by the marker's age.
     fn in_flight(&self, name: &str) -> bool {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        self.busy
-            .lstat(name)
-            .is_ok_and(|st| now.saturating_sub(st.st_mtime as u64) < FLIGHT_WAIT.as_secs())
+        let Ok(st) = self.busy.lstat(name) else {
+            return false;
+        };
+        let started = SystemTime::UNIX_EPOCH
+            + Duration::new(
+                st.st_mtime.max(0) as u64,
+                st.st_mtime_nsec.clamp(0, 999_999_999) as u32,
+            );
+        SystemTime::now()
+            .duration_since(started)
+            .is_ok_and(|age| age < FLIGHT_WAIT)
     }
 
-    /// Waits (up to [`FLIGHT_WAIT`]) for the push of `name` the pusher has under way,
-    /// then whether it archived the file at `path` (see [`Spool::pushed_ahead`]).
+    /// Waits while the push of `name` is under way and younger than [`FLIGHT_WAIT`], then
+    /// whether it archived the file at `path` (see [`Spool::pushed_ahead`]).
     fn wait_in_flight(&self, name: &str, path: &Path) -> Result<bool> {
-        let until = Instant::now() + FLIGHT_WAIT;
-        while Instant::now() < until && self.in_flight(name) {
+        while self.in_flight(name) {
             std::thread::sleep(Duration::from_millis(5));
         }
         self.pushed_ahead(name, path)
@@ -277,8 +282,8 @@ fn names_in(dir: &Dir) -> Vec<String> {
 }
 
 /// The foreground `archive-push --async %p`: acknowledges a file the pusher already
-/// archived, reports the pusher's recorded failure, or copies the file durably into the
-/// spool; in every case makes sure the pusher runs. When the spool is full it waits up
+/// archived, reports the pusher's recorded failure, waits briefly for a push of the file
+/// under way, or copies the file durably into the spool; in every case makes sure the pusher runs. When the spool is full it waits up
 /// to [`FULL_WAIT`] for the pusher to make room (or to archive this file from `pg_wal`),
 /// so that a backlog paces PostgreSQL's archiver instead of failing its calls; a file
 /// larger than the limit, a pusher that records a failure, or no room by then fails.
@@ -295,15 +300,18 @@ pub fn submit(s: &Settings, o: &Options, path: &Path) -> Result<Queued> {
     if spool.pushed_ahead(&n, path)? {
         return Ok(done(true));
     }
-    if spool.in_flight(&n) && spool.wait_in_flight(&n, path)? {
-        return Ok(done(true));
-    }
     if let Some(msg) = spool.error() {
         spool.kick();
         return Err(Error::env(format!(
             "{n} is not archived: the asynchronous pusher cannot store files: {msg}"
         ))
         .hint("PostgreSQL retries archive_command; fix the store and the spool drains by itself"));
+    }
+    // A push of this file under way and young: wait for it; if it does not end archived
+    // within FLIGHT_WAIT of its start (a slow or failing store), spool the file as if it
+    // had not been under way.
+    if spool.in_flight(&n) && spool.wait_in_flight(&n, path)? {
+        return Ok(done(true));
     }
     let mut src = push::open_source(path)?;
     let size = src
