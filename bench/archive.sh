@@ -11,7 +11,8 @@
 #   zstd    zstd -3 -q -f SEG -o DST/SEG.zst && sync DST/SEG.zst
 #   push    (cwd = PGDATA) pgbookend archive-push SEG --store STORE   (a fresh store per round)
 #   get     (cwd = a scratch PGDATA with a copy of pg_control; pg_wal/RECOVERYXLOG removed
-#           before each call, as PostgreSQL does)
+#           before each call, as PostgreSQL does, outside the timing: segments/s is the
+#           segments over the sum of the calls' own times, each call timed alone)
 #           pgbookend archive-get NAME pg_wal/RECOVERYXLOG --store STORE
 #   get --prefetch 8   the same, with the background worker fetching 8 segments ahead
 #   pgbr    pgbackrest archive-push SEG (zst level 3, a fresh repository and stanza per round)
@@ -73,7 +74,7 @@ pgbr_stanza() {
     die "pgbackrest stanza-create failed"
 }
 get_side() { # get_side pgbookend|pgbr STORE -> segments/s
-  local tool=$1 store=$2 t0 t1 cmd
+  local tool=$1 store=$2 cmd
   if [ "$tool" = prefetch ]; then
     cmd="$BIN archive-get --prefetch 8"
   elif [ "$tool" = pgbr ]; then
@@ -82,11 +83,11 @@ get_side() { # get_side pgbookend|pgbr STORE -> segments/s
     cmd="$BIN archive-get"
   fi
   sync
-  t0=$(now_us)
-  # PostgreSQL removes %p before each call (RestoreArchivedFile): so does this loop.
-  as_owner bash -c 'cd '"$WORK"'/scratch && for f in '"$NAMES_LINE"'; do rm -f pg_wal/RECOVERYXLOG; '"$cmd"' "$f" pg_wal/RECOVERYXLOG '"$([ "$tool" = pgbr ] || echo "--store $store")"' || exit 1; done'
-  t1=$(now_us)
-  echo "$COUNT $t0 $t1" | awk '{ printf "%.2f", $1 / (($3 - $2) / 1e6) }'
+  # PostgreSQL removes %p before each call (RestoreArchivedFile), in its own process:
+  # so does this loop, with `rm`, outside the timing; each call is timed alone and the
+  # rate is the segments over the sum of the calls' times.
+  as_owner bash -c 'cd '"$WORK"'/scratch && s=0; for f in '"$NAMES_LINE"'; do rm -f pg_wal/RECOVERYXLOG; t0=${EPOCHREALTIME/./}; '"$cmd"' "$f" pg_wal/RECOVERYXLOG '"$([ "$tool" = pgbr ] || echo "--store $store")"' || exit 1; t1=${EPOCHREALTIME/./}; s=$((s + t1 - t0)); done; echo $s' |
+    awk -v n="$COUNT" '{ printf "%.2f", n / ($1 / 1e6) }'
 }
 NAMES_LINE=$(echo $NAMES)
 SIDES="cp zstd push"

@@ -59,7 +59,11 @@ pub fn get(s: &Settings, name: &str, dest: &str) -> Result<Fetched> {
             return Ok(Fetched::Restored(r));
         }
     }
-    let got = fetch_any(s, &id, &name, &dir, &|_| file.clone(), false)?;
+    let mode = Mode {
+        durable: false,
+        apart: true,
+    };
+    let got = fetch_any(s, &id, &name, &dir, &|_| file.clone(), mode)?;
     match (&spool, &got) {
         (Some(sp), Fetched::Restored(_)) => sp.kick(&dir, &name),
         (Some(sp), Fetched::Missing) if !sp.holds_elsewhere(&name, id.seg_size) => sp.end(&dir),
@@ -76,8 +80,17 @@ pub fn get(s: &Settings, name: &str, dest: &str) -> Result<Fetched> {
     Ok(got)
 }
 
+/// How a fetched file is written.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Mode {
+    /// fsync the file and its directory.
+    pub durable: bool,
+    /// Keep the unpacking threads on different CPUs (a caller waits; see [`unpack`]).
+    pub apart: bool,
+}
+
 /// Restores `name` from the first store that has it as `final_name(sha256)` in `dir`,
-/// fsynced when `durable`. A damaged copy in one store is skipped (and reported) when
+/// fsynced when `mode.durable`. A damaged copy in one store is skipped (and reported) when
 /// another has a good one.
 pub(super) fn fetch_any(
     s: &Settings,
@@ -85,12 +98,12 @@ pub(super) fn fetch_any(
     name: &WalName,
     dir: &Dir,
     final_name: &dyn Fn(&str) -> String,
-    durable: bool,
+    mode: Mode,
 ) -> Result<Fetched> {
     let mut damaged = Vec::new();
     let mut failed = Vec::new();
     for store in &s.stores {
-        match fetch_from(store, id, name, dir, final_name, durable) {
+        match fetch_from(store, id, name, dir, final_name, mode) {
             Ok(Some(mut r)) => {
                 r.skipped = damaged;
                 return Ok(Fetched::Restored(r));
@@ -161,7 +174,7 @@ fn fetch_from(
     name: &WalName,
     dir: &Dir,
     final_name: &dyn Fn(&str) -> String,
-    durable: bool,
+    mode: Mode,
 ) -> Result<Option<Report>> {
     let h = Handle::open(store)?;
     let sub = layout::dir_of(id.system_identifier, name);
@@ -197,13 +210,13 @@ fn fetch_from(
         sub: &sub,
         object: &object,
         location: &location,
-        durable,
+        mode,
     };
     let res = unpack(&target, out, id, name, &sha).and_then(|r| {
         let Some(n) = r else { return Ok(None) };
         dir.rename(&tmp, dir, file)
             .map_err(|e| io_err("cannot rename into place", &dir.display_path(file), e))?;
-        if durable {
+        if mode.durable {
             dir.sync()
                 .map_err(|e| io_err("cannot fsync directory", dir.path(), e))?;
         }
@@ -222,13 +235,13 @@ fn fetch_from(
     }))
 }
 
-/// The object to unpack, where it is, and whether what it unpacks to must be durable.
+/// The object to unpack, where it is, and how what it unpacks to is written.
 struct Target<'a> {
     h: &'a Handle,
     sub: &'a str,
     object: &'a str,
     location: &'a str,
-    durable: bool,
+    mode: Mode,
 }
 
 /// Streams the object through the decoder into `out`, then checks size and hash and
@@ -250,7 +263,7 @@ fn unpack(
     if segment_like {
         preallocate(&out, id.seg_size);
     }
-    let u = match unpack::unpack(out, u64::from(id.seg_size), feed) {
+    let u = match unpack::unpack(out, u64::from(id.seg_size), t.mode.apart, feed) {
         Ok(Some(u)) => u,
         Ok(None) => return Ok(None),
         Err(Failure::Damaged(why)) => return Err(damaged(why)),
@@ -272,7 +285,7 @@ fn unpack(
             u.size, id.seg_size
         )));
     }
-    if t.durable {
+    if t.mode.durable {
         u.file
             .sync_all()
             .map_err(|e| Error::env(format!("cannot fsync the restored {name}: {e}")))?;

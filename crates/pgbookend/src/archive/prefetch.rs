@@ -393,9 +393,11 @@ fn fetch_ahead(s: &Settings, id: &ClusterId, spool: &Spool, name: &WalName) {
                     return;
                 }
                 let n = &names[i];
-                let durable = entry_name(n, "").1;
-                let got =
-                    get::fetch_any(s, id, n, &spool.dir, &|sha| entry_name(n, sha).0, durable);
+                let mode = get::Mode {
+                    durable: entry_name(n, "").1,
+                    apart: false,
+                };
+                let got = get::fetch_any(s, id, n, &spool.dir, &|sha| entry_name(n, sha).0, mode);
                 if !matches!(got, Ok(get::Fetched::Restored(_))) {
                     stop.fetch_min(i, Ordering::SeqCst);
                 }

@@ -46,10 +46,29 @@ struct Packed {
 /// Archives the WAL file at `path` (relative to the working directory, as PostgreSQL
 /// gives `%p`).
 pub fn push(s: &Settings, path: &Path) -> Result<Report> {
+    store(s, &prepare(s, path, workers())?)
+}
+
+/// A file checked and compressed, ready for [`store`]: the first half of a push, the
+/// CPU's part (the pusher compresses the next files while this one is stored).
+pub(super) struct Prepared {
+    id: ClusterId,
+    packed: Packed,
+}
+
+/// Checks the file at `path` and compresses it into a spool file, `threads` pieces at
+/// once.
+pub(super) fn prepare(s: &Settings, path: &Path, threads: usize) -> Result<Prepared> {
     let name = wal_name_of(path)?;
     let id = cluster_id(&s.pgdata)?;
     let mut src = open_source(path)?;
-    let packed = pack(&mut src, path, name, &id, s.level)?;
+    let packed = pack(&mut src, path, name, &id, s.level, threads.max(1))?;
+    Ok(Prepared { id, packed })
+}
+
+/// Stores a prepared file in every store: the second half of a push, the I/O's part.
+pub(super) fn store(s: &Settings, p: &Prepared) -> Result<Report> {
+    let (id, packed) = (&p.id, &p.packed);
     let mut r = Report {
         name: packed.name.to_string(),
         sha256: packed.sha256.clone(),
@@ -60,7 +79,7 @@ pub fn push(s: &Settings, path: &Path) -> Result<Report> {
         failed: Vec::new(),
     };
     for store in &s.stores {
-        match push_one(store, &id, &packed) {
+        match push_one(store, id, packed) {
             Ok(true) => r.stored.push(store.url()),
             Ok(false) => r.already.push(store.url()),
             Err(e) if e.class() == Class::Check => return Err(e),
@@ -128,8 +147,8 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// memory stays near `2 * workers * CHUNK` whatever the file size.
 const CHUNK: usize = 4 << 20;
 
-/// How many pieces are compressed at once: the CPUs, at most 4.
-fn workers() -> usize {
+/// How many pieces one push compresses at once: the CPUs, at most 4.
+pub(super) fn workers() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -143,8 +162,8 @@ fn compress(piece: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     c.compress(piece)
 }
 
-/// Checks, hashes and compresses the file into a spool: pieces of [`CHUNK`] bytes are
-/// compressed on worker threads while this thread hashes them. Segments must be exactly
+/// Checks, hashes and compresses the file into a spool: `threads` pieces of [`CHUNK`]
+/// bytes at a time are compressed on worker threads while this thread hashes them. Segments must be exactly
 /// one segment long and start with this cluster's long page header; other files may not
 /// be longer than a segment (what is read is bounded whatever the file is).
 fn pack(
@@ -153,6 +172,7 @@ fn pack(
     name: WalName,
     id: &ClusterId,
     level: i32,
+    threads: usize,
 ) -> Result<Packed> {
     let segment_like = matches!(name.kind(), WalKind::Segment | WalKind::Partial);
     let spool = tempfile::NamedTempFile::new().map_err(|e| {
@@ -165,7 +185,7 @@ fn pack(
     let mut out = std::io::BufWriter::new(spool.reopen().map_err(werr)?);
     let (mut sha, mut zsha) = (sha2::Sha256::new(), sha2::Sha256::new());
     let (mut total, mut packed) = (0u64, 0u64);
-    let mut pieces: Vec<Vec<u8>> = (0..workers()).map(|_| vec![0u8; CHUNK]).collect();
+    let mut pieces: Vec<Vec<u8>> = (0..threads).map(|_| vec![0u8; CHUNK]).collect();
     loop {
         let mut lens = Vec::new();
         for buf in pieces.iter_mut() {
@@ -306,7 +326,7 @@ mod tests {
             seg_size: 16 << 20,
         };
         let name = WalName::parse("00000002.history").unwrap();
-        let p = pack(&mut &data[..], Path::new("x"), name, &id, 3).unwrap();
+        let p = pack(&mut &data[..], Path::new("x"), name, &id, 3, 2).unwrap();
         assert_eq!(p.size, data.len() as u64);
         assert_eq!(p.sha256, hex::encode(sha2::Sha256::digest(&data)));
         let packed = std::fs::read(p.spool.path()).unwrap();
@@ -322,9 +342,9 @@ mod tests {
             ..id
         };
         let name = WalName::parse("00000002.history").unwrap();
-        assert!(pack(&mut &data[..], Path::new("x"), name, &small, 3).is_err());
+        assert!(pack(&mut &data[..], Path::new("x"), name, &small, 3, 1).is_err());
         let seg = WalName::parse("000000010000000000000001").unwrap();
-        let r = pack(&mut &data[..100], Path::new("x"), seg, &id, 3);
+        let r = pack(&mut &data[..100], Path::new("x"), seg, &id, 3, 2);
         assert!(matches!(r, Err(e) if e.class() == Class::Check));
     }
 }
