@@ -616,11 +616,20 @@ fn scan_one(store: &Store, id: &str) -> Result<BundleInfo> {
                     Some((id.to_string(), rel, o.size, o.modified))
                 })
                 .collect();
-            assemble(store, entries, |id| {
+            let mut found = assemble(store, entries, |id| {
                 c.get_small(&format!("{id}/{MANIFEST}"), MAX_MANIFEST_BYTES)
             })?
             .into_iter()
-            .next()
+            .next();
+            if let Some(b) = &mut found {
+                let index = format!(
+                    "{}/{id}/{}",
+                    crate::id::DATA_DIR,
+                    crate::backup::format::INDEX
+                );
+                b.built_in = c.head(&index)?.is_some();
+            }
+            found
         }
     };
     found.ok_or_else(|| {

@@ -344,6 +344,11 @@ fn backup_to_s3() {
         .find(|b| b["id"] == "s1")
         .cloned();
     assert_eq!(b.expect("s1 listed")["copy"], "built-in", "{list}");
+    let show = tool
+        .run(&["show", "--store", url, "--id", "s1", "--json"])
+        .ok()
+        .json();
+    assert_eq!(show["copy"], "built-in", "{show}");
     let ts_oid = c.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
     let work = pgbookend_testkit::temp_dir("bkrs");
     if let Some((_, uid, gid)) = pgbookend_testkit::server_user() {
