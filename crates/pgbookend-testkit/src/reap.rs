@@ -108,14 +108,17 @@ pub(crate) fn reap_where(mut pick: impl FnMut(&Path, Option<i32>) -> bool) -> Re
         for pgdata in data_dirs_in(&d, 3) {
             crate::shmem::cleanup_stale(&pgdata);
         }
+        unmount_below(&d);
         // Rename first (atomic), so a concurrent copy of a template notices it lost its source;
         // the new name still carries the prefix (and no live owner) if we die half-way.
         let trash = d.with_file_name(format!(
             "{DIR_PREFIX}reaping.{}.{}",
             std::process::id(),
-            d.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
+            first_name(
+                &d.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            )
         ));
         let doomed = if std::fs::rename(&d, &trash).is_ok() {
             trash
@@ -128,6 +131,70 @@ pub(crate) fn reap_where(mut pick: impl FnMut(&Path, Option<i32>) -> bool) -> Re
         }
     }
     reaped
+}
+
+/// The name a harness directory had before earlier sweeps renamed it (each prepends
+/// `reaping.<pid>.`): a directory that cannot be removed keeps one such prefix, not one
+/// per sweep.
+fn first_name(name: &str) -> &str {
+    let again = format!("{DIR_PREFIX}reaping.");
+    let mut n = name;
+    while let Some((_, rest)) = n
+        .strip_prefix(again.as_str())
+        .and_then(|r| r.split_once('.'))
+    {
+        n = rest;
+    }
+    n
+}
+
+/// Detaches every mount at or below `dir`, deepest first: a test killed while a mount was
+/// up (`drill`'s overlay of a data directory, a loop file system) leaves it behind, and
+/// removing the directory through it would delete what it shows, or fail. Best effort
+/// (it takes root, as making the mount did).
+fn unmount_below(dir: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mount_path)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+            continue;
+        };
+        // SAFETY: a NUL-terminated path; MNT_DETACH only detaches that mount.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// A mount point as `/proc/self/mountinfo` writes it (space, tab, newline and backslash
+/// as three octal digits after a backslash).
+fn unescape_mount_path(s: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let b = s.as_bytes();
+    let (mut out, mut i) = (Vec::with_capacity(b.len()), 0);
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], oct) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// Directories up to `depth` levels below `dir` (itself included) holding a postmaster.pid.
@@ -152,6 +219,62 @@ fn data_dirs_in(dir: &Path, depth: u32) -> Vec<PathBuf> {
 mod tests {
     use super::*;
     use crate::{majors, Cluster, ClusterOptions};
+
+    /// A mount left under a dead test's directory is detached before the directory goes
+    /// (what the mount shows is not deleted), and a name keeps one `reaping.` prefix.
+    #[test]
+    fn unmounts_what_a_dead_test_left() {
+        assert_eq!(
+            first_name("pgbookend-test.reaping.12.pgbookend-test.reaping.3.pgbookend-test.9.x.Ab"),
+            "pgbookend-test.9.x.Ab"
+        );
+        assert_eq!(first_name("pgbookend-test.9.x.Ab"), "pgbookend-test.9.x.Ab");
+        assert_eq!(
+            unescape_mount_path("/a\\040b\\134c"),
+            PathBuf::from("/a b\\c")
+        );
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let base = crate::tempdir::make_dir("mnt").unwrap();
+        let kept = crate::tempdir::make_dir("kept").unwrap();
+        std::fs::write(kept.join("precious"), b"x").unwrap();
+        let at = base.join("deep/mnt");
+        std::fs::create_dir_all(&at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["--bind"])
+            .arg(&kept)
+            .arg(&at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            remove_tree(&base);
+            remove_tree(&kept);
+            return;
+        }
+        let mounted = |p: &Path| {
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap()
+                .lines()
+                .any(|l| {
+                    l.split(' ')
+                        .nth(4)
+                        .map(unescape_mount_path)
+                        .is_some_and(|m| m.starts_with(p))
+                })
+        };
+        assert!(mounted(&base));
+        let reaped = reap_where(|d, _| d == base);
+        assert_eq!(reaped.removed, vec![base.clone()], "{reaped:?}");
+        assert!(!base.exists());
+        assert!(!mounted(&base));
+        assert!(
+            kept.join("precious").exists(),
+            "what the mount showed was deleted"
+        );
+        remove_tree(&kept);
+    }
 
     #[test]
     fn reaps_a_forgotten_cluster() {
