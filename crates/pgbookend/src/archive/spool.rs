@@ -222,17 +222,11 @@ impl Spool {
     /// Whether the pusher is pushing `name` from `pg_wal` now and began less than
     /// [`FLIGHT_WAIT`] ago: its `busy/` marker, by the marker's age.
     fn in_flight(&self, name: &str) -> bool {
-        let Ok(st) = self.busy.lstat(name) else {
-            return false;
-        };
-        let started = SystemTime::UNIX_EPOCH
-            + Duration::new(
-                st.st_mtime.max(0) as u64,
-                st.st_mtime_nsec.clamp(0, 999_999_999) as u32,
-            );
-        SystemTime::now()
-            .duration_since(started)
-            .is_ok_and(|age| age < FLIGHT_WAIT)
+        self.busy
+            .lstat(name)
+            .ok()
+            .and_then(|st| age(&st))
+            .is_some_and(|a| a < FLIGHT_WAIT)
     }
 
     /// Waits while the push of `name` is under way and younger than [`FLIGHT_WAIT`], then
@@ -269,6 +263,30 @@ impl Spool {
             let _ = super::spawn_detached("archive-push", WORKER_SUBCOMMAND);
         }
     }
+}
+
+/// How long ago an entry was last modified; `None` for a time in the future.
+fn age(st: &libc::stat) -> Option<Duration> {
+    let at = SystemTime::UNIX_EPOCH
+        + Duration::new(
+            st.st_mtime.max(0) as u64,
+            st.st_mtime_nsec.clamp(0, 999_999_999) as u32,
+        );
+    SystemTime::now().duration_since(at).ok()
+}
+
+/// The text of an `ok/` marker: the file's SHA-256, then, when known, its identity
+/// (read back by [`Spool::pushed_ahead`]).
+fn ok_marker(sha256: &str, identity: Option<&str>) -> String {
+    match identity {
+        Some(id) => format!("{sha256}\n{id}\n"),
+        None => format!("{sha256}\n"),
+    }
+}
+
+/// The file `name` of `pg_wal`, which the pusher reads ahead.
+fn in_pg_wal(s: &Settings, name: &str) -> PathBuf {
+    s.pgdata.join("pg_wal").join(name)
 }
 
 /// What tells a file from any other and from itself changed: device, inode, size,
@@ -563,9 +581,9 @@ fn push_all(s: &Settings, o: &Options, spool: &Spool, jobs: &[Job]) -> Option<St
 }
 
 /// The first half of one file's push ([`push::prepare`], compressing `threads` pieces at
-/// once); a file read ahead from
-/// `pg_wal` gets its `busy/` marker first (advisory, no fsync: the call for it waits for
-/// this push instead of spooling the file) and its metadata as it was before.
+/// once); a file read ahead from `pg_wal` gets its `busy/` marker first (advisory, no
+/// fsync: the call for it waits for this push instead of spooling the file) and its
+/// metadata as it was before.
 fn prepare(
     s: &Settings,
     spool: &Spool,
@@ -580,7 +598,7 @@ fn prepare(
         Job::Ahead(n) => {
             let _ = spool.busy.unlink(n);
             let _ = spool.busy.create_file(n, 0o600);
-            let path = s.pgdata.join("pg_wal").join(n);
+            let path = in_pg_wal(s, n);
             let before = std::fs::symlink_metadata(&path).ok().map(|m| identity(&m));
             push::prepare(s, &path, threads)
                 .map(|p| (p, before))
@@ -615,15 +633,13 @@ fn store(
                 .map_err(|e| io_err("cannot fsync directory", spool.ready.path(), e))
         }
         Job::Ahead(n) => {
-            let path = s.pgdata.join("pg_wal").join(n);
             let res = push::store(s, p).and_then(|r| {
-                let after = std::fs::symlink_metadata(&path).ok().map(|m| identity(&m));
-                let same = match (before, after) {
-                    (Some(b), Some(a)) if a == b => format!("\n{a}"),
-                    _ => String::new(),
-                };
+                let after = std::fs::symlink_metadata(in_pg_wal(s, n))
+                    .ok()
+                    .map(|m| identity(&m));
+                let same = before.filter(|b| after.as_ref() == Some(b));
                 fsutil::write_at(&spool.ok, n.as_ref(), &Ownership::private(), |f, p| {
-                    f.write_all(format!("{}{same}\n", r.sha256).as_bytes())
+                    f.write_all(ok_marker(&r.sha256, same.as_deref()).as_bytes())
                         .map_err(|e| io_err("cannot write", p, e))
                 })
             });
@@ -637,16 +653,14 @@ fn store(
 /// server archived the file some other way, or was reset), and temporary files of
 /// `ready/` and `ok/` as old (left by a call or a pusher that died while writing).
 fn remove_stale(spool: &Spool) {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     for (dir, all) in [(&spool.ok, true), (&spool.ready, false)] {
         for e in dir.entries().unwrap_or_default() {
             let temp = e.to_str().is_some_and(|n| n.starts_with('.'));
             let old = dir
                 .lstat(&e)
-                .is_ok_and(|st| now.saturating_sub(st.st_mtime as u64) > STALE.as_secs());
+                .ok()
+                .and_then(|st| age(&st))
+                .is_some_and(|a| a > STALE);
             if old && (all || temp) {
                 let _ = dir.unlink(&e);
             }
@@ -750,15 +764,15 @@ mod tests {
         std::fs::write(&file, b"segment bytes").unwrap();
         let ok = t.path().join("spool/7/ok").join(n);
         let id = identity(&std::fs::metadata(&file).unwrap());
-        std::fs::write(&ok, format!("{}\n{id}\n", "0".repeat(64))).unwrap();
+        std::fs::write(&ok, ok_marker(&"0".repeat(64), Some(&id))).unwrap();
         assert!(sp.pushed_ahead(n, &file).unwrap());
         assert!(sp.marker(n).is_none(), "the marker is consumed");
-        std::fs::write(&ok, format!("{}\n{id}\n", "0".repeat(64))).unwrap();
+        std::fs::write(&ok, ok_marker(&"0".repeat(64), Some(&id))).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         std::fs::write(&file, b"segment BYTES").unwrap();
         assert!(!sp.pushed_ahead(n, &file).unwrap());
         let sha = hex::encode(sha2::Sha256::digest(b"segment BYTES"));
-        std::fs::write(&ok, format!("{sha}\n{id}\n")).unwrap();
+        std::fs::write(&ok, ok_marker(&sha, Some(&id))).unwrap();
         assert!(sp.pushed_ahead(n, &file).unwrap());
     }
 }
